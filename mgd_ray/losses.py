@@ -1,0 +1,136 @@
+"""MGD's loss terms: supervised CE (optionally OHEM), pixel-, image- and region-level distillation.
+
+Every term is a scalar tensor; the step collects them in a dict keyed by the LossWeights names
+("sup", "pixel", "semantic", "region") and `weighted_total` sums weight * term over that dict, so an
+ablation is a zero weight, never a flag. Terms are computed in float32 whatever the autocast dtype.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                         ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Mean CE over pixels whose target is not `ignore_index`; 0 (with a graph) when none is kept.
+
+    logits B x C x H x W, target B x H x W int64. F.cross_entropy's "mean" divides by the kept count
+    and gives NaN when that is 0 (e.g. a confidence threshold that keeps nothing); this never does."""
+    _check_logits_target(logits, target)
+    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
+    kept = (target != ignore_index).sum()
+    return total / kept.clamp(min=1)
+
+
+def supervised_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+                    ohem: bool = False, ohem_threshold: float = 0.7, min_kept: int = 100000) -> torch.Tensor:
+    """L_sup: CE(S(x_l), y) with ignore index; logits B x C x H x W, target B x H x W.
+
+    OHEM (Cityscapes in the paper, as CPS's ProbOhemCrossEntropy2d): keep only the hard pixels, those
+    whose probability of the true class is <= ohem_threshold, but at least the `min_kept` hardest
+    (the threshold rises to the min_kept-th smallest probability); with fewer than `min_kept` valid
+    pixels all are kept."""
+    if not ohem:
+        return masked_cross_entropy(logits, target, ignore_index)
+    _check_logits_target(logits, target)
+    valid = target != ignore_index
+    num_valid = int(valid.sum())
+    if 0 < num_valid and num_valid >= min_kept:
+        with torch.no_grad():
+            prob = F.softmax(logits.float(), dim=1)
+            safe_target = torch.where(valid, target, torch.zeros_like(target))
+            true_prob = prob.gather(1, safe_target.unsqueeze(1)).squeeze(1)
+            threshold = torch.tensor(float(ohem_threshold), device=logits.device)
+            if min_kept > 0:
+                kth = true_prob[valid].kthvalue(min(min_kept, num_valid)).values
+                threshold = torch.maximum(threshold, kth)
+            hard = valid & (true_prob <= threshold)
+        target = torch.where(hard, target, torch.full_like(target, ignore_index))
+    return masked_cross_entropy(logits, target, ignore_index)
+
+
+@torch.no_grad()
+def pseudo_label(teacher_logits: torch.Tensor, threshold: float = 0.0,
+                 ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard pseudo labels from (already CutMix-mixed) teacher logits B x C x H x W.
+
+    Returns (label B x H x W int64, confidence B x H x W float32 = max softmax). A pixel is kept only
+    when its confidence is strictly above `threshold`: threshold 0 keeps every pixel (confidence is
+    at least 1/C), and threshold 1.0 keeps none, even where softmax rounds to exactly 1."""
+    if teacher_logits.dim() != 4:
+        raise ValueError(f"teacher_logits: expected B x C x H x W, got shape {tuple(teacher_logits.shape)}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold={threshold!r}: expected a confidence in [0, 1]")
+    confidence, label = F.softmax(teacher_logits.float(), dim=1).max(dim=1)
+    if threshold > 0:
+        label = torch.where(confidence > threshold, label, torch.full_like(label, ignore_index))
+    return label, confidence
+
+
+def pixel_consistency_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                           threshold: float = 0.0, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """One L_P term: mean CE of the student against the teacher's argmax over the kept pixels
+    (teacher confidence above `threshold`; 0 = the paper); 0 when no pixel is kept. Both B x C x H x W."""
+    _check_same_shape("pixel_consistency_loss", student_logits, teacher_logits)
+    label, _ = pseudo_label(teacher_logits, threshold, ignore_index)
+    return masked_cross_entropy(student_logits, label, ignore_index)
+
+
+def semantic_sensitive_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """L_I: sum over batch and classes of |GAP(student logits) - GAP(teacher logits)| (pre-softmax).
+    Both B x C x H x W (sizes may differ: each is pooled over its own H x W)."""
+    if student_logits.shape[:2] != teacher_logits.shape[:2] or student_logits.dim() != 4:
+        raise ValueError(f"semantic_sensitive_loss: expected B x C x H x W logits with the same B and C, got "
+                         f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
+    student_gap = student_logits.float().mean(dim=(2, 3))
+    teacher_gap = teacher_logits.float().mean(dim=(2, 3))
+    return (student_gap - teacher_gap).abs().sum()
+
+
+def region_similarity(features: torch.Tensor, grid: int = 7) -> torch.Tensor:
+    """B x C x H x W features -> B x N x N cosine self-similarity of the grid x grid pooled regions
+    (N = grid^2), each region's C-vector normalised to unit length."""
+    pooled = F.adaptive_avg_pool2d(features.float(), grid).flatten(2)  # B x C x N
+    pooled = F.normalize(pooled, p=2, dim=1, eps=1e-8)
+    return torch.einsum("bcm,bcn->bmn", pooled, pooled)
+
+
+def content_aware_loss(student_features: torch.Tensor, teacher_features: torch.Tensor,
+                       grid: int = 7) -> torch.Tensor:
+    """L_R: MSE between the student's and the teacher's region self-similarity matrices.
+
+    Features B x C x H x W (decoder output, 256 channels at stride 4). Channel counts may differ:
+    the matrices are N x N either way, which is what lets a narrow student match a wide teacher."""
+    if student_features.dim() != 4 or teacher_features.dim() != 4 or \
+            student_features.shape[0] != teacher_features.shape[0]:
+        raise ValueError(f"content_aware_loss: expected B x C x H x W features with the same B, got "
+                         f"{tuple(student_features.shape)} and {tuple(teacher_features.shape)}")
+    return F.mse_loss(region_similarity(student_features, grid), region_similarity(teacher_features, grid))
+
+
+def weighted_total(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """sum_k weights[k] * terms[k]. Terms with weight 0 are left out, not multiplied by zero, so
+    they carry no gradient and a non-finite unused term cannot poison the total."""
+    missing = sorted(set(terms) - set(weights))
+    if missing:
+        raise ValueError(f"weighted_total: no weight for term(s) {missing}; weights has {sorted(weights)}")
+    used = [float(weights[name]) * term for name, term in terms.items() if float(weights[name]) != 0.0]
+    if not used:
+        raise ValueError(f"weighted_total: every term has weight 0 (terms {sorted(terms)}, weights {weights})")
+    return torch.stack(used).sum()
+
+
+def _check_logits_target(logits: torch.Tensor, target: torch.Tensor) -> None:
+    if logits.dim() != 4 or target.shape != (logits.shape[0], *logits.shape[2:]):
+        raise ValueError(f"expected logits B x C x H x W and target B x H x W, got "
+                         f"{tuple(logits.shape)} and {tuple(target.shape)}")
+    if target.dtype != torch.int64:
+        raise ValueError(f"target dtype {target.dtype}: expected torch.int64 class indices")
+
+
+def _check_same_shape(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.shape != b.shape or a.dim() != 4:
+        raise ValueError(f"{name}: expected two B x C x H x W tensors of the same shape, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
