@@ -1,0 +1,135 @@
+"""The report's figures as PNG files (matplotlib, Agg backend: no display on a cluster node).
+
+Each function takes a trials frame or a long-form table from `tables.py` and a path, writes the
+PNG atomically (a reader never sees half a file) and returns the path. Missing data is drawn as
+missing (no bar, no point, a "no data" note), never as zero.
+"""
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from mgd_ray.report.load import normalize_trials  # noqa: E402
+from mgd_ray.report.tables import ABLATION_ROWS, GAIN_VARIANT  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    staging = path + ".tmp"
+    fig.savefig(staging, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(staging, path)
+    return path
+
+
+def _no_data(ax: plt.Axes, text: str = "no data yet") -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def plot_optimization_history(trials: pd.DataFrame, protocols: list[str], path: str) -> str:
+    """One panel per protocol: each search trial's last mIoU (%) in order of start, and the
+    running best over completed trials. Early-stopped trials are hollow, failed ones ticks."""
+    frame = normalize_trials(trials)
+    fig, axes = plt.subplots(1, max(len(protocols), 1), figsize=(4.5 * max(len(protocols), 1), 3.6),
+                             squeeze=False)
+    for ax, protocol in zip(axes[0], protocols or [None]):
+        search = frame[(frame["kind"] == "search") & (frame["protocol"] == protocol)]
+        search = search.sort_values(["started_at", "trial_id"], na_position="last", kind="stable")
+        order = np.arange(1, len(search) + 1)
+        miou = 100 * search["miou"].to_numpy()
+        status = search["status"].to_numpy()
+        ax.set_title(f"protocol {protocol}" if protocol else "no protocols")
+        ax.set_xlabel("trial (in order of start)")
+        ax.set_ylabel("mIoU (%)")
+        if not np.isfinite(miou).any():
+            _no_data(ax, "no evaluated search trial yet")
+            continue
+        done = status == "completed"
+        ax.scatter(order[done], miou[done], color="C0", label="completed", zorder=3)
+        stopped = status == "early_stopped"
+        ax.scatter(order[stopped], miou[stopped], facecolors="none", edgecolors="C0",
+                   label="early-stopped (last mIoU)", zorder=3)
+        running = status == "running"
+        ax.scatter(order[running], miou[running], marker="^", color="C2", label="running", zorder=3)
+        failed = order[status == "failed"]
+        if len(failed):
+            ax.scatter(failed, np.full(len(failed), np.nanmin(miou)), marker="x", color="C3",
+                       label="failed (no mIoU)", zorder=3)
+        # cummax leaves NaN where a trial is not completed; the best so far carries over them.
+        best = pd.Series(np.where(done, miou, np.nan)).cummax().ffill().to_numpy()
+        if np.isfinite(best).any():
+            ax.step(order, best, where="post", color="C1", label="best so far (completed)")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_ablation_bars(ablation: pd.DataFrame, path: str) -> str:
+    """Grouped bars: mean mIoU (%) per ablation row within each protocol, error bars = sample std
+    over seeds (none for one seed); missing cells have no bar and are labelled "n/a"."""
+    rows = ablation[ablation["variant"] != GAIN_VARIANT]
+    protocols = list(dict.fromkeys(rows["protocol"]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * len(protocols) + 3), 4.2))
+    width = 0.8 / len(ABLATION_ROWS)
+    x = np.arange(len(protocols))
+    for k, (variant, label) in enumerate(ABLATION_ROWS):
+        cells = rows[rows["variant"] == variant].set_index("protocol").reindex(protocols)
+        mean = 100 * cells["mean"].to_numpy(dtype=float)
+        std = 100 * cells["std"].to_numpy(dtype=float)
+        pos = x - 0.4 + width * (k + 0.5)
+        shown = np.isfinite(mean)
+        ax.bar(pos[shown], mean[shown], width, label=label, color=f"C{k}")
+        best = shown & cells["best"].fillna(False).to_numpy(dtype=bool)
+        # outlined separately so the legend swatches stay plain
+        ax.bar(pos[best], mean[best], width, fill=False, edgecolor="k", linewidth=1.5)
+        spread = shown & np.isfinite(std)  # one seed: no error bar rather than a zero-width one
+        ax.errorbar(pos[spread], mean[spread], yerr=std[spread], fmt="none", ecolor="k", capsize=3)
+        for p in pos[~shown]:
+            ax.text(p, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
+    ax.set_xticks(x, [f"protocol {p}" for p in protocols])
+    ax.set_ylabel("mIoU (%)  (mean, error bar = std over seeds)")
+    ax.set_title("Loss-term ablation (black edge: best per protocol)")
+    if not np.isfinite(rows["mean"].to_numpy(dtype=float)).any():
+        _no_data(ax, "no completed ablation trial yet")
+    else:
+        top = np.nanmax(100 * (rows["mean"] + rows["std"].fillna(0.0)).to_numpy(dtype=float))
+        ax.set_ylim(0, top * 1.25)  # room for the legend above the bars
+        ax.legend(fontsize=7, ncol=3, loc="upper center")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_threshold_curve(threshold: pd.DataFrame, path: str) -> str:
+    """mIoU (%) against confidence-threshold bin per protocol (solid, left axis) and the mean
+    kept-pixel fraction (dashed, right axis); empty bins are gaps."""
+    protocols = list(dict.fromkeys(threshold["protocol"]))
+    labels = list(dict.fromkeys(threshold["bin"]))
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    kept_ax = ax.twinx()
+    x = np.arange(len(labels))
+    for k, protocol in enumerate(protocols):
+        cells = threshold[threshold["protocol"] == protocol].set_index("bin").reindex(labels)
+        ax.plot(x, 100 * cells["miou"].to_numpy(dtype=float), "o-", color=f"C{k}",
+                label=f"{protocol} mIoU")
+        kept_ax.plot(x, cells["kept_fraction"].to_numpy(dtype=float), "s--", color=f"C{k}",
+                     alpha=0.6, label=f"{protocol} kept fraction")
+    ax.set_xticks(x, labels)
+    ax.set_xlabel("confidence threshold tau (bin)")
+    ax.set_ylabel("mIoU (%)  (mean over search trials)")
+    kept_ax.set_ylabel("kept-pixel fraction (dashed)")
+    kept_ax.set_ylim(0, 1.05)
+    ax.set_title("Threshold sensitivity (early-stopped trials: last mIoU)")
+    if not np.isfinite(threshold["miou"].to_numpy(dtype=float)).any():
+        _no_data(ax, "no evaluated search trial yet")
+    else:
+        handles = ax.get_legend_handles_labels()
+        kept = kept_ax.get_legend_handles_labels()
+        ax.legend(handles[0] + kept[0], handles[1] + kept[1], fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
