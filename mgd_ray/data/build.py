@@ -1,0 +1,101 @@
+"""`build_datasets`: from a DataConfig to validated labeled / unlabeled / val datasets."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from ..config import DataConfig
+from . import cityscapes, voc
+from .dataset import Sample, SegmentationDataset
+from .io import DatasetError, cache_root, read_list
+from .splits import labeled_count, resolve_split
+from .synthetic import ensure_synthetic
+from .validate import validate_samples
+
+NUM_CLASSES: dict[str, int] = {"synthetic": 6, "voc": 21, "cityscapes": 19}
+# The synthetic images are fixed across a study: DataConfig.seed varies the split, not the images.
+SYNTHETIC_SEED = 0
+
+_LAYOUT = {
+    "synthetic": "the VOC layout (JPEGImages/, SegmentationClassAug/, ImageSets/Segmentation/)",
+    "voc": "JPEGImages/, SegmentationClassAug/ (or SegmentationClass/), ImageSets/Segmentation/",
+    "cityscapes": "leftImg8bit/{train,val}/<city>/ and gtFine/{train,val}/<city>/",
+}
+
+
+@dataclass
+class SemiSupervisedData:
+    """The three datasets of one partition. For protocol "full" every training image is labeled
+    and `unlabeled` iterates the same images without labels: MGD's distillation terms are computed
+    on unlabeled batches, so they still need a stream of images."""
+
+    labeled: Dataset
+    unlabeled: Dataset
+    val: Dataset
+    num_classes: int
+    labeled_ids: list[str]
+    unlabeled_ids: list[str]
+    split_dir: str
+
+
+def _default_split_dir(dataset: str, root: Path) -> Path:
+    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:10]
+    return cache_root() / "splits" / f"{dataset}-{tag}"
+
+
+def _user_val_list(split_dir: str | None) -> Path | None:
+    path = Path(split_dir) / "val.txt" if split_dir else None
+    return path if path is not None and path.is_file() else None
+
+
+def _samples(cfg: DataConfig, root: Path, split_out: Path):
+    """(labeled, unlabeled, val) Samples and the split folder used."""
+    if cfg.dataset == "cityscapes":
+        rows = [] if cfg.split_dir else cityscapes.scan_pairs(root, "train")
+        labeled, unlabeled, folder = resolve_split(rows, cfg.protocol, cfg.seed, cfg.split_dir, split_out)
+        val_list = _user_val_list(cfg.split_dir)
+        val_rows = ["\t".join(r) for r in read_list(val_list)] if val_list else cityscapes.scan_pairs(root, "val")
+        to_samples = lambda rows, name: cityscapes.pairs_to_samples(root, rows, name)  # noqa: E731
+    else:
+        rows = [] if cfg.split_dir else voc.train_ids(root)
+        labeled, unlabeled, folder = resolve_split(rows, cfg.protocol, cfg.seed, cfg.split_dir, split_out)
+        val_rows = voc.val_ids(root, cfg.split_dir)
+        to_samples = lambda rows, name: voc.ids_to_samples(root, rows)  # noqa: E731
+    return (to_samples(labeled, str(folder / "labeled.txt")),
+            to_samples(unlabeled, str(folder / "unlabeled.txt")),
+            to_samples(val_rows, "val.txt"), folder)
+
+
+def build_datasets(cfg: DataConfig) -> SemiSupervisedData:
+    """Resolve the data root and split, validate every file once, and return the datasets:
+    labeled items (image 3 x S x S, label S x S), unlabeled items (image 3 x S x S), val items
+    (image 3 x H x W, label H x W, id) with S = cfg.crop_size. Raises DatasetError on bad data."""
+    num_classes = NUM_CLASSES[cfg.dataset]
+    labeled_count(0, cfg.protocol)  # an unknown protocol fails before any file is touched
+    if cfg.dataset == "synthetic" and cfg.root is None:
+        root = ensure_synthetic(SYNTHETIC_SEED)
+    else:
+        root = Path(cfg.root)
+    if not root.is_dir():
+        raise DatasetError(f"data root {root} (dataset {cfg.dataset!r}): folder not found, expected {_LAYOUT[cfg.dataset]}")
+    split_out = Path(cfg.split_out_dir) if cfg.split_out_dir else _default_split_dir(cfg.dataset, root)
+    labeled, unlabeled, val, folder = _samples(cfg, root, split_out)
+    if cfg.protocol == "full":
+        unlabeled = list(labeled)
+    labeled_keys = {s.image for s in labeled}
+    validate_samples(labeled + val, [s for s in unlabeled if s.image not in labeled_keys], num_classes)
+    return SemiSupervisedData(
+        labeled=SegmentationDataset(labeled, "labeled", cfg.crop_size),
+        unlabeled=SegmentationDataset(unlabeled, "unlabeled", cfg.crop_size),
+        val=SegmentationDataset(val, "val", cfg.crop_size),
+        num_classes=num_classes,
+        labeled_ids=[s.id for s in labeled],
+        unlabeled_ids=[s.id for s in unlabeled],
+        split_dir=str(folder),
+    )
+
+
+__all__ = ["NUM_CLASSES", "SYNTHETIC_SEED", "Sample", "SemiSupervisedData", "build_datasets"]

@@ -1,0 +1,173 @@
+"""The built-in synthetic dataset: procedural scenes written once in the VOC layout and cached.
+
+Six classes: 0 = background and five objects, each defined by a shape AND a texture
+(disc + stripes, square + checker, triangle + dots, cross + grid, ring + speckle). Colours are drawn
+per object, so colour says nothing about the class. To make the task non-trivial the background
+carries faint versions of the same textures, and "distractors" (a class's shape with another
+class's texture) are background too; objects vary in size, are cut by the image border and occlude
+each other. As in VOC, a thin band of 255 (ignore) runs along object boundaries.
+
+Every image is drawn from its own generator seeded by (seed, split, index), so the set is
+byte-identical for a seed. It is written to a temporary folder renamed into place, so Ray workers
+racing to create it each see either nothing or the complete set.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .io import IGNORE_INDEX, cache_root, write_label
+from .voc import LIST_DIR
+
+VERSION = "synthetic-v1"
+CLASS_NAMES = ("background", "striped_disc", "checkered_square", "dotted_triangle", "grid_cross", "speckled_ring")
+NUM_CLASSES = len(CLASS_NAMES)
+IMAGE_SIZE = 96
+SPLITS = {"train": 320, "val": 64}
+JPEG_QUALITY = 95
+_SPLIT_CODES = {"train": 1, "val": 2}
+_YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
+
+
+def _rotated(points: np.ndarray, angle: float, center: tuple[float, float]) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    rotated = points @ np.array([[c, s], [-s, c]], dtype=np.float64)
+    return np.round(rotated + np.asarray(center)).astype(np.int32)
+
+
+def _shape_mask(shape: int, center: tuple[float, float], radius: float, angle: float) -> np.ndarray:
+    """uint8 H x W, 1 inside shape `shape` (1..5) centred at (x, y) with the given size and rotation."""
+    mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    cx, cy = int(round(center[0])), int(round(center[1]))
+    r = radius
+    if shape == 1:
+        cv2.circle(mask, (cx, cy), int(round(r)), 1, -1)
+    elif shape == 2:
+        square = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.float64) * 0.85 * r
+        cv2.fillPoly(mask, [_rotated(square, angle, center)], 1)
+    elif shape == 3:
+        corners = np.array([[np.cos(a), np.sin(a)] for a in (np.pi / 2 + k * 2 * np.pi / 3 for k in range(3))])
+        cv2.fillPoly(mask, [_rotated(corners * 1.25 * r, angle, center)], 1)
+    elif shape == 4:
+        bar = np.array([[-1, -0.33], [1, -0.33], [1, 0.33], [-1, 0.33]], dtype=np.float64) * r
+        cv2.fillPoly(mask, [_rotated(bar, angle, center)], 1)
+        cv2.fillPoly(mask, [_rotated(bar[:, ::-1].copy(), angle, center)], 1)
+    else:
+        cv2.circle(mask, (cx, cy), int(round(r)), 1, -1)
+        cv2.circle(mask, (cx, cy), int(round(0.5 * r)), 0, -1)
+    return mask
+
+
+def _texture(kind: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 H x W in [0, 1]: pattern `kind` (1..5) with random period, orientation and phase."""
+    period = rng.uniform(4.0, 7.0)
+    angle = rng.uniform(0, np.pi)
+    u = _XX * np.cos(angle) + _YY * np.sin(angle) + rng.uniform(0, period)
+    v = -_XX * np.sin(angle) + _YY * np.cos(angle) + rng.uniform(0, period)
+    if kind == 1:
+        return (np.sin(2 * np.pi * u / period) > 0).astype(np.float32)
+    if kind == 2:
+        return ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
+    if kind == 3:
+        du, dv = u % period - period / 2, v % period - period / 2
+        return (du * du + dv * dv < (period / 3) ** 2).astype(np.float32)
+    if kind == 4:
+        return ((u % period < 1.5) | (v % period < 1.5)).astype(np.float32)
+    noise = rng.random((IMAGE_SIZE // 2, IMAGE_SIZE // 2)).astype(np.float32)
+    noise = cv2.resize(noise, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_NEAREST)
+    return (cv2.GaussianBlur(noise, (3, 3), 0) > 0.5).astype(np.float32)
+
+
+def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    # Two random colours far enough apart for the texture to show.
+    while True:
+        a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        if np.abs(a - b).sum() > 150:
+            return a.astype(np.float32), b.astype(np.float32)
+
+
+def _paint(canvas: np.ndarray, mask: np.ndarray, texture: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    inside = mask.astype(bool)
+    canvas[inside] = a + (b - a) * texture[inside][:, None]
+
+
+def render_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: RGB uint8 H x W x 3 and its label uint8 H x W (0..5, 255 on boundaries)."""
+    grid = rng.uniform(40, 215, (4, 4, 3)).astype(np.float32)
+    canvas = cv2.resize(grid, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_CUBIC)
+    if rng.random() < 0.6:  # faint object-like texture over the background
+        canvas += rng.uniform(20, 45) * (_texture(int(rng.integers(1, 6)), rng)[..., None] - 0.5)
+    label = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+
+    objects = [(k, k, k) for k in rng.integers(1, NUM_CLASSES, int(rng.integers(2, 6)))]
+    for _ in range(int(rng.integers(0, 3))):
+        shape = int(rng.integers(1, NUM_CLASSES))
+        texture = int((shape - 1 + rng.integers(1, NUM_CLASSES - 1)) % (NUM_CLASSES - 1) + 1)
+        objects.append((shape, texture, 0))  # distractor: right shape, wrong texture -> background
+    for index in rng.permutation(len(objects)):
+        shape, texture, cls = objects[index]
+        center = (rng.uniform(-4, IMAGE_SIZE + 4), rng.uniform(-4, IMAGE_SIZE + 4))
+        mask = _shape_mask(int(shape), center, rng.uniform(10, 24), rng.uniform(0, 2 * np.pi))
+        _paint(canvas, mask, _texture(int(texture), rng), *_colour_pair(rng))
+        label[mask.astype(bool)] = cls
+
+    # Ignore band: pixels whose 3 x 3 neighbourhood holds more than one class, as VOC's outlines.
+    kernel = np.ones((3, 3), np.uint8)
+    boundary = cv2.dilate(label, kernel) != cv2.erode(label, kernel)
+    label[boundary] = IGNORE_INDEX
+    canvas = canvas * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20) + rng.normal(0, 6, canvas.shape)
+    return np.clip(canvas, 0, 255).astype(np.uint8), label
+
+
+def generate_synthetic(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write the synthetic set (VOC layout, real JPEGs, grayscale index PNGs) into `out_dir`."""
+    out_dir = Path(out_dir)
+    for folder in ("JPEGImages", "SegmentationClassAug", LIST_DIR):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    lists = {}
+    for split, count in SPLITS.items():
+        ids = [f"{split}_{index:04d}" for index in range(count)]
+        for index, image_id in enumerate(ids):
+            image, label = render_scene(np.random.default_rng([seed, _SPLIT_CODES[split], index]))
+            bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+            ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            if not ok:
+                raise OSError(f"could not encode synthetic image {image_id}")
+            (out_dir / "JPEGImages" / f"{image_id}.jpg").write_bytes(jpeg.tobytes())
+            write_label(out_dir / "SegmentationClassAug" / f"{image_id}.png", label)
+        lists["train_aug" if split == "train" else split] = ids
+    for name, ids in lists.items():
+        (out_dir / LIST_DIR / f"{name}.txt").write_text("".join(i + "\n" for i in ids), encoding="utf-8")
+    meta = {"version": VERSION, "seed": seed, "classes": list(CLASS_NAMES), "image_size": IMAGE_SIZE, "splits": SPLITS}
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return out_dir
+
+
+def synthetic_root(seed: int = 0) -> Path:
+    """The cache folder of the synthetic set for a seed: $MGD_RAY_DATA/synthetic-v1-seed<seed>."""
+    return cache_root() / f"{VERSION}-seed{seed}"
+
+
+def ensure_synthetic(seed: int = 0, root: str | Path | None = None) -> Path:
+    """The synthetic set's root, generating it first when absent (safe when processes race)."""
+    final = Path(root) if root is not None else synthetic_root(seed)
+    if (final / "meta.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        generate_synthetic(staging, seed)
+        os.rename(staging, final)
+    except OSError:
+        # Another process renamed its copy into place first; theirs is identical.
+        if not (final / "meta.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
