@@ -1,0 +1,371 @@
+"""mgd_ray.report on hand-built trial frames and a hand-written results folder.
+
+Every expected number below is computed by hand in the comments (means, sample stds, sums)."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from mgd_ray.report import (ReportInputError, ablation_grid, ablation_table, generate_report,
+                            importance_table, load_study, load_trials, normalize_trials,
+                            search_table, study_protocols, threshold_table, to_latex, to_markdown)
+from mgd_ray.report.format import importance_grid, search_grid, threshold_grid
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CFG = dict(w_sup=1.0, w_pixel=1.0, lambda_semantic=0.002, lambda_region=100.0,
+           confidence_threshold=0.0)
+
+
+def trial(trial_id, protocol, kind, variant, status, miou, seed=0, ended="2025-01-01T01:00",
+          **extra):
+    return dict(trial_id=trial_id, protocol=protocol, kind=kind, variant=variant, status=status,
+                miou=miou, seed=seed, ended_at=ended, **{**CFG, **extra})
+
+
+def ablation_frame() -> pd.DataFrame:
+    rows = [
+        # 1/8 supervised: seeds 0,1,2 = 0.40, 0.42, 0.44 -> mean 0.42, sample std 0.02
+        trial("s0-old", "1/8", "ablation", "supervised", "completed", 0.10, seed=0,
+              ended="2025-01-01T00:00"),  # re-run seed 0: the later trial replaces it
+        trial("s0", "1/8", "ablation", "supervised", "completed", 0.40, seed=0),
+        trial("s1", "1/8", "ablation", "supervised", "completed", 0.42, seed=1),
+        trial("s2", "1/8", "ablation", "supervised", "completed", 0.44, seed=2),
+        trial("s3", "1/8", "ablation", "supervised", "failed", 0.99, seed=3),  # never counts
+        trial("s4", "1/8", "ablation", "supervised", "running", 0.90, seed=4),  # not final
+        trial("p0", "1/8", "ablation", "pixel", "completed", 0.50),  # single seed
+        # mgd_paper 0.50, 0.54 -> mean 0.52, std sqrt(2 * 0.02^2 / 1) = 0.028284
+        trial("m0", "1/8", "ablation", "mgd_paper", "completed", 0.50, seed=0),
+        trial("m1", "1/8", "ablation", "mgd_paper", "completed", 0.54, seed=1),
+        trial("b0", "1/8", "ablation", "mgd_best", "failed", None),  # 1/8 mgd_best missing
+        trial("b1", "1/4", "ablation", "mgd_best", "completed", 0.60),  # 1/4: no supervised
+        trial("x", "1/4", "search", "search", "completed", 0.99),  # search trials not ablation
+    ]
+    return pd.DataFrame(rows)
+
+
+def cell(table, variant, protocol):
+    return table[(table["variant"] == variant) & (table["protocol"] == protocol)].iloc[0]
+
+
+def test_ablation_means_stds_missing_and_gain():
+    table = ablation_table(ablation_frame(), ["1/8", "1/4", "1/2"])
+    assert list(table["variant"].unique()) == ["supervised", "pixel", "pixel_semantic",
+                                               "pixel_region", "mgd_paper", "mgd_best", "gain"]
+    sup = cell(table, "supervised", "1/8")
+    assert sup["n"] == 3 and sup["mean"] == pytest.approx(0.42) and sup["std"] == pytest.approx(0.02)
+    pix = cell(table, "pixel", "1/8")
+    assert pix["n"] == 1 and pix["mean"] == pytest.approx(0.5) and math.isnan(pix["std"])
+    paper = cell(table, "mgd_paper", "1/8")
+    assert paper["mean"] == pytest.approx(0.52) and paper["std"] == pytest.approx(0.02 * math.sqrt(2))
+    for variant, protocol in [("mgd_best", "1/8"), ("pixel_region", "1/8"), ("supervised", "1/4"),
+                              ("supervised", "1/2")]:
+        missing = cell(table, variant, protocol)
+        assert missing["n"] == 0 and math.isnan(missing["mean"])  # missing, never 0.0
+    best = table[table["best"]]
+    assert sorted(zip(best["variant"], best["protocol"])) == [("mgd_best", "1/4"), ("mgd_paper", "1/8")]
+    assert cell(table, "gain", "1/8")["mean"] == pytest.approx(0.52 - 0.42)
+    assert math.isnan(cell(table, "gain", "1/4")["mean"])  # no supervised baseline in 1/4
+    assert math.isnan(cell(table, "gain", "1/2")["mean"])
+
+    text, bold = ablation_grid(table)
+    assert text.loc["Supervised only", "1/8"] == "42.00 \u00b1 2.00 (n=3)"
+    assert text.loc["+ L_P", "1/8"] == "50.00 (n=1)"
+    assert text.loc["MGD (paper weights)", "1/8"] == "52.00 \u00b1 2.83 (n=2)"
+    assert text.loc["MGD (best found)", "1/8"] == "--"
+    assert text.loc["Gain of MGD over supervised", "1/8"] == "+10.00"
+    assert text.loc["Gain of MGD over supervised", "1/4"] == "--"
+    assert (text["1/2"] == "--").all() and not bold["1/2"].any()
+    assert bold.loc["MGD (paper weights)", "1/8"] and bold.loc["MGD (best found)", "1/4"]
+    assert int(bold.to_numpy().sum()) == 2
+
+
+def test_ablation_tie_marks_both_best():
+    rows = [trial("a", "1/8", "ablation", "pixel", "completed", 0.5),
+            trial("b", "1/8", "ablation", "mgd_best", "completed", 0.5)]
+    best = ablation_table(pd.DataFrame(rows), ["1/8"]).query("best")
+    assert sorted(best["variant"]) == ["mgd_best", "pixel"]
+
+
+def search_frame() -> pd.DataFrame:
+    rows = [
+        trial("a", "1/8", "search", "search", "completed", 0.45, device="gpu", device_hours=0.5,
+              w_pixel=0.5, confidence_threshold=0.3),
+        trial("b", "1/8", "search", "search", "completed", 0.55, device="gpu", device_hours=0.25,
+              w_pixel=2.0, lambda_semantic=0.001, lambda_region=30.0, confidence_threshold=0.8),
+        # higher mIoU but stopped early: not comparable with a full run, so never "best"
+        trial("c", "1/8", "search", "search", "early_stopped", 0.60, device="gpu",
+              device_hours=0.125),
+        trial("d", "1/8", "search", "search", "failed", None, device="gpu", device_hours=0.0625),
+        trial("e", "1/8", "search", "search", "running", 0.30, device="gpu", device_hours=None),
+        trial("f", "1/4", "search", "search", "failed", None, device="cpu", device_hours=0.1),
+        trial("g", "1/8", "ablation", "supervised", "completed", 0.9, device="gpu", device_hours=9),
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_search_table_best_config_counts_and_compute():
+    table = search_table(search_frame(), ["1/8", "1/4", "1/2"]).set_index("protocol")
+    top = table.loc["1/8"]
+    assert top["best_trial"] == "b" and top["miou"] == pytest.approx(0.55)
+    assert (top["w_sup"], top["w_pixel"], top["lambda_semantic"], top["lambda_region"],
+            top["confidence_threshold"]) == (1.0, 2.0, 0.001, 30.0, 0.8)
+    assert (top["trials"], top["completed"], top["early_stopped"], top["failed"], top["running"]) \
+        == (5, 2, 1, 1, 1)
+    assert top["gpu_hours"] == pytest.approx(0.5 + 0.25 + 0.125 + 0.0625)  # ablation excluded
+    assert math.isnan(top["cpu_hours"])
+    quarter = table.loc["1/4"]
+    assert quarter["trials"] == 1 and quarter["failed"] == 1 and math.isnan(quarter["miou"])
+    assert quarter["cpu_hours"] == pytest.approx(0.1) and math.isnan(quarter["gpu_hours"])
+    assert table.loc["1/2", "trials"] == 0 and math.isnan(table.loc["1/2", "gpu_hours"])
+
+    grid = search_grid(table.reset_index())
+    assert grid.loc["1/8", "Compute"] == "0.938 GPU-hours"
+    assert grid.loc["1/4", "Compute"] == "0.1 CPU-hours"
+    assert grid.loc["1/2", "Compute"] == "--" and grid.loc["1/2", "mIoU (%)"] == "--"
+    assert grid.loc["1/8", "mIoU (%)"] == "55.00" and grid.loc["1/8", "lambda_R"] == "30"
+
+
+def test_search_table_default_device_fills_missing_device():
+    rows = [trial("a", "1/8", "search", "search", "completed", 0.4, device_hours=2.0)]
+    table = search_table(pd.DataFrame(rows), ["1/8"], default_device="cpu")
+    assert table.loc[0, "cpu_hours"] == 2.0 and math.isnan(table.loc[0, "gpu_hours"])
+
+
+def test_threshold_bins_edges_and_statuses():
+    rows = [
+        trial("t0", "1/8", "search", "search", "completed", 0.40, confidence_threshold=0.0, kept_fraction=1.0),
+        trial("t1", "1/8", "search", "search", "completed", 0.50, confidence_threshold=0.5, kept_fraction=0.8),
+        trial("t2", "1/8", "search", "search", "completed", 0.52, confidence_threshold=0.69, kept_fraction=0.6),
+        trial("t3", "1/8", "search", "search", "early_stopped", 0.44, confidence_threshold=0.75, kept_fraction=0.5),
+        trial("t4", "1/8", "search", "search", "completed", 0.30, confidence_threshold=0.9, kept_fraction=0.2),
+        trial("t5", "1/8", "search", "search", "completed", 0.20, confidence_threshold=1.0, kept_fraction=0.0),
+        trial("t6", "1/8", "search", "search", "failed", None, confidence_threshold=0.8),
+        trial("t7", "1/8", "search", "search", "running", 0.9, confidence_threshold=0.85),
+    ]
+    table = threshold_table(pd.DataFrame(rows), ["1/8"])
+    assert list(table["bin"]) == ["[0, 0.5)", "[0.5, 0.7)", "[0.7, 0.8)", "[0.8, 0.9)", "[0.9, 1]"]
+    assert list(table["n"]) == [1, 2, 1, 0, 2]
+    np.testing.assert_allclose(table["miou"], [0.40, 0.51, 0.44, np.nan, 0.25])
+    np.testing.assert_allclose(table["kept_fraction"], [1.0, 0.7, 0.5, np.nan, 0.1])
+    grid = threshold_grid(table)
+    assert list(grid["mIoU (%)"]) == ["40.00", "51.00", "44.00", "--", "25.00"]
+    with pytest.raises(ValueError, match="bin edges"):
+        threshold_table(pd.DataFrame(rows), ["1/8"], edges=(0.5, 0.2))
+
+
+class RecordingEvaluator(optuna.importance.BaseImportanceEvaluator):
+    """Records the rebuilt study's distributions; gives every param the same weight."""
+
+    def evaluate(self, study, params=None, *, target=None):
+        self.distributions = study.trials[0].distributions
+        self.values = [t.value for t in study.trials]
+        names = list(self.distributions)
+        return {name: 1.0 for name in names}
+
+
+def test_importance_rebuilds_study_with_log_bounds_from_data():
+    rows = [trial(f"i{k}", "1/8", "search", "search", "completed", 0.4 + 0.01 * k,
+                  w_pixel=0.5 + k, lambda_semantic=10.0 ** -(k + 2), lambda_region=10.0 * (k + 1))
+            for k in range(3)]
+    rows.append(trial("fail", "1/8", "search", "search", "failed", None, w_pixel=99.0))
+    evaluator = RecordingEvaluator()
+    table = importance_table(pd.DataFrame(rows), ["1/8"], evaluator=evaluator)
+    dist = evaluator.distributions
+    assert set(dist) == {"w_pixel", "lambda_semantic", "lambda_region"}  # constant ones dropped
+    assert (dist["w_pixel"].low, dist["w_pixel"].high, dist["w_pixel"].log) == (0.5, 2.5, False)
+    assert dist["lambda_semantic"].log and dist["lambda_semantic"].low == pytest.approx(1e-4)
+    assert dist["lambda_region"].log and (dist["lambda_region"].low, dist["lambda_region"].high) == (10.0, 30.0)
+    assert evaluator.values == pytest.approx([0.40, 0.41, 0.42])
+    row = table.iloc[0]
+    assert row["n_trials"] == 3 and row["note"] == ""
+    assert row["w_pixel"] == pytest.approx(1 / 3) and math.isnan(row["w_sup"])
+    assert row["evaluator"] == "RecordingEvaluator"
+
+
+def test_importance_real_evaluator_reproducible_and_not_enough_trials():
+    rng = np.random.default_rng(0)
+    rows = [trial(f"r{k}", "1/8", "search", "search", "completed", float(w),
+                  w_pixel=float(w), confidence_threshold=float(t))
+            for k, (w, t) in enumerate(zip(rng.uniform(0.1, 0.9, 30), rng.uniform(0, 1, 30)))]
+    rows += [trial("one", "1/4", "search", "search", "completed", 0.5),
+             trial("c1", "1/2", "search", "search", "completed", 0.5),
+             trial("c2", "1/2", "search", "search", "completed", 0.6)]  # identical configs
+    first = importance_table(pd.DataFrame(rows), ["1/8", "1/4", "1/2"], seed=3)
+    second = importance_table(pd.DataFrame(rows), ["1/8", "1/4", "1/2"], seed=3)
+    pd.testing.assert_frame_equal(first, second)
+    eighth = first.set_index("protocol").loc["1/8"]
+    # the value is w_pixel itself, so it must dominate the unrelated threshold
+    assert eighth["w_pixel"] + eighth["confidence_threshold"] == pytest.approx(1.0)
+    assert eighth["w_pixel"] > eighth["confidence_threshold"]
+    notes = first.set_index("protocol")["note"]
+    assert notes["1/4"] == "not enough trials (1 completed)"
+    assert notes["1/2"] == "not enough trials (no parameter varies)"
+    grid = importance_grid(first)
+    assert grid.loc["1/4", "w_P"] == "--" and grid.loc["1/8", "w_sup"] == "--"
+
+
+def parse_markdown(text: str) -> list[list[str]]:
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in row.strip("|").split(" | ")] for row in rows if "---" not in row]
+
+
+def test_markdown_and_latex_rendering():
+    text, bold = ablation_grid(ablation_table(ablation_frame(), ["1/8", "1/4"]))
+    md = parse_markdown(to_markdown(text, bold))
+    assert md[0] == ["Method", "1/8", "1/4"]
+    assert md[1] == ["Supervised only", "42.00 \u00b1 2.00 (n=3)", "--"]
+    assert md[5] == ["MGD (paper weights)", "**52.00 \u00b1 2.83 (n=2)**", "--"]
+    assert md[6] == ["MGD (best found)", "--", "**60.00 (n=1)**"]
+    tex = to_latex(text, bold, caption="mIoU (%)", label="tab:x",
+                   midrule_before=("Gain of MGD over supervised",))
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        assert rule in tex
+    assert r"\textbf{52.00 $\pm$ 2.83 (n=2)}" in tex and r"mIoU (\%)" in tex
+    assert r"+ $L_P$ + $L_I$ & -- & -- \\" in tex
+    assert tex.count(r"\midrule") == 2  # after the header and before the gain row
+
+
+def test_normalize_rejects_unknown_status_and_protocol():
+    with pytest.raises(ReportInputError, match="'status'.*done"):
+        normalize_trials(pd.DataFrame([trial("a", "1/8", "search", "search", "done", 0.5)]))
+    with pytest.raises(ReportInputError, match="'protocol'.*1/3"):
+        normalize_trials(pd.DataFrame([trial("a", "1/3", "search", "search", "completed", 0.5)]))
+
+
+STUDY = {"dataset": "synthetic", "protocols": ["1/8", "1/4"], "student": "deeplabv3plus_resnet18",
+         "teacher_deep": "deeplabv3plus_resnet101", "teacher_wide": "deeplabv3plus_wide_resnet50_2",
+         "num_classes": 6, "iterations": 40, "created": "2025-01-02T10:00:00", "device": "cpu"}
+
+
+def write_trial(root, record):
+    folder = os.path.join(root, "trials", record["protocol"].replace("/", "_"))
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{record['trial_id']}.json"), "w") as f:
+        json.dump(record, f)
+
+
+def record(trial_id, protocol, kind, variant, status, miou, seed=0, threshold=0.0, w_pixel=1.0,
+           history=None):
+    return {"trial_id": trial_id, "protocol": protocol, "kind": kind, "variant": variant,
+            "seed": seed, "status": status, "error": "boom" if status == "failed" else None,
+            "config": {**CFG, "w_pixel": w_pixel, "confidence_threshold": threshold},
+            "miou": miou, "best_miou": miou, "kept_fraction": 1 - threshold / 2, "iteration": 40,
+            "max_iterations": 40, "history": history or [], "device": "cpu", "num_devices": 1,
+            "wall_s": 36.0, "device_hours": 0.01, "started_at": f"2025-01-02T10:{trial_id[-1]}0:00",
+            "ended_at": None if status == "running" else "2025-01-02T11:00:00"}
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    root = str(tmp_path / "results")
+    os.makedirs(root)
+    with open(os.path.join(root, "study.json"), "w") as f:
+        json.dump(STUDY, f)
+    write_trial(root, record("a1", "1/8", "ablation", "supervised", "completed", 0.30, seed=0))
+    write_trial(root, record("a2", "1/8", "ablation", "supervised", "completed", 0.34, seed=1))
+    write_trial(root, record("a3", "1/8", "ablation", "mgd_paper", "completed", 0.41, seed=0))
+    write_trial(root, record("a4", "1/8", "ablation", "mgd_best", "running", None, seed=0))
+    write_trial(root, record("s1", "1/8", "search", "search", "completed", 0.38, threshold=0.6, w_pixel=0.5))
+    write_trial(root, record("s2", "1/8", "search", "search", "completed", 0.42, threshold=0.95, w_pixel=2.0))
+    # miou not written yet: the last history entry is the last evaluation
+    write_trial(root, record("s3", "1/8", "search", "search", "early_stopped", None, threshold=0.2,
+                             history=[{"iteration": 10, "miou": 0.2, "kept_fraction": 0.9, "loss": 1.0},
+                                      {"iteration": 20, "miou": 0.25, "kept_fraction": 0.9, "loss": 0.9}]))
+    write_trial(root, record("s4", "1/4", "search", "search", "failed", None))
+    with open(os.path.join(root, "trials", "1_8", "half.json"), "w") as f:
+        f.write('{"trial_id": "half", "protocol": "1/')
+    with open(os.path.join(root, "trials", "1_8", "nokind.json"), "w") as f:
+        json.dump({"trial_id": "nokind", "protocol": "1/8", "status": "completed"}, f)
+    return root
+
+
+def test_load_trials_skips_broken_files_with_a_warning(results_dir):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trials = load_trials(results_dir)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "half.json" in messages and "nokind.json" in messages and "missing key(s) ['kind']" in messages
+    assert sorted(trials["trial_id"]) == ["a1", "a2", "a3", "a4", "s1", "s2", "s3", "s4"]
+    s3 = trials.set_index("trial_id").loc["s3"]
+    assert s3["miou"] == 0.25 and s3["confidence_threshold"] == 0.2
+    assert study_protocols(load_study(results_dir), trials) == ["1/8", "1/4"]
+    assert study_protocols({}, trials) == ["1/8", "1/4"]  # canonical order without study.json
+
+
+def test_load_study_missing_folder_and_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_study(str(tmp_path / "nowhere"))
+    with pytest.warns(UserWarning, match="study.json"):
+        assert load_study(str(tmp_path)) == {}
+
+
+def snapshot(root):
+    return {os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files}
+
+
+def test_cli_writes_every_file_and_only_report_files(results_dir):
+    before = snapshot(results_dir)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    for _ in range(2):  # regenerating overwrites the previous report
+        done = subprocess.run([sys.executable, "-m", "mgd_ray.report", results_dir], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    added = snapshot(results_dir) - before
+    assert all(p == "REPORT.md" or p.startswith("report" + os.sep) for p in added)
+    assert not any(p.endswith(".tmp") for p in added)
+    names = {"ablation", "search", "threshold", "importance"}
+    assert {f"report{os.sep}{n}.{e}" for n in names for e in ("md", "csv", "tex")} <= added
+    for png in ("optimization_history", "ablation_bars", "threshold_curve"):
+        with open(os.path.join(results_dir, "report", f"{png}.png"), "rb") as f:
+            assert f.read(8) == PNG_MAGIC
+
+    with open(os.path.join(results_dir, "report", "ablation.csv")) as f:
+        csv = pd.read_csv(io.StringIO(f.read())).set_index(["variant", "protocol"])
+    assert csv.loc[("supervised", "1/8"), "mean"] == pytest.approx(0.32)
+    assert csv.loc[("supervised", "1/8"), "std"] == pytest.approx(0.04 / math.sqrt(2))
+    assert csv.loc[("mgd_paper", "1/8"), "n"] == 1 and bool(csv.loc[("mgd_paper", "1/8"), "best"])
+    assert math.isnan(csv.loc[("mgd_best", "1/8"), "mean"])  # running: missing, not zero
+    assert csv.loc[("gain", "1/8"), "mean"] == pytest.approx(0.41 - 0.32)
+    with open(os.path.join(results_dir, "report", "search.tex")) as f:
+        tex = f.read()
+    assert r"\toprule" in tex and r"\bottomrule" in tex and "42.00" in tex
+
+    with open(os.path.join(results_dir, "REPORT.md")) as f:
+        index = f.read()
+    for text in ("synthetic", "1/8, 1/4", "deeplabv3plus_resnet18", "deeplabv3plus_resnet101",
+                 "deeplabv3plus_wide_resnet50_2", "2025-01-02", "still running",
+                 "| MGD (paper weights) | **41.00 (n=1)** | -- |", "| Supervised only | 32.00 \u00b1 2.83 (n=2) | -- |"):
+        assert text in index
+    for link in ("report/ablation.csv", "report/search.md", "report/importance.tex",
+                 "report/threshold_curve.png", "report/optimization_history.png"):
+        assert f"({link})" in index and os.path.exists(os.path.join(results_dir, link))
+    threshold = pd.read_csv(os.path.join(results_dir, "report", "threshold.csv"))
+    eighth = threshold[threshold["protocol"] == "1/8"]
+    assert list(eighth["n"]) == [1, 1, 0, 0, 1]  # 0.2 (early-stopped), 0.6, 0.95
+
+
+def test_generate_report_on_an_empty_study(tmp_path):
+    root = str(tmp_path)
+    with open(os.path.join(root, "study.json"), "w") as f:
+        json.dump(STUDY, f)
+    paths = generate_report(root)
+    with open(paths["ablation_md"]) as f:
+        rows = parse_markdown(f.read())
+    assert all(c == "--" for row in rows[1:] for c in row[1:])
+    assert set(paths) >= {"index", "ablation_bars", "search_csv", "importance_md"}
+
+
+def test_cli_rejects_a_missing_folder(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "mgd_ray.report", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "RESULTS_DIR" in done.stderr and "none" in done.stderr
