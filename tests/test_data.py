@@ -199,6 +199,22 @@ def test_default_config_builds_the_cached_synthetic_set(data_cache, tmp_path):
     assert ensure_synthetic(0) == data_cache / "synthetic-v1-seed0"
 
 
+def test_synthetic_creation_race_keeps_the_first_complete_copy(tmp_path, monkeypatch):
+    from mgd_ray.data import synthetic
+
+    final = tmp_path / "shared" / "synthetic"
+    real = synthetic.generate_synthetic
+
+    def other_worker_finishes_first(out_dir, seed=0):
+        real(final, seed)
+        return real(out_dir, seed)
+
+    monkeypatch.setattr(synthetic, "generate_synthetic", other_worker_finishes_first)
+    assert ensure_synthetic(0, final) == final
+    assert list(final.parent.iterdir()) == [final]  # the loser's staging folder is gone
+    assert len(list((final / "JPEGImages").iterdir())) == 320 + 64
+
+
 # ---------------------------------------------------------------- augmentation
 
 COLOURS = {0: (200, 10, 10), 3: (10, 200, 10), IGNORE_INDEX: (10, 10, 200)}

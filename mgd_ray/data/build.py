@@ -51,22 +51,30 @@ def _user_val_list(split_dir: str | None) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
+def _to_samples(dataset: str, root: Path, rows: list[str], list_name: str) -> list[Sample]:
+    if dataset == "cityscapes":
+        return cityscapes.pairs_to_samples(root, rows, list_name)
+    return voc.ids_to_samples(root, rows)
+
+
 def _samples(cfg: DataConfig, root: Path, split_out: Path):
     """(labeled, unlabeled, val) Samples and the split folder used."""
-    if cfg.dataset == "cityscapes":
-        rows = [] if cfg.split_dir else cityscapes.scan_pairs(root, "train")
-        labeled, unlabeled, folder = resolve_split(rows, cfg.protocol, cfg.seed, cfg.split_dir, split_out)
-        val_list = _user_val_list(cfg.split_dir)
-        val_rows = ["\t".join(r) for r in read_list(val_list)] if val_list else cityscapes.scan_pairs(root, "val")
-        to_samples = lambda rows, name: cityscapes.pairs_to_samples(root, rows, name)  # noqa: E731
+    # The training list is only needed to draw a split; user lists name their own images.
+    if cfg.split_dir:
+        rows = []
     else:
-        rows = [] if cfg.split_dir else voc.train_ids(root)
-        labeled, unlabeled, folder = resolve_split(rows, cfg.protocol, cfg.seed, cfg.split_dir, split_out)
+        rows = cityscapes.scan_pairs(root, "train") if cfg.dataset == "cityscapes" else voc.train_ids(root)
+    labeled, unlabeled, folder = resolve_split(rows, cfg.protocol, cfg.seed, cfg.split_dir, split_out)
+    val_list = _user_val_list(cfg.split_dir)
+    if cfg.dataset != "cityscapes":
         val_rows = voc.val_ids(root, cfg.split_dir)
-        to_samples = lambda rows, name: voc.ids_to_samples(root, rows)  # noqa: E731
-    return (to_samples(labeled, str(folder / "labeled.txt")),
-            to_samples(unlabeled, str(folder / "unlabeled.txt")),
-            to_samples(val_rows, "val.txt"), folder)
+    elif val_list is not None:
+        val_rows = ["\t".join(row) for row in read_list(val_list)]
+    else:
+        val_rows = cityscapes.scan_pairs(root, "val")
+    return (_to_samples(cfg.dataset, root, labeled, str(folder / "labeled.txt")),
+            _to_samples(cfg.dataset, root, unlabeled, str(folder / "unlabeled.txt")),
+            _to_samples(cfg.dataset, root, val_rows, str(val_list or "the validation list")), folder)
 
 
 def build_datasets(cfg: DataConfig) -> SemiSupervisedData:
@@ -75,12 +83,15 @@ def build_datasets(cfg: DataConfig) -> SemiSupervisedData:
     (image 3 x H x W, label H x W, id) with S = cfg.crop_size. Raises DatasetError on bad data."""
     num_classes = NUM_CLASSES[cfg.dataset]
     labeled_count(0, cfg.protocol)  # an unknown protocol fails before any file is touched
-    if cfg.dataset == "synthetic" and cfg.root is None:
-        root = ensure_synthetic(SYNTHETIC_SEED)
+    if cfg.dataset == "synthetic":
+        # Generated on first use, in the cache or in the folder the user named.
+        root = ensure_synthetic(SYNTHETIC_SEED, cfg.root)
     else:
         root = Path(cfg.root)
     if not root.is_dir():
-        raise DatasetError(f"data root {root} (dataset {cfg.dataset!r}): folder not found, expected {_LAYOUT[cfg.dataset]}")
+        raise DatasetError(
+            f"data root {root} (dataset {cfg.dataset!r}): folder not found, expected {_LAYOUT[cfg.dataset]}"
+        )
     split_out = Path(cfg.split_out_dir) if cfg.split_out_dir else _default_split_dir(cfg.dataset, root)
     labeled, unlabeled, val, folder = _samples(cfg, root, split_out)
     if cfg.protocol == "full":

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .dataset import Sample
 from .cityscapes_labels import cityscapes_label_to_train_id  # noqa: F401  (re-exported)
+from .dataset import Sample
 from .io import DatasetError
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -49,7 +49,8 @@ def scan_pairs(root: str | Path, split: str) -> list[str]:
 
 
 def pair_id(pair: str) -> str:
-    """"leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png<TAB>..." -> "aachen/aachen_000000_000019"."""
+    """A pair's id, "<city>/<name>": "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png<TAB>..."
+    -> "aachen/aachen_000000_000019"."""
     image = Path(pair.split()[0])
     name = image.name[: -len(IMAGE_SUFFIX)] if image.name.endswith(IMAGE_SUFFIX) else image.stem
     return f"{image.parent.name}/{name}"

@@ -49,7 +49,9 @@ def cutmix_boxes(height: int, width: int, generator: torch.Generator | None = No
                 break
         if len(boxes) == num_boxes:
             return boxes
-    raise ValueError(f"could not place {num_boxes} disjoint boxes of area {box_area:.0f} in {height} x {width}")
+    raise ValueError(
+        f"could not place {num_boxes} disjoint boxes of area {box_area:.0f} in {height} x {width}"
+    )
 
 
 def cutmix_mask(batch_size: int, height: int, width: int, generator: torch.Generator | None = None,

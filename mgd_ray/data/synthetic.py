@@ -26,7 +26,9 @@ from .io import IGNORE_INDEX, cache_root, write_label
 from .voc import LIST_DIR
 
 VERSION = "synthetic-v1"
-CLASS_NAMES = ("background", "striped_disc", "checkered_square", "dotted_triangle", "grid_cross", "speckled_ring")
+CLASS_NAMES = (
+    "background", "striped_disc", "checkered_square", "dotted_triangle", "grid_cross", "speckled_ring",
+)
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SIZE = 96
 SPLITS = {"train": 320, "val": 64}
@@ -52,7 +54,8 @@ def _shape_mask(shape: int, center: tuple[float, float], radius: float, angle: f
         square = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.float64) * 0.85 * r
         cv2.fillPoly(mask, [_rotated(square, angle, center)], 1)
     elif shape == 3:
-        corners = np.array([[np.cos(a), np.sin(a)] for a in (np.pi / 2 + k * 2 * np.pi / 3 for k in range(3))])
+        angles = np.pi / 2 + np.arange(3) * 2 * np.pi / 3
+        corners = np.stack([np.cos(angles), np.sin(angles)], axis=1)
         cv2.fillPoly(mask, [_rotated(corners * 1.25 * r, angle, center)], 1)
     elif shape == 4:
         bar = np.array([[-1, -0.33], [1, -0.33], [1, 0.33], [-1, 0.33]], dtype=np.float64) * r
@@ -144,7 +147,8 @@ def generate_synthetic(out_dir: str | Path, seed: int = 0) -> Path:
         lists["train_aug" if split == "train" else split] = ids
     for name, ids in lists.items():
         (out_dir / LIST_DIR / f"{name}.txt").write_text("".join(i + "\n" for i in ids), encoding="utf-8")
-    meta = {"version": VERSION, "seed": seed, "classes": list(CLASS_NAMES), "image_size": IMAGE_SIZE, "splits": SPLITS}
+    meta = {"version": VERSION, "seed": seed, "classes": list(CLASS_NAMES),
+            "image_size": IMAGE_SIZE, "splits": SPLITS}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return out_dir
 

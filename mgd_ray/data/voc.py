@@ -19,7 +19,9 @@ def label_dir(root: str | Path) -> Path:
     for name in LABEL_DIRS:
         if (root / name).is_dir():
             return root / name
-    raise DatasetError(f"VOC root {root}: neither {' nor '.join(LABEL_DIRS)} found, expected <id>.png label maps")
+    raise DatasetError(
+        f"VOC root {root}: neither {' nor '.join(LABEL_DIRS)} found, expected <id>.png label maps"
+    )
 
 
 def _row_id(fields: list[str]) -> str:
