@@ -42,13 +42,11 @@ def compression_rows(size: int = 512, num_classes: int = 21, output_stride: int 
 def _network_table(rows: list[dict]) -> list[str]:
     lines = ["| network | role | output stride | backbone GMACs | total GMACs | backbone params (M) | total params (M) |",
              "|---|---|---|---|---|---|---|"]
-    seen = []
-    for r in rows:
-        for arch, st, role in ((r["student"], r["student_stats"], "student"), (r["teacher"], r["teacher_stats"], r["role"])):
-            if arch not in seen:
-                seen.append(arch)
-                lines.append(f"| {_short(arch)} | {role} | {st['output_stride']} | {st['backbone_gmacs']:.2f} | "
-                             f"{st['total_gmacs']:.2f} | {st['backbone_params'] / 1e6:.2f} | {st['total_params'] / 1e6:.2f} |")
+    networks = {r["student"]: (r["student_stats"], "student") for r in rows}  # students first
+    networks.update({r["teacher"]: (r["teacher_stats"], r["role"]) for r in rows})
+    for arch, (st, role) in networks.items():
+        lines.append(f"| {_short(arch)} | {role} | {st['output_stride']} | {st['backbone_gmacs']:.2f} | "
+                     f"{st['total_gmacs']:.2f} | {st['backbone_params'] / 1e6:.2f} | {st['total_params'] / 1e6:.2f} |")
     return lines
 
 
