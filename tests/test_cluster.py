@@ -315,7 +315,7 @@ def test_ray_rejects_a_broken_copy(raw):
         validate_config(prepare_config(no_head))
 
 
-def test_no_real_aws_module_left_behind(aws_config):
+def test_stand_in_boto3_does_not_leak(aws_config):
     # The stand-ins must not leak into other tests' imports.
     assert sys.modules.get("boto3") is not aws_config.boto3
     assert os.environ["AWS_EC2_METADATA_DISABLED"] == "true"
