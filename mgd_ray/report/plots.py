@@ -48,15 +48,18 @@ def plot_optimization_history(trials: pd.DataFrame, protocols: list[str], path: 
         ax.set_xlabel("trial (in order of start)")
         ax.set_ylabel("mIoU (%)")
         if not np.isfinite(miou).any():
+            ax.set_ylim(0, 100)
             _no_data(ax, "no evaluated search trial yet")
             continue
         done = status == "completed"
-        ax.scatter(order[done], miou[done], color="C0", label="completed", zorder=3)
-        stopped = status == "early_stopped"
-        ax.scatter(order[stopped], miou[stopped], facecolors="none", edgecolors="C0",
-                   label="early-stopped (last mIoU)", zorder=3)
-        running = status == "running"
-        ax.scatter(order[running], miou[running], marker="^", color="C2", label="running", zorder=3)
+        styles = {"completed": dict(color="C0", label="completed"),
+                  "early_stopped": dict(facecolors="none", edgecolors="C0",
+                                        label="early-stopped (last mIoU)"),
+                  "running": dict(marker="^", color="C2", label="running (latest mIoU)")}
+        for name, style in styles.items():
+            shown = (status == name) & np.isfinite(miou)
+            if shown.any():  # an empty scatter would still claim a legend entry
+                ax.scatter(order[shown], miou[shown], zorder=3, **style)
         failed = order[status == "failed"]
         if len(failed):
             ax.scatter(failed, np.full(len(failed), np.nanmin(miou)), marker="x", color="C3",
@@ -78,6 +81,7 @@ def plot_ablation_bars(ablation: pd.DataFrame, path: str) -> str:
     fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * len(protocols) + 3), 4.2))
     width = 0.8 / len(ABLATION_ROWS)
     x = np.arange(len(protocols))
+    any_data = bool(np.isfinite(rows["mean"].to_numpy(dtype=float)).any())
     for k, (variant, label) in enumerate(ABLATION_ROWS):
         cells = rows[rows["variant"] == variant].set_index("protocol").reindex(protocols)
         mean = 100 * cells["mean"].to_numpy(dtype=float)
@@ -90,12 +94,14 @@ def plot_ablation_bars(ablation: pd.DataFrame, path: str) -> str:
         ax.bar(pos[best], mean[best], width, fill=False, edgecolor="k", linewidth=1.5)
         spread = shown & np.isfinite(std)  # one seed: no error bar rather than a zero-width one
         ax.errorbar(pos[spread], mean[spread], yerr=std[spread], fmt="none", ecolor="k", capsize=3)
-        for p in pos[~shown]:
+        for p in pos[~shown] if any_data else []:
             ax.text(p, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
     ax.set_xticks(x, [f"protocol {p}" for p in protocols])
     ax.set_ylabel("mIoU (%)  (mean, error bar = std over seeds)")
     ax.set_title("Loss-term ablation (black edge: best per protocol)")
-    if not np.isfinite(rows["mean"].to_numpy(dtype=float)).any():
+    ax.set_xlim(-0.5, max(len(protocols), 1) - 0.5)
+    if not any_data:
+        ax.set_ylim(0, 100)
         _no_data(ax, "no completed ablation trial yet")
     else:
         top = np.nanmax(100 * (rows["mean"] + rows["std"].fillna(0.0)).to_numpy(dtype=float))
@@ -115,6 +121,8 @@ def plot_threshold_curve(threshold: pd.DataFrame, path: str) -> str:
     x = np.arange(len(labels))
     for k, protocol in enumerate(protocols):
         cells = threshold[threshold["protocol"] == protocol].set_index("bin").reindex(labels)
+        if not cells["n"].gt(0).any():
+            continue  # keeps the colour: protocol k is C{k} in every run of the report
         ax.plot(x, 100 * cells["miou"].to_numpy(dtype=float), "o-", color=f"C{k}",
                 label=f"{protocol} mIoU")
         kept_ax.plot(x, cells["kept_fraction"].to_numpy(dtype=float), "s--", color=f"C{k}",
@@ -126,10 +134,12 @@ def plot_threshold_curve(threshold: pd.DataFrame, path: str) -> str:
     kept_ax.set_ylim(0, 1.05)
     ax.set_title("Threshold sensitivity (early-stopped trials: last mIoU)")
     if not np.isfinite(threshold["miou"].to_numpy(dtype=float)).any():
+        ax.set_ylim(0, 100)
         _no_data(ax, "no evaluated search trial yet")
     else:
         handles = ax.get_legend_handles_labels()
         kept = kept_ax.get_legend_handles_labels()
-        ax.legend(handles[0] + kept[0], handles[1] + kept[1], fontsize=7, loc="lower left")
+        ax.legend(handles[0] + kept[0], handles[1] + kept[1], fontsize=7, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.18), ncol=max(len(handles[0]), 1))
     ax.grid(alpha=0.3)
     return _save(fig, path)
