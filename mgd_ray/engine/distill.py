@@ -1,0 +1,134 @@
+"""`distill_student`: train one student with MGD from two frozen teachers (one Tune trial's work)."""
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import torch
+
+from ..config import DistillConfig
+from ..data import build_datasets, cutmix_mask
+from ..losses import supervised_loss, weighted_total
+from ..models import build_model
+from .checkpoint import load_model_state, rng_state, set_rng_state, unwrap
+from .context import RunContext, rank
+from .evaluate import evaluate
+from .loop import (BatchStream, RunningMeans, autocast, build_loaders, check_finite, report_with_checkpoint,
+                   resume_state, to_device)
+from .mgd_step import freeze, mgd_losses, needs_teachers
+from .optim import build_optimizer, clip_gradients, poly_lr, set_lr
+
+TERMS = ("sup", "pixel", "semantic", "region")
+
+
+def load_teacher(arch: str, num_classes: int, path: str | None, option: str, device: torch.device,
+                 train_mode: bool) -> torch.nn.Module:
+    """A frozen teacher from a plain state-dict file (model.pt or a state.pt)."""
+    if path is None:
+        raise ValueError(f"DistillConfig.{option} is required: the loss weights use this teacher "
+                         f"(train one with train_teacher, or set its weight terms to 0)")
+    teacher = build_model(arch, num_classes)
+    try:
+        teacher.load_state_dict(load_model_state(path))
+    except RuntimeError as err:
+        raise ValueError(f"DistillConfig.{option}={path}: not a {arch} with {num_classes} classes ({err})") from err
+    teacher = freeze(teacher.to(device), train_mode)
+    if device.type == "cuda":
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher
+
+
+def distill_student(cfg: DistillConfig, ctx: RunContext) -> dict:
+    """Train cfg.student for cfg.iterations MGD iterations; evaluate and ctx.report every
+    cfg.eval_every iterations and at the end (with state.pt / model.pt). Returns the final metrics."""
+    device = ctx.device
+    data = build_datasets(cfg.data)
+    weights = cfg.weights.as_dict()
+    need_deep, need_wide = needs_teachers(weights)
+    teacher_deep = (load_teacher(cfg.teacher_deep, data.num_classes, cfg.teacher_deep_checkpoint,
+                                 "teacher_deep_checkpoint", device, cfg.teacher_train_mode) if need_deep else None)
+    teacher_wide = (load_teacher(cfg.teacher_wide, data.num_classes, cfg.teacher_wide_checkpoint,
+                                 "teacher_wide_checkpoint", device, cfg.teacher_train_mode) if need_wide else None)
+
+    torch.manual_seed(cfg.seed)  # the same initial student for every variant of a seed
+    student = build_model(cfg.student, data.num_classes, cfg.student_output_stride, cfg.backbone_weights)
+    if device.type == "cuda":
+        student = student.to(memory_format=torch.channels_last)
+    student = ctx.prepare_model(student)
+    optimizer = build_optimizer([student], cfg.optim)
+    mask_gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank())  # a different CutMix per rank
+    torch.manual_seed(cfg.seed * 1000 + rank())
+
+    start, epoch = 0, 0
+    state = resume_state(ctx)
+    if state is not None:
+        unwrap(student).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, epoch = int(state["iteration"]), int(state["epoch"])
+        mask_gen.set_state(state["cutmix_rng"])
+        set_rng_state(state["rng"])
+
+    labeled_loader, unlabeled_loader, val_loader = build_loaders(data, cfg.data, ctx)
+    labeled, unlabeled = BatchStream(labeled_loader, epoch), BatchStream(unlabeled_loader, epoch)
+    sup_loss = partial(supervised_loss, ohem=cfg.ohem)
+    meter = RunningMeans()
+    window = {"start": time.perf_counter(), "iters": 0, "wait": 0.0}
+
+    def evaluate_and_report(iteration: int, lr: float, done: bool) -> dict:
+        elapsed = max(time.perf_counter() - window["start"], 1e-9)
+        wait = labeled.wait_s + unlabeled.wait_s - window["wait"]
+        metrics = _metrics(meter.read(device), iteration, lr, window["iters"] / elapsed, wait / elapsed)
+        metrics["miou"] = evaluate(student, val_loader, data.num_classes, cfg.data.crop_size, device, cfg.amp)["miou"]
+        metrics["done"] = done
+        report_with_checkpoint(ctx, metrics, partial(_state, student, optimizer, iteration, unlabeled.epoch, mask_gen))
+        window.update(start=time.perf_counter(), iters=0, wait=labeled.wait_s + unlabeled.wait_s)
+        return metrics
+
+    if start >= cfg.iterations:  # resumed from a finished run: report its final state once more
+        return evaluate_and_report(start, 0.0, True)
+    student.train()
+    metrics: dict = {}
+    for iteration in range(start, cfg.iterations):
+        lr = poly_lr(cfg.optim.lr, iteration, cfg.iterations, cfg.optim.poly_power)
+        set_lr(optimizer, lr)
+        x_l, y = labeled.next()
+        u = unlabeled.next()
+        x_l, y, u = to_device(x_l, device, True), to_device(y, device), to_device(u, device, True)
+        u0, u1 = u.chunk(2)
+        mask = cutmix_mask(u0.shape[0], u0.shape[-2], u0.shape[-1], generator=mask_gen).to(device)
+        with autocast(device, cfg.amp):
+            terms, stats = mgd_losses(student, teacher_deep, teacher_wide, x_l, y, u0, u1, mask, weights,
+                                      cfg.confidence_threshold, sup_loss)
+            total = weighted_total(terms, weights)
+        # One host read per step for every logged value; it is also the divergence check, done
+        # before the optimizer step so non-finite gradients never reach the weights.
+        names = list(terms)
+        values = torch.stack([total.detach().float(), stats["kept_fraction"].float()]
+                             + [terms[n].detach().float() for n in names]).tolist()
+        check_finite(values[0], iteration + 1, dict(zip(names, values[2:])))
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        clip_gradients(optimizer, cfg.optim.grad_clip)
+        optimizer.step()
+        meter.add({"loss": values[0], "kept_fraction": values[1],
+                   **{f"loss_{n}": v for n, v in zip(names, values[2:])}})
+        window["iters"] += 1
+        done = iteration + 1 == cfg.iterations
+        if (iteration + 1) % cfg.eval_every == 0 or done:
+            metrics = evaluate_and_report(iteration + 1, lr, done)
+    return metrics
+
+
+def _metrics(means: dict, iteration: int, lr: float, iter_per_s: float, wait_share: float) -> dict:
+    metrics = {"iteration": iteration, "miou": 0.0, "loss": means.get("loss", 0.0)}
+    metrics.update({f"loss_{n}": means.get(f"loss_{n}", 0.0) for n in TERMS})
+    metrics.update({"kept_fraction": means.get("kept_fraction", 0.0), "lr": lr, "iter_per_s": iter_per_s,
+                    "data_wait_share": min(max(wait_share, 0.0), 1.0), "done": False})
+    return metrics
+
+
+def _state(student, optimizer, iteration: int, epoch: int, mask_gen: torch.Generator):
+    model = {k: v.detach().cpu() for k, v in unwrap(student).state_dict().items()}
+    state = {"model": model, "optimizer": optimizer.state_dict(), "iteration": iteration, "epoch": epoch,
+             "cutmix_rng": mask_gen.get_state(), "rng": rng_state()}
+    return state, model

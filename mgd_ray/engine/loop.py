@@ -1,0 +1,136 @@
+"""What teacher training and distillation share: loaders, the endless batch streams, autocast,
+divergence checks, running means of the logged terms, and the report + checkpoint call."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from contextlib import nullcontext
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import DataConfig
+from .checkpoint import atomic_save, load_checkpoint
+from .context import RunContext, all_reduce_sum, is_main_process, world_size
+
+
+class DivergedError(RuntimeError):
+    """The total loss became NaN or infinite: the run stops instead of training on garbage."""
+
+
+def check_finite(loss: float, iteration: int, terms: dict[str, float] | None = None) -> None:
+    if not math.isfinite(loss):
+        detail = ", ".join(f"{k}={v:.4g}" for k, v in (terms or {}).items())
+        raise DivergedError(f"diverged at iteration {iteration}: loss={loss}" + (f" ({detail})" if detail else ""))
+
+
+def build_loaders(data, cfg: DataConfig, ctx: RunContext, unlabeled_factor: int = 2):
+    """(labeled, unlabeled, val) loaders through ctx.prepare_loader: labeled batches of B, unlabeled
+    batches of unlabeled_factor * B (split into u0, u1 by the step), val batches of one full image."""
+    def loader(dataset: Dataset, batch: int, name: str, train: bool) -> DataLoader:
+        if train and len(dataset) < batch * world_size():
+            raise ValueError(f"{name} set has {len(dataset)} images, fewer than one batch of {batch} per "
+                             f"worker x {world_size()} workers: lower DataConfig.batch_size")
+        generator = torch.Generator().manual_seed(cfg.seed)
+        return ctx.prepare_loader(DataLoader(
+            dataset, batch_size=batch, shuffle=train, drop_last=train, generator=generator,
+            num_workers=cfg.num_workers if train else min(cfg.num_workers, 1),
+            persistent_workers=train and cfg.num_workers > 0, pin_memory=ctx.device.type == "cuda"))
+    return (loader(data.labeled, cfg.batch_size, "labeled", True),
+            loader(data.unlabeled, unlabeled_factor * cfg.batch_size, "unlabeled", True),
+            loader(data.val, 1, "val", False))
+
+
+class BatchStream:
+    """Endless batches from a loader: a new epoch (set_epoch on a distributed sampler, so shards
+    reshuffle) each time it runs out; counts the seconds spent waiting for the next batch."""
+
+    def __init__(self, loader: DataLoader, epoch: int = 0) -> None:
+        self.loader, self.epoch = loader, epoch
+        self.wait_s = 0.0
+        self._iter: Iterator | None = None
+
+    def _start_epoch(self) -> None:
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        self._iter = iter(self.loader)
+
+    def next(self) -> Any:
+        start = time.perf_counter()
+        if self._iter is None:
+            self._start_epoch()
+        try:
+            batch = next(self._iter)
+        except StopIteration:
+            self.epoch += 1
+            self._start_epoch()
+            batch = next(self._iter)
+        self.wait_s += time.perf_counter() - start
+        return batch
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when enabled (no loss scaling needed for bf16); fp32 elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def to_device(x: torch.Tensor, device: torch.device, image: bool = False) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    # channels_last speeds up cuDNN convolutions under autocast; on CPU it buys nothing here.
+    return x.contiguous(memory_format=torch.channels_last) if image and device.type == "cuda" else x
+
+
+class RunningMeans:
+    """Means of logged scalars since the last report, summed over ranks at read time."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.count += 1
+
+    def read(self, device: torch.device) -> dict[str, float]:
+        keys = sorted(self.sums)
+        packed = torch.tensor([self.sums[k] for k in keys] + [float(self.count)], dtype=torch.float64, device=device)
+        packed = all_reduce_sum(packed).cpu()
+        count = max(packed[-1].item(), 1.0)
+        self.sums, self.count = {}, 0
+        return {k: packed[i].item() / count for i, k in enumerate(keys)}
+
+
+def report_with_checkpoint(ctx: RunContext, metrics: dict[str, Any],
+                           build_state: Callable[[], tuple[dict, dict]]) -> None:
+    """Every rank calls ctx.report; rank 0 writes state.pt (resume) and model.pt (plain state dict)
+    into a fresh temporary folder, passes it along, and removes it once the context has kept a copy."""
+    if not is_main_process():
+        ctx.report(metrics, None)
+        return
+    folder = tempfile.mkdtemp(prefix="mgd-ckpt-")
+    try:
+        state, model_state = build_state()
+        atomic_save(state, os.path.join(folder, "state.pt"))
+        atomic_save(model_state, os.path.join(folder, "model.pt"))
+        ctx.report(metrics, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def resume_state(ctx: RunContext) -> dict | None:
+    """The state.pt of ctx.latest_checkpoint(), or None for a fresh start."""
+    folder = ctx.latest_checkpoint()
+    if folder is None:
+        return None
+    path = os.path.join(folder, "state.pt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint folder {folder}: no state.pt to resume from")
+    return load_checkpoint(path)

@@ -1,0 +1,57 @@
+"""Flat per-dataset YAML presets (mgd_ray/presets/<dataset>.yaml) resolved for one protocol."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+
+from ..config import DATASETS, LossWeights, check_protocol
+from ..data import labeled_count
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+_REQUIRED = ("dataset", "crop_size", "batch_size", "train_images", "lr", "teacher_lr", "ohem")
+
+
+def load_preset(dataset: str, protocol: str = "1/8", student: str = "deeplabv3plus_resnet18",
+                num_devices: int = 1) -> dict:
+    """{"crop_size", "batch_size" (per device), "lr", "teacher_lr", "ohem", "teacher_iterations",
+    "student_iterations", "eval_every", "weights" (LossWeights)} for one dataset and protocol.
+
+    Epoch-based presets become iterations here: an epoch is one pass over the unlabeled list with
+    batch_size * num_devices unlabeled images per iteration."""
+    if dataset not in DATASETS:
+        raise ValueError(f"preset {dataset!r}: expected one of {', '.join(DATASETS)}")
+    check_protocol(protocol)
+    path = PRESET_DIR / f"{dataset}.yaml"
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    missing = [k for k in _REQUIRED if k not in (raw or {})]
+    if missing:
+        raise ValueError(f"preset {path}: missing key(s) {missing}")
+    weights_key = f"weights_{student}"
+    if weights_key not in raw:
+        raise ValueError(f"preset {path}: no {weights_key}; students with weights: "
+                         f"{[k[len('weights_'):] for k in raw if k.startswith('weights_')]}")
+    per_iteration = int(raw["batch_size"]) * num_devices
+    unlabeled = raw["train_images"] - labeled_count(raw["train_images"], protocol) if protocol != "full" \
+        else raw["train_images"]
+    epoch_iterations = max(1, math.ceil(unlabeled / per_iteration))
+
+    def iterations(kind: str) -> int:
+        if f"{kind}_iterations" in raw:
+            table = raw[f"{kind}_iterations"]
+            scale = 1
+        elif f"{kind}_epochs" in raw:
+            table, scale = raw[f"{kind}_epochs"], epoch_iterations
+        else:
+            raise ValueError(f"preset {path}: needs {kind}_iterations or {kind}_epochs")
+        if protocol not in table:
+            raise ValueError(f"preset {path}: {kind} schedule has no protocol {protocol!r} (has {sorted(table)})")
+        return int(table[protocol]) * scale
+
+    eval_every = int(raw["eval_every"]) if "eval_every" in raw else int(raw["eval_every_epochs"]) * epoch_iterations
+    return {"crop_size": int(raw["crop_size"]), "batch_size": int(raw["batch_size"]), "lr": float(raw["lr"]),
+            "teacher_lr": float(raw["teacher_lr"]), "ohem": bool(raw["ohem"]),
+            "teacher_iterations": iterations("teacher"), "student_iterations": iterations("student"),
+            "eval_every": eval_every, "weights": LossWeights(**raw[weights_key])}

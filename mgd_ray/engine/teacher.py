@@ -1,0 +1,134 @@
+"""`train_teacher`: Cross Pseudo Supervision with CutMix (Chen et al., CVPR 2021) for one teacher
+architecture, on the same partition the students use.
+
+Two branches of cfg.arch start from different seeds. Each iteration, both branches are supervised on
+the labeled batch, and each branch's hard pseudo labels on the CutMix-mixed unlabeled image
+supervise the other branch (weight cfg.cps_weight). Pseudo labels of the mix are built as MGD builds
+them: argmax of (1 - M) * P(u0) + M * P(u1), from no-grad forwards on the unmixed images.
+"""
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import torch
+
+from ..config import TeacherConfig
+from ..data import build_datasets, cutmix_mask
+from ..losses import masked_cross_entropy, pseudo_label, supervised_loss
+from ..models import build_model
+from .checkpoint import rng_state, set_rng_state, unwrap
+from .context import RunContext, rank
+from .evaluate import evaluate
+from .loop import (BatchStream, RunningMeans, autocast, build_loaders, check_finite, report_with_checkpoint,
+                   resume_state, to_device)
+from .mgd_step import mix
+from .optim import build_optimizer, clip_gradients, poly_lr, set_lr
+
+
+def cps_losses(branches, x_l: torch.Tensor, y: torch.Tensor, u0: torch.Tensor, u1: torch.Tensor,
+               mask: torch.Tensor, ohem: bool = False) -> dict[str, torch.Tensor]:
+    """{"sup": CE of both branches on (x_l, y), "cps": CE of each branch on x_m against the other's
+    mixed pseudo labels}. Images B x 3 x S x S, y and mask B x S x S."""
+    with torch.no_grad():
+        pseudo = []
+        for branch in branches:
+            logits = branch(torch.cat([u0, u1]))["logits"]
+            label, _ = pseudo_label(mix(mask, *logits.chunk(2)))
+            pseudo.append(label)
+    x_m = mix(mask, u0, u1)
+    sup, cps = [], []
+    for index, branch in enumerate(branches):
+        # One forward per branch and step: DDP allows one forward with grad per backward.
+        out = branch(torch.cat([x_l, x_m]))["logits"]
+        s_l, s_m = out[:x_l.shape[0]], out[x_l.shape[0]:]
+        sup.append(supervised_loss(s_l, y, ohem=ohem))
+        cps.append(masked_cross_entropy(s_m, pseudo[1 - index]))
+    return {"sup": torch.stack(sup).sum(), "cps": torch.stack(cps).sum()}
+
+
+def train_teacher(cfg: TeacherConfig, ctx: RunContext) -> dict:
+    """Train two CPS branches of cfg.arch; evaluate both and ctx.report every cfg.eval_every
+    iterations and at the end. model.pt holds the branch with the higher val mIoU (metric "branch").
+    Reports "iteration", "miou", "loss", "loss_sup", "loss_cps", "lr", "branch", "miou_branch0/1",
+    "iter_per_s", "data_wait_share", "done"; returns the final metrics."""
+    device = ctx.device
+    data = build_datasets(cfg.data)
+    branches = []
+    for index in range(2):
+        torch.manual_seed(cfg.seed * 1000 + index)  # CPS needs two differently initialised branches
+        model = build_model(cfg.arch, data.num_classes, cfg.output_stride, cfg.backbone_weights)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        branches.append(ctx.prepare_model(model))
+    optimizer = build_optimizer(branches, cfg.optim)
+    mask_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + rank())
+    torch.manual_seed(cfg.seed * 1000 + 100 + rank())
+
+    start, epoch = 0, 0
+    state = resume_state(ctx)
+    if state is not None:
+        for branch, branch_state in zip(branches, state["branches"]):
+            unwrap(branch).load_state_dict(branch_state)
+        optimizer.load_state_dict(state["optimizer"])
+        start, epoch = int(state["iteration"]), int(state["epoch"])
+        mask_gen.set_state(state["cutmix_rng"])
+        set_rng_state(state["rng"])
+
+    labeled_loader, unlabeled_loader, val_loader = build_loaders(data, cfg.data, ctx)
+    labeled, unlabeled = BatchStream(labeled_loader, epoch), BatchStream(unlabeled_loader, epoch)
+    meter = RunningMeans()
+    window = {"start": time.perf_counter(), "iters": 0, "wait": 0.0}
+
+    def evaluate_and_report(iteration: int, lr: float, done: bool) -> dict:
+        elapsed = max(time.perf_counter() - window["start"], 1e-9)
+        means = meter.read(device)
+        mious = [evaluate(b, val_loader, data.num_classes, cfg.data.crop_size, device, cfg.amp)["miou"]
+                 for b in branches]
+        best = int(mious[1] > mious[0])
+        metrics = {"iteration": iteration, "miou": mious[best], "loss": means.get("loss", 0.0),
+                   "loss_sup": means.get("loss_sup", 0.0), "loss_cps": means.get("loss_cps", 0.0), "lr": lr,
+                   "branch": best, "miou_branch0": mious[0], "miou_branch1": mious[1],
+                   "iter_per_s": window["iters"] / elapsed,
+                   "data_wait_share": min((labeled.wait_s + unlabeled.wait_s - window["wait"]) / elapsed, 1.0),
+                   "done": done}
+        report_with_checkpoint(ctx, metrics, partial(_state, branches, best, optimizer, iteration,
+                                                     unlabeled.epoch, mask_gen))
+        window.update(start=time.perf_counter(), iters=0, wait=labeled.wait_s + unlabeled.wait_s)
+        return metrics
+
+    if start >= cfg.iterations:  # resumed from a finished run: report its final state once more
+        return evaluate_and_report(start, 0.0, True)
+    for branch in branches:
+        branch.train()
+    metrics: dict = {}
+    for iteration in range(start, cfg.iterations):
+        lr = poly_lr(cfg.optim.lr, iteration, cfg.iterations, cfg.optim.poly_power)
+        set_lr(optimizer, lr)
+        x_l, y = labeled.next()
+        u = unlabeled.next()
+        x_l, y, u = to_device(x_l, device, True), to_device(y, device), to_device(u, device, True)
+        u0, u1 = u.chunk(2)
+        mask = cutmix_mask(u0.shape[0], u0.shape[-2], u0.shape[-1], generator=mask_gen).to(device)
+        with autocast(device, cfg.amp):
+            terms = cps_losses(branches, x_l, y, u0, u1, mask, cfg.ohem)
+            total = terms["sup"] + cfg.cps_weight * terms["cps"]
+        values = torch.stack([total.detach(), terms["sup"].detach(), terms["cps"].detach()]).float().tolist()
+        check_finite(values[0], iteration + 1, {"sup": values[1], "cps": values[2]})
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        clip_gradients(optimizer, cfg.optim.grad_clip)
+        optimizer.step()
+        meter.add({"loss": values[0], "loss_sup": values[1], "loss_cps": values[2]})
+        window["iters"] += 1
+        done = iteration + 1 == cfg.iterations
+        if (iteration + 1) % cfg.eval_every == 0 or done:
+            metrics = evaluate_and_report(iteration + 1, lr, done)
+    return metrics
+
+
+def _state(branches, best: int, optimizer, iteration: int, epoch: int, mask_gen: torch.Generator):
+    states = [{k: v.detach().cpu() for k, v in unwrap(b).state_dict().items()} for b in branches]
+    state = {"branches": states, "optimizer": optimizer.state_dict(), "iteration": iteration, "epoch": epoch,
+             "cutmix_rng": mask_gen.get_state(), "rng": rng_state()}
+    return state, states[best]

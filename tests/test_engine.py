@@ -1,0 +1,342 @@
+"""The MGD engine: the step, optimiser, evaluation, checkpoints, resume and divergence.
+
+Nets are tiny (a strided conv + BN) where a test is about the step rather than the networks, and the
+real ResNet-18 DeepLabv3+ at 32 px where the real model matters; data is a few random tensors."""
+import math
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from mgd_ray.config import DataConfig, DistillConfig, LossWeights, OptimConfig, TeacherConfig
+from mgd_ray.engine import DivergedError, LocalContext, distill_student, evaluate, load_preset, train_teacher
+from mgd_ray.engine import distill as distill_module
+from mgd_ray.engine import teacher as teacher_module
+from mgd_ray.engine.checkpoint import atomic_save, load_checkpoint
+from mgd_ray.engine.evaluate import window_starts
+from mgd_ray.engine.mgd_step import freeze, mgd_losses, mix, teacher_forward
+from mgd_ray.engine.optim import build_optimizer, param_groups, poly_lr
+from mgd_ray.losses import masked_cross_entropy, pseudo_label, weighted_total
+from mgd_ray.models import build_model
+
+C = 3  # classes in the tiny problems
+
+
+class TinySeg(nn.Module):
+    """logits B x C x H x W and features B x 8 x H/4 x W/4, like the DeepLabv3+ contract."""
+
+    def __init__(self, num_classes: int = C, width: int = 8) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, width, 3, stride=4, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.head = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x):
+        features = self.backbone(x)
+        logits = F.interpolate(self.head(features), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return {"logits": logits, "features": features}
+
+
+class CountingTeacher(TinySeg):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images_seen = 0
+
+    def forward(self, x):
+        self.images_seen += x.shape[0]
+        return super().forward(x)
+
+
+def _batch(b=2, s=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x_l, u0, u1 = (torch.randn(b, 3, s, s, generator=g) for _ in range(3))
+    y = torch.randint(0, C, (b, s, s), generator=g)
+    mask = torch.zeros(b, s, s)
+    mask[:, : s // 2, : s // 2] = 1
+    return x_l, y, u0, u1, mask
+
+
+def _teachers():
+    torch.manual_seed(1)
+    deep, wide = CountingTeacher(), CountingTeacher()
+    return freeze(deep), freeze(wide)
+
+
+def test_supervised_only_runs_no_teacher_and_zero_weights_skip_teacher_inputs():
+    student = TinySeg()
+    x_l, y, u0, u1, mask = _batch()
+    deep, wide = _teachers()
+    terms, stats = mgd_losses(student, deep, wide, x_l, y, u0, u1, mask, LossWeights(1, 0, 0, 0).as_dict())
+    assert set(terms) == {"sup"} and deep.images_seen == wide.images_seen == 0
+    assert stats["kept_fraction"].item() == 0.0
+    terms, _ = mgd_losses(student, None, None, x_l, y, u0, u1, mask, LossWeights(1, 0, 0, 0).as_dict())
+    assert set(terms) == {"sup"}
+    # Region off: the wide teacher sees u0, u1, x_l only (3B), the deep one also x_m (4B).
+    terms, _ = mgd_losses(student, deep, wide, x_l, y, u0, u1, mask, LossWeights(1, 1, 0.1, 0).as_dict())
+    assert set(terms) == {"sup", "pixel", "semantic"}
+    assert (deep.images_seen, wide.images_seen) == (8, 6)
+
+
+def test_pixel_term_equals_four_separate_ce_terms():
+    student = TinySeg()
+    x_l, y, u0, u1, mask = _batch()
+    deep, wide = _teachers()
+    terms, stats = mgd_losses(student, deep, wide, x_l, y, u0, u1, mask, {"sup": 0, "pixel": 1, "semantic": 0, "region": 0})
+    assert stats["kept_fraction"].item() == 1.0
+    student.eval()  # train-mode BN of the combined forward differs from separate forwards; compare in eval
+    x_m = (1 - mask.unsqueeze(1)) * u0 + mask.unsqueeze(1) * u1
+    with torch.no_grad():
+        expected = 0.0
+        s_l, s_m = student(x_l)["logits"], student(x_m)["logits"]
+        for t in (wide, deep):  # separate teacher forwards: equal to the batched one in eval mode
+            mixed = (1 - mask.unsqueeze(1)) * t(u0)["logits"] + mask.unsqueeze(1) * t(u1)["logits"]
+            expected += F.cross_entropy(s_m, mixed.argmax(1)) + F.cross_entropy(s_l, t(x_l)["logits"].argmax(1))
+    terms, _ = mgd_losses(student, deep, wide, x_l, y, u0, u1, mask, {"sup": 0, "pixel": 1, "semantic": 0, "region": 0})
+    assert terms["pixel"].item() == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_threshold_one_keeps_nothing():
+    student = TinySeg()
+    deep, wide = _teachers()
+    terms, stats = mgd_losses(student, deep, wide, *_batch(), {"sup": 1, "pixel": 1, "semantic": 0, "region": 0},
+                              confidence_threshold=1.0)
+    assert terms["pixel"].item() == 0.0 and stats["kept_fraction"].item() == 0.0
+
+
+def test_batched_teacher_forward_equals_separate_forwards_in_eval_mode():
+    teacher = freeze(TinySeg())
+    with torch.no_grad():  # give BN non-trivial running statistics
+        teacher.backbone[1].running_mean.uniform_(-1, 1)
+        teacher.backbone[1].running_var.uniform_(0.5, 2)
+    x_l, _, u0, u1, _ = _batch()
+    batched = teacher_forward(teacher, {"u0": u0, "x_l": x_l})
+    assert torch.allclose(batched["u0"]["logits"], teacher(u0)["logits"], atol=1e-5)
+    assert torch.allclose(batched["x_l"]["features"], teacher(x_l)["features"], atol=1e-5)
+
+
+def test_zero_weight_removes_the_term_gradient_in_the_step():
+    torch.manual_seed(0)
+    student = TinySeg()
+    deep, wide = _teachers()
+    batch = _batch()
+    weights = {"sup": 1.0, "pixel": 0.0, "semantic": 0.0, "region": 5.0}
+    terms, _ = mgd_losses(student, deep, wide, *batch, weights)
+    weighted_total(terms, weights).backward()
+    with_region = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad()
+    weights["region"] = 0.0
+    terms, _ = mgd_losses(student, deep, wide, *batch, weights)
+    assert "region" not in terms
+    weighted_total(terms, weights).backward()
+    terms_sup, _ = mgd_losses(student, None, None, *batch, {"sup": 1.0, "pixel": 0, "semantic": 0, "region": 0})
+    grads_sup = torch.autograd.grad(terms_sup["sup"], list(student.parameters()))
+    for p, g, g_region in zip(student.parameters(), grads_sup, with_region):
+        assert torch.allclose(p.grad, g, atol=1e-6)
+    assert any(not torch.allclose(a, b) for a, b in zip(with_region, grads_sup))
+
+
+def test_real_student_optimisation_steps_reduce_the_loss():
+    items = [TrainSet(12, size=32)[i] for i in range(12)]
+    x, labels = torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
+    x_l, y, u0, u1 = x[:4], labels[:4], x[4:8], x[8:]
+    mask = torch.zeros(4, 32, 32)
+    mask[:, :16, :16] = 1
+    deep, wide = _teachers()
+    torch.manual_seed(0)
+    student = build_model("deeplabv3plus_resnet18", C)
+    weights = {"sup": 1.0, "pixel": 1.0, "semantic": 0.002, "region": 100.0}
+    # A small lr: the randomly initialised DeepLabv3+ head starts with large logits.
+    optimizer = build_optimizer([student], OptimConfig(lr=0.001))
+    losses = []
+    for _ in range(8):
+        terms, _ = mgd_losses(student, deep, wide, x_l, y, u0, u1, mask, weights)
+        total = weighted_total(terms, weights)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        losses.append(total.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_param_groups_and_poly_schedule():
+    model = TinySeg()
+    decay, no_decay = param_groups([model], 1e-4)
+    assert {id(p) for p in decay["params"]} == {id(model.backbone[0].weight), id(model.head.weight)}
+    assert {id(p) for p in no_decay["params"]} == {id(model.backbone[0].bias), id(model.backbone[1].weight),
+                                                     id(model.backbone[1].bias), id(model.head.bias)}
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 1e-4
+    assert poly_lr(0.01, 0, 100) == 0.01
+    assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert poly_lr(0.01, 100, 100) == 0.0
+
+
+class OneHotModel(nn.Module):
+    """Reads the class id stored in channel 0 of the image: an exact segmenter if every pixel is covered."""
+
+    def forward(self, x):
+        return {"logits": F.one_hot(x[:, 0].round().long(), C).permute(0, 3, 1, 2).float() * 10.0,
+                "features": x[:, :, ::4, ::4]}
+
+
+class ValSet(Dataset):
+    def __init__(self, sizes, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = [torch.randint(0, C, size, generator=g) for size in sizes]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        label = self.labels[i]
+        image = torch.stack([label.float(), torch.zeros_like(label, dtype=torch.float), torch.zeros_like(label, dtype=torch.float)])
+        return image, label, f"img{i}"
+
+
+def test_sliding_window_covers_the_whole_image():
+    assert window_starts(37, 16, 11) == [0, 11, 21]
+    assert window_starts(10, 16, 11) == [0]
+    loader = torch.utils.data.DataLoader(ValSet([(37, 53), (10, 12), (16, 16)]), batch_size=1)
+    result = evaluate(OneHotModel(), loader, C, crop_size=16, device=torch.device("cpu"))
+    assert result["miou"] == 1.0 and result["iou"] == [1.0] * C
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = tmp_path / "state.pt"
+    atomic_save({"a": torch.ones(3)}, str(path))
+
+    def failing_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"a": torch.zeros(3)}, str(path))
+    assert os.listdir(tmp_path) == ["state.pt"]
+    assert torch.equal(load_checkpoint(str(path))["a"], torch.ones(3))
+
+
+# ---- whole runs on a tiny in-memory problem ------------------------------------------------------
+
+class TrainSet(Dataset):
+    """Class = which colour channel is brightest in each 8 x 8 block: learnable by a small conv net."""
+
+    def __init__(self, n, size=16, labeled=True, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = [torch.randint(0, C, (size // 8, size // 8), generator=g).repeat_interleave(8, 0).repeat_interleave(8, 1)
+                       for _ in range(n)]
+        self.labeled = labeled
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        label = self.labels[i]
+        image = F.one_hot(label, C).permute(2, 0, 1).float() + 0.1 * torch.randn(3, *label.shape)
+        return (image, label) if self.labeled else image
+
+
+class TinyVal(TrainSet):
+    def __getitem__(self, i):
+        image, label = super().__getitem__(i)
+        return image, label, str(i)
+
+
+def _fake_data(cfg):
+    return SimpleNamespace(labeled=TrainSet(8), unlabeled=TrainSet(16, labeled=False, seed=1), val=TinyVal(2, 24, seed=2),
+                           num_classes=C, labeled_ids=[], unlabeled_ids=[], split_dir="")
+
+
+@pytest.fixture
+def tiny_world(monkeypatch, tmp_path):
+    for module in (distill_module, teacher_module):
+        monkeypatch.setattr(module, "build_datasets", _fake_data)
+    monkeypatch.setattr(distill_module, "build_model", lambda arch, num_classes, output_stride=None, backbone_weights=None: TinySeg(num_classes))
+    monkeypatch.setattr(teacher_module, "build_model", lambda arch, num_classes, output_stride=None, backbone_weights=None: TinySeg(num_classes))
+    teacher_path = str(tmp_path / "teacher.pt")
+    torch.manual_seed(3)
+    atomic_save(TinySeg().state_dict(), teacher_path)
+    data = DataConfig(crop_size=16, batch_size=2, num_workers=0)
+    return SimpleNamespace(tmp=tmp_path, teacher=teacher_path, data=data)
+
+
+def _distill_cfg(world, iterations, **kw):
+    return DistillConfig(teacher_deep_checkpoint=world.teacher, teacher_wide_checkpoint=world.teacher, data=world.data,
+                         iterations=iterations, eval_every=2, optim=OptimConfig(lr=0.01), **kw)
+
+
+def test_distill_reports_checkpoints_and_resumes(tiny_world):
+    ctx = LocalContext(str(tiny_world.tmp / "run"), verbose=False)
+    final = distill_student(_distill_cfg(tiny_world, 4), ctx)
+    assert [m["iteration"] for m in ctx.history] == [2, 4] and [m["done"] for m in ctx.history] == [False, True]
+    for key in ("miou", "loss", "loss_sup", "loss_pixel", "loss_semantic", "loss_region", "kept_fraction", "lr",
+                "iter_per_s", "data_wait_share"):
+        assert math.isfinite(final[key]), key
+    assert final["kept_fraction"] == 1.0 and final["loss_pixel"] > 0
+    folder = ctx.latest_checkpoint()
+    TinySeg().load_state_dict(load_checkpoint(os.path.join(folder, "model.pt")))
+    assert load_checkpoint(os.path.join(folder, "state.pt"))["iteration"] == 4
+    # A longer budget on the same context resumes at iteration 4 and keeps counting.
+    ctx2 = LocalContext(ctx.output_dir, verbose=False)
+    distill_student(_distill_cfg(tiny_world, 6), ctx2)
+    assert [m["iteration"] for m in ctx2.history] == [6]
+    assert ctx2.history[0]["lr"] == pytest.approx(poly_lr(0.01, 5, 6))
+
+
+def test_supervised_only_distill_needs_no_teacher_checkpoint(tiny_world):
+    cfg = DistillConfig(data=tiny_world.data, iterations=2, eval_every=2, weights=LossWeights(1, 0, 0, 0))
+    final = distill_student(cfg, LocalContext(str(tiny_world.tmp / "sup"), verbose=False))
+    assert final["loss_pixel"] == 0.0 and final["kept_fraction"] == 0.0 and final["loss_sup"] > 0
+    with pytest.raises(ValueError, match="teacher_deep_checkpoint is required"):
+        distill_student(DistillConfig(data=tiny_world.data, iterations=2), LocalContext(str(tiny_world.tmp / "x"), verbose=False))
+
+
+def test_nan_loss_raises_diverged_error(tiny_world, monkeypatch):
+    def nan_model(arch, num_classes, output_stride=None, backbone_weights=None):
+        model = TinySeg(num_classes)
+        with torch.no_grad():
+            model.head.bias.fill_(float("nan"))
+        return model
+    monkeypatch.setattr(distill_module, "build_model", nan_model)
+    cfg = DistillConfig(data=tiny_world.data, iterations=3, eval_every=3, weights=LossWeights(1, 0, 0, 0))
+    ctx = LocalContext(str(tiny_world.tmp / "nan"), verbose=False)
+    with pytest.raises(DivergedError, match="diverged at iteration 1: loss=nan"):
+        distill_student(cfg, ctx)
+    assert ctx.history == [] and ctx.latest_checkpoint() is None
+
+
+def test_train_teacher_reports_the_better_branch(tiny_world):
+    cfg = TeacherConfig(data=tiny_world.data, iterations=3, eval_every=3, optim=OptimConfig(lr=0.01))
+    ctx = LocalContext(str(tiny_world.tmp / "teacher"), verbose=False)
+    final = train_teacher(cfg, ctx)
+    assert final["done"] and final["iteration"] == 3
+    best = final["branch"]
+    assert final["miou"] == max(final["miou_branch0"], final["miou_branch1"]) == final[f"miou_branch{best}"]
+    state = load_checkpoint(os.path.join(ctx.latest_checkpoint(), "state.pt"))
+    model = load_checkpoint(os.path.join(ctx.latest_checkpoint(), "model.pt"))
+    assert all(torch.equal(model[k], state["branches"][best][k]) for k in model)
+    assert not all(torch.equal(state["branches"][0][k], state["branches"][1][k]) for k in model)
+
+
+def test_mix_and_pseudo_label_of_the_mix():
+    a, b = torch.zeros(1, C, 2, 2), torch.zeros(1, C, 2, 2)
+    a[:, 0], b[:, 2] = 1.0, 1.0
+    mask = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
+    label, _ = pseudo_label(mix(mask, a, b))
+    assert label.tolist() == [[[0, 2], [2, 0]]]
+    assert masked_cross_entropy(torch.zeros(1, C, 2, 2), label).item() == pytest.approx(math.log(C))
+
+
+def test_presets():
+    voc = load_preset("voc", "1/8")
+    # 10,582 images: 1,323 labeled, 9,259 unlabeled -> ceil(9259 / 8) = 1,158 iterations per epoch x 34 epochs.
+    assert voc["teacher_iterations"] == 34 * 1158 and voc["crop_size"] == 512 and not voc["ohem"]
+    city = load_preset("cityscapes", "1/16")
+    assert city["ohem"] and city["crop_size"] == 800 and city["weights"].semantic == 0.001
+    # 2,975 images: 186 labeled, 2,789 unlabeled -> ceil(2789 / 16) = 175 per epoch on two devices x 128 epochs.
+    assert load_preset("cityscapes", "1/16", num_devices=2)["teacher_iterations"] == 128 * 175
+    assert load_preset("voc", "1/8", student="deeplabv3plus_mobilenetv2")["weights"].region == 50.0
+    with pytest.raises(ValueError, match="expected one of"):
+        load_preset("coco", "1/8")
