@@ -39,6 +39,9 @@ def protocol_importance(search: pd.DataFrame, evaluator=None, seed: int = 0
     done = done.dropna(subset=list(CONFIG_KEYS))
     if len(done) < 2:
         return {}, f"{NOT_ENOUGH} ({len(done)} completed)"
+    if done["miou"].nunique() < 2:
+        # Every trial scored the same: no parameter explains any variance (fANOVA would raise).
+        return {}, f"{NOT_ENOUGH} (all {len(done)} completed trials have the same mIoU)"
     varied = [key for key in CONFIG_KEYS if done[key].nunique() > 1]
     if not varied:
         return {}, f"{NOT_ENOUGH} (no parameter varies)"

@@ -1,0 +1,100 @@
+"""Search MGD loss weights and pseudo-label confidence thresholds per partition protocol.
+
+    python experiments/tune_loss_weights.py              # the synthetic study on this machine
+    python experiments/tune_loss_weights.py --smoke      # the smallest complete run
+    python experiments/tune_loss_weights.py --dataset voc --data-root /data/VOC2012 \
+        --protocols 1/16 1/8 1/4 1/2 --gpus-per-trial 1 --storage-path s3://bucket/mgd --address auto
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from mgd_ray.config import PROTOCOLS, STUDENTS
+from mgd_ray.distributed.study import StudyConfig, prepare_study, run_study
+
+# --smoke: one protocol, two search trials, one ablation seed, a few iterations of everything.
+SMOKE = dict(protocols=("1/8",), num_samples=2, seeds=1, iterations=8, teacher_iterations=8, eval_every=4,
+             crop_size=48, batch_size=2, loader_workers=0)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    d = StudyConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default=d.dataset, choices=["synthetic", "voc", "cityscapes"])
+    p.add_argument("--data-root", default=None, help="dataset folder (VOC: JPEGImages/, SegmentationClassAug/, "
+                   "ImageSets/; Cityscapes: leftImg8bit/, gtFine/); not needed for synthetic")
+    p.add_argument("--split-dir", default=None, help="folder with labeled.txt / unlabeled.txt (or <protocol>/ "
+                   "subfolders); default: a seeded split written to OUTPUT_DIR/splits")
+    p.add_argument("--protocols", nargs="+", default=list(d.protocols), metavar="P",
+                   help=f"partition protocols, from {', '.join(PROTOCOLS)} (default: %(default)s)")
+    p.add_argument("--student", default=d.student, choices=STUDENTS)
+    p.add_argument("--num-samples", type=int, default=d.num_samples,
+                   help="search trials per protocol, the paper's defaults first (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=d.seeds, help="seeds per ablation row (default: %(default)s)")
+    p.add_argument("--no-ablation", action="store_true", help="search only, no ablation runs")
+    p.add_argument("--iterations", type=int, default=None, help="student iterations (default: the dataset preset)")
+    p.add_argument("--teacher-iterations", type=int, default=None, help="teacher iterations (default: preset)")
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate and checkpoint every N iterations")
+    p.add_argument("--crop-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="labeled images per worker and iteration")
+    p.add_argument("--loader-workers", type=int, default=d.loader_workers, help="DataLoader workers per worker")
+    p.add_argument("--gpus-per-trial", type=int, default=d.gpus_per_trial, help="0 = train on CPU")
+    p.add_argument("--workers-per-trial", type=int, default=None,
+                   help="Ray Train (DDP) workers per trial (default: one per GPU, or 1 on CPU)")
+    p.add_argument("--cpus-per-worker", type=int, default=d.cpus_per_worker)
+    p.add_argument("--max-concurrent-trials", type=int, default=None,
+                   help="default: what the cluster's GPUs (or CPUs) allow")
+    p.add_argument("--max-failures", type=int, default=d.max_failures,
+                   help="restarts of a training run from its last checkpoint after a worker failure")
+    p.add_argument("--teacher-deep-checkpoint", default=None, help="trained ResNet-101 teacher (state dict file)")
+    p.add_argument("--teacher-wide-checkpoint", default=None, help="trained WRN-50-2 teacher (state dict file)")
+    p.add_argument("--output-dir", default=None, help="results folder (default: results/<dataset>, "
+                   "results/smoke with --smoke)")
+    p.add_argument("--storage-path", default=None, help="Ray storage: a local folder or s3://... shared by all "
+                   "nodes (default: OUTPUT_DIR/ray)")
+    p.add_argument("--optuna-storage", default=None, help="SQLAlchemy URL (default: sqlite:///OUTPUT_DIR/optuna.db)")
+    p.add_argument("--address", default=None, help="connect to a running Ray cluster ('auto' on a cluster node)")
+    p.add_argument("--resume", action="store_true", help="continue the study in OUTPUT_DIR where it stopped")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--smoke", action="store_true", help="the smallest complete run (tests, first try)")
+    p.add_argument("--quiet", action="store_true", help="no line per finished trial")
+    return p
+
+
+def study_config(args: argparse.Namespace) -> StudyConfig:
+    """Every option validated here, before Ray starts."""
+    values = dict(
+        output_dir=args.output_dir or ("results/smoke" if args.smoke else f"results/{args.dataset}"),
+        dataset=args.dataset, data_root=args.data_root, split_dir=args.split_dir, protocols=tuple(args.protocols),
+        student=args.student, num_samples=args.num_samples, seeds=args.seeds, ablation=not args.no_ablation,
+        iterations=args.iterations, teacher_iterations=args.teacher_iterations, eval_every=args.eval_every,
+        crop_size=args.crop_size, batch_size=args.batch_size, loader_workers=args.loader_workers,
+        gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial or max(1, args.gpus_per_trial),
+        cpus_per_worker=args.cpus_per_worker, max_concurrent_trials=args.max_concurrent_trials,
+        max_failures=args.max_failures, teacher_deep_checkpoint=args.teacher_deep_checkpoint,
+        teacher_wide_checkpoint=args.teacher_wide_checkpoint, storage_path=args.storage_path,
+        optuna_storage=args.optuna_storage, address=args.address, resume=args.resume, seed=args.seed,
+        verbose=not args.quiet)
+    if args.smoke:
+        parser_defaults = vars(get_args_parser().parse_args([]))
+        for key, value in SMOKE.items():
+            if getattr(args, key) == parser_defaults[key]:  # an explicit option wins
+                values[key] = value
+    return StudyConfig(**values)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        cfg = study_config(args)
+        plans = prepare_study(cfg)
+    except (ValueError, OSError) as error:  # bad options or data: said before Ray starts
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    run_study(cfg, plans)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

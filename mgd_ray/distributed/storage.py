@@ -1,0 +1,45 @@
+"""Files on the study's storage, local or remote (s3://, gs://), through pyarrow's filesystems,
+the same layer Ray Train uses for its checkpoints."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pyarrow.fs as pafs
+
+
+def _resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" not in uri:
+        uri = os.path.abspath(uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def exists(uri: str) -> bool:
+    fs, path = _resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def upload(local_path: str, uri: str) -> None:
+    """Copy a local file to `uri`; on a local filesystem the copy lands under a temporary name and
+    is renamed into place, so a reader never sees half a file."""
+    fs, path = _resolve(uri)
+    fs.create_dir(os.path.dirname(path), recursive=True)
+    partial = path + ".partial"
+    pafs.copy_files(local_path, partial, destination_filesystem=fs)
+    fs.move(partial, path)
+
+
+def download(uri: str, local_dir: str | None = None) -> str:
+    """Copy `uri` into a local folder (a new temporary one by default); return the local path.
+    A local `uri` is returned as it is."""
+    if "://" not in uri or uri.startswith("file://"):
+        return uri.removeprefix("file://")
+    fs, path = _resolve(uri)
+    local_dir = local_dir or tempfile.mkdtemp(prefix="mgd-download-")
+    local_path = os.path.join(local_dir, os.path.basename(path))
+    pafs.copy_files(path, local_path, source_filesystem=fs)
+    return local_path

@@ -1,0 +1,46 @@
+"""Teachers: trained once per (dataset, protocol, architecture, seed, schedule) through Ray Train,
+kept on the study's storage as a plain state-dict file and reused by every trial and later study."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from ray.train.torch import TorchTrainer
+
+from ..config import TeacherConfig, protocol_slug
+from . import storage
+from .trial import scaling_config, train_run_config
+from .worker import teacher_loop
+
+# Options that do not change the trained weights stay out of the cache key.
+_NOT_IN_KEY = ("num_workers", "split_out_dir", "split_dir")
+
+
+def teacher_name(cfg: TeacherConfig) -> str:
+    """e.g. synthetic-1_8-resnet101-seed0-3f2a9c1b: readable, and unique for the schedule."""
+    keyed = cfg.to_dict()
+    keyed["data"] = {k: v for k, v in keyed["data"].items() if k not in _NOT_IN_KEY}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:8]
+    arch = cfg.arch.removeprefix("deeplabv3plus_")
+    return f"{cfg.data.dataset}-{protocol_slug(cfg.data.protocol)}-{arch}-seed{cfg.seed}-{digest}"
+
+
+def ensure_teacher(cfg: TeacherConfig, run: dict[str, Any], teachers_root: str, log=print) -> str:
+    """The storage URI of the teacher's model.pt, training it first unless it is already there."""
+    name = teacher_name(cfg)
+    uri = storage.join(teachers_root, f"{name}.pt")
+    if storage.exists(uri):
+        log(f"teacher {name}: cached at {uri}")
+        return uri
+    log(f"teacher {name}: training {cfg.iterations} iterations (CPS) ...")
+    trainer = TorchTrainer(teacher_loop, train_loop_config=cfg.to_dict(), scaling_config=scaling_config(run),
+                           run_config=train_run_config(run, f"teacher-{name}"))
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"teacher {name}: training finished without a checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        storage.upload(os.path.join(folder, "model.pt"), uri)
+    log(f"teacher {name}: val mIoU {result.metrics.get('miou')}, saved to {uri}")
+    return uri

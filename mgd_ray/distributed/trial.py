@@ -1,0 +1,57 @@
+"""The Tune trainable: one trial = one Ray Train (DDP) run of the MGD student.
+
+Train V2 pattern (Ray 2.60): a Tune function trainable builds a TorchTrainer whose RunConfig has a
+stable name (so `Tuner.restore` resumes the trial from its last checkpoint) and a
+TuneReportCallback (so ASHA and Optuna see rank 0's intermediate results).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ray.train
+import ray.tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from .records import trial_point
+from .space import weights_from_point
+from .worker import DIVERGED_KEY, student_loop
+
+
+def scaling_config(run: dict[str, Any]) -> ray.train.ScalingConfig:
+    """`run["scaling"]`: workers, gpus_per_worker, cpus_per_worker."""
+    s = run["scaling"]
+    resources = {"CPU": s["cpus_per_worker"]}
+    if s["gpus_per_worker"]:
+        resources["GPU"] = s["gpus_per_worker"]
+    return ray.train.ScalingConfig(num_workers=s["workers"], use_gpu=bool(s["gpus_per_worker"]),
+                                   resources_per_worker=resources)
+
+
+def train_run_config(run: dict[str, Any], name: str, callbacks=()) -> ray.train.RunConfig:
+    return ray.train.RunConfig(
+        name=name, storage_path=run["storage_path"], callbacks=list(callbacks),
+        failure_config=ray.train.FailureConfig(max_failures=run["max_failures"]),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
+
+
+def distill_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The DistillConfig dict of a trial: the study's base run plus the trial's point and seed."""
+    variant, seed, point = trial_point(config)
+    distill = dict(config["run"]["distill"])
+    distill.update(weights=weights_from_point(point).as_dict(),
+                   confidence_threshold=point["confidence_threshold"], seed=seed)
+    return distill
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    run = config["run"]
+    trial_id = ray.tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        student_loop, train_loop_config=distill_config(config), scaling_config=scaling_config(run),
+        run_config=train_run_config(run, f"train-{trial_id}", callbacks=[TuneReportCallback()]))
+    result = trainer.fit()
+    diverged = (result.metrics or {}).get(DIVERGED_KEY)
+    if diverged:
+        # Raising marks the trial as failed in Tune and Optuna, with this message as its error.
+        raise RuntimeError(diverged)

@@ -1,0 +1,83 @@
+"""The Ray Train per-worker loops: the engine's teacher and student runs behind a RayContext.
+
+This file only adds what Ray Train needs (prepare_model / prepare_data_loader / report /
+checkpoints); the training itself is `mgd_ray.engine`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from ..config import DistillConfig, TeacherConfig
+from ..engine import DivergedError, distill_student, train_teacher
+from ..engine.context import rank, world_size
+from ..models import convert_sync_batchnorm
+from . import storage
+
+DIVERGED_KEY = "diverged"
+
+
+class RayContext:
+    """RunContext for a Ray Train worker (gloo on CPU, nccl on GPU, set up by TorchTrainer)."""
+
+    def __init__(self) -> None:
+        self.device = ray.train.torch.get_device()
+        self._checkpoint = ray.train.get_checkpoint()
+        self._checkpoint_dir: str | None = None
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.device.type == "cuda" and world_size() > 1:
+            model = convert_sync_batchnorm(model)
+        return ray.train.torch.prepare_model(model)
+
+    def prepare_loader(self, loader: DataLoader) -> DataLoader:
+        if _is_shuffled(loader):
+            return ray.train.torch.prepare_data_loader(loader)
+        # Evaluation: a DistributedSampler would pad the set with repeated images to an equal
+        # share per rank, and the summed confusion matrix would count those twice. Each rank takes
+        # every world_size-th image instead, so every image is counted exactly once.
+        shard = Subset(loader.dataset, range(rank(), len(loader.dataset), world_size()))
+        return DataLoader(shard, batch_size=loader.batch_size, shuffle=False,
+                          num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def latest_checkpoint(self) -> str | None:
+        if self._checkpoint is None:
+            return None
+        if self._checkpoint_dir is None:
+            # Downloads a remote (s3://) checkpoint; a local one is copied to a temporary folder.
+            self._checkpoint_dir = self._checkpoint.to_directory()
+        return self._checkpoint_dir
+
+
+def _is_shuffled(loader: DataLoader) -> bool:
+    return isinstance(loader.sampler, torch.utils.data.RandomSampler)
+
+
+def teacher_loop(config: dict[str, Any]) -> None:
+    """train_loop_per_worker for one teacher (CPS) run."""
+    train_teacher(TeacherConfig.from_dict(config), RayContext())
+
+
+def student_loop(config: dict[str, Any]) -> None:
+    """train_loop_per_worker for one MGD student run. Teacher files on the study's storage are
+    fetched to this node first. A diverged run reports its error and stops cleanly: retrying it
+    from the last checkpoint (FailureConfig) would only diverge again."""
+    config = dict(config)
+    for key in ("teacher_deep_checkpoint", "teacher_wide_checkpoint"):
+        if config.get(key):
+            config[key] = storage.download(config[key])
+    cfg = DistillConfig.from_dict(config)
+    try:
+        distill_student(cfg, RayContext())
+    except DivergedError as error:
+        # Tune requires the searched metric in every result; NaN marks it as no measurement.
+        ray.train.report({DIVERGED_KEY: str(error), "miou": float("nan"), "iteration": -1})
