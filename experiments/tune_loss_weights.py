@@ -8,10 +8,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from mgd_ray.config import PROTOCOLS, STUDENTS
+from mgd_ray.distributed.space import ABLATION_VARIANTS
 from mgd_ray.distributed.study import StudyConfig, prepare_study, run_study
 
 # --smoke: one protocol, two search trials, one ablation seed, a few iterations of everything.
@@ -34,6 +34,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="search trials per protocol, the paper's defaults first (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=d.seeds, help="seeds per ablation row (default: %(default)s)")
     p.add_argument("--no-ablation", action="store_true", help="search only, no ablation runs")
+    p.add_argument("--ablation-variants", nargs="+", default=list(ABLATION_VARIANTS), metavar="V",
+                   help=f"ablation rows to run, from {', '.join(ABLATION_VARIANTS)} (default: all)")
     p.add_argument("--iterations", type=int, default=None, help="student iterations (default: the dataset preset)")
     p.add_argument("--teacher-iterations", type=int, default=None, help="teacher iterations (default: preset)")
     p.add_argument("--eval-every", type=int, default=None, help="evaluate and checkpoint every N iterations")
@@ -69,6 +71,7 @@ def study_config(args: argparse.Namespace) -> StudyConfig:
         output_dir=args.output_dir or ("results/smoke" if args.smoke else f"results/{args.dataset}"),
         dataset=args.dataset, data_root=args.data_root, split_dir=args.split_dir, protocols=tuple(args.protocols),
         student=args.student, num_samples=args.num_samples, seeds=args.seeds, ablation=not args.no_ablation,
+        ablation_variants=tuple(args.ablation_variants),
         iterations=args.iterations, teacher_iterations=args.teacher_iterations, eval_every=args.eval_every,
         crop_size=args.crop_size, batch_size=args.batch_size, loader_workers=args.loader_workers,
         gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial or max(1, args.gpus_per_trial),

@@ -23,7 +23,7 @@ from ..engine.presets import load_preset
 from ..report import generate_report
 from . import storage
 from .records import TrialRecorder, now_iso, write_json_atomic
-from .space import ABLATION_VARIANTS, ablation_point, paper_search_point, search_space
+from .space import ABLATION_VARIANTS, ablation_point, paper_search_point, search_space, weights_from_point
 from .teachers import ensure_teacher
 from .trial import run_trial
 
@@ -32,7 +32,7 @@ from .trial import run_trial
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
 # What must match for --resume to continue a study rather than start a different one.
 _IDENTITY = ("dataset", "data_root", "protocols", "student", "num_samples", "seeds", "iterations",
-             "teacher_iterations", "crop_size", "batch_size", "seed")
+             "teacher_iterations", "crop_size", "batch_size", "seed", "ablation", "ablation_variants")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class StudyConfig:
     address: str | None = None
     resume: bool = False
     ablation: bool = True
+    ablation_variants: tuple[str, ...] = ABLATION_VARIANTS  # rows of the ablation table to run
     seed: int = 0
     teacher_deep_checkpoint: str | None = None
     teacher_wide_checkpoint: str | None = None
@@ -78,6 +79,9 @@ class StudyConfig:
             raise ValueError("--protocols: give at least one protocol")
         for protocol in self.protocols:
             check_protocol(protocol)
+        unknown = sorted(set(self.ablation_variants) - set(ABLATION_VARIANTS))
+        if unknown:
+            raise ValueError(f"--ablation-variants {unknown}: expected some of {', '.join(ABLATION_VARIANTS)}")
         if self.student not in STUDENTS:
             raise ValueError(f"--student {self.student!r}: expected one of {', '.join(STUDENTS)}")
         for name in ("num_samples", "seeds", "workers_per_trial", "cpus_per_worker"):
@@ -240,7 +244,7 @@ def run_ablation(cfg: StudyConfig, plan: ProtocolPlan, concurrency: int) -> None
     paper = LossWeights(sup=1.0, pixel=plan.paper_point["w_pixel"], semantic=plan.paper_point["lambda_semantic"],
                         region=plan.paper_point["lambda_region"])
     best = best_search_point(cfg, plan.protocol)
-    variants = [v for v in ABLATION_VARIANTS if v != "mgd_best" or best is not None]
+    variants = [v for v in cfg.ablation_variants if v != "mgd_best" or best is not None]
     if best is None:
         print(f"[{plan.protocol}] no completed search trial: the ablation has no 'MGD (best found)' row", flush=True)
     points = [{"variant": v, "seed": cfg.seed + s, **ablation_point(v, paper, best)}
@@ -285,6 +289,8 @@ def run_study(cfg: StudyConfig, plans: list[ProtocolPlan] | None = None,
     """Run (or resume) the whole study; return the report's file paths. `extra_points` are
     configurations the searcher evaluates right after the paper's defaults."""
     plans = plans if plans is not None else prepare_study(cfg)
+    for point in extra_points:  # a bad weight or threshold fails here, not inside a trial
+        DistillConfig(weights=weights_from_point(point), confidence_threshold=point["confidence_threshold"])
     print(f"study {study_name(cfg)}: results in {os.path.abspath(cfg.output_dir)}, "
           f"Ray storage in {cfg.resolved_storage()}", flush=True)
     if not ray.is_initialized():

@@ -5,7 +5,6 @@ checkpoints); the training itself is `mgd_ray.engine`.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import ray.train
@@ -47,7 +46,7 @@ class RayContext:
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report({**metrics, "world_size": world_size()}, checkpoint=checkpoint)
 
     def latest_checkpoint(self) -> str | None:
         if self._checkpoint is None:
@@ -79,5 +78,8 @@ def student_loop(config: dict[str, Any]) -> None:
     try:
         distill_student(cfg, RayContext())
     except DivergedError as error:
-        # Tune requires the searched metric in every result; NaN marks it as no measurement.
-        ray.train.report({DIVERGED_KEY: str(error), "miou": float("nan"), "iteration": -1})
+        # Tune requires the searched metric in every result. NaN would make ASHA stop the trial as
+        # "finished" and Optuna refuse the value (leaving its trial RUNNING), so the result carries
+        # 0.0 at iteration -1 (below every ASHA rung); run_trial then raises, Tune and Optuna mark
+        # the trial failed, and the study's records keep the error, not the 0.0.
+        ray.train.report({DIVERGED_KEY: str(error), "miou": 0.0, "iteration": -1})

@@ -11,7 +11,7 @@ from ..data import build_datasets, cutmix_mask
 from ..losses import supervised_loss, weighted_total
 from ..models import build_model
 from .checkpoint import load_model_state, rng_state, set_rng_state, unwrap
-from .context import RunContext, rank
+from .context import RunContext, all_reduce_sum, rank, world_size
 from .evaluate import evaluate
 from .loop import (BatchStream, RunningMeans, autocast, build_loaders, check_finite, report_with_checkpoint,
                    resume_state, to_device)
@@ -101,10 +101,13 @@ def distill_student(cfg: DistillConfig, ctx: RunContext) -> dict:
                                       cfg.confidence_threshold, sup_loss)
             total = weighted_total(terms, weights)
         # One host read per step for every logged value; it is also the divergence check, done
-        # before the optimizer step so non-finite gradients never reach the weights.
+        # before the optimizer step so non-finite gradients never reach the weights. The values
+        # are averaged over ranks first: every rank must take the same decision, or the ranks
+        # that carry on would wait forever in DDP's gradient all-reduce.
         names = list(terms)
         values = torch.stack([total.detach().float(), stats["kept_fraction"].float()]
-                             + [terms[n].detach().float() for n in names]).tolist()
+                             + [terms[n].detach().float() for n in names])
+        values = (all_reduce_sum(values) / world_size()).tolist()
         check_finite(values[0], iteration + 1, dict(zip(names, values[2:])))
         optimizer.zero_grad(set_to_none=True)
         total.backward()

@@ -18,7 +18,7 @@ from ..data import build_datasets, cutmix_mask
 from ..losses import masked_cross_entropy, pseudo_label, supervised_loss
 from ..models import build_model
 from .checkpoint import rng_state, set_rng_state, unwrap
-from .context import RunContext, rank
+from .context import RunContext, all_reduce_sum, rank, world_size
 from .evaluate import evaluate
 from .loop import (BatchStream, RunningMeans, autocast, build_loaders, check_finite, report_with_checkpoint,
                    resume_state, to_device)
@@ -113,7 +113,9 @@ def train_teacher(cfg: TeacherConfig, ctx: RunContext) -> dict:
         with autocast(device, cfg.amp):
             terms = cps_losses(branches, x_l, y, u0, u1, mask, cfg.ohem)
             total = terms["sup"] + cfg.cps_weight * terms["cps"]
-        values = torch.stack([total.detach(), terms["sup"].detach(), terms["cps"].detach()]).float().tolist()
+        # Averaged over ranks so that all of them stop together on a non-finite loss (see distill.py).
+        values = torch.stack([total.detach(), terms["sup"].detach(), terms["cps"].detach()]).float()
+        values = (all_reduce_sum(values) / world_size()).tolist()
         check_finite(values[0], iteration + 1, {"sup": values[1], "cps": values[2]})
         optimizer.zero_grad(set_to_none=True)
         total.backward()

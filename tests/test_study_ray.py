@@ -1,0 +1,117 @@
+"""End-to-end studies on a local Ray cluster (CPU): DDP over gloo with two Train workers per trial,
+a diverging trial recorded as failed while the others finish, and a driver killed mid-study then
+resumed. One `ray.init` is shared by the module; each Tune trial costs ~20 s of Ray start-up here."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+import ray
+import torch
+
+from mgd_ray.data import NUM_CLASSES
+from mgd_ray.distributed.study import StudyConfig, run_study
+from mgd_ray.models import build_model
+
+pytestmark = pytest.mark.ray
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(protocols=("1/8",), iterations=4, eval_every=2, teacher_iterations=2, crop_size=32, batch_size=2,
+            loader_workers=0, seeds=1, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def records(results_dir):
+    out = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "trials", "*", "*.json"))):
+        with open(path) as f:
+            out.append(json.load(f))
+    return out
+
+
+def test_ddp_study_records_a_diverging_trial_and_finishes_the_rest(cluster, tmp_path):
+    teachers = {}
+    for key, arch in (("teacher_deep_checkpoint", "deeplabv3plus_resnet101"),
+                      ("teacher_wide_checkpoint", "deeplabv3plus_wide_resnet50_2")):
+        teachers[key] = str(tmp_path / f"{key}.pt")
+        torch.save(build_model(arch, NUM_CLASSES["synthetic"]).state_dict(), teachers[key])
+    out = tmp_path / "study"
+    cfg = StudyConfig(output_dir=str(out), num_samples=2, workers_per_trial=2, max_concurrent_trials=1,
+                      ablation_variants=("supervised", "mgd_best"), **teachers, **TINY)
+    # The second search point's enormous weights overflow the loss at once: it must diverge.
+    diverging = {"w_pixel": 1.0, "lambda_semantic": 1e38, "lambda_region": 1e38, "confidence_threshold": 0.0}
+    paths = run_study(cfg, extra_points=[diverging])
+
+    by_kind = {}
+    for record in records(out):
+        by_kind.setdefault((record["kind"], record["variant"]), []).append(record)
+    search = by_kind[("search", "search")]
+    assert sorted(r["status"] for r in search) == ["completed", "failed"]
+    failed = next(r for r in search if r["status"] == "failed")
+    assert failed["config"]["lambda_region"] == 1e38
+    assert failed["error"].startswith("diverged at iteration 1")
+    for record in search + by_kind[("ablation", "supervised")] + by_kind[("ablation", "mgd_best")]:
+        if record["status"] == "failed":
+            continue
+        assert record["status"] == "completed"
+        assert record["world_size"] == 2  # both Train workers took part (DDP over gloo)
+        assert [h["iteration"] for h in record["history"]] == [2, 4]
+        assert 0.0 <= record["miou"] <= 1.0
+    best = next(r for r in search if r["status"] == "completed")
+    assert by_kind[("ablation", "mgd_best")][0]["config"] == best["config"]  # the best search point
+
+    study = optuna.load_study(study_name="mgd-1_8", storage=f"sqlite:///{out / 'optuna.db'}")
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "FAIL"]
+    assert study.best_value == pytest.approx(best["miou"])
+
+    # The report of this real study: measured cells filled, rows not run shown as missing.
+    ablation = pd.read_csv(paths["ablation_csv"])
+    assert os.path.exists(paths["index"]) and os.path.getsize(paths["optimization_history"]) > 0
+    text = ablation.to_string()
+    assert "Supervised only" in text and "MGD (best found)" in text
+    supervised = by_kind[("ablation", "supervised")][0]["miou"]
+    assert any(abs(v - supervised) < 1e-9 for v in pd.to_numeric(ablation.stack(), errors="coerce").dropna())
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_path):
+    out = tmp_path / "study"
+    argv = [sys.executable, os.path.join(REPO, "experiments", "tune_loss_weights.py"), "--smoke", "--no-ablation",
+            "--num-samples", "3", "--max-concurrent-trials", "1", "--address", cluster,
+            "--output-dir", str(out), "--quiet"]
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 420
+    while time.time() < deadline and not any(r["status"] == "completed" for r in records(out)):
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        time.sleep(2)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-study, with no chance to clean up
+    driver.wait()
+    finished = {r["trial_id"]: r for r in records(out) if r["status"] == "completed"}
+    assert finished, (tmp_path / "driver.log").read_text()[-3000:]
+    assert len(glob.glob(str(out / "ray" / "teachers" / "*.pt"))) == 2
+
+    resumed = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "cached" in resumed.stdout  # the teachers were not trained again
+    after = {r["trial_id"]: r for r in records(out)}
+    assert len(after) == 3
+    assert all(r["status"] in ("completed", "early_stopped") for r in after.values())
+    for trial_id, record in finished.items():  # finished trials were kept as they were, not re-run
+        assert after[trial_id]["history"] == record["history"]
+        assert after[trial_id]["ended_at"] == record["ended_at"]
+    assert (out / "REPORT.md").exists()
+    # Plain re-runs never overwrite a study.
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "--resume" in again.stderr
