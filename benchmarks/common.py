@@ -128,7 +128,9 @@ def teacher_config(cfg: DistillConfig, arch: str, iterations: int) -> TeacherCon
 def table(header: list[str], rows: list[list[object]]) -> str:
     """A Markdown table (what docs/benchmarks.md holds), floats to 3 significant figures."""
     def cell(v: object) -> str:
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
+        if isinstance(v, float):
+            return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+        return str(v)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)

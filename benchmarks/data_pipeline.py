@@ -1,0 +1,93 @@
+"""Data pipeline (issue 8, item 4), in one process:
+
+a. Images/s the engine's loaders (build_loaders: labeled B + unlabeled 2B per iteration, the
+   synthetic preset's augmentation) deliver on their own, per number of loader workers.
+b. Images/s the distillation step consumes and the share of its time it waits on data, both as
+   distill_student itself reports them ("iter_per_s", "data_wait_share" of its last report window,
+   start-up and evaluation excluded), per number of loader workers; runs interleaved.
+
+The study's default is 1 loader worker per training worker (StudyConfig.loader_workers); DataConfig's
+own default is 2.
+
+    python benchmarks/data_pipeline.py           # workers 0 / 1 / 2, 2 rounds, windows of 4 iterations
+    python benchmarks/data_pipeline.py --quick   # 1 round, windows of 2
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+
+import torch
+
+from common import machine, median, random_teachers, synthetic_distill_config, table
+from mgd_ray.config import DistillConfig
+from mgd_ray.data import build_datasets
+from mgd_ray.engine import LocalContext, distill_student
+from mgd_ray.engine.loop import BatchStream, build_loaders
+
+
+def loader_rate(cfg: DistillConfig, batches: int) -> float:
+    """Images/s the labeled + unlabeled loaders deliver, after their first batch (worker start-up)."""
+    data = build_datasets(cfg.data)
+    labeled_loader, unlabeled_loader, _ = build_loaders(data, cfg.data, LocalContext("unused", verbose=False))
+    labeled, unlabeled = BatchStream(labeled_loader), BatchStream(unlabeled_loader)
+    labeled.next(), unlabeled.next()
+    start = time.perf_counter()
+    images = 0
+    for _ in range(batches):
+        images += len(labeled.next()[0]) + len(unlabeled.next())
+    seconds = time.perf_counter() - start
+    del labeled, unlabeled, labeled_loader, unlabeled_loader  # ends persistent workers
+    return images / seconds
+
+
+def training_run(cfg: DistillConfig) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as folder:
+        ctx = LocalContext(folder, verbose=False)
+        distill_student(cfg, ctx)
+        return ctx.history[-1]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="loader worker counts to compare")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--window", type=int, default=4, help="iterations per report window (each run does 2)")
+    p.add_argument("--loader-batches", type=int, default=30, help="batches timed per loader measurement")
+    p.add_argument("--quick", action="store_true", help="1 round, windows of 2 iterations, 15 loader batches")
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.quick:
+        args.rounds, args.window, args.loader_batches = 1, 2, 15
+    if min(args.workers) < 0 or args.rounds < 1 or args.window < 1:
+        raise SystemExit("--workers >= 0, --rounds >= 1, --window >= 1 expected")
+    print(f"machine: {machine()}")
+    base = synthetic_distill_config(iterations=2 * args.window, eval_every=args.window)
+    base = DistillConfig.from_dict({**base.to_dict(), **random_teachers(base)})
+    per_iteration = 3 * base.data.batch_size
+    print(f"run: {base.student}, crop {base.data.crop_size}, batch {base.data.batch_size} (+"
+          f"{2 * base.data.batch_size} unlabeled = {per_iteration} images per iteration), "
+          f"{torch.get_num_threads()} torch threads; {args.rounds} interleaved rounds, medians")
+    configs = {w: dataclasses.replace(base, data=dataclasses.replace(base.data, num_workers=w)) for w in args.workers}
+    delivered = {w: [] for w in args.workers}
+    reports = {w: [] for w in args.workers}
+    for _ in range(args.rounds):
+        for w, cfg in configs.items():
+            delivered[w].append(loader_rate(cfg, args.loader_batches))
+            reports[w].append(training_run(cfg))
+    rows = []
+    for w in args.workers:
+        consumed = median([r["iter_per_s"] for r in reports[w]]) * per_iteration
+        supplied = median(delivered[w])
+        rows.append([w, supplied, consumed, supplied / consumed, median([r["data_wait_share"] for r in reports[w]])])
+    print(table(["loader workers", "loaders alone: images/s", "step consumes: images/s", "supply / demand",
+                 "data wait share (from the loop)"], rows))
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,133 @@
+"""Search efficiency (issue 8, item 5): on the synthetic set, one protocol, the study's search
+(Optuna TPE + ASHA early stopping, mgd_ray.distributed.study.run_search) against random search
+without early stopping (Optuna RandomSampler, FIFO), at the same trial budget, the same first point
+(the paper's weights), the same teachers and seed. Figures: best mIoU found, device-hours spent in
+all, and device-hours spent until the trial that found the best had finished.
+
+The budget is deliberately tiny (a few trials of a few iterations at a reduced crop) so that it runs
+in minutes on 2 cores: one seed, one protocol. It shows the machinery and the order of the compute
+saving; it cannot rank the two searchers' quality.
+
+    python benchmarks/search.py                        # 6 trials each, 8 iterations, crop 48, batch 2
+    python benchmarks/search.py --quick                # 4 trials each, 4 iterations
+    python benchmarks/search.py --teacher-iterations 0 # random-weight teachers (no CPS training first)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler
+
+from common import CACHE, machine, random_teachers, synthetic_distill_config, table, teacher_config
+from mgd_ray.config import TEACHER_DEEP, TEACHER_WIDE, protocol_slug
+from mgd_ray.distributed.records import TrialRecorder
+from mgd_ray.distributed.space import search_space
+from mgd_ray.distributed.study import StudyConfig, plan_protocol, prepare_teachers, run_search, tune_run
+from mgd_ray.engine import LocalContext, train_teacher
+from ray.tune.search.optuna import OptunaSearch
+
+
+def trained_teachers(crop: int, batch: int, iterations: int) -> dict[str, str]:
+    """Teacher state-dict files: CPS-trained for `iterations` (cached by schedule), or random ones at 0."""
+    cfg = synthetic_distill_config(data={"crop_size": crop, "batch_size": batch, "num_workers": 0})
+    if iterations == 0:
+        return random_teachers(cfg)
+    paths = {}
+    for key, arch in (("teacher_deep_checkpoint", TEACHER_DEEP), ("teacher_wide_checkpoint", TEACHER_WIDE)):
+        folder = CACHE / f"cps-{arch}-crop{crop}-batch{batch}-it{iterations}"
+        model = folder / "checkpoint" / "model.pt"
+        if not model.exists():
+            print(f"training teacher {arch}: {iterations} CPS iterations", flush=True)
+            train_teacher(teacher_config(cfg, arch, iterations), LocalContext(str(folder), verbose=False))
+        paths[key] = str(model)
+    return paths
+
+
+def random_search(study: StudyConfig, plan, concurrency: int) -> None:
+    """run_search's twin with the searcher and scheduler swapped: random points, no early stopping."""
+    slug = protocol_slug(plan.protocol)
+    searcher = OptunaSearch(space=search_space, metric="miou", mode="max", points_to_evaluate=[plan.paper_point],
+                            sampler=optuna.samplers.RandomSampler(seed=study.seed),
+                            storage=optuna.storages.RDBStorage(study.resolved_optuna_storage()),
+                            study_name=f"mgd-{slug}")
+    tune_config = tune.TuneConfig(search_alg=searcher, scheduler=FIFOScheduler(), num_samples=study.num_samples,
+                                  max_concurrent_trials=concurrency)
+    recorder = TrialRecorder(study.output_dir, plan.protocol, "search", plan.iterations, study.device,
+                             study.devices_per_trial, study.verbose)
+    tune_run(study, f"search-{slug}", {"run": plan.run}, tune_config, recorder)
+
+
+def summarise(output_dir: str, protocol: str) -> list:
+    """[best final mIoU, its trial's iterations, device-hours to reach it, device-hours in all,
+    completed / early-stopped / failed trial counts]."""
+    folder = Path(output_dir) / "trials" / protocol_slug(protocol)
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    ended = sorted((r for r in records if r["ended_at"]), key=lambda r: r["ended_at"])
+    # As the study's best_search_point: an early-stopped trial's mIoU is from fewer iterations.
+    scored = [r for r in ended if r["miou"] is not None and r["status"] == "completed"]
+    best = max(scored, key=lambda r: r["miou"]) if scored else None
+    to_best = sum(r["device_hours"] for r in ended[: ended.index(best) + 1]) if best else float("nan")
+    counts = {s: sum(r["status"] == s for r in records) for s in ("completed", "early_stopped", "failed")}
+    return [best["miou"] if best else float("nan"), best["iteration"] if best else "-", to_best * 3600,
+            sum(r["device_hours"] for r in records) * 3600,
+            f"{counts['completed']} / {counts['early_stopped']} / {counts['failed']}"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=int, default=6, help="trial budget of each searcher")
+    p.add_argument("--iterations", type=int, default=8, help="student iterations per trial")
+    p.add_argument("--eval-every", type=int, default=2, help="ASHA rungs come from these reports")
+    p.add_argument("--crop-size", type=int, default=48)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--teacher-iterations", type=int, default=20, help="CPS iterations of each teacher (0: random)")
+    p.add_argument("--protocol", default="1/8")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="4 trials of 4 iterations each")
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.quick:
+        args.trials, args.iterations = 4, 4
+    print(f"machine: {machine()}")
+    teachers = trained_teachers(args.crop_size, args.batch_size, args.teacher_iterations)
+    # 2 trials in flight on the 2 cores. Logical CPUs are padded by one per trial: when another Ray
+    # instance runs on the same machine (other users' tests here), Ray Train's PlacementGroupCleaner
+    # cannot tell which one is its own ("Found multiple active Ray instances") and every finished
+    # trial leaks its worker's 1-CPU placement group; without the padding the third trial waits forever.
+    ray.init(num_cpus=2 + 2 * args.trials, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    concurrency = 2
+    root = tempfile.mkdtemp(prefix="bench-search-")
+    rows = []
+    for name in ("TPE + ASHA (the study)", "random, no early stopping"):
+        study = StudyConfig(output_dir=os.path.join(root, "tpe" if name.startswith("TPE") else "random"),
+                            protocols=(args.protocol,), num_samples=args.trials, iterations=args.iterations,
+                            eval_every=args.eval_every, crop_size=args.crop_size, batch_size=args.batch_size,
+                            loader_workers=0, ablation=False, seed=args.seed, verbose=False,
+                            teacher_deep_checkpoint=teachers["teacher_deep_checkpoint"],
+                            teacher_wide_checkpoint=teachers["teacher_wide_checkpoint"])
+        os.makedirs(study.output_dir)  # the Optuna SQLite file lives there
+        plan = plan_protocol(study, args.protocol)
+        prepare_teachers(study, [plan], 1)
+        (run_search(study, plan, concurrency) if name.startswith("TPE") else random_search(study, plan, concurrency))
+        rows.append([name, *summarise(study.output_dir, args.protocol)])
+    ray.shutdown()
+    print(f"\nbudget: {args.trials} trials each, {args.iterations} iterations per trial (evaluated every "
+          f"{args.eval_every}), crop {args.crop_size}, batch {args.batch_size}, protocol {args.protocol}, seed "
+          f"{args.seed}, teachers after {args.teacher_iterations} CPS iterations; 2 trials in flight, 1 CPU each")
+    print(table(["searcher", "best final mIoU", "at iteration", "CPU-s to reach it", "CPU-s in all",
+                 "completed / early-stopped / failed"], rows))
+    print(f"results: {root}")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
