@@ -7,16 +7,16 @@ from functools import partial
 import torch
 
 from ..config import DistillConfig
-from ..data import build_datasets, cutmix_mask
+from ..data import build_datasets
 from ..losses import supervised_loss, weighted_total
 from ..models import build_model
 from .checkpoint import load_model_state, rng_state, set_rng_state, unwrap
-from .context import RunContext, all_reduce_sum, rank, world_size
+from .context import RunContext, rank
 from .evaluate import evaluate
-from .loop import (BatchStream, RunningMeans, autocast, build_loaders, check_finite, report_with_checkpoint,
-                   resume_state, to_device)
+from .loop import (BatchStream, RunningMeans, autocast, build_loaders, next_inputs, optimizer_step,
+                   report_with_checkpoint, resume_state)
 from .mgd_step import freeze, mgd_losses, needs_teachers
-from .optim import build_optimizer, clip_gradients, poly_lr, set_lr
+from .optim import build_optimizer, poly_lr, set_lr
 
 TERMS = ("sup", "pixel", "semantic", "region")
 
@@ -91,30 +91,14 @@ def distill_student(cfg: DistillConfig, ctx: RunContext) -> dict:
     for iteration in range(start, cfg.iterations):
         lr = poly_lr(cfg.optim.lr, iteration, cfg.iterations, cfg.optim.poly_power)
         set_lr(optimizer, lr)
-        x_l, y = labeled.next()
-        u = unlabeled.next()
-        x_l, y, u = to_device(x_l, device, True), to_device(y, device), to_device(u, device, True)
-        u0, u1 = u.chunk(2)
-        mask = cutmix_mask(u0.shape[0], u0.shape[-2], u0.shape[-1], generator=mask_gen).to(device)
+        x_l, y, u0, u1, mask = next_inputs(labeled, unlabeled, device, mask_gen)
         with autocast(device, cfg.amp):
             terms, stats = mgd_losses(student, teacher_deep, teacher_wide, x_l, y, u0, u1, mask, weights,
                                       cfg.confidence_threshold, sup_loss)
             total = weighted_total(terms, weights)
-        # One host read per step for every logged value; it is also the divergence check, done
-        # before the optimizer step so non-finite gradients never reach the weights. The values
-        # are averaged over ranks first: every rank must take the same decision, or the ranks
-        # that carry on would wait forever in DDP's gradient all-reduce.
-        names = list(terms)
-        values = torch.stack([total.detach().float(), stats["kept_fraction"].float()]
-                             + [terms[n].detach().float() for n in names])
-        values = (all_reduce_sum(values) / world_size()).tolist()
-        check_finite(values[0], iteration + 1, dict(zip(names, values[2:])))
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        clip_gradients(optimizer, cfg.optim.grad_clip)
-        optimizer.step()
-        meter.add({"loss": values[0], "kept_fraction": values[1],
-                   **{f"loss_{n}": v for n, v in zip(names, values[2:])}})
+        meter.add(optimizer_step(optimizer, total, {"loss": total, "kept_fraction": stats["kept_fraction"],
+                                                    **{f"loss_{n}": t for n, t in terms.items()}},
+                                 iteration + 1, cfg.optim.grad_clip))
         window["iters"] += 1
         done = iteration + 1 == cfg.iterations
         if (iteration + 1) % cfg.eval_every == 0 or done:

@@ -14,8 +14,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import DataConfig
+from ..data import cutmix_mask
 from .checkpoint import atomic_save, load_checkpoint
 from .context import RunContext, all_reduce_sum, is_main_process, world_size
+from .optim import clip_gradients
 
 
 class DivergedError(RuntimeError):
@@ -72,6 +74,36 @@ class BatchStream:
             batch = next(self._iter)
         self.wait_s += time.perf_counter() - start
         return batch
+
+
+def next_inputs(labeled: "BatchStream", unlabeled: "BatchStream", device: torch.device,
+                mask_gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """One iteration's inputs: the labeled batch x_l (B x 3 x S x S) and y (B x S x S), the unlabeled
+    batch split into u0 and u1 (B x 3 x S x S each), and the CutMix mask M (B x S x S) mixing them."""
+    x_l, y = labeled.next()
+    u = unlabeled.next()
+    x_l, y, u = to_device(x_l, device, True), to_device(y, device), to_device(u, device, True)
+    u0, u1 = u.chunk(2)
+    mask = cutmix_mask(u0.shape[0], u0.shape[-2], u0.shape[-1], generator=mask_gen).to(device)
+    return x_l, y, u0, u1, mask
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, logged: dict[str, torch.Tensor],
+                   iteration: int, grad_clip: float | None) -> dict[str, float]:
+    """Backward and step on `total`, after one host read of the logged scalars ("loss" first).
+
+    The read is also the divergence check, done before the step so non-finite gradients never
+    reach the weights. The values are averaged over ranks first: every rank must take the same
+    decision, or the ranks that carry on would wait forever in DDP's gradient all-reduce."""
+    names = list(logged)
+    values = torch.stack([logged[n].detach().float() for n in names])
+    values = dict(zip(names, (all_reduce_sum(values) / world_size()).tolist()))
+    check_finite(values["loss"], iteration, {n: v for n, v in values.items() if n.startswith("loss_")})
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    clip_gradients(optimizer, grad_clip)
+    optimizer.step()
+    return values
 
 
 def autocast(device: torch.device, enabled: bool):

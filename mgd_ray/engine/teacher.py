@@ -14,16 +14,16 @@ from functools import partial
 import torch
 
 from ..config import TeacherConfig
-from ..data import build_datasets, cutmix_mask
+from ..data import build_datasets
 from ..losses import masked_cross_entropy, pseudo_label, supervised_loss
 from ..models import build_model
 from .checkpoint import rng_state, set_rng_state, unwrap
-from .context import RunContext, all_reduce_sum, rank, world_size
+from .context import RunContext, rank
 from .evaluate import evaluate
-from .loop import (BatchStream, RunningMeans, autocast, build_loaders, check_finite, report_with_checkpoint,
-                   resume_state, to_device)
+from .loop import (BatchStream, RunningMeans, autocast, build_loaders, next_inputs, optimizer_step,
+                   report_with_checkpoint, resume_state)
 from .mgd_step import mix
-from .optim import build_optimizer, clip_gradients, poly_lr, set_lr
+from .optim import build_optimizer, poly_lr, set_lr
 
 
 def cps_losses(branches, x_l: torch.Tensor, y: torch.Tensor, u0: torch.Tensor, u1: torch.Tensor,
@@ -105,23 +105,12 @@ def train_teacher(cfg: TeacherConfig, ctx: RunContext) -> dict:
     for iteration in range(start, cfg.iterations):
         lr = poly_lr(cfg.optim.lr, iteration, cfg.iterations, cfg.optim.poly_power)
         set_lr(optimizer, lr)
-        x_l, y = labeled.next()
-        u = unlabeled.next()
-        x_l, y, u = to_device(x_l, device, True), to_device(y, device), to_device(u, device, True)
-        u0, u1 = u.chunk(2)
-        mask = cutmix_mask(u0.shape[0], u0.shape[-2], u0.shape[-1], generator=mask_gen).to(device)
+        x_l, y, u0, u1, mask = next_inputs(labeled, unlabeled, device, mask_gen)
         with autocast(device, cfg.amp):
             terms = cps_losses(branches, x_l, y, u0, u1, mask, cfg.ohem)
             total = terms["sup"] + cfg.cps_weight * terms["cps"]
-        # Averaged over ranks so that all of them stop together on a non-finite loss (see distill.py).
-        values = torch.stack([total.detach(), terms["sup"].detach(), terms["cps"].detach()]).float()
-        values = (all_reduce_sum(values) / world_size()).tolist()
-        check_finite(values[0], iteration + 1, {"sup": values[1], "cps": values[2]})
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        clip_gradients(optimizer, cfg.optim.grad_clip)
-        optimizer.step()
-        meter.add({"loss": values[0], "loss_sup": values[1], "loss_cps": values[2]})
+        meter.add(optimizer_step(optimizer, total, {"loss": total, "loss_sup": terms["sup"], "loss_cps": terms["cps"]},
+                                 iteration + 1, cfg.optim.grad_clip))
         window["iters"] += 1
         done = iteration + 1 == cfg.iterations
         if (iteration + 1) % cfg.eval_every == 0 or done:

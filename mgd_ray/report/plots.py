@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mgd_ray.report.load import normalize_trials  # noqa: E402
 from mgd_ray.report.tables import ABLATION_ROWS, GAIN_VARIANT  # noqa: E402
@@ -46,6 +47,7 @@ def plot_optimization_history(trials: pd.DataFrame, protocols: list[str], path: 
         status = search["status"].to_numpy()
         ax.set_title(f"protocol {protocol}" if protocol else "no protocols")
         ax.set_xlabel("trial (in order of start)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("mIoU (%)")
         if not np.isfinite(miou).any():
             ax.set_ylim(0, 100)
