@@ -9,8 +9,8 @@ b. Images/s the distillation step consumes and the share of its time it waits on
 The study's default is 1 loader worker per training worker (StudyConfig.loader_workers); DataConfig's
 own default is 2.
 
-    python benchmarks/data_pipeline.py           # workers 0 / 1 / 2, 2 rounds, windows of 4 iterations
-    python benchmarks/data_pipeline.py --quick   # 1 round, windows of 2
+    python benchmarks/data_pipeline.py           # workers 0 / 1 / 2, 2 rounds, windows of 2 iterations
+    python benchmarks/data_pipeline.py --quick   # 1 round
 """
 from __future__ import annotations
 
@@ -55,15 +55,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="loader worker counts to compare")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--window", type=int, default=4, help="iterations per report window (each run does 2)")
-    p.add_argument("--loader-batches", type=int, default=30, help="batches timed per loader measurement")
-    p.add_argument("--quick", action="store_true", help="1 round, windows of 2 iterations, 15 loader batches")
+    p.add_argument("--window", type=int, default=2, help="iterations per report window (each run does 2)")
+    p.add_argument("--loader-batches", type=int, default=15, help="batches timed per loader measurement")
+    p.add_argument("--quick", action="store_true", help="1 round")
     return p
 
 
 def main(args: argparse.Namespace) -> None:
     if args.quick:
-        args.rounds, args.window, args.loader_batches = 1, 2, 15
+        args.rounds = 1
     if min(args.workers) < 0 or args.rounds < 1 or args.window < 1:
         raise SystemExit("--workers >= 0, --rounds >= 1, --window >= 1 expected")
     print(f"machine: {machine()}")

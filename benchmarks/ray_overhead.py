@@ -127,7 +127,11 @@ def main(args: argparse.Namespace) -> None:
     print(f"run: {cfg.student}, crop {cfg.data.crop_size}, batch {cfg.data.batch_size}, "
           f"{cfg.data.num_workers} loader worker(s) (the study's default), {args.threads} torch threads, "
           f"{cfg.iterations} iterations (timed window: the last {args.window}); {args.rounds} interleaved rounds")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    # Every run asks for the 2 cores and runs alone. Logical CPUs are padded by 2 per run (+1 for the
+    # start-up trial): when another Ray instance runs on this machine (other users' tests here), Ray
+    # Train's PlacementGroupCleaner cannot tell which is its own ("Found multiple active Ray
+    # instances") and each finished run leaks its placement group; unpadded, the next run waits forever.
+    ray.init(num_cpus=2 * (args.rounds + 1) + 1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     storage = tempfile.mkdtemp(prefix="bench-ray-")
     probe = os.path.join(storage, "probe.json")
     rates = {"bare loop": [], "TorchTrainer (1 worker)": []}
