@@ -187,16 +187,17 @@ def test_synthetic_set_is_deterministic_and_in_voc_layout(tmp_path):
     values = set(np.unique(labels).tolist())
     assert values == set(range(6)) | {IGNORE_INDEX}
     assert 0.005 < (labels == IGNORE_INDEX).mean() < 0.2 and (labels == 0).mean() < 0.95
+    assert 0.35 < (labels == 0).mean() < 0.65  # objects are large: background is about half the pixels
     other = generate_synthetic(tmp_path / "c", seed=1)
     assert (other / "JPEGImages" / f"{train[0]}.jpg").read_bytes() != (a / "JPEGImages" / f"{train[0]}.jpg").read_bytes()
 
 
 def test_default_config_builds_the_cached_synthetic_set(data_cache, tmp_path):
     data = build_datasets(DataConfig(split_out_dir=str(tmp_path / "splits")))
-    assert (data_cache / "synthetic-v1-seed0" / "meta.json").is_file()
+    assert (data_cache / "synthetic-v2-seed0" / "meta.json").is_file()
     assert data.num_classes == 6 and len(data.labeled_ids) == 40 and len(data.unlabeled_ids) == 280
-    assert len(data.val) == 64 and data.val[0][0].shape == (3, 96, 96)
-    assert ensure_synthetic(0) == data_cache / "synthetic-v1-seed0"
+    assert len(data.val) == 64 and data.val[0][0].shape == (3, 80, 80)
+    assert ensure_synthetic(0) == data_cache / "synthetic-v2-seed0"
 
 
 def test_synthetic_creation_race_keeps_the_first_complete_copy(tmp_path, monkeypatch):

@@ -2,10 +2,17 @@
 
 Six classes: 0 = background and five objects, each defined by a shape AND a texture
 (disc + stripes, square + checker, triangle + dots, cross + grid, ring + speckle). Colours are drawn
-per object, so colour says nothing about the class. To make the task non-trivial the background
-carries faint versions of the same textures, and "distractors" (a class's shape with another
-class's texture) are background too; objects vary in size, are cut by the image border and occlude
-each other. As in VOC, a thin band of 255 (ignore) runs along object boundaries.
+per object (two far-apart colours for the texture's two phases), so colour says nothing about the
+class. The set is built to be learnable from scratch in a few hundred CPU iterations while staying
+non-trivial:
+- objects are large (background is roughly half of the pixels) and high-contrast, and the five
+  textures are strongly distinct and coarse enough (period >= 7 px) to survive the 0.5x scale
+  augmentation;
+- the background is a smooth random colour field with its own faint, low-contrast texture;
+- a "distractor" (one class's shape painted with another class's texture) appears in about a third of
+  the scenes and is background, so neither texture nor shape alone gives the class;
+- objects are cut by the image border and occlude each other;
+- as in VOC, a thin (1 px) band of 255 (ignore) runs along object boundaries.
 
 Every image is drawn from its own generator seeded by (seed, split, index), so the set is
 byte-identical for a seed. It is written to a temporary folder renamed into place, so Ray workers
@@ -25,16 +32,19 @@ import numpy as np
 from .io import IGNORE_INDEX, cache_root, write_label
 from .voc import LIST_DIR
 
-VERSION = "synthetic-v1"
+VERSION = "synthetic-v2"
 CLASS_NAMES = (
     "background", "striped_disc", "checkered_square", "dotted_triangle", "grid_cross", "speckled_ring",
 )
 NUM_CLASSES = len(CLASS_NAMES)
-IMAGE_SIZE = 96
+IMAGE_SIZE = 80
 SPLITS = {"train": 320, "val": 64}
 JPEG_QUALITY = 95
 _SPLIT_CODES = {"train": 1, "val": 2}
 _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
+OBJECTS_PER_SCENE = (3, 5)  # inclusive range of true objects
+OBJECT_RADIUS = (16.0, 23.0)  # pixels, at IMAGE_SIZE 80
+DISTRACTOR_PROBABILITY = 0.35  # one wrong-texture shape (background) in this share of scenes
 
 
 def _rotated(points: np.ndarray, angle: float, center: tuple[float, float]) -> np.ndarray:
@@ -56,75 +66,87 @@ def _shape_mask(shape: int, center: tuple[float, float], radius: float, angle: f
     elif shape == 3:
         angles = np.pi / 2 + np.arange(3) * 2 * np.pi / 3
         corners = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-        cv2.fillPoly(mask, [_rotated(corners * 1.25 * r, angle, center)], 1)
+        cv2.fillPoly(mask, [_rotated(corners * 1.3 * r, angle, center)], 1)
     elif shape == 4:
-        bar = np.array([[-1, -0.33], [1, -0.33], [1, 0.33], [-1, 0.33]], dtype=np.float64) * r
+        bar = np.array([[-1, -0.36], [1, -0.36], [1, 0.36], [-1, 0.36]], dtype=np.float64) * r
         cv2.fillPoly(mask, [_rotated(bar, angle, center)], 1)
         cv2.fillPoly(mask, [_rotated(bar[:, ::-1].copy(), angle, center)], 1)
     else:
         cv2.circle(mask, (cx, cy), int(round(r)), 1, -1)
-        cv2.circle(mask, (cx, cy), int(round(0.5 * r)), 0, -1)
+        cv2.circle(mask, (cx, cy), int(round(0.45 * r)), 0, -1)
     return mask
 
 
 def _texture(kind: int, rng: np.random.Generator) -> np.ndarray:
-    """float32 H x W in [0, 1]: pattern `kind` (1..5) with random period, orientation and phase."""
-    period = rng.uniform(4.0, 7.0)
+    """float32 H x W in [0, 1]: pattern `kind` (1..5) with random period, orientation and phase.
+
+    1 stripes, 2 checkerboard, 3 dots on a plain ground, 4 thin grid lines, 5 fine random speckle:
+    periods of 7-11 px keep each pattern recognisable at every training scale (0.5x-2x)."""
+    period = rng.uniform(7.0, 11.0)
     angle = rng.uniform(0, np.pi)
     u = _XX * np.cos(angle) + _YY * np.sin(angle) + rng.uniform(0, period)
     v = -_XX * np.sin(angle) + _YY * np.cos(angle) + rng.uniform(0, period)
     if kind == 1:
         return (np.sin(2 * np.pi * u / period) > 0).astype(np.float32)
     if kind == 2:
-        return ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
+        cell = period * 0.6
+        return ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float32)
     if kind == 3:
         du, dv = u % period - period / 2, v % period - period / 2
-        return (du * du + dv * dv < (period / 3) ** 2).astype(np.float32)
+        return (du * du + dv * dv < (period / 3.2) ** 2).astype(np.float32)
     if kind == 4:
-        return ((u % period < 1.5) | (v % period < 1.5)).astype(np.float32)
+        return ((u % period < 2.0) | (v % period < 2.0)).astype(np.float32)
     noise = rng.random((IMAGE_SIZE // 2, IMAGE_SIZE // 2)).astype(np.float32)
-    noise = cv2.resize(noise, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_NEAREST)
-    return (cv2.GaussianBlur(noise, (3, 3), 0) > 0.5).astype(np.float32)
+    return (cv2.resize(noise, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_NEAREST) > 0.5).astype(np.float32)
 
 
 def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    # Two random colours far enough apart for the texture to show.
+    # Two random colours far apart (high contrast), in random order.
     while True:
         a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-        if np.abs(a - b).sum() > 150:
+        if np.abs(a - b).sum() > 260 and np.abs(a - b).max() > 120:
             return a.astype(np.float32), b.astype(np.float32)
 
 
 def _paint(canvas: np.ndarray, mask: np.ndarray, texture: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
     inside = mask.astype(bool)
-    canvas[inside] = a + (b - a) * texture[inside][:, None]
+    canvas[inside] = a + (b - a) * texture[inside].astype(np.float32)[:, None]
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    """A smooth random colour field with its own faint texture: blurred blobs of +-8..14 levels."""
+    grid = rng.uniform(30, 225, (3, 3, 3)).astype(np.float32)
+    canvas = cv2.resize(grid, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_CUBIC)
+    blobs = rng.random((IMAGE_SIZE // 4, IMAGE_SIZE // 4)).astype(np.float32)
+    blobs = cv2.GaussianBlur(cv2.resize(blobs, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_LINEAR), (5, 5), 0)
+    blobs = (blobs - blobs.mean()) / max(float(blobs.std()), 1e-6)
+    return canvas + rng.uniform(8, 14) * blobs[..., None]
 
 
 def render_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One scene: RGB uint8 H x W x 3 and its label uint8 H x W (0..5, 255 on boundaries)."""
-    grid = rng.uniform(40, 215, (4, 4, 3)).astype(np.float32)
-    canvas = cv2.resize(grid, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_CUBIC)
-    if rng.random() < 0.6:  # faint object-like texture over the background
-        canvas += rng.uniform(20, 45) * (_texture(int(rng.integers(1, 6)), rng)[..., None] - 0.5)
+    canvas = _background(rng)
     label = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-
-    objects = [(k, k, k) for k in rng.integers(1, NUM_CLASSES, int(rng.integers(2, 6)))]
-    for _ in range(int(rng.integers(0, 3))):
+    count = int(rng.integers(OBJECTS_PER_SCENE[0], OBJECTS_PER_SCENE[1] + 1))
+    objects = [(k, k, k) for k in rng.integers(1, NUM_CLASSES, count)]
+    if rng.random() < DISTRACTOR_PROBABILITY:
         shape = int(rng.integers(1, NUM_CLASSES))
         texture = int((shape - 1 + rng.integers(1, NUM_CLASSES - 1)) % (NUM_CLASSES - 1) + 1)
         objects.append((shape, texture, 0))  # distractor: right shape, wrong texture -> background
+    margin = 0.1 * IMAGE_SIZE
     for index in rng.permutation(len(objects)):
         shape, texture, cls = objects[index]
-        center = (rng.uniform(-4, IMAGE_SIZE + 4), rng.uniform(-4, IMAGE_SIZE + 4))
-        mask = _shape_mask(int(shape), center, rng.uniform(10, 24), rng.uniform(0, 2 * np.pi))
+        center = (rng.uniform(margin, IMAGE_SIZE - margin), rng.uniform(margin, IMAGE_SIZE - margin))
+        mask = _shape_mask(int(shape), center, rng.uniform(*OBJECT_RADIUS), rng.uniform(0, 2 * np.pi))
         _paint(canvas, mask, _texture(int(texture), rng), *_colour_pair(rng))
         label[mask.astype(bool)] = cls
 
-    # Ignore band: pixels whose 3 x 3 neighbourhood holds more than one class, as VOC's outlines.
-    kernel = np.ones((3, 3), np.uint8)
-    boundary = cv2.dilate(label, kernel) != cv2.erode(label, kernel)
+    # Ignore band, 1 px wide as VOC's outlines: pixels whose right or lower neighbour has another class.
+    boundary = np.zeros(label.shape, dtype=bool)
+    boundary[:, :-1] |= label[:, :-1] != label[:, 1:]
+    boundary[:-1, :] |= label[:-1, :] != label[1:, :]
     label[boundary] = IGNORE_INDEX
-    canvas = canvas * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20) + rng.normal(0, 6, canvas.shape)
+    canvas = canvas * rng.uniform(0.9, 1.1) + rng.uniform(-15, 15) + rng.normal(0, 3, canvas.shape)
     return np.clip(canvas, 0, 255).astype(np.uint8), label
 
 
@@ -154,7 +176,7 @@ def generate_synthetic(out_dir: str | Path, seed: int = 0) -> Path:
 
 
 def synthetic_root(seed: int = 0) -> Path:
-    """The cache folder of the synthetic set for a seed: $MGD_RAY_DATA/synthetic-v1-seed<seed>."""
+    """The cache folder of the synthetic set for a seed: $MGD_RAY_DATA/synthetic-v2-seed<seed>."""
     return cache_root() / f"{VERSION}-seed{seed}"
 
 

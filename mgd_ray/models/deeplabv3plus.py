@@ -70,7 +70,15 @@ class DeepLabV3PlusHead(nn.Module):
         self.low_level = _conv_bn_relu(feature_info[self.low_index]["channels"], 48, 1)
         self.decoder = nn.Sequential(_conv_bn_relu(256 + 48, 256, 3), _conv_bn_relu(256, 256, 3))
         self.classifier = nn.Conv2d(256, num_classes, 1)
-        for m in self.modules():  # the head always starts from scratch; He init as the DeepLab references
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The head always starts from scratch, initialised as torchvision's segmentation models and
+        the DeepLab references: He (fan_out) for the convolutions feeding a ReLU, BN scale 1 and shift 0,
+        and the 1x1 classifier N(0, 0.01^2) with bias 0, so the initial logits are ~0 and the initial
+        cross-entropy is ~log(num_classes). (He init on a 256 -> C classifier gives logits of std ~5 and
+        an initial CE of 5-7, which makes the first SGD steps erratic.)"""
+        for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
@@ -78,6 +86,8 @@ class DeepLabV3PlusHead(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        nn.init.normal_(self.classifier.weight, mean=0.0, std=0.01)
+        nn.init.zeros_(self.classifier.bias)
 
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         low = self.low_level(feats[self.low_index])
