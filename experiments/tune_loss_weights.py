@@ -30,9 +30,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocols", nargs="+", default=list(d.protocols), metavar="P",
                    help=f"partition protocols, from {', '.join(PROTOCOLS)} (default: %(default)s)")
     p.add_argument("--student", default=d.student, choices=STUDENTS)
-    p.add_argument("--num-samples", type=int, default=d.num_samples,
-                   help="search trials per protocol, the paper's defaults first (default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=d.seeds, help="seeds per ablation row (default: %(default)s)")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="search trials per protocol, the paper's defaults first (default: the dataset "
+                   "preset's: 3 for synthetic, 16 for VOC and Cityscapes)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds per ablation row (default: the preset's: 1 for synthetic, 2 otherwise)")
     p.add_argument("--no-ablation", action="store_true", help="search only, no ablation runs")
     p.add_argument("--ablation-variants", nargs="+", default=list(ABLATION_VARIANTS), metavar="V",
                    help=f"ablation rows to run, from {', '.join(ABLATION_VARIANTS)} (default: all)")

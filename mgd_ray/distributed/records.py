@@ -105,17 +105,14 @@ class TrialRecorder(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._started.setdefault(trial.trial_id, time.time())
         record = self._load(trial)
-        if result.get("diverged"):  # the run stopped on a NaN/inf loss; its report is no measurement
-            record.update(status="failed", error=str(result["diverged"]), ended_at=now_iso())
-            self._save(trial, record)
-            return
         miou = _finite(result.get("miou"))
         if miou is None:
             self._save(trial, record)
             return
         step = {"iteration": int(result.get("iteration", 0)), "miou": miou,
                 "kept_fraction": _finite(result.get("kept_fraction")), "loss": _finite(result.get("loss"))}
-        record["history"].append(step)
+        # A trial resumed from an earlier checkpoint reports some iterations again: keep the new ones.
+        record["history"] = [h for h in record["history"] if h["iteration"] < step["iteration"]] + [step]
         record.update(miou=miou, iteration=step["iteration"], kept_fraction=step["kept_fraction"],
                       best_miou=max(miou, record.get("best_miou") or -math.inf),
                       world_size=result.get("world_size"))
@@ -123,10 +120,9 @@ class TrialRecorder(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         record = self._load(trial)
-        if record["status"] != "failed":
-            finished = (record.get("iteration") or 0) >= self.max_iterations
-            record["status"] = "completed" if finished else "early_stopped"
-            record["ended_at"] = now_iso()
+        finished = (record.get("iteration") or 0) >= self.max_iterations
+        record["status"] = "completed" if finished else "early_stopped"
+        record["ended_at"] = now_iso()
         self._save(trial, record)
         self._started.pop(trial.trial_id, None)
         if self.verbose:
@@ -140,8 +136,7 @@ class TrialRecorder(Callback):
         if trial.error_file and os.path.exists(trial.error_file):
             with open(trial.error_file) as f:
                 text = f.read()
-        record.update(status="failed", error=record.get("error") or error_summary(text),
-                      error_detail=text[-4000:], ended_at=now_iso())
+        record.update(status="failed", error=error_summary(text), error_detail=text[-4000:], ended_at=now_iso())
         self._save(trial, record)
         self._started.pop(trial.trial_id, None)
         if self.verbose:

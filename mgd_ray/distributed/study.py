@@ -19,7 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ..config import (DATASETS, STUDENTS, TEACHER_DEEP, TEACHER_WIDE, DataConfig, DistillConfig, LossWeights,
                       OptimConfig, TeacherConfig, check_protocol, protocol_slug)
 from ..data import NUM_CLASSES, build_datasets
-from ..engine.presets import load_preset
+from ..engine.presets import load_preset, study_budget
 from ..report import generate_report
 from . import storage
 from .records import TrialRecorder, now_iso, write_json_atomic
@@ -43,8 +43,8 @@ class StudyConfig:
     split_dir: str | None = None
     protocols: tuple[str, ...] = ("1/8", "1/4")
     student: str = "deeplabv3plus_resnet18"
-    num_samples: int = 6  # search trials per protocol, the paper's point included
-    seeds: int = 2  # seeds per ablation row
+    num_samples: int | None = None  # search trials per protocol, the paper's point included; None: preset's
+    seeds: int | None = None  # seeds per ablation row; None: the preset's
     iterations: int | None = None  # student iterations; None = the dataset preset's
     teacher_iterations: int | None = None
     eval_every: int | None = None
@@ -82,6 +82,11 @@ class StudyConfig:
         unknown = sorted(set(self.ablation_variants) - set(ABLATION_VARIANTS))
         if unknown:
             raise ValueError(f"--ablation-variants {unknown}: expected some of {', '.join(ABLATION_VARIANTS)}")
+        budget = study_budget(self.dataset)
+        if self.num_samples is None:
+            object.__setattr__(self, "num_samples", budget["search_trials"])
+        if self.seeds is None:
+            object.__setattr__(self, "seeds", budget["ablation_seeds"])
         if self.student not in STUDENTS:
             raise ValueError(f"--student {self.student!r}: expected one of {', '.join(STUDENTS)}")
         for name in ("num_samples", "seeds", "workers_per_trial", "cpus_per_worker"):
@@ -197,6 +202,10 @@ def tune_run(cfg: StudyConfig, name: str, param_space: dict, tune_config: tune.T
     """Fit one Tune run, or restore and finish it when --resume finds it in storage."""
     storage_path = os.path.join(cfg.resolved_storage(), study_name(cfg))
     trainable = tune.with_resources(run_trial, TRIAL_DRIVER_RESOURCES)
+    # Tune saves its experiment state every >= 10 s by default: a driver killed in that window
+    # would run trials that had already finished again on restore. A study has tens of trials, so
+    # saving at every step of Tune's loop costs little.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     path = storage.join(storage_path, name)
     if cfg.resume and tune.Tuner.can_restore(path):
         print(f"resuming Tune run {path}", flush=True)

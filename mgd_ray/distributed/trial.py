@@ -2,7 +2,8 @@
 
 Train V2 pattern (Ray 2.60): a Tune function trainable builds a TorchTrainer whose RunConfig has a
 stable name (so `Tuner.restore` resumes the trial from its last checkpoint) and a
-TuneReportCallback (so ASHA and Optuna see rank 0's intermediate results).
+TuneReportCallback (so ASHA and Optuna see rank 0's intermediate results; `ForwardToTune` is that
+callback minus the divergence marker).
 """
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ from typing import Any
 import ray.train
 import ray.tune
 from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from .records import trial_point
 from .space import weights_from_point
-from .worker import DIVERGED_KEY, student_loop
+from .worker import DIVERGED_KEY, ForwardToTune, student_loop
 
 
 def scaling_config(run: dict[str, Any]) -> ray.train.ScalingConfig:
@@ -49,7 +49,7 @@ def run_trial(config: dict[str, Any]) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         student_loop, train_loop_config=distill_config(config), scaling_config=scaling_config(run),
-        run_config=train_run_config(run, f"train-{trial_id}", callbacks=[TuneReportCallback()]))
+        run_config=train_run_config(run, f"train-{trial_id}", callbacks=[ForwardToTune()]))
     result = trainer.fit()
     diverged = (result.metrics or {}).get(DIVERGED_KEY)
     if diverged:

@@ -5,11 +5,14 @@ checkpoints); the training itself is `mgd_ray.engine`.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any
 
 import ray.train
 import ray.train.torch
 import torch
+from ray.tune.integration.ray_train import TuneReportCallback
 from torch.utils.data import DataLoader, Subset
 
 from ..config import DistillConfig, TeacherConfig
@@ -78,8 +81,21 @@ def student_loop(config: dict[str, Any]) -> None:
     try:
         distill_student(cfg, RayContext())
     except DivergedError as error:
-        # Tune requires the searched metric in every result. NaN would make ASHA stop the trial as
-        # "finished" and Optuna refuse the value (leaving its trial RUNNING), so the result carries
-        # 0.0 at iteration -1 (below every ASHA rung); run_trial then raises, Tune and Optuna mark
-        # the trial failed, and the study's records keep the error, not the 0.0.
-        ray.train.report({DIVERGED_KEY: str(error), "miou": 0.0, "iteration": -1})
+        # Every rank gets here at the same iteration (the engine decides on rank-averaged losses).
+        # The message travels as the run's last checkpoint, the only report Result.metrics keeps;
+        # ForwardToTune keeps it from Tune, so ASHA and Optuna never see a made-up mIoU.
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = None
+            if rank() == 0:
+                with open(os.path.join(folder, "diverged.txt"), "w") as f:
+                    f.write(str(error))
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report({DIVERGED_KEY: str(error)}, checkpoint=checkpoint)
+
+
+class ForwardToTune(TuneReportCallback):
+    """TuneReportCallback that forwards every report except a diverged run's marker."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if DIVERGED_KEY not in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)

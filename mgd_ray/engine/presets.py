@@ -55,3 +55,13 @@ def load_preset(dataset: str, protocol: str = "1/8", student: str = "deeplabv3pl
             "teacher_lr": float(raw["teacher_lr"]), "ohem": bool(raw["ohem"]),
             "teacher_iterations": iterations("teacher"), "student_iterations": iterations("student"),
             "eval_every": eval_every, "weights": LossWeights(**raw[weights_key])}
+
+
+def study_budget(dataset: str) -> dict:
+    """{"search_trials", "ablation_seeds"}: the default study size for a dataset (16 trials and 2
+    seeds unless its preset says otherwise)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"preset {dataset!r}: expected one of {', '.join(DATASETS)}")
+    with open(PRESET_DIR / f"{dataset}.yaml") as f:
+        raw = yaml.safe_load(f) or {}
+    return {"search_trials": int(raw.get("search_trials", 16)), "ablation_seeds": int(raw.get("ablation_seeds", 2))}
