@@ -116,7 +116,8 @@ class StudyConfig:
         return self.gpus_per_trial or self.workers_per_trial * self.cpus_per_worker
 
     def resolved_storage(self) -> str:
-        return self.storage_path or os.path.abspath(os.path.join(self.output_dir, "ray"))
+        path = self.storage_path or os.path.join(self.output_dir, "ray")
+        return path if "://" in path else os.path.abspath(path)  # Ray needs absolute local paths
 
     def resolved_optuna_storage(self) -> str:
         return self.optuna_storage or f"sqlite:///{os.path.abspath(os.path.join(self.output_dir, 'optuna.db'))}"
@@ -171,7 +172,7 @@ def max_concurrent_trials(cfg: StudyConfig) -> int:
     return max(1, int(resources.get("CPU", 1)) // (cfg.workers_per_trial * cfg.cpus_per_worker))
 
 
-def open_study_folder(cfg: StudyConfig) -> dict[str, Any]:
+def open_study_folder(cfg: StudyConfig, iterations: dict[str, int] | None = None) -> dict[str, Any]:
     """Write study.json for a new study, or check it against the config on --resume. A folder that
     already holds a study is never reused silently."""
     path = os.path.join(cfg.output_dir, "study.json")
@@ -191,7 +192,7 @@ def open_study_folder(cfg: StudyConfig) -> dict[str, Any]:
         raise FileNotFoundError(f"--resume: {path} does not exist; nothing to resume")
     study = {"dataset": cfg.dataset, "protocols": list(cfg.protocols), "student": cfg.student,
              "teacher_deep": TEACHER_DEEP, "teacher_wide": TEACHER_WIDE, "num_classes": NUM_CLASSES[cfg.dataset],
-             "iterations": cfg.iterations, "created": now_iso(), "device": cfg.device,
+             "iterations": iterations or cfg.iterations, "created": now_iso(), "device": cfg.device,
              "devices_per_trial": cfg.devices_per_trial, "identity": identity}
     write_json_atomic(path, study)
     return study
@@ -289,7 +290,7 @@ def prepare_study(cfg: StudyConfig) -> list[ProtocolPlan]:
     for plan in plans:
         build_datasets(DataConfig(**plan.run["distill"]["data"]))
     os.makedirs(cfg.output_dir, exist_ok=True)
-    open_study_folder(cfg)
+    open_study_folder(cfg, {plan.protocol: plan.iterations for plan in plans})
     return plans
 
 

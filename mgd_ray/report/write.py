@@ -77,7 +77,7 @@ def report_index(study: dict[str, Any], trials: pd.DataFrame, protocols: list[st
              f"- Student(s): {_students(study)}",
              f"- Teachers: deep {study.get('teacher_deep', fmt.MISSING)}, "
              f"wide {study.get('teacher_wide', fmt.MISSING)}",
-             f"- Iterations per trial: {study.get('iterations', fmt.MISSING)}; "
+             f"- Student iterations per trial: {_per_protocol(study.get('iterations'))}; "
              f"device: {study.get('device', fmt.MISSING)}",
              f"- Study created: {study.get('created', fmt.MISSING)}; report generated: "
              f"{today.isoformat()}",
@@ -133,3 +133,14 @@ def generate_report(results_dir: str, evaluator=None, seed: int = 0,
     index = report_index(study, trials, protocols, sections, relative, today or dt.date.today())
     paths["index"] = _write_text(os.path.join(results_dir, "REPORT.md"), index)
     return {name: os.path.abspath(path) for name, path in paths.items()}
+
+
+def _per_protocol(value) -> str:
+    """study.json's per-protocol numbers ({"1/8": 40, ...}) as text; one number when all agree."""
+    if value is None:
+        return fmt.MISSING
+    if isinstance(value, dict):
+        if len(set(value.values())) == 1:
+            return str(next(iter(value.values())))
+        return ", ".join(f"{k}: {v}" for k, v in value.items())
+    return str(value)
