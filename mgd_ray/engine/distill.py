@@ -1,7 +1,6 @@
 """`distill_student`: train one student with MGD from two frozen teachers (one Tune trial's work)."""
 from __future__ import annotations
 
-import time
 from functools import partial
 
 import torch
@@ -10,11 +9,10 @@ from ..config import DistillConfig
 from ..data import build_datasets
 from ..losses import supervised_loss, weighted_total
 from ..models import build_model
-from .checkpoint import load_model_state, rng_state, set_rng_state, unwrap
+from .checkpoint import load_model_state, rng_state, unwrap
 from .context import RunContext, rank
 from .evaluate import evaluate
-from .loop import (BatchStream, RunningMeans, autocast, build_loaders, next_inputs, optimizer_step,
-                   report_with_checkpoint, resume_state)
+from .loop import Batches, RunningMeans, autocast, optimizer_step, report_with_checkpoint, resume
 from .mgd_step import freeze, mgd_losses, needs_teachers
 from .optim import build_optimizer, poly_lr, set_lr
 
@@ -59,29 +57,17 @@ def distill_student(cfg: DistillConfig, ctx: RunContext) -> dict:
     mask_gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank())  # a different CutMix per rank
     torch.manual_seed(cfg.seed * 1000 + rank())
 
-    start, epoch = 0, 0
-    state = resume_state(ctx)
-    if state is not None:
-        unwrap(student).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, epoch = int(state["iteration"]), int(state["epoch"])
-        mask_gen.set_state(state["cutmix_rng"])
-        set_rng_state(state["rng"])
-
-    labeled_loader, unlabeled_loader, val_loader = build_loaders(data, cfg.data, ctx)
-    labeled, unlabeled = BatchStream(labeled_loader, epoch), BatchStream(unlabeled_loader, epoch)
+    start, epoch = resume(ctx, optimizer, mask_gen, lambda state: unwrap(student).load_state_dict(state["model"]))
+    batches = Batches(data, cfg.data, ctx, epoch)
     sup_loss = partial(supervised_loss, ohem=cfg.ohem)
     meter = RunningMeans()
-    window = {"start": time.perf_counter(), "iters": 0, "wait": 0.0}
 
     def evaluate_and_report(iteration: int, lr: float, done: bool) -> dict:
-        elapsed = max(time.perf_counter() - window["start"], 1e-9)
-        wait = labeled.wait_s + unlabeled.wait_s - window["wait"]
-        metrics = _metrics(meter.read(device), iteration, lr, window["iters"] / elapsed, wait / elapsed)
-        metrics["miou"] = evaluate(student, val_loader, data.num_classes, cfg.data.crop_size, device, cfg.amp)["miou"]
+        metrics = _metrics(meter.read(device), iteration, lr, batches.read_window())
+        metrics["miou"] = evaluate(student, batches.val_loader, data.num_classes, cfg.data.crop_size, device,
+                                   cfg.amp)["miou"]
         metrics["done"] = done
-        report_with_checkpoint(ctx, metrics, partial(_state, student, optimizer, iteration, unlabeled.epoch, mask_gen))
-        window.update(start=time.perf_counter(), iters=0, wait=labeled.wait_s + unlabeled.wait_s)
+        report_with_checkpoint(ctx, metrics, partial(_state, student, optimizer, iteration, batches.epoch, mask_gen))
         return metrics
 
     if start >= cfg.iterations:  # resumed from a finished run: report its final state once more
@@ -91,7 +77,7 @@ def distill_student(cfg: DistillConfig, ctx: RunContext) -> dict:
     for iteration in range(start, cfg.iterations):
         lr = poly_lr(cfg.optim.lr, iteration, cfg.iterations, cfg.optim.poly_power)
         set_lr(optimizer, lr)
-        x_l, y, u0, u1, mask = next_inputs(labeled, unlabeled, device, mask_gen)
+        x_l, y, u0, u1, mask = batches.next_inputs(device, mask_gen)
         with autocast(device, cfg.amp):
             terms, stats = mgd_losses(student, teacher_deep, teacher_wide, x_l, y, u0, u1, mask, weights,
                                       cfg.confidence_threshold, sup_loss)
@@ -99,18 +85,16 @@ def distill_student(cfg: DistillConfig, ctx: RunContext) -> dict:
         meter.add(optimizer_step(optimizer, total, {"loss": total, "kept_fraction": stats["kept_fraction"],
                                                     **{f"loss_{n}": t for n, t in terms.items()}},
                                  iteration + 1, cfg.optim.grad_clip))
-        window["iters"] += 1
         done = iteration + 1 == cfg.iterations
         if (iteration + 1) % cfg.eval_every == 0 or done:
             metrics = evaluate_and_report(iteration + 1, lr, done)
     return metrics
 
 
-def _metrics(means: dict, iteration: int, lr: float, iter_per_s: float, wait_share: float) -> dict:
+def _metrics(means: dict, iteration: int, lr: float, window: dict[str, float]) -> dict:
     metrics = {"iteration": iteration, "miou": 0.0, "loss": means.get("loss", 0.0)}
     metrics.update({f"loss_{n}": means.get(f"loss_{n}", 0.0) for n in TERMS})
-    metrics.update({"kept_fraction": means.get("kept_fraction", 0.0), "lr": lr, "iter_per_s": iter_per_s,
-                    "data_wait_share": min(max(wait_share, 0.0), 1.0), "done": False})
+    metrics.update({"kept_fraction": means.get("kept_fraction", 0.0), "lr": lr, **window, "done": False})
     return metrics
 
 

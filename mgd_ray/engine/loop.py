@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import DataConfig
 from ..data import cutmix_mask
-from .checkpoint import atomic_save, load_checkpoint
+from .checkpoint import atomic_save, load_checkpoint, set_rng_state
 from .context import RunContext, all_reduce_sum, is_main_process, world_size
 from .optim import clip_gradients
 
@@ -76,16 +76,41 @@ class BatchStream:
         return batch
 
 
-def next_inputs(labeled: "BatchStream", unlabeled: "BatchStream", device: torch.device,
-                mask_gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """One iteration's inputs: the labeled batch x_l (B x 3 x S x S) and y (B x S x S), the unlabeled
-    batch split into u0 and u1 (B x 3 x S x S each), and the CutMix mask M (B x S x S) mixing them."""
-    x_l, y = labeled.next()
-    u = unlabeled.next()
-    x_l, y, u = to_device(x_l, device, True), to_device(y, device), to_device(u, device, True)
-    u0, u1 = u.chunk(2)
-    mask = cutmix_mask(u0.shape[0], u0.shape[-2], u0.shape[-1], generator=mask_gen).to(device)
-    return x_l, y, u0, u1, mask
+class Batches:
+    """A run's labeled and unlabeled streams and val loader, with the throughput of the current
+    report window (iterations per second and the share of time spent waiting for data)."""
+
+    def __init__(self, data, cfg: DataConfig, ctx: RunContext, epoch: int = 0) -> None:
+        labeled, unlabeled, self.val_loader = build_loaders(data, cfg, ctx)
+        self.labeled, self.unlabeled = BatchStream(labeled, epoch), BatchStream(unlabeled, epoch)
+        self._start_window()
+
+    @property
+    def epoch(self) -> int:
+        return self.unlabeled.epoch
+
+    def _start_window(self) -> None:
+        self._start, self._iters = time.perf_counter(), 0
+        self._wait = self.labeled.wait_s + self.unlabeled.wait_s
+
+    def next_inputs(self, device: torch.device, mask_gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """One iteration's inputs: the labeled batch x_l (B x 3 x S x S) and y (B x S x S), the
+        unlabeled batch split into u0 and u1 (B x 3 x S x S each), and the CutMix mask M (B x S x S)."""
+        x_l, y = self.labeled.next()
+        u = self.unlabeled.next()
+        x_l, y, u = to_device(x_l, device, True), to_device(y, device), to_device(u, device, True)
+        u0, u1 = u.chunk(2)
+        mask = cutmix_mask(u0.shape[0], u0.shape[-2], u0.shape[-1], generator=mask_gen).to(device)
+        self._iters += 1
+        return x_l, y, u0, u1, mask
+
+    def read_window(self) -> dict[str, float]:
+        """{"iter_per_s", "data_wait_share"} since the last read; starts a new window."""
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        wait = self.labeled.wait_s + self.unlabeled.wait_s - self._wait
+        window = {"iter_per_s": self._iters / elapsed, "data_wait_share": min(max(wait / elapsed, 0.0), 1.0)}
+        self._start_window()
+        return window
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, logged: dict[str, torch.Tensor],
@@ -155,6 +180,20 @@ def report_with_checkpoint(ctx: RunContext, metrics: dict[str, Any],
         ctx.report(metrics, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def resume(ctx: RunContext, optimizer: torch.optim.Optimizer, mask_gen: torch.Generator,
+           load_models: Callable[[dict], None]) -> tuple[int, int]:
+    """Restore a run from ctx.latest_checkpoint(): models (through `load_models(state)`), optimizer,
+    CutMix and global RNG states. Returns (iteration, epoch) to continue from; (0, 0) when fresh."""
+    state = resume_state(ctx)
+    if state is None:
+        return 0, 0
+    load_models(state)
+    optimizer.load_state_dict(state["optimizer"])
+    mask_gen.set_state(state["cutmix_rng"])
+    set_rng_state(state["rng"])
+    return int(state["iteration"]), int(state["epoch"])
 
 
 def resume_state(ctx: RunContext) -> dict | None:

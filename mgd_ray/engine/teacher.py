@@ -8,7 +8,6 @@ them: argmax of (1 - M) * P(u0) + M * P(u1), from no-grad forwards on the unmixe
 """
 from __future__ import annotations
 
-import time
 from functools import partial
 
 import torch
@@ -17,11 +16,10 @@ from ..config import TeacherConfig
 from ..data import build_datasets
 from ..losses import masked_cross_entropy, pseudo_label, supervised_loss
 from ..models import build_model
-from .checkpoint import rng_state, set_rng_state, unwrap
+from .checkpoint import rng_state, unwrap
 from .context import RunContext, rank
 from .evaluate import evaluate
-from .loop import (BatchStream, RunningMeans, autocast, build_loaders, next_inputs, optimizer_step,
-                   report_with_checkpoint, resume_state)
+from .loop import Batches, RunningMeans, autocast, optimizer_step, report_with_checkpoint, resume
 from .mgd_step import mix
 from .optim import build_optimizer, poly_lr, set_lr
 
@@ -65,36 +63,25 @@ def train_teacher(cfg: TeacherConfig, ctx: RunContext) -> dict:
     mask_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + rank())
     torch.manual_seed(cfg.seed * 1000 + 100 + rank())
 
-    start, epoch = 0, 0
-    state = resume_state(ctx)
-    if state is not None:
+    def load_branches(state: dict) -> None:
         for branch, branch_state in zip(branches, state["branches"]):
             unwrap(branch).load_state_dict(branch_state)
-        optimizer.load_state_dict(state["optimizer"])
-        start, epoch = int(state["iteration"]), int(state["epoch"])
-        mask_gen.set_state(state["cutmix_rng"])
-        set_rng_state(state["rng"])
 
-    labeled_loader, unlabeled_loader, val_loader = build_loaders(data, cfg.data, ctx)
-    labeled, unlabeled = BatchStream(labeled_loader, epoch), BatchStream(unlabeled_loader, epoch)
+    start, epoch = resume(ctx, optimizer, mask_gen, load_branches)
+    batches = Batches(data, cfg.data, ctx, epoch)
     meter = RunningMeans()
-    window = {"start": time.perf_counter(), "iters": 0, "wait": 0.0}
 
     def evaluate_and_report(iteration: int, lr: float, done: bool) -> dict:
-        elapsed = max(time.perf_counter() - window["start"], 1e-9)
         means = meter.read(device)
-        mious = [evaluate(b, val_loader, data.num_classes, cfg.data.crop_size, device, cfg.amp)["miou"]
+        mious = [evaluate(b, batches.val_loader, data.num_classes, cfg.data.crop_size, device, cfg.amp)["miou"]
                  for b in branches]
         best = int(mious[1] > mious[0])
         metrics = {"iteration": iteration, "miou": mious[best], "loss": means.get("loss", 0.0),
                    "loss_sup": means.get("loss_sup", 0.0), "loss_cps": means.get("loss_cps", 0.0), "lr": lr,
                    "branch": best, "miou_branch0": mious[0], "miou_branch1": mious[1],
-                   "iter_per_s": window["iters"] / elapsed,
-                   "data_wait_share": min((labeled.wait_s + unlabeled.wait_s - window["wait"]) / elapsed, 1.0),
-                   "done": done}
+                   **batches.read_window(), "done": done}
         report_with_checkpoint(ctx, metrics, partial(_state, branches, best, optimizer, iteration,
-                                                     unlabeled.epoch, mask_gen))
-        window.update(start=time.perf_counter(), iters=0, wait=labeled.wait_s + unlabeled.wait_s)
+                                                     batches.epoch, mask_gen))
         return metrics
 
     if start >= cfg.iterations:  # resumed from a finished run: report its final state once more
@@ -105,13 +92,12 @@ def train_teacher(cfg: TeacherConfig, ctx: RunContext) -> dict:
     for iteration in range(start, cfg.iterations):
         lr = poly_lr(cfg.optim.lr, iteration, cfg.iterations, cfg.optim.poly_power)
         set_lr(optimizer, lr)
-        x_l, y, u0, u1, mask = next_inputs(labeled, unlabeled, device, mask_gen)
+        x_l, y, u0, u1, mask = batches.next_inputs(device, mask_gen)
         with autocast(device, cfg.amp):
             terms = cps_losses(branches, x_l, y, u0, u1, mask, cfg.ohem)
             total = terms["sup"] + cfg.cps_weight * terms["cps"]
         meter.add(optimizer_step(optimizer, total, {"loss": total, "loss_sup": terms["sup"], "loss_cps": terms["cps"]},
                                  iteration + 1, cfg.optim.grad_clip))
-        window["iters"] += 1
         done = iteration + 1 == cfg.iterations
         if (iteration + 1) % cfg.eval_every == 0 or done:
             metrics = evaluate_and_report(iteration + 1, lr, done)
