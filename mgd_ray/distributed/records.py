@@ -15,6 +15,7 @@ from typing import Any
 from ray.tune import Callback
 
 from ..config import protocol_slug
+from ..report.load import finite_or_none
 from .space import POINT_KEYS
 
 
@@ -30,14 +31,6 @@ def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(partial, path)
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 def trial_point(config: dict[str, Any]) -> tuple[str, int, dict[str, float]]:
@@ -105,12 +98,12 @@ class TrialRecorder(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._started.setdefault(trial.trial_id, time.time())
         record = self._load(trial)
-        miou = _finite(result.get("miou"))
+        miou = finite_or_none(result.get("miou"))
         if miou is None:
             self._save(trial, record)
             return
         step = {"iteration": int(result.get("iteration", 0)), "miou": miou,
-                "kept_fraction": _finite(result.get("kept_fraction")), "loss": _finite(result.get("loss"))}
+                "kept_fraction": finite_or_none(result.get("kept_fraction")), "loss": finite_or_none(result.get("loss"))}
         # A trial resumed from an earlier checkpoint reports some iterations again: keep the new ones.
         record["history"] = [h for h in record["history"] if h["iteration"] < step["iteration"]] + [step]
         record.update(miou=miou, iteration=step["iteration"], kept_fraction=step["kept_fraction"],

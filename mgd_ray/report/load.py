@@ -34,7 +34,8 @@ class ReportInputError(ValueError):
     """A results folder or trials frame that cannot be reported on (names what was expected)."""
 
 
-def _finite_or_none(value: Any) -> float | None:
+def finite_or_none(value: Any) -> float | None:
+    """float(value) when it is a finite number, else None (missing, NaN, inf, not a number)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -60,9 +61,9 @@ def trial_row(record: dict[str, Any]) -> dict[str, Any]:
     history = record.get("history") or []
     row["history"] = history if isinstance(history, list) else []
     # "miou" is the last evaluation's; a trial stopped between writes may only have its history.
-    if _finite_or_none(row.get("miou")) is None:
+    if finite_or_none(row.get("miou")) is None:
         last = [h.get("miou") for h in row["history"] if isinstance(h, dict)]
-        last = [m for m in last if _finite_or_none(m) is not None]
+        last = [m for m in last if finite_or_none(m) is not None]
         row["miou"] = last[-1] if last else None
     return row
 
