@@ -101,6 +101,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
     finished = {r["trial_id"]: r for r in records(out) if r["status"] == "completed"}
     assert finished, (tmp_path / "driver.log").read_text()[-3000:]
     assert len(glob.glob(str(out / "ray" / "teachers" / "*.pt"))) == 2
+    assert glob.glob(str(out / "ray" / "*" / "teacher-*")) == []  # training state dropped once cached
 
     resumed = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -112,6 +113,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
         assert after[trial_id]["history"] == record["history"]
         assert after[trial_id]["ended_at"] == record["ended_at"]
     assert (out / "REPORT.md").exists()
+    for run in glob.glob(str(out / "ray" / "*" / "train-*")):  # one checkpoint kept per Train run
+        assert len(glob.glob(os.path.join(run, "checkpoint_*"))) == 1, os.listdir(run)
     # Plain re-runs never overwrite a study.
     again = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "--resume" in again.stderr

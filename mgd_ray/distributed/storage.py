@@ -23,6 +23,13 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
+def remove_tree(uri: str) -> None:
+    """Delete the folder `uri` and everything under it; nothing happens when it is not there."""
+    fs, path = _resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
 def upload(local_path: str, uri: str) -> None:
     """Copy a local file to `uri`; on a local filesystem the copy lands under a temporary name and
     is renamed into place, so a reader never sees half a file."""

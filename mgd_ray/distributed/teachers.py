@@ -35,12 +35,16 @@ def ensure_teacher(cfg: TeacherConfig, run: dict[str, Any], teachers_root: str, 
         log(f"teacher {name}: cached at {uri}")
         return uri
     log(f"teacher {name}: training {cfg.iterations} iterations (CPS) ...")
+    run_name = f"teacher-{name}"
     trainer = TorchTrainer(teacher_loop, train_loop_config=cfg.to_dict(), scaling_config=scaling_config(run),
-                           run_config=train_run_config(run, f"teacher-{name}"))
+                           run_config=train_run_config(run, run_name))
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"teacher {name}: training finished without a checkpoint")
     with result.checkpoint.as_directory() as folder:
         storage.upload(os.path.join(folder, "model.pt"), uri)
+    # The run's checkpoints (both CPS branches and their optimizer state, ~6x the cached file) only
+    # served to resume an interrupted training; the cached model.pt is what trials read.
+    storage.remove_tree(storage.join(run["storage_path"], run_name))
     log(f"teacher {name}: val mIoU {result.metrics.get('miou')}, saved to {uri}")
     return uri

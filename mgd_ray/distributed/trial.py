@@ -32,7 +32,8 @@ def train_run_config(run: dict[str, Any], name: str, callbacks=()) -> ray.train.
     return ray.train.RunConfig(
         name=name, storage_path=run["storage_path"], callbacks=list(callbacks),
         failure_config=ray.train.FailureConfig(max_failures=run["max_failures"]),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2))
+        # One checkpoint is all resuming needs; Ray registers the new one before deleting the old.
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1))
 
 
 def distill_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -100,6 +100,6 @@ def _metrics(means: dict, iteration: int, lr: float, window: dict[str, float]) -
 
 def _state(student, optimizer, iteration: int, epoch: int, mask_gen: torch.Generator):
     model = {k: v.detach().cpu() for k, v in unwrap(student).state_dict().items()}
-    state = {"model": model, "optimizer": optimizer.state_dict(), "iteration": iteration, "epoch": epoch,
+    state = {"optimizer": optimizer.state_dict(), "iteration": iteration, "epoch": epoch,
              "cutmix_rng": mask_gen.get_state(), "rng": rng_state()}
     return state, model

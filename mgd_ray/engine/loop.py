@@ -167,8 +167,9 @@ class RunningMeans:
 
 def report_with_checkpoint(ctx: RunContext, metrics: dict[str, Any],
                            build_state: Callable[[], tuple[dict, dict]]) -> None:
-    """Every rank calls ctx.report; rank 0 writes state.pt (resume) and model.pt (plain state dict)
-    into a fresh temporary folder, passes it along, and removes it once the context has kept a copy."""
+    """Every rank calls ctx.report; rank 0 writes state.pt (optimizer, counters, RNG: what resuming
+    needs beside the weights) and model.pt (the plain model state dict, stored once) into a fresh
+    temporary folder, passes it along, and removes it once the context has kept a copy."""
     if not is_main_process():
         ctx.report(metrics, None)
         return
@@ -197,11 +198,16 @@ def resume(ctx: RunContext, optimizer: torch.optim.Optimizer, mask_gen: torch.Ge
 
 
 def resume_state(ctx: RunContext) -> dict | None:
-    """The state.pt of ctx.latest_checkpoint(), or None for a fresh start."""
+    """The state.pt of ctx.latest_checkpoint() with its model.pt as state["model"], or None for a
+    fresh start."""
     folder = ctx.latest_checkpoint()
     if folder is None:
         return None
-    path = os.path.join(folder, "state.pt")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint folder {folder}: no state.pt to resume from")
-    return load_checkpoint(path)
+    paths = {name: os.path.join(folder, f"{name}.pt") for name in ("state", "model")}
+    missing = [p for p in paths.values() if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"checkpoint folder {folder}: no {', '.join(map(os.path.basename, missing))} "
+                                f"to resume from")
+    state = load_checkpoint(paths["state"])
+    state.setdefault("model", load_checkpoint(paths["model"]))
+    return state
