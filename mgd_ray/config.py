@@ -100,6 +100,7 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4  # not applied to BN parameters and biases
     poly_power: float = 0.9
+    warmup_iterations: int = 0  # linear warm-up before the poly decay; 0 = the paper (ImageNet starts)
     grad_clip: float | None = None  # max global grad norm; None = off
 
     def __post_init__(self) -> None:
@@ -107,6 +108,8 @@ class OptimConfig:
             raise ValueError(f"lr={self.lr!r}: expected > 0")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay={self.weight_decay!r}: expected >= 0")
+        if self.warmup_iterations < 0:
+            raise ValueError(f"warmup_iterations={self.warmup_iterations!r}: expected >= 0")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip={self.grad_clip!r}: expected > 0 or None")
 

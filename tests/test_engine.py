@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from mgd_ray.config import DataConfig, DistillConfig, LossWeights, OptimConfig, TeacherConfig
 from mgd_ray.engine import DivergedError, LocalContext, distill_student, evaluate, load_preset, train_teacher
+from mgd_ray.engine.presets import preset_optim
 from mgd_ray.engine import distill as distill_module
 from mgd_ray.engine import teacher as teacher_module
 from mgd_ray.engine.checkpoint import atomic_save, load_checkpoint
@@ -171,6 +172,11 @@ def test_param_groups_and_poly_schedule():
     assert poly_lr(0.01, 0, 100) == 0.01
     assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5 ** 0.9)
     assert poly_lr(0.01, 100, 100) == 0.0
+    assert poly_lr(0.01, 0, 100, warmup=10) == pytest.approx(0.001)  # linear warm-up: (i + 1) / 10
+    assert poly_lr(0.01, 4, 100, warmup=10) == pytest.approx(0.01 * 0.5 * 0.96 ** 0.9)
+    assert poly_lr(0.01, 50, 100, warmup=10) == pytest.approx(0.01 * 0.5 ** 0.9)
+    with pytest.raises(ValueError, match="warmup_iterations=-1"):
+        OptimConfig(warmup_iterations=-1)
 
 
 class OneHotModel(nn.Module):
@@ -338,5 +344,9 @@ def test_presets():
     # 2,975 images: 186 labeled, 2,789 unlabeled -> ceil(2789 / 16) = 175 per epoch on two devices x 128 epochs.
     assert load_preset("cityscapes", "1/16", num_devices=2)["teacher_iterations"] == 128 * 175
     assert load_preset("voc", "1/8", student="deeplabv3plus_mobilenetv2")["weights"].region == 50.0
+    # The paper's schedule on real data (no warm-up, CPS weight 1.5); the from-scratch synthetic preset differs.
+    assert preset_optim(voc, "teacher", 1000) == OptimConfig(lr=0.0025, warmup_iterations=0) and voc["cps_weight"] == 1.5
+    synthetic = load_preset("synthetic", "1/8")
+    assert preset_optim(synthetic, "student", 150).warmup_iterations == 15 and synthetic["cps_weight"] == 0.1
     with pytest.raises(ValueError, match="expected one of"):
         load_preset("coco", "1/8")

@@ -213,6 +213,18 @@ def test_fresh_head_starts_near_uniform(arch):
     assert model.head.classifier.bias.abs().max() == 0
 
 
+@pytest.mark.parametrize("arch", ["deeplabv3plus_resnet18", "deeplabv3plus_resnet101"])
+def test_fresh_residual_blocks_start_as_identity(arch):
+    # zero-initialised last BN of each residual branch: a block computes relu(shortcut(x)) at start
+    backbone = build_model(arch, 6).backbone.eval()
+    x = torch.randn(1, 64 if arch.endswith("18") else 256, 12, 12)
+    blocks = [backbone.layer1[-1], backbone.layer2[0]]
+    with torch.no_grad():
+        assert torch.equal(blocks[0](x), torch.relu(x))
+        y = blocks[0](x)
+        assert torch.equal(blocks[1](y), torch.relu(blocks[1].downsample(y)))
+
+
 def test_train_mode_batch_of_one_and_backward():
     # the image-pooling branch sees one value per channel: BN there would refuse batch 1 in train mode
     torch.manual_seed(0)

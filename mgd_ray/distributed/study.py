@@ -17,9 +17,9 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from ..config import (DATASETS, STUDENTS, TEACHER_DEEP, TEACHER_WIDE, DataConfig, DistillConfig, LossWeights,
-                      OptimConfig, TeacherConfig, check_protocol, protocol_slug)
+                      TeacherConfig, check_protocol, protocol_slug)
 from ..data import NUM_CLASSES, build_datasets
-from ..engine.presets import load_preset, study_budget
+from ..engine.presets import load_preset, preset_optim, study_budget
 from ..report import generate_report
 from . import storage
 from .records import TrialRecorder, now_iso, write_json_atomic
@@ -144,10 +144,11 @@ def plan_protocol(cfg: StudyConfig, protocol: str) -> ProtocolPlan:
     iterations = cfg.iterations or preset["student_iterations"]
     eval_every = min(cfg.eval_every or preset["eval_every"], iterations)
     teacher_iterations = cfg.teacher_iterations or preset["teacher_iterations"]
-    distill = DistillConfig(student=cfg.student, data=data, optim=OptimConfig(lr=preset["lr"]),
+    distill = DistillConfig(student=cfg.student, data=data, optim=preset_optim(preset, "student", iterations),
                             weights=preset["weights"], iterations=iterations, eval_every=eval_every,
                             ohem=preset["ohem"], seed=cfg.seed)
-    teacher = TeacherConfig(data=data, optim=OptimConfig(lr=preset["teacher_lr"]), iterations=teacher_iterations,
+    teacher = TeacherConfig(data=data, optim=preset_optim(preset, "teacher", teacher_iterations),
+                            cps_weight=preset["cps_weight"], iterations=teacher_iterations,
                             eval_every=min(eval_every, teacher_iterations), ohem=preset["ohem"], seed=cfg.seed)
     run = {"distill": distill.to_dict(), "storage_path": os.path.join(cfg.resolved_storage(), study_name(cfg)),
            "max_failures": cfg.max_failures,

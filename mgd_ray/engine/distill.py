@@ -14,7 +14,7 @@ from .context import RunContext, rank
 from .evaluate import evaluate
 from .loop import Batches, RunningMeans, autocast, optimizer_step, report_with_checkpoint, resume
 from .mgd_step import freeze, mgd_losses, needs_teachers
-from .optim import build_optimizer, poly_lr, set_lr
+from .optim import build_optimizer, lr_at, set_lr
 
 TERMS = ("sup", "pixel", "semantic", "region")
 
@@ -75,7 +75,7 @@ def distill_student(cfg: DistillConfig, ctx: RunContext) -> dict:
     student.train()
     metrics: dict = {}
     for iteration in range(start, cfg.iterations):
-        lr = poly_lr(cfg.optim.lr, iteration, cfg.iterations, cfg.optim.poly_power)
+        lr = lr_at(cfg.optim, iteration, cfg.iterations)
         set_lr(optimizer, lr)
         x_l, y, u0, u1, mask = batches.next_inputs(device, mask_gen)
         with autocast(device, cfg.amp):

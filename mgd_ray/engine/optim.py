@@ -30,10 +30,18 @@ def build_optimizer(models: Iterable[nn.Module], cfg: OptimConfig) -> torch.opti
     return torch.optim.SGD(param_groups(models, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
 
 
-def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9) -> float:
-    """base_lr * (1 - iteration / max_iterations) ** power, for iteration 0 .. max_iterations - 1."""
+def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9, warmup: int = 0) -> float:
+    """base_lr * (1 - iteration / max_iterations) ** power, for iteration 0 .. max_iterations - 1,
+    scaled by (iteration + 1) / warmup over the first `warmup` iterations (linear warm-up, which
+    keeps deep networks trained from scratch from blowing up in their first steps)."""
     progress = min(max(iteration, 0), max_iterations) / max_iterations
-    return base_lr * (1.0 - progress) ** power
+    ramp = min(1.0, (iteration + 1) / warmup) if warmup > 0 else 1.0
+    return base_lr * ramp * (1.0 - progress) ** power
+
+
+def lr_at(cfg: OptimConfig, iteration: int, max_iterations: int) -> float:
+    """The learning rate of `iteration` under `cfg` (poly decay after the warm-up)."""
+    return poly_lr(cfg.lr, iteration, max_iterations, cfg.poly_power, cfg.warmup_iterations)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import DATASETS, LossWeights, check_protocol
+from ..config import DATASETS, LossWeights, OptimConfig, TeacherConfig, check_protocol
 from ..data import labeled_count
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -15,8 +15,9 @@ _REQUIRED = ("dataset", "crop_size", "batch_size", "train_images", "lr", "teache
 
 def load_preset(dataset: str, protocol: str = "1/8", student: str = "deeplabv3plus_resnet18",
                 num_devices: int = 1) -> dict:
-    """{"crop_size", "batch_size" (per device), "lr", "teacher_lr", "ohem", "teacher_iterations",
-    "student_iterations", "eval_every", "weights" (LossWeights)} for one dataset and protocol.
+    """{"crop_size", "batch_size" (per device), "lr", "teacher_lr", "warmup_fraction", "cps_weight", "ohem",
+    "teacher_iterations", "student_iterations", "eval_every", "weights" (LossWeights)} for one
+    dataset and protocol.
 
     Epoch-based presets become iterations here: an epoch is one pass over the unlabeled list with
     batch_size * num_devices unlabeled images per iteration."""
@@ -52,9 +53,18 @@ def load_preset(dataset: str, protocol: str = "1/8", student: str = "deeplabv3pl
 
     eval_every = int(raw["eval_every"]) if "eval_every" in raw else int(raw["eval_every_epochs"]) * epoch_iterations
     return {"crop_size": int(raw["crop_size"]), "batch_size": int(raw["batch_size"]), "lr": float(raw["lr"]),
-            "teacher_lr": float(raw["teacher_lr"]), "ohem": bool(raw["ohem"]),
+            "teacher_lr": float(raw["teacher_lr"]), "warmup_fraction": float(raw.get("warmup_fraction", 0.0)),
+            "cps_weight": float(raw.get("cps_weight", TeacherConfig.cps_weight)),
+            "ohem": bool(raw["ohem"]),
             "teacher_iterations": iterations("teacher"), "student_iterations": iterations("student"),
             "eval_every": eval_every, "weights": LossWeights(**raw[weights_key])}
+
+
+def preset_optim(preset: dict, role: str, iterations: int) -> OptimConfig:
+    """The OptimConfig of a "student" or "teacher" run of `iterations` under a resolved preset: its
+    learning rate, and a linear warm-up over the preset's warmup_fraction of the run."""
+    lr = {"student": preset["lr"], "teacher": preset["teacher_lr"]}[role]
+    return OptimConfig(lr=lr, warmup_iterations=round(preset["warmup_fraction"] * iterations))
 
 
 def study_budget(dataset: str) -> dict:

@@ -14,19 +14,21 @@ import shutil
 
 import torch
 
-from ..config import TEACHER_DEEP, TEACHER_WIDE, DataConfig, DistillConfig, LossWeights, OptimConfig, TeacherConfig
+from ..config import TEACHER_DEEP, TEACHER_WIDE, DataConfig, DistillConfig, LossWeights, TeacherConfig
 from .checkpoint import atomic_save, load_model_state
 from .context import LocalContext
 from .distill import distill_student
-from .presets import load_preset
+from .presets import load_preset, preset_optim
 from .teacher import train_teacher
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocol", default="1/8", help="labeled share of the training set (default 1/8)")
-    parser.add_argument("--iterations", type=int, default=None, help="student iterations (default: preset)")
-    parser.add_argument("--teacher-iterations", type=int, default=None, help="teacher iterations (default: preset)")
+    parser.add_argument("--iterations", type=int, default=150, help="iterations of each student (default 150)")
+    parser.add_argument("--teacher-iterations", type=int, default=600,
+                        help="iterations of each teacher (default 600; teachers are trained longer than students, "
+                             "as in the paper)")
     parser.add_argument("--seed", type=int, default=0, help="split, initialisation and augmentation seed")
     parser.add_argument("--output-dir", default="./results/runner", help="teachers, students and their metrics")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -46,9 +48,10 @@ def ensure_teacher(role: str, arch: str, args, data: DataConfig, preset: dict, d
     if os.path.isfile(path):
         print(f"reusing teacher_{role} ({arch}) from {path}", flush=True)
         return path
-    iterations = args.teacher_iterations or preset["teacher_iterations"]
-    cfg = TeacherConfig(arch=arch, data=data, optim=OptimConfig(lr=preset["teacher_lr"]), iterations=iterations,
-                        eval_every=iterations, ohem=preset["ohem"], seed=args.seed)  # only the final mIoU matters here
+    iterations = args.teacher_iterations
+    cfg = TeacherConfig(arch=arch, data=data, optim=preset_optim(preset, "teacher", iterations),
+                        cps_weight=preset["cps_weight"], iterations=iterations,
+                        eval_every=max(1, iterations // 4), ohem=preset["ohem"], seed=args.seed)
     ctx = LocalContext(os.path.join(args.output_dir, f"teacher_{role}_run"), device, verbose=not args.quiet)
     metrics = train_teacher(cfg, ctx)
     print(f"teacher_{role} ({arch}): mIoU {metrics['miou']:.4f} (branch {metrics['branch']})", flush=True)
@@ -65,7 +68,7 @@ def main(args: argparse.Namespace) -> list[dict]:
                       split_out_dir=os.path.join(args.output_dir, "split"))
     deep = ensure_teacher("deep", TEACHER_DEEP, args, data, preset, device)
     wide = ensure_teacher("wide", TEACHER_WIDE, args, data, preset, device)
-    iterations = args.iterations or preset["student_iterations"]
+    iterations = args.iterations
     variants = {"supervised": LossWeights(sup=1.0, pixel=0.0, semantic=0.0, region=0.0),
                 "mgd": preset["weights"]}
     rows = []
@@ -73,7 +76,8 @@ def main(args: argparse.Namespace) -> list[dict]:
         run_dir = os.path.join(args.output_dir, f"student_{variant}")
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: both variants get the same budget
         cfg = DistillConfig(student=args.student, teacher_deep_checkpoint=deep, teacher_wide_checkpoint=wide,
-                            weights=weights, data=data, optim=OptimConfig(lr=preset["lr"]), iterations=iterations,
+                            weights=weights, data=data, optim=preset_optim(preset, "student", iterations),
+                            iterations=iterations,
                             eval_every=min(preset["eval_every"], iterations), ohem=preset["ohem"], seed=args.seed)
         metrics = distill_student(cfg, LocalContext(run_dir, device, verbose=not args.quiet))
         rows.append({"student": args.student, "variant": variant, "miou": metrics["miou"]})

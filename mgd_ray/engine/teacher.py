@@ -21,7 +21,7 @@ from .context import RunContext, rank
 from .evaluate import evaluate
 from .loop import Batches, RunningMeans, autocast, optimizer_step, report_with_checkpoint, resume
 from .mgd_step import mix
-from .optim import build_optimizer, poly_lr, set_lr
+from .optim import build_optimizer, lr_at, set_lr
 
 
 def cps_losses(branches, x_l: torch.Tensor, y: torch.Tensor, u0: torch.Tensor, u1: torch.Tensor,
@@ -90,7 +90,7 @@ def train_teacher(cfg: TeacherConfig, ctx: RunContext) -> dict:
         branch.train()
     metrics: dict = {}
     for iteration in range(start, cfg.iterations):
-        lr = poly_lr(cfg.optim.lr, iteration, cfg.iterations, cfg.optim.poly_power)
+        lr = lr_at(cfg.optim, iteration, cfg.iterations)
         set_lr(optimizer, lr)
         x_l, y, u0, u1, mask = batches.next_inputs(device, mask_gen)
         with autocast(device, cfg.amp):

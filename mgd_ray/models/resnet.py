@@ -110,6 +110,12 @@ class ResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        # The last BN of every residual branch starts at zero (torchvision's zero_init_residual,
+        # Goyal et al. 2017): each block begins as the identity, which lets a deep network trained
+        # from scratch learn from its first steps. Loaded ImageNet weights overwrite it.
+        for m in self.modules():
+            if isinstance(m, (BasicBlock, Bottleneck)):
+                nn.init.zeros_(m.bn2.weight if isinstance(m, BasicBlock) else m.bn3.weight)
 
     def _make_layer(self, block, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
         downsample = None
