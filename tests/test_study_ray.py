@@ -4,6 +4,7 @@ resumed. One `ray.init` is shared by the module; each Tune trial costs ~20 s of 
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def test_ddp_study_records_a_diverging_trial_and_finishes_the_rest(cluster, tmp_
     assert sorted(r["status"] for r in search) == ["completed", "failed"]
     failed = next(r for r in search if r["status"] == "failed")
     assert failed["config"]["lambda_region"] == 1e38
-    assert failed["error"].startswith("diverged at iteration 1")
+    assert re.match(r"diverged at iteration \d+: loss=(nan|inf)", failed["error"]), failed["error"]
     for record in search + by_kind[("ablation", "supervised")] + by_kind[("ablation", "mgd_best")]:
         if record["status"] == "failed":
             continue
@@ -114,7 +115,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
         assert after[trial_id]["ended_at"] == record["ended_at"]
     assert (out / "REPORT.md").exists()
     for run in glob.glob(str(out / "ray" / "*" / "train-*")):  # one checkpoint kept per Train run
-        assert len(glob.glob(os.path.join(run, "checkpoint_*"))) == 1, os.listdir(run)
+        checkpoints = [p for p in glob.glob(os.path.join(run, "checkpoint_*")) if os.path.isdir(p)]
+        assert len(checkpoints) == 1, os.listdir(run)
     # Plain re-runs never overwrite a study.
     again = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "--resume" in again.stderr
