@@ -1,6 +1,7 @@
 """`distill_student`: train one student with MGD from two frozen teachers (one Tune trial's work)."""
 from __future__ import annotations
 
+import os
 from functools import partial
 
 import torch
@@ -57,7 +58,10 @@ def distill_student(cfg: DistillConfig, ctx: RunContext) -> dict:
     mask_gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank())  # a different CutMix per rank
     torch.manual_seed(cfg.seed * 1000 + rank())
 
-    start, epoch = resume(ctx, optimizer, mask_gen, lambda state: unwrap(student).load_state_dict(state["model"]))
+    def load_student(state: dict, folder: str) -> None:  # the weights are in model.pt only
+        unwrap(student).load_state_dict(load_model_state(os.path.join(folder, "model.pt")))
+
+    start, epoch = resume(ctx, optimizer, mask_gen, load_student)
     batches = Batches(data, cfg.data, ctx, epoch)
     sup_loss = partial(supervised_loss, ohem=cfg.ohem)
     meter = RunningMeans()

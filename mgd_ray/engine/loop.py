@@ -184,30 +184,19 @@ def report_with_checkpoint(ctx: RunContext, metrics: dict[str, Any],
 
 
 def resume(ctx: RunContext, optimizer: torch.optim.Optimizer, mask_gen: torch.Generator,
-           load_models: Callable[[dict], None]) -> tuple[int, int]:
-    """Restore a run from ctx.latest_checkpoint(): models (through `load_models(state)`), optimizer,
-    CutMix and global RNG states. Returns (iteration, epoch) to continue from; (0, 0) when fresh."""
-    state = resume_state(ctx)
-    if state is None:
+           load_models: Callable[[dict, str], None]) -> tuple[int, int]:
+    """Restore a run from ctx.latest_checkpoint(): models (through `load_models(state, folder)`,
+    which reads them from state.pt's entries or from the folder's model.pt), optimizer, CutMix and
+    global RNG states. Returns (iteration, epoch) to continue from; (0, 0) when fresh."""
+    folder = ctx.latest_checkpoint()
+    if folder is None:
         return 0, 0
-    load_models(state)
+    path = os.path.join(folder, "state.pt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint folder {folder}: no state.pt to resume from")
+    state = load_checkpoint(path)
+    load_models(state, folder)
     optimizer.load_state_dict(state["optimizer"])
     mask_gen.set_state(state["cutmix_rng"])
     set_rng_state(state["rng"])
     return int(state["iteration"]), int(state["epoch"])
-
-
-def resume_state(ctx: RunContext) -> dict | None:
-    """The state.pt of ctx.latest_checkpoint() with its model.pt as state["model"], or None for a
-    fresh start."""
-    folder = ctx.latest_checkpoint()
-    if folder is None:
-        return None
-    paths = {name: os.path.join(folder, f"{name}.pt") for name in ("state", "model")}
-    missing = [p for p in paths.values() if not os.path.isfile(p)]
-    if missing:
-        raise FileNotFoundError(f"checkpoint folder {folder}: no {', '.join(map(os.path.basename, missing))} "
-                                f"to resume from")
-    state = load_checkpoint(paths["state"])
-    state.setdefault("model", load_checkpoint(paths["model"]))
-    return state

@@ -63,7 +63,7 @@ def train_teacher(cfg: TeacherConfig, ctx: RunContext) -> dict:
     mask_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + rank())
     torch.manual_seed(cfg.seed * 1000 + 100 + rank())
 
-    def load_branches(state: dict) -> None:
+    def load_branches(state: dict, folder: str) -> None:
         for branch, branch_state in zip(branches, state["branches"]):
             unwrap(branch).load_state_dict(branch_state)
 
