@@ -4,6 +4,8 @@ Nets are tiny (a strided conv + BN) where a test is about the step rather than t
 real ResNet-18 DeepLabv3+ at 32 px where the real model matters; data is a few random tensors."""
 import math
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -350,3 +352,13 @@ def test_presets():
     assert preset_optim(synthetic, "student", 150).warmup_iterations == 15 and synthetic["cps_weight"] == 0.1
     with pytest.raises(ValueError, match="expected one of"):
         load_preset("coco", "1/8")
+
+
+def test_runner_rejects_bad_options_before_any_work(tmp_path):
+    out = tmp_path / "runner"
+    for argv, expected in ((["--iterations", "0"], "argument --iterations: expected a positive integer, got 0"),
+                           (["--protocol", "1/3"], "protocol '1/3': expected one of")):
+        done = subprocess.run([sys.executable, "-m", "mgd_ray.engine.runner", *argv, "--output-dir", str(out)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and expected in done.stderr, done.stderr
+    assert not out.exists()  # nothing was trained or written

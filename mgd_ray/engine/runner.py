@@ -22,11 +22,18 @@ from .presets import load_preset, preset_optim
 from .teacher import train_teacher
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocol", default="1/8", help="labeled share of the training set (default 1/8)")
-    parser.add_argument("--iterations", type=int, default=150, help="iterations of each student (default 150)")
-    parser.add_argument("--teacher-iterations", type=int, default=600,
+    parser.add_argument("--iterations", type=positive_int, default=150, help="iterations of each student (default 150)")
+    parser.add_argument("--teacher-iterations", type=positive_int, default=600,
                         help="iterations of each teacher (default 600; teachers are trained longer than students, "
                              "as in the paper)")
     parser.add_argument("--seed", type=int, default=0, help="split, initialisation and augmentation seed")
@@ -42,46 +49,55 @@ def teacher_model_path(output_dir: str, role: str) -> str:
     return os.path.join(output_dir, f"teacher_{role}.pt")
 
 
-def ensure_teacher(role: str, arch: str, args, data: DataConfig, preset: dict, device: torch.device) -> str:
-    """The trained teacher's model.pt: reused when present, else trained (resuming an interrupted run)."""
-    path = teacher_model_path(args.output_dir, role)
-    if os.path.isfile(path):
-        print(f"reusing teacher_{role} ({arch}) from {path}", flush=True)
-        return path
-    iterations = args.teacher_iterations
-    cfg = TeacherConfig(arch=arch, data=data, optim=preset_optim(preset, "teacher", iterations),
-                        cps_weight=preset["cps_weight"], iterations=iterations,
-                        eval_every=max(1, iterations // 4), ohem=preset["ohem"], seed=args.seed)
-    ctx = LocalContext(os.path.join(args.output_dir, f"teacher_{role}_run"), device, verbose=not args.quiet)
-    metrics = train_teacher(cfg, ctx)
-    print(f"teacher_{role} ({arch}): mIoU {metrics['miou']:.4f} (branch {metrics['branch']})", flush=True)
-    atomic_save(load_model_state(os.path.join(ctx.latest_checkpoint(), "model.pt")), path)
-    return path
-
-
-def main(args: argparse.Namespace) -> list[dict]:
-    device = torch.device(args.device)
+def plan(args: argparse.Namespace) -> tuple[dict[str, TeacherConfig], dict[str, DistillConfig]]:
+    """Both teachers' and both students' configs, built (hence validated) before any training, so a
+    bad option fails in a second rather than after the teachers' half hour."""
     preset = load_preset("synthetic", args.protocol, args.student)
-    os.makedirs(args.output_dir, exist_ok=True)
     data = DataConfig(dataset="synthetic", protocol=args.protocol, crop_size=preset["crop_size"],
                       batch_size=preset["batch_size"], num_workers=args.num_workers, seed=args.seed,
                       split_out_dir=os.path.join(args.output_dir, "split"))
-    deep = ensure_teacher("deep", TEACHER_DEEP, args, data, preset, device)
-    wide = ensure_teacher("wide", TEACHER_WIDE, args, data, preset, device)
-    iterations = args.iterations
-    variants = {"supervised": LossWeights(sup=1.0, pixel=0.0, semantic=0.0, region=0.0),
-                "mgd": preset["weights"]}
+    teachers = {role: TeacherConfig(arch=arch, data=data, optim=preset_optim(preset, "teacher", args.teacher_iterations),
+                                    cps_weight=preset["cps_weight"], iterations=args.teacher_iterations,
+                                    eval_every=max(1, args.teacher_iterations // 4), ohem=preset["ohem"],
+                                    seed=args.seed)
+                for role, arch in (("deep", TEACHER_DEEP), ("wide", TEACHER_WIDE))}
+    variants = {"supervised": LossWeights(sup=1.0, pixel=0.0, semantic=0.0, region=0.0), "mgd": preset["weights"]}
+    students = {variant: DistillConfig(student=args.student,
+                                       teacher_deep_checkpoint=teacher_model_path(args.output_dir, "deep"),
+                                       teacher_wide_checkpoint=teacher_model_path(args.output_dir, "wide"),
+                                       weights=weights, data=data,
+                                       optim=preset_optim(preset, "student", args.iterations),
+                                       iterations=args.iterations, eval_every=min(preset["eval_every"], args.iterations),
+                                       ohem=preset["ohem"], seed=args.seed)
+                for variant, weights in variants.items()}
+    return teachers, students
+
+
+def ensure_teacher(role: str, cfg: TeacherConfig, args: argparse.Namespace, device: torch.device) -> None:
+    """Train the teacher into teacher_<role>.pt unless it is already there (an interrupted run resumes)."""
+    path = teacher_model_path(args.output_dir, role)
+    if os.path.isfile(path):
+        print(f"reusing teacher_{role} ({cfg.arch}) from {path}", flush=True)
+        return
+    ctx = LocalContext(os.path.join(args.output_dir, f"teacher_{role}_run"), device, verbose=not args.quiet)
+    metrics = train_teacher(cfg, ctx)
+    print(f"teacher_{role} ({cfg.arch}): mIoU {metrics['miou']:.4f} (branch {metrics['branch']})", flush=True)
+    atomic_save(load_model_state(os.path.join(ctx.latest_checkpoint(), "model.pt")), path)
+
+
+def main(args: argparse.Namespace, configs: tuple | None = None) -> list[dict]:
+    teachers, students = configs or plan(args)
+    device = torch.device(args.device)
+    os.makedirs(args.output_dir, exist_ok=True)
+    for role, cfg in teachers.items():
+        ensure_teacher(role, cfg, args, device)
     rows = []
-    for variant, weights in variants.items():
+    for variant, cfg in students.items():
         run_dir = os.path.join(args.output_dir, f"student_{variant}")
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: both variants get the same budget
-        cfg = DistillConfig(student=args.student, teacher_deep_checkpoint=deep, teacher_wide_checkpoint=wide,
-                            weights=weights, data=data, optim=preset_optim(preset, "student", iterations),
-                            iterations=iterations,
-                            eval_every=min(preset["eval_every"], iterations), ohem=preset["ohem"], seed=args.seed)
         metrics = distill_student(cfg, LocalContext(run_dir, device, verbose=not args.quiet))
         rows.append({"student": args.student, "variant": variant, "miou": metrics["miou"]})
-    print(f"\nprotocol {args.protocol}, seed {args.seed}, {iterations} student iterations")
+    print(f"\nprotocol {args.protocol}, seed {args.seed}, {args.iterations} student iterations")
     print(f"{'student':<28} {'variant':<12} {'mIoU':>7}")
     for row in rows:
         print(f"{row['student']:<28} {row['variant']:<12} {row['miou']:>7.4f}")
@@ -89,4 +105,10 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    parser = get_args_parser()
+    args = parser.parse_args()
+    try:
+        configs = plan(args)
+    except ValueError as e:
+        parser.error(str(e))
+    main(args, configs)
