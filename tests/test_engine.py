@@ -362,3 +362,21 @@ def test_runner_rejects_bad_options_before_any_work(tmp_path):
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and expected in done.stderr, done.stderr
     assert not out.exists()  # nothing was trained or written
+
+
+def test_runner_plan_pairs_students_on_one_split_and_summarises_seeds(tmp_path):
+    from mgd_ray.engine.runner import format_results, get_args_parser, plan
+    args = get_args_parser().parse_args(["--seed", "3", "--student-seeds", "0", "1", "1",
+                                         "--output-dir", str(tmp_path)])
+    teachers, students = plan(args)
+    # A repeated seed is run once; every student and teacher reads the split of --seed.
+    assert list(students) == [("supervised", 0), ("mgd", 0), ("supervised", 1), ("mgd", 1)]
+    assert {cfg.data.seed for cfg in [*students.values(), *teachers.values()]} == {3}
+    assert students["supervised", 1].weights.pixel == 0 and students["mgd", 1].weights.pixel == 1.0
+    rows = [{"student": "s", "variant": v, "seed": seed, "miou": m}
+            for seed, v, m in ((0, "supervised", 0.20), (0, "mgd", 0.25), (1, "supervised", 0.30), (1, "mgd", 0.29))]
+    text = format_results(rows, args)
+    # supervised 0.25 +- 0.0707 (sample std of 0.2, 0.3), mgd 0.27 +- 0.0283, gains +0.05 and -0.01.
+    assert "supervised   mean 0.2500 +- 0.0707 over 2 seeds" in text
+    assert "mgd          mean 0.2700 +- 0.0283 over 2 seeds" in text
+    assert "MGD - supervised: mean +0.0200, ahead on 1 of 2 seeds" in text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 
 import torch
 
@@ -36,7 +37,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--teacher-iterations", type=positive_int, default=600,
                         help="iterations of each teacher (default 600; teachers are trained longer than students, "
                              "as in the paper)")
-    parser.add_argument("--seed", type=int, default=0, help="split, initialisation and augmentation seed")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the labeled split and of the teachers")
+    parser.add_argument("--student-seeds", type=int, nargs="+", default=None, metavar="SEED",
+                        help="student initialisation and augmentation seeds, one supervised + one MGD student each, "
+                             "all on the same split and teachers (default: --seed)")
     parser.add_argument("--output-dir", default="./results/runner", help="teachers, students and their metrics")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--student", default="deeplabv3plus_resnet18")
@@ -62,14 +66,16 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, TeacherConfig], dict[str, 
                                     seed=args.seed)
                 for role, arch in (("deep", TEACHER_DEEP), ("wide", TEACHER_WIDE))}
     variants = {"supervised": LossWeights(sup=1.0, pixel=0.0, semantic=0.0, region=0.0), "mgd": preset["weights"]}
-    students = {variant: DistillConfig(student=args.student,
-                                       teacher_deep_checkpoint=teacher_model_path(args.output_dir, "deep"),
-                                       teacher_wide_checkpoint=teacher_model_path(args.output_dir, "wide"),
-                                       weights=weights, data=data,
-                                       optim=preset_optim(preset, "student", args.iterations),
-                                       iterations=args.iterations, eval_every=min(preset["eval_every"], args.iterations),
-                                       ohem=preset["ohem"], seed=args.seed)
-                for variant, weights in variants.items()}
+    seeds = args.student_seeds if args.student_seeds is not None else [args.seed]
+    students = {(variant, seed): DistillConfig(student=args.student,
+                                               teacher_deep_checkpoint=teacher_model_path(args.output_dir, "deep"),
+                                               teacher_wide_checkpoint=teacher_model_path(args.output_dir, "wide"),
+                                               weights=weights, data=data,
+                                               optim=preset_optim(preset, "student", args.iterations),
+                                               iterations=args.iterations,
+                                               eval_every=min(preset["eval_every"], args.iterations),
+                                               ohem=preset["ohem"], seed=seed)
+                for seed in dict.fromkeys(seeds) for variant, weights in variants.items()}
     return teachers, students
 
 
@@ -92,16 +98,30 @@ def main(args: argparse.Namespace, configs: tuple | None = None) -> list[dict]:
     for role, cfg in teachers.items():
         ensure_teacher(role, cfg, args, device)
     rows = []
-    for variant, cfg in students.items():
-        run_dir = os.path.join(args.output_dir, f"student_{variant}")
+    for (variant, seed), cfg in students.items():
+        run_dir = os.path.join(args.output_dir, f"student_{variant}-seed{seed}")
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: both variants get the same budget
         metrics = distill_student(cfg, LocalContext(run_dir, device, verbose=not args.quiet))
-        rows.append({"student": args.student, "variant": variant, "miou": metrics["miou"]})
-    print(f"\nprotocol {args.protocol}, seed {args.seed}, {args.iterations} student iterations")
-    print(f"{'student':<28} {'variant':<12} {'mIoU':>7}")
-    for row in rows:
-        print(f"{row['student']:<28} {row['variant']:<12} {row['miou']:>7.4f}")
+        rows.append({"student": args.student, "variant": variant, "seed": seed, "miou": metrics["miou"]})
+    print(format_results(rows, args))
     return rows
+
+
+def format_results(rows: list[dict], args: argparse.Namespace) -> str:
+    """Per-seed mIoUs, then per variant the mean and sample std over seeds, and MGD minus supervised."""
+    lines = [f"\nprotocol {args.protocol}, split seed {args.seed}, {args.iterations} student iterations, "
+             f"{args.teacher_iterations} teacher iterations",
+             f"{'student':<28} {'variant':<12} {'seed':>4} {'mIoU':>7}"]
+    lines += [f"{r['student']:<28} {r['variant']:<12} {r['seed']:>4} {r['miou']:>7.4f}" for r in rows]
+    by_variant = {v: [r["miou"] for r in rows if r["variant"] == v] for v in ("supervised", "mgd")}
+    if len(by_variant["mgd"]) > 1:
+        for variant, values in by_variant.items():
+            lines.append(f"{variant:<12} mean {statistics.mean(values):.4f} +- {statistics.stdev(values):.4f} "
+                         f"over {len(values)} seeds")
+        gains = [m - s for s, m in zip(by_variant["supervised"], by_variant["mgd"])]
+        lines.append(f"MGD - supervised: mean {statistics.mean(gains):+.4f}, ahead on "
+                     f"{sum(g > 0 for g in gains)} of {len(gains)} seeds")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
