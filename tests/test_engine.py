@@ -380,3 +380,24 @@ def test_runner_plan_pairs_students_on_one_split_and_summarises_seeds(tmp_path):
     assert "supervised   mean 0.2500 +- 0.0707 over 2 seeds" in text
     assert "mgd          mean 0.2700 +- 0.0283 over 2 seeds" in text
     assert "MGD - supervised: mean +0.0200, ahead on 1 of 2 seeds" in text
+
+
+def test_runner_end_to_end_one_iteration(tmp_path, capsys):
+    from mgd_ray.engine.runner import ensure_teacher, get_args_parser, main, plan
+    out = tmp_path / "runner"
+    args = get_args_parser().parse_args(["--teacher-iterations", "1", "--iterations", "1", "--student-seeds", "0",
+                                         "--output-dir", str(out), "--quiet"])
+    rows = main(args)
+    assert [(r["variant"], r["seed"]) for r in rows] == [("supervised", 0), ("mgd", 0)]
+    assert all(0.0 <= r["miou"] <= 1.0 for r in rows)
+    for role in ("deep", "wide"):
+        assert (out / f"teacher_{role}.pt").is_file()
+        # The spent resume checkpoint is gone, the metrics stay.
+        assert not (out / f"teacher_{role}_run" / "checkpoint").exists()
+        assert (out / f"teacher_{role}_run" / "metrics.jsonl").is_file()
+    assert (out / "student_mgd-seed0" / "checkpoint" / "model.pt").is_file()
+    assert "deeplabv3plus_resnet18       mgd             0" in capsys.readouterr().out
+    # A second run reuses a saved teacher instead of training it again.
+    teachers, _ = plan(args)
+    ensure_teacher("deep", teachers["deep"], args, torch.device("cpu"))
+    assert "reusing teacher_deep" in capsys.readouterr().out

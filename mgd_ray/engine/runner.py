@@ -89,7 +89,11 @@ def ensure_teacher(role: str, cfg: TeacherConfig, args: argparse.Namespace, devi
     ctx = LocalContext(os.path.join(args.output_dir, f"teacher_{role}_run"), device, verbose=not args.quiet)
     metrics = train_teacher(cfg, ctx)
     print(f"teacher_{role} ({cfg.arch}): mIoU {metrics['miou']:.4f} (branch {metrics['branch']})", flush=True)
-    atomic_save(load_model_state(os.path.join(ctx.latest_checkpoint(), "model.pt")), path)
+    checkpoint = ctx.latest_checkpoint()
+    atomic_save(load_model_state(os.path.join(checkpoint, "model.pt")), path)
+    # The resume checkpoint (both CPS branches and their momentum: 1.2-1.6 GB for these teachers) is
+    # spent once teacher_<role>.pt exists; the run's metrics.jsonl stays.
+    shutil.rmtree(checkpoint)
 
 
 def main(args: argparse.Namespace, configs: tuple | None = None) -> list[dict]:
