@@ -55,8 +55,8 @@ def teacher_model_path(output_dir: str, role: str) -> str:
     return os.path.join(output_dir, f"teacher_{role}.pt")
 
 
-def plan(args: argparse.Namespace) -> tuple[dict[str, TeacherConfig], dict[str, DistillConfig]]:
-    """Both teachers' and both students' configs, built (hence validated) before any training, so a
+def plan(args: argparse.Namespace) -> tuple[dict[str, TeacherConfig], dict[tuple[str, int], DistillConfig]]:
+    """The teachers' configs by role and the students' by (variant, seed), built (hence validated) before any training, so a
     bad option fails in a second rather than after the teachers' half hour."""
     preset = load_preset("synthetic", args.protocol, args.student)
     data = DataConfig(dataset="synthetic", protocol=args.protocol, crop_size=preset["crop_size"],
