@@ -25,7 +25,7 @@ from common import machine, median, random_teachers, synthetic_distill_config, t
 from mgd_ray.config import DistillConfig
 from mgd_ray.data import build_datasets
 from mgd_ray.engine import LocalContext, distill_student
-from mgd_ray.engine.loop import BatchStream, build_loaders
+from mgd_ray.engine.batches import BatchStream, build_loaders
 
 
 def loader_rate(cfg: DistillConfig, batches: int) -> float:

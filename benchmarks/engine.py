@@ -33,7 +33,7 @@ from mgd_ray.config import STUDENTS
 from mgd_ray.data import build_datasets, cutmix_mask
 from mgd_ray.engine import mgd_step
 from mgd_ray.engine.distill import load_teacher
-from mgd_ray.engine.loop import autocast, to_device
+from mgd_ray.engine.device import autocast, to_device
 from mgd_ray.engine.optim import build_optimizer
 from mgd_ray.losses import supervised_loss, weighted_total
 from mgd_ray.models import build_model

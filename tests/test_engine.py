@@ -2,8 +2,10 @@
 
 Nets are tiny (a strided conv + BN) where a test is about the step rather than the networks, and the
 real ResNet-18 DeepLabv3+ at 32 px where the real model matters; data is a few random tensors."""
+import copy
 import math
 import os
+import pickle
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -310,9 +312,102 @@ def test_nan_loss_raises_diverged_error(tiny_world, monkeypatch):
     monkeypatch.setattr(distill_module, "build_model", nan_model)
     cfg = DistillConfig(data=tiny_world.data, iterations=3, eval_every=3, weights=LossWeights(1, 0, 0, 0))
     ctx = LocalContext(str(tiny_world.tmp / "nan"), verbose=False)
-    with pytest.raises(DivergedError, match="diverged at iteration 1: loss=nan"):
+    with pytest.raises(DivergedError, match="diverged at iteration 1: loss=nan") as info:
         distill_student(cfg, ctx)
     assert ctx.history == [] and ctx.latest_checkpoint() is None
+    # The fields say where and how, without reading the message; they survive pickling (Ray).
+    error = pickle.loads(pickle.dumps(info.value))
+    assert error.iteration == 1 and set(error.losses) == {"loss", "loss_sup"}
+    assert math.isnan(error.losses["loss"]) and str(error) == str(info.value)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _stop_at(iteration):
+    """An on_report that kills the run once the checkpoint of `iteration` is kept."""
+    def on_report(metrics):
+        if metrics["iteration"] == iteration:
+            raise Interrupt
+    return on_report
+
+
+def _without_time(history):
+    return [{k: v for k, v in m.items() if k != "time"} for m in history]
+
+
+@pytest.fixture
+def loaded_optimizer_states(monkeypatch):
+    """Copies of every optimizer state dict a run loads (SGD.load_state_dict, spied; copies, since
+    the optimizer then steps the loaded momentum buffers in place)."""
+    loaded, original = [], torch.optim.SGD.load_state_dict
+
+    def spy(self, state_dict):
+        loaded.append(copy.deepcopy(state_dict))
+        return original(self, state_dict)
+    monkeypatch.setattr(torch.optim.SGD, "load_state_dict", spy)
+    return loaded
+
+
+def test_finished_run_keeps_no_optimizer_state_and_resumes(tiny_world, monkeypatch, loaded_optimizer_states):
+    # A wide net, so that SGD's momentum (one buffer per trainable weight) is most of an unfinished state.pt.
+    monkeypatch.setattr(distill_module, "build_model",
+                        lambda arch, num_classes, output_stride=None, backbone_weights=None: TinySeg(num_classes, 1024))
+    cfg = DistillConfig(data=tiny_world.data, iterations=4, eval_every=2, weights=LossWeights(1, 0, 0, 0))
+    out = str(tiny_world.tmp / "sizes")
+    sizes = {}
+
+    def measure(metrics):  # the sizes of the checkpoint just kept, then a kill after iteration 2
+        files = ("state.pt", "model.pt")
+        sizes[metrics["iteration"]] = {f: os.path.getsize(os.path.join(out, "checkpoint", f)) for f in files}
+        if len(sizes) == 1:
+            raise Interrupt
+    with pytest.raises(Interrupt):
+        distill_student(cfg, LocalContext(out, verbose=False, on_report=measure))
+    saved = load_checkpoint(os.path.join(out, "checkpoint", "state.pt"))
+    assert saved["iteration"] == 2 and not saved["metrics"]["done"] and "optimizer" in saved
+
+    # Resuming the unfinished run restores its optimizer (the momentum saved at iteration 2).
+    ctx = LocalContext(out, verbose=False, on_report=measure)
+    final = distill_student(cfg, ctx)
+    assert [m["iteration"] for m in ctx.history] == [4] and final["done"]
+    assert len(loaded_optimizer_states) == 1
+    momentum = {i: s["momentum_buffer"] for i, s in saved["optimizer"]["state"].items()}
+    loaded = loaded_optimizer_states[0]["state"]
+    assert loaded.keys() == momentum.keys() and len(momentum) == 6  # conv, BN and head weights and biases
+    assert all(torch.equal(loaded[i]["momentum_buffer"], m) for i, m in momentum.items())
+
+    # The finished run's state.pt holds counters, RNG and metrics, not the optimizer: far smaller than
+    # the weights, where the unfinished one was larger than them (weights-sized momentum + the rest).
+    state = load_checkpoint(os.path.join(ctx.latest_checkpoint(), "state.pt"))
+    assert "optimizer" not in state and state["iteration"] == 4 and state["metrics"] == final
+    assert sizes[2]["state.pt"] > sizes[2]["model.pt"] > 110_000  # 1024 x 3 x 3 x 3 fp32 conv weights: 110,592 bytes
+    assert sizes[4]["state.pt"] < sizes[4]["model.pt"] / 4
+
+    # Resuming the finished run only reports its final metrics again, with the same weights.
+    model = load_checkpoint(os.path.join(ctx.latest_checkpoint(), "model.pt"))
+    again = LocalContext(out, verbose=False)
+    assert distill_student(cfg, again) == final and _without_time(again.history) == [final]
+    assert len(loaded_optimizer_states) == 1  # nothing to load this time
+    reloaded = load_checkpoint(os.path.join(again.latest_checkpoint(), "model.pt"))
+    assert all(torch.equal(model[k], reloaded[k]) for k in model)
+
+
+def test_finished_teacher_run_keeps_both_branches_but_no_optimizer(tiny_world, loaded_optimizer_states):
+    cfg = TeacherConfig(data=tiny_world.data, iterations=4, eval_every=2, optim=OptimConfig(lr=0.01))
+    out = str(tiny_world.tmp / "teacher_resume")
+    with pytest.raises(Interrupt):
+        train_teacher(cfg, LocalContext(out, verbose=False, on_report=_stop_at(2)))
+    ctx = LocalContext(out, verbose=False)
+    final = train_teacher(cfg, ctx)
+    assert [m["iteration"] for m in ctx.history] == [4] and len(loaded_optimizer_states) == 1
+    state = load_checkpoint(os.path.join(ctx.latest_checkpoint(), "state.pt"))
+    assert "optimizer" not in state and len(state["branches"]) == 2 and state["branch"] == final["branch"]
+    again = LocalContext(out, verbose=False)
+    assert train_teacher(cfg, again) == final and len(loaded_optimizer_states) == 1
+    model = load_checkpoint(os.path.join(again.latest_checkpoint(), "model.pt"))
+    assert all(torch.equal(model[k], state["branches"][final["branch"]][k]) for k in model)
 
 
 def test_train_teacher_reports_the_better_branch(tiny_world):

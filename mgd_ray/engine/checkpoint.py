@@ -9,19 +9,20 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from typing import Any
+from typing import IO, Any, Callable
 
 import torch
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save `obj` to `path` atomically; on any failure no partial file is left behind."""
+def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True) -> None:
+    """Call `write(f)` on a temporary file in `path`'s folder (created if missing), fsync it and
+    rename it over `path`; on any failure no partial file is left behind. Text mode when not binary."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -29,6 +30,11 @@ def atomic_save(obj: Any, path: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save `obj` to `path` atomically; on any failure no partial file is left behind."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str) -> Any:
@@ -51,6 +57,11 @@ def load_model_state(path: str) -> dict[str, torch.Tensor]:
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module under a DistributedDataParallel wrapper (itself otherwise)."""
     return model.module if hasattr(model, "module") else model
+
+
+def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The plain state dict of `model` (under any DDP wrapper), detached, on the CPU."""
+    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
 def rng_state() -> dict[str, Any]:

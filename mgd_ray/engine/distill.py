@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from functools import partial
+from typing import Any
 
 import torch
 
@@ -10,12 +11,13 @@ from ..config import DistillConfig
 from ..data import build_datasets
 from ..losses import supervised_loss, weighted_total
 from ..models import build_model
-from .checkpoint import load_model_state, rng_state, unwrap
+from . import seeds
+from .checkpoint import cpu_state_dict, load_model_state, unwrap
 from .context import RunContext, rank
+from .device import channels_last
 from .evaluate import evaluate
-from .loop import Batches, RunningMeans, autocast, optimizer_step, report_with_checkpoint, resume
+from .loop import fit
 from .mgd_step import freeze, mgd_losses, needs_teachers
-from .optim import build_optimizer, lr_at, set_lr
 
 TERMS = ("sup", "pixel", "semantic", "region")
 
@@ -31,79 +33,54 @@ def load_teacher(arch: str, num_classes: int, path: str | None, option: str, dev
         teacher.load_state_dict(load_model_state(path))
     except RuntimeError as err:
         raise ValueError(f"DistillConfig.{option}={path}: not a {arch} with {num_classes} classes ({err})") from err
-    teacher = freeze(teacher.to(device), train_mode)
-    if device.type == "cuda":
-        teacher = teacher.to(memory_format=torch.channels_last)
-    return teacher
+    return channels_last(freeze(teacher.to(device), train_mode), device)
+
+
+class MGDTask:
+    """One student trained with MGD from frozen teachers, as a task for `fit`. A teacher is loaded
+    only when a term with a non-zero weight uses it; model.pt holds the student."""
+
+    logged = ("loss", *(f"loss_{name}" for name in TERMS), "kept_fraction")
+
+    def __init__(self, cfg: DistillConfig, data, ctx: RunContext) -> None:
+        self.cfg, self.num_classes, self.device = cfg, data.num_classes, ctx.device
+        self.loss_weights = cfg.weights.as_dict()
+        need_deep, need_wide = needs_teachers(self.loss_weights)
+        self.teacher_deep = (load_teacher(cfg.teacher_deep, data.num_classes, cfg.teacher_deep_checkpoint,
+                                          "teacher_deep_checkpoint", ctx.device, cfg.teacher_train_mode)
+                             if need_deep else None)
+        self.teacher_wide = (load_teacher(cfg.teacher_wide, data.num_classes, cfg.teacher_wide_checkpoint,
+                                          "teacher_wide_checkpoint", ctx.device, cfg.teacher_train_mode)
+                             if need_wide else None)
+        torch.manual_seed(seeds.student_init(cfg.seed))
+        student = build_model(cfg.student, data.num_classes, cfg.student_output_stride, cfg.backbone_weights)
+        self.student = ctx.prepare_model(channels_last(student, ctx.device))
+        self.models = [self.student]
+        self.cutmix_seed = seeds.student_cutmix(cfg.seed, rank())
+        self.global_seed = seeds.student_global(cfg.seed, rank())
+        self.sup_loss = partial(supervised_loss, ohem=cfg.ohem)
+
+    def losses(self, x_l, y, u0, u1, mask) -> dict[str, torch.Tensor]:
+        terms, stats = mgd_losses(self.student, self.teacher_deep, self.teacher_wide, x_l, y, u0, u1, mask,
+                                  self.loss_weights, self.cfg.confidence_threshold, self.sup_loss)
+        return {"loss": weighted_total(terms, self.loss_weights), "kept_fraction": stats["kept_fraction"],
+                **{f"loss_{name}": term for name, term in terms.items()}}
+
+    def evaluate(self, val_loader) -> dict[str, Any]:
+        return {"miou": evaluate(self.student, val_loader, self.num_classes, self.cfg.data.crop_size, self.device,
+                                 self.cfg.amp)["miou"]}
+
+    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        return {}, cpu_state_dict(self.student)  # the weights are in model.pt only
+
+    def load_state(self, state: dict[str, Any], folder: str) -> None:
+        unwrap(self.student).load_state_dict(load_model_state(os.path.join(folder, "model.pt")))
 
 
 def distill_student(cfg: DistillConfig, ctx: RunContext) -> dict:
     """Train cfg.student for cfg.iterations MGD iterations; evaluate and ctx.report every
-    cfg.eval_every iterations and at the end (with state.pt / model.pt). Returns the final metrics."""
-    device = ctx.device
+    cfg.eval_every iterations and at the end (with state.pt / model.pt). Reports "iteration", "miou",
+    "loss", "loss_sup", "loss_pixel", "loss_semantic", "loss_region" (0.0 for a term that is off),
+    "kept_fraction", "lr", "iter_per_s", "data_wait_share", "done"; returns the final metrics."""
     data = build_datasets(cfg.data)
-    weights = cfg.weights.as_dict()
-    need_deep, need_wide = needs_teachers(weights)
-    teacher_deep = (load_teacher(cfg.teacher_deep, data.num_classes, cfg.teacher_deep_checkpoint,
-                                 "teacher_deep_checkpoint", device, cfg.teacher_train_mode) if need_deep else None)
-    teacher_wide = (load_teacher(cfg.teacher_wide, data.num_classes, cfg.teacher_wide_checkpoint,
-                                 "teacher_wide_checkpoint", device, cfg.teacher_train_mode) if need_wide else None)
-
-    torch.manual_seed(cfg.seed)  # the same initial student for every variant of a seed
-    student = build_model(cfg.student, data.num_classes, cfg.student_output_stride, cfg.backbone_weights)
-    if device.type == "cuda":
-        student = student.to(memory_format=torch.channels_last)
-    student = ctx.prepare_model(student)
-    optimizer = build_optimizer([student], cfg.optim)
-    mask_gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank())  # a different CutMix per rank
-    torch.manual_seed(cfg.seed * 1000 + rank())
-
-    def load_student(state: dict, folder: str) -> None:  # the weights are in model.pt only
-        unwrap(student).load_state_dict(load_model_state(os.path.join(folder, "model.pt")))
-
-    start, epoch = resume(ctx, optimizer, mask_gen, load_student)
-    batches = Batches(data, cfg.data, ctx, epoch)
-    sup_loss = partial(supervised_loss, ohem=cfg.ohem)
-    meter = RunningMeans()
-
-    def evaluate_and_report(iteration: int, lr: float, done: bool) -> dict:
-        metrics = _metrics(meter.read(device), iteration, lr, batches.read_window())
-        metrics["miou"] = evaluate(student, batches.val_loader, data.num_classes, cfg.data.crop_size, device,
-                                   cfg.amp)["miou"]
-        metrics["done"] = done
-        report_with_checkpoint(ctx, metrics, partial(_state, student, optimizer, iteration, batches.epoch, mask_gen))
-        return metrics
-
-    if start >= cfg.iterations:  # resumed from a finished run: report its final state once more
-        return evaluate_and_report(start, 0.0, True)
-    student.train()
-    metrics: dict = {}
-    for iteration in range(start, cfg.iterations):
-        lr = lr_at(cfg.optim, iteration, cfg.iterations)
-        set_lr(optimizer, lr)
-        x_l, y, u0, u1, mask = batches.next_inputs(device, mask_gen)
-        with autocast(device, cfg.amp):
-            terms, stats = mgd_losses(student, teacher_deep, teacher_wide, x_l, y, u0, u1, mask, weights,
-                                      cfg.confidence_threshold, sup_loss)
-            total = weighted_total(terms, weights)
-        meter.add(optimizer_step(optimizer, total, {"loss": total, "kept_fraction": stats["kept_fraction"],
-                                                    **{f"loss_{n}": t for n, t in terms.items()}},
-                                 iteration + 1, cfg.optim.grad_clip))
-        done = iteration + 1 == cfg.iterations
-        if (iteration + 1) % cfg.eval_every == 0 or done:
-            metrics = evaluate_and_report(iteration + 1, lr, done)
-    return metrics
-
-
-def _metrics(means: dict, iteration: int, lr: float, window: dict[str, float]) -> dict:
-    metrics = {"iteration": iteration, "miou": 0.0, "loss": means.get("loss", 0.0)}
-    metrics.update({f"loss_{n}": means.get(f"loss_{n}", 0.0) for n in TERMS})
-    metrics.update({"kept_fraction": means.get("kept_fraction", 0.0), "lr": lr, **window, "done": False})
-    return metrics
-
-
-def _state(student, optimizer, iteration: int, epoch: int, mask_gen: torch.Generator):
-    model = {k: v.detach().cpu() for k, v in unwrap(student).state_dict().items()}
-    state = {"optimizer": optimizer.state_dict(), "iteration": iteration, "epoch": epoch,
-             "cutmix_rng": mask_gen.get_state(), "rng": rng_state()}
-    return state, model
+    return fit(MGDTask(cfg, data, ctx), cfg, data, ctx)

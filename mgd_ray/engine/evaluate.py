@@ -3,7 +3,6 @@ matrix summed over the whole set and over every rank."""
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from ..metrics import confusion_matrix, mean_iou
 from .context import all_reduce_sum
+from .device import autocast, to_device
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -61,15 +61,12 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, crop_
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
     try:
         for image, label, *_ in loader:
             if image.shape[0] != 1:
                 raise ValueError(f"evaluate: val batches must hold one image (full resolution), got {image.shape[0]}")
-            image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
-            if device.type == "cuda":
-                image = image.contiguous(memory_format=torch.channels_last)
-            with autocast:
+            image, label = to_device(image, device, True), to_device(label, device)
+            with autocast(device, amp):
                 logits = sliding_window_logits(model, image, num_classes, crop_size)
             confusion += confusion_matrix(logits.argmax(dim=1), label, num_classes)
     finally:

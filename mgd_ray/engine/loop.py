@@ -1,121 +1,122 @@
-"""What teacher training and distillation share: loaders, the endless batch streams, autocast,
-divergence checks, running means of the logged terms, and the report + checkpoint call."""
+"""`fit`: the one training loop of the engine, for teacher (CPS) and student (MGD) runs alike.
+
+A run is a `Task` (its models, its losses for one iteration's inputs, its evaluation and its part of
+the checkpoint); `fit` owns everything else: the optimizer and the lr of each iteration, the RNG
+streams, the divergence check, running means of the logged values, and every cfg.eval_every
+iterations an evaluation, a report and a checkpoint, and resuming from the last one. The loop knows
+nothing of what it trains (as detectron2's `run_step` and torchvision's `train_one_epoch`).
+"""
 from __future__ import annotations
 
 import math
 import os
 import shutil
 import tempfile
-import time
-from contextlib import nullcontext
-from typing import Any, Callable, Iterator
+from functools import partial
+from typing import Any, Callable, Protocol
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch import nn
+from torch.utils.data import DataLoader
 
-from ..config import DataConfig
-from ..data import cutmix_mask
-from .checkpoint import atomic_save, load_checkpoint, set_rng_state
+from ..config import DistillConfig, TeacherConfig
+from .batches import Batches
+from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .context import RunContext, all_reduce_sum, is_main_process, world_size
-from .optim import clip_gradients
+from .device import autocast
+from .optim import build_optimizer, clip_gradients, lr_at, set_lr
 
 
 class DivergedError(RuntimeError):
-    """The total loss became NaN or infinite: the run stops instead of training on garbage."""
+    """The total loss became NaN or infinite: the run stops instead of training on garbage.
+
+    `iteration` (1-based) is the iteration whose losses were not finite and `losses` its
+    rank-averaged "loss" and "loss_<term>" values, as the step logged them."""
+
+    def __init__(self, iteration: int, losses: dict[str, float]) -> None:
+        self.iteration, self.losses = int(iteration), dict(losses)
+        detail = ", ".join(f"{k}={v:.4g}" for k, v in self.losses.items() if k != "loss")
+        super().__init__(f"diverged at iteration {iteration}: loss={self.losses['loss']}"
+                         + (f" ({detail})" if detail else ""))
+
+    def __reduce__(self):  # pickled across processes (Ray) with its fields, not just its message
+        return type(self), (self.iteration, self.losses)
 
 
-def check_finite(loss: float, iteration: int, terms: dict[str, float] | None = None) -> None:
-    if not math.isfinite(loss):
-        detail = ", ".join(f"{k}={v:.4g}" for k, v in (terms or {}).items())
-        raise DivergedError(f"diverged at iteration {iteration}: loss={loss}" + (f" ({detail})" if detail else ""))
+class Task(Protocol):
+    """What `fit` trains. The task builds its models (seeded, prepared by the RunContext) before
+    `fit` runs; `fit` steps one optimizer over all of `models`."""
+
+    models: list[nn.Module]
+    logged: tuple[str, ...]  # the scalars `losses` returns, reported as their running means
+    cutmix_seed: int  # this rank's CutMix stream (engine/seeds.py)
+    global_seed: int  # this rank's torch global stream
+
+    def losses(self, x_l: torch.Tensor, y: torch.Tensor, u0: torch.Tensor, u1: torch.Tensor,
+               mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Scalars of one iteration: "loss", the total to minimise, and the others of `logged`.
+        x_l, u0, u1: B x 3 x S x S; y and the CutMix mask: B x S x S."""
+        ...
+
+    def evaluate(self, val_loader: DataLoader) -> dict[str, Any]:
+        """Val metrics: "miou", the run's score, and any others the task reports."""
+        ...
+
+    def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """(the task's entries of state.pt, the plain state dict model.pt holds)."""
+        ...
+
+    def load_state(self, state: dict[str, Any], folder: str) -> None:
+        """Restore the models from a checkpoint folder and its loaded state.pt."""
+        ...
 
 
-def build_loaders(data, cfg: DataConfig, ctx: RunContext, unlabeled_factor: int = 2):
-    """(labeled, unlabeled, val) loaders through ctx.prepare_loader: labeled batches of B, unlabeled
-    batches of unlabeled_factor * B (split into u0, u1 by the step), val batches of one full image."""
-    def loader(dataset: Dataset, batch: int, name: str, train: bool) -> DataLoader:
-        if train and len(dataset) < batch * world_size():
-            raise ValueError(f"{name} set has {len(dataset)} images, fewer than one batch of {batch} per "
-                             f"worker x {world_size()} workers: lower DataConfig.batch_size")
-        generator = torch.Generator().manual_seed(cfg.seed)
-        return ctx.prepare_loader(DataLoader(
-            dataset, batch_size=batch, shuffle=train, drop_last=train, generator=generator,
-            num_workers=cfg.num_workers if train else min(cfg.num_workers, 1),
-            persistent_workers=train and cfg.num_workers > 0, pin_memory=ctx.device.type == "cuda"))
-    return (loader(data.labeled, cfg.batch_size, "labeled", True),
-            loader(data.unlabeled, unlabeled_factor * cfg.batch_size, "unlabeled", True),
-            loader(data.val, 1, "val", False))
+def fit(task: Task, cfg: TeacherConfig | DistillConfig, data, ctx: RunContext) -> dict[str, Any]:
+    """Train `task` on `data` for cfg.iterations iterations (from ctx's latest checkpoint when there
+    is one) and ctx.report every cfg.eval_every iterations and at the end, with a checkpoint. Reports
+    "iteration", "miou", the means of task.logged (0.0 when none ran), "lr", the task's other
+    evaluation metrics, "iter_per_s", "data_wait_share", "done"; returns the final report."""
+    device = ctx.device
+    optimizer = build_optimizer(task.models, cfg.optim)
+    mask_gen = torch.Generator().manual_seed(task.cutmix_seed)
+    torch.manual_seed(task.global_seed)
+    start, epoch, final = resume(ctx, task, optimizer, mask_gen)
+    batches = Batches(data, cfg.data, ctx, epoch)
+    meter = RunningMeans()
+
+    def report(metrics: dict[str, Any]) -> dict[str, Any]:
+        report_with_checkpoint(ctx, metrics, partial(checkpoint_state, task, optimizer, metrics, batches.epoch,
+                                                     mask_gen))
+        return metrics
+
+    def evaluate_and_report(iteration: int, lr: float, done: bool) -> dict[str, Any]:
+        means = meter.read(device)
+        evaluation = task.evaluate(batches.val_loader)
+        return report({"iteration": iteration, "miou": evaluation["miou"],
+                       **{name: means.get(name, 0.0) for name in task.logged}, "lr": lr, **evaluation,
+                       **batches.read_window(), "done": done})
+
+    if start >= cfg.iterations:  # resumed a finished run: report its final metrics once more
+        return report({**final, "done": True}) if final else evaluate_and_report(start, 0.0, True)
+    for model in task.models:
+        model.train()
+    metrics: dict[str, Any] = {}
+    for iteration in range(start, cfg.iterations):
+        lr = lr_at(cfg.optim, iteration, cfg.iterations)
+        set_lr(optimizer, lr)
+        inputs = batches.next_inputs(device, mask_gen)
+        with autocast(device, cfg.amp):
+            logged = task.losses(*inputs)
+        meter.add(optimizer_step(optimizer, logged, iteration + 1, cfg.optim.grad_clip))
+        done = iteration + 1 == cfg.iterations
+        if (iteration + 1) % cfg.eval_every == 0 or done:
+            metrics = evaluate_and_report(iteration + 1, lr, done)
+    return metrics
 
 
-class BatchStream:
-    """Endless batches from a loader: a new epoch (set_epoch on a distributed sampler, so shards
-    reshuffle) each time it runs out; counts the seconds spent waiting for the next batch."""
-
-    def __init__(self, loader: DataLoader, epoch: int = 0) -> None:
-        self.loader, self.epoch = loader, epoch
-        self.wait_s = 0.0
-        self._iter: Iterator | None = None
-
-    def _start_epoch(self) -> None:
-        sampler = getattr(self.loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.epoch)
-        self._iter = iter(self.loader)
-
-    def next(self) -> Any:
-        start = time.perf_counter()
-        if self._iter is None:
-            self._start_epoch()
-        try:
-            batch = next(self._iter)
-        except StopIteration:
-            self.epoch += 1
-            self._start_epoch()
-            batch = next(self._iter)
-        self.wait_s += time.perf_counter() - start
-        return batch
-
-
-class Batches:
-    """A run's labeled and unlabeled streams and val loader, with the throughput of the current
-    report window (iterations per second and the share of time spent waiting for data)."""
-
-    def __init__(self, data, cfg: DataConfig, ctx: RunContext, epoch: int = 0) -> None:
-        labeled, unlabeled, self.val_loader = build_loaders(data, cfg, ctx)
-        self.labeled, self.unlabeled = BatchStream(labeled, epoch), BatchStream(unlabeled, epoch)
-        self._start_window()
-
-    @property
-    def epoch(self) -> int:
-        return self.unlabeled.epoch
-
-    def _start_window(self) -> None:
-        self._start, self._iters = time.perf_counter(), 0
-        self._wait = self.labeled.wait_s + self.unlabeled.wait_s
-
-    def next_inputs(self, device: torch.device, mask_gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """One iteration's inputs: the labeled batch x_l (B x 3 x S x S) and y (B x S x S), the
-        unlabeled batch split into u0 and u1 (B x 3 x S x S each), and the CutMix mask M (B x S x S)."""
-        x_l, y = self.labeled.next()
-        u = self.unlabeled.next()
-        x_l, y, u = to_device(x_l, device, True), to_device(y, device), to_device(u, device, True)
-        u0, u1 = u.chunk(2)
-        mask = cutmix_mask(u0.shape[0], u0.shape[-2], u0.shape[-1], generator=mask_gen).to(device)
-        self._iters += 1
-        return x_l, y, u0, u1, mask
-
-    def read_window(self) -> dict[str, float]:
-        """{"iter_per_s", "data_wait_share"} since the last read; starts a new window."""
-        elapsed = max(time.perf_counter() - self._start, 1e-9)
-        wait = self.labeled.wait_s + self.unlabeled.wait_s - self._wait
-        window = {"iter_per_s": self._iters / elapsed, "data_wait_share": min(max(wait / elapsed, 0.0), 1.0)}
-        self._start_window()
-        return window
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, logged: dict[str, torch.Tensor],
-                   iteration: int, grad_clip: float | None) -> dict[str, float]:
-    """Backward and step on `total`, after one host read of the logged scalars ("loss" first).
+def optimizer_step(optimizer: torch.optim.Optimizer, logged: dict[str, torch.Tensor], iteration: int,
+                   grad_clip: float | None) -> dict[str, float]:
+    """Backward and step on logged["loss"], after one host read of the logged scalars.
 
     The read is also the divergence check, done before the step so non-finite gradients never
     reach the weights. The values are averaged over ranks first: every rank must take the same
@@ -123,25 +124,13 @@ def optimizer_step(optimizer: torch.optim.Optimizer, total: torch.Tensor, logged
     names = list(logged)
     values = torch.stack([logged[n].detach().float() for n in names])
     values = dict(zip(names, (all_reduce_sum(values) / world_size()).tolist()))
-    check_finite(values["loss"], iteration, {n: v for n, v in values.items() if n.startswith("loss_")})
+    if not math.isfinite(values["loss"]):
+        raise DivergedError(iteration, {n: v for n, v in values.items() if n == "loss" or n.startswith("loss_")})
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    logged["loss"].backward()
     clip_gradients(optimizer, grad_clip)
     optimizer.step()
     return values
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when enabled (no loss scaling needed for bf16); fp32 elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def to_device(x: torch.Tensor, device: torch.device, image: bool = False) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    # channels_last speeds up cuDNN convolutions under autocast; on CPU it buys nothing here.
-    return x.contiguous(memory_format=torch.channels_last) if image and device.type == "cuda" else x
 
 
 class RunningMeans:
@@ -165,11 +154,25 @@ class RunningMeans:
         return {k: packed[i].item() / count for i, k in enumerate(keys)}
 
 
+def checkpoint_state(task: Task, optimizer: torch.optim.Optimizer, metrics: dict[str, Any], epoch: int,
+                     mask_gen: torch.Generator) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(state.pt, model.pt) of the run at the report `metrics`. state.pt holds what resuming needs
+    beside the weights: the task's entries, counters, RNG states, the reported metrics and, until the
+    run is done, the optimizer. A finished run keeps no optimizer state: nothing resumes its training
+    (a longer budget continues it with fresh momentum) and SGD's momentum is as large as the weights."""
+    entries, model_state = task.state()
+    state = {**entries, "iteration": metrics["iteration"], "epoch": epoch, "cutmix_rng": mask_gen.get_state(),
+             "rng": rng_state(), "metrics": metrics}
+    if not metrics["done"]:
+        state["optimizer"] = optimizer.state_dict()
+    return state, model_state
+
+
 def report_with_checkpoint(ctx: RunContext, metrics: dict[str, Any],
                            build_state: Callable[[], tuple[dict, dict]]) -> None:
-    """Every rank calls ctx.report; rank 0 writes state.pt (optimizer, counters, RNG: what resuming
-    needs beside the weights) and model.pt (the plain model state dict, stored once) into a fresh
-    temporary folder, passes it along, and removes it once the context has kept a copy."""
+    """Every rank calls ctx.report; rank 0 writes state.pt and model.pt (the plain model state dict,
+    stored once) into a fresh temporary folder, passes it along, and removes it once the context has
+    kept a copy."""
     if not is_main_process():
         ctx.report(metrics, None)
         return
@@ -183,20 +186,21 @@ def report_with_checkpoint(ctx: RunContext, metrics: dict[str, Any],
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def resume(ctx: RunContext, optimizer: torch.optim.Optimizer, mask_gen: torch.Generator,
-           load_models: Callable[[dict, str], None]) -> tuple[int, int]:
-    """Restore a run from ctx.latest_checkpoint(): models (through `load_models(state, folder)`,
-    which reads them from state.pt's entries or from the folder's model.pt), optimizer, CutMix and
-    global RNG states. Returns (iteration, epoch) to continue from; (0, 0) when fresh."""
+def resume(ctx: RunContext, task: Task, optimizer: torch.optim.Optimizer,
+           mask_gen: torch.Generator) -> tuple[int, int, dict[str, Any] | None]:
+    """Restore a run from ctx.latest_checkpoint(): the task's models, the optimizer (a finished run's
+    checkpoint has none), CutMix and global RNG states. Returns (iteration, epoch, the metrics
+    reported with the checkpoint) to continue from; (0, 0, None) when fresh."""
     folder = ctx.latest_checkpoint()
     if folder is None:
-        return 0, 0
+        return 0, 0, None
     path = os.path.join(folder, "state.pt")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint folder {folder}: no state.pt to resume from")
     state = load_checkpoint(path)
-    load_models(state, folder)
-    optimizer.load_state_dict(state["optimizer"])
+    task.load_state(state, folder)
+    if "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
     mask_gen.set_state(state["cutmix_rng"])
     set_rng_state(state["rng"])
-    return int(state["iteration"]), int(state["epoch"])
+    return int(state["iteration"]), int(state["epoch"]), state.get("metrics")
