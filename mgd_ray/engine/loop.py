@@ -96,7 +96,8 @@ def fit(task: Task, cfg: TeacherConfig | DistillConfig, data, ctx: RunContext) -
                        **{name: means.get(name, 0.0) for name in task.logged}, "lr": lr, **evaluation,
                        **batches.read_window(), "done": done})
 
-    if start >= cfg.iterations:  # resumed a finished run: report its final metrics once more
+    if start >= cfg.iterations:  # resumed a finished run: report its final metrics once more (those of
+        # a checkpoint written before state.pt kept them are measured again)
         return report({**final, "done": True}) if final else evaluate_and_report(start, 0.0, True)
     for model in task.models:
         model.train()
