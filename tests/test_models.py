@@ -438,3 +438,25 @@ def test_feature_contract_is_checked_when_built():
                           ([], "non-empty")):
         with pytest.raises(ValueError, match=message):
             DeepLabV3Plus(Stub(info), 2, 16)
+
+
+@pytest.mark.parametrize("arch, width, bottleneck", [("deeplabv3plus_resnet18", 32, False),
+                                                     ("deeplabv3plus_resnet101", 64, True)])
+def test_official_deep_stem_macs_by_counting(arch, width, bottleneck):
+    # the complexity verdict's deep-stem correction against a deep stem built and counted here
+    from mgd_ray.models.complexity import official_stem_extra_gmacs
+    from mgd_ray.models.flops import count_macs
+    size = 96
+    with torch.device("meta"):
+        image = torch.empty(1, 3, size, size)
+        deep = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.Conv2d(width, width, 3, 1, 1),
+                             nn.Conv2d(width, 2 * width, 3, 1, 1))
+        stem7 = nn.Conv2d(3, 64, 7, 2, 3)
+        extra = count_macs(deep, image) - count_macs(stem7, image)
+        if bottleneck:  # layer1's first block reads 2w channels: its 1x1 to 64 and its 1x1 shortcut to 256
+            x = torch.empty(1, 2 * width, size // 4, size // 4)
+            wider = count_macs(nn.Conv2d(2 * width, 64, 1), x) + count_macs(nn.Conv2d(2 * width, 256, 1), x)
+            x = torch.empty(1, 64, size // 4, size // 4)
+            extra += wider - count_macs(nn.Conv2d(64, 64, 1), x) - count_macs(nn.Conv2d(64, 256, 1), x)
+    assert official_stem_extra_gmacs(arch, size) * 1e9 == pytest.approx(extra, abs=1)
+    assert official_stem_extra_gmacs("deeplabv3plus_wide_resnet50_2", size) == 0.0
