@@ -4,6 +4,11 @@
     python experiments/tune_loss_weights.py --smoke      # the smallest complete run
     python experiments/tune_loss_weights.py --dataset voc --data-root /data/VOC2012 \
         --protocols 1/16 1/8 1/4 1/2 --gpus-per-trial 1 --storage-path s3://bucket/mgd --address auto
+
+On VOC and Cityscapes every network starts from torchvision's ImageNet weights (--pretrained imagenet,
+the paper's regime): the files are found in --pretrained-dir or torch hub's cache, or downloaded, on
+this machine before Ray starts, and copied to STORAGE_PATH/pretrained/ for the workers. The synthetic
+set trains from scratch (--pretrained none).
 """
 from __future__ import annotations
 
@@ -54,6 +59,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="restarts of a training run from its last checkpoint after a worker failure")
     p.add_argument("--teacher-deep-checkpoint", default=None, help="trained ResNet-101 teacher (state dict file)")
     p.add_argument("--teacher-wide-checkpoint", default=None, help="trained WRN-50-2 teacher (state dict file)")
+    p.add_argument("--pretrained", default=None, choices=["imagenet", "none"],
+                   help="start students and both CPS branches of each teacher from torchvision's ImageNet weights, "
+                   "or from scratch (default: imagenet for VOC and Cityscapes, the paper's regime; none for synthetic)")
+    p.add_argument("--pretrained-dir", default=None,
+                   help="folder holding torchvision's ImageNet files (resnet18-f37072fd.pth, ...), looked at before "
+                   "torch hub's cache and before any download (for machines without internet)")
     p.add_argument("--output-dir", default=None, help="results folder (default: results/<dataset>, "
                    "results/smoke with --smoke)")
     p.add_argument("--storage-path", default=None, help="Ray storage: a local folder or s3://... shared by all "
@@ -79,7 +90,8 @@ def study_config(args: argparse.Namespace) -> StudyConfig:
         gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial or max(1, args.gpus_per_trial),
         cpus_per_worker=args.cpus_per_worker, max_concurrent_trials=args.max_concurrent_trials,
         max_failures=args.max_failures, teacher_deep_checkpoint=args.teacher_deep_checkpoint,
-        teacher_wide_checkpoint=args.teacher_wide_checkpoint, storage_path=args.storage_path,
+        teacher_wide_checkpoint=args.teacher_wide_checkpoint, pretrained=args.pretrained,
+        pretrained_dir=args.pretrained_dir, storage_path=args.storage_path,
         optuna_storage=args.optuna_storage, address=args.address, resume=args.resume, seed=args.seed,
         verbose=not args.quiet)
     if args.smoke:

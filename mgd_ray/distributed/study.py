@@ -20,11 +20,12 @@ from ..config import (DATASETS, STUDENTS, TEACHER_DEEP, TEACHER_WIDE, DataConfig
                       TeacherConfig, check_protocol, protocol_slug)
 from ..data import NUM_CLASSES, build_datasets
 from ..engine.presets import load_preset, preset_optim, study_budget
+from ..models.pretrained import check_regime, default_regime
 from ..report import generate_report
 from . import storage
 from .records import TrialRecorder, now_iso, write_json_atomic
 from .space import ABLATION_VARIANTS, ablation_point, paper_search_point, search_space, weights_from_point
-from .teachers import ensure_teacher
+from .teachers import ensure_teacher, stage_pretrained
 from .trial import run_trial
 
 # The trial function only drives a TorchTrainer; its workers hold the CPUs and GPUs. Tune needs a
@@ -65,6 +66,8 @@ class StudyConfig:
     seed: int = 0
     teacher_deep_checkpoint: str | None = None
     teacher_wide_checkpoint: str | None = None
+    pretrained: str | None = None  # "imagenet" | "none" (from scratch); None: the dataset's default
+    pretrained_dir: str | None = None  # a folder holding torchvision's ImageNet files (offline machines)
     verbose: bool = True
 
     def __post_init__(self) -> None:
@@ -102,7 +105,8 @@ class StudyConfig:
         if self.gpus_per_trial and self.gpus_per_trial % self.workers_per_trial:
             raise ValueError(f"--gpus-per-trial={self.gpus_per_trial} must be a multiple of "
                              f"--workers-per-trial={self.workers_per_trial} (each worker drives whole GPUs)")
-        for name in ("teacher_deep_checkpoint", "teacher_wide_checkpoint", "split_dir"):
+        object.__setattr__(self, "pretrained", check_regime(self.pretrained or default_regime(self.dataset)))
+        for name in ("teacher_deep_checkpoint", "teacher_wide_checkpoint", "split_dir", "pretrained_dir"):
             path = getattr(self, name)
             if path and "://" not in path and not os.path.exists(path):
                 raise FileNotFoundError(f"--{name.replace('_', '-')} {path}: no such file or folder")
@@ -132,6 +136,7 @@ class ProtocolPlan:
     paper_point: dict[str, float]
     iterations: int
     teacher: TeacherConfig = field(repr=False)
+    teacher_weights: dict[str, str | None] = field(default_factory=dict)  # arch -> ImageNet file, both CPS branches
 
 
 def plan_protocol(cfg: StudyConfig, protocol: str) -> ProtocolPlan:
@@ -194,7 +199,7 @@ def open_study_folder(cfg: StudyConfig, iterations: dict[str, int] | None = None
     study = {"dataset": cfg.dataset, "protocols": list(cfg.protocols), "student": cfg.student,
              "teacher_deep": TEACHER_DEEP, "teacher_wide": TEACHER_WIDE, "num_classes": NUM_CLASSES[cfg.dataset],
              "iterations": iterations or cfg.iterations, "created": now_iso(), "device": cfg.device,
-             "devices_per_trial": cfg.devices_per_trial, "identity": identity}
+             "devices_per_trial": cfg.devices_per_trial, "pretrained": cfg.pretrained, "identity": identity}
     write_json_atomic(path, study)
     return study
 
@@ -277,7 +282,8 @@ def prepare_teachers(cfg: StudyConfig, plans: list[ProtocolPlan], concurrency: i
             if given:
                 plan.run["distill"][key] = given if "://" in given else os.path.abspath(given)
             else:
-                jobs.append((plan, key, dataclasses.replace(plan.teacher, arch=arch)))
+                jobs.append((plan, key, dataclasses.replace(plan.teacher, arch=arch,
+                                                            backbone_weights=plan.teacher_weights.get(arch))))
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         uris = list(pool.map(lambda job: ensure_teacher(job[2], job[0].run, teachers_root), jobs))
     for (plan, key, _), uri in zip(jobs, uris):
@@ -286,10 +292,16 @@ def prepare_teachers(cfg: StudyConfig, plans: list[ProtocolPlan], concurrency: i
 
 def prepare_study(cfg: StudyConfig) -> list[ProtocolPlan]:
     """Everything that can be checked before Ray starts: the presets, the data (the synthetic set is
-    generated here on first use), the results folder (new, or a matching study on --resume)."""
+    generated here on first use), the ImageNet files of --pretrained imagenet (found or downloaded here,
+    copied next to the cached teachers), the results folder (new, or a matching study on --resume)."""
     plans = [plan_protocol(cfg, p) for p in cfg.protocols]
     for plan in plans:
         build_datasets(DataConfig(**plan.run["distill"]["data"]))
+    weights = stage_pretrained(cfg.pretrained, [cfg.student, TEACHER_DEEP, TEACHER_WIDE],
+                               cfg.resolved_storage(), cfg.pretrained_dir)
+    for plan in plans:
+        plan.run["distill"]["backbone_weights"] = weights[cfg.student]
+        plan.teacher_weights = {arch: weights[arch] for arch in (TEACHER_DEEP, TEACHER_WIDE)}
     os.makedirs(cfg.output_dir, exist_ok=True)
     open_study_folder(cfg, {plan.protocol: plan.iterations for plan in plans})
     return plans

@@ -10,6 +10,8 @@ from typing import Any
 from ray.train.torch import TorchTrainer
 
 from ..config import TeacherConfig, protocol_slug
+from ..models import NETWORK_VERSION
+from ..models.pretrained import checkpoint_file_name, resolve_pretrained
 from . import storage
 from .trial import scaling_config, train_run_config
 from .worker import teacher_loop
@@ -22,9 +24,33 @@ def teacher_name(cfg: TeacherConfig) -> str:
     """e.g. synthetic-1_8-resnet101-seed0-3f2a9c1b: readable, and unique for the schedule."""
     keyed = cfg.to_dict()
     keyed["data"] = {k: v for k, v in keyed["data"].items() if k not in _NOT_IN_KEY}
+    # the ImageNet file by its name (which carries its hash), not by where this machine keeps it
+    keyed["backbone_weights"] = cfg.backbone_weights and os.path.basename(cfg.backbone_weights)
+    keyed["network_version"] = NETWORK_VERSION  # a teacher of an older network would not load
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:8]
     arch = cfg.arch.removeprefix("deeplabv3plus_")
     return f"{cfg.data.dataset}-{protocol_slug(cfg.data.protocol)}-{arch}-seed{cfg.seed}-{digest}"
+
+
+def stage_pretrained(regime: str, archs: list[str], storage_root: str, pretrained_dir: str | None = None,
+                     log=print) -> dict[str, str | None]:
+    """{arch: file every worker can read} for the regime "imagenet" ({arch: None} for "none").
+
+    Resolved on the driver (a user folder, torch hub's cache, or a download with the hash checked),
+    then copied once to <storage_root>/pretrained/, next to the cached teachers, so workers without
+    internet read them the way they read teachers."""
+    local = resolve_pretrained(archs, regime, pretrained_dir)
+    staged = {}
+    for arch, path in local.items():
+        if path is None:
+            staged[arch] = None
+            continue
+        uri = storage.join(storage_root, "pretrained", checkpoint_file_name(arch))
+        if not storage.exists(uri):
+            log(f"ImageNet weights {os.path.basename(path)}: copying to {uri}")
+            storage.upload(path, uri)
+        staged[arch] = uri
+    return staged
 
 
 def ensure_teacher(cfg: TeacherConfig, run: dict[str, Any], teachers_root: str, log=print) -> str:

@@ -65,16 +65,19 @@ def _is_shuffled(loader: DataLoader) -> bool:
 
 
 def teacher_loop(config: dict[str, Any]) -> None:
-    """train_loop_per_worker for one teacher (CPS) run."""
+    """train_loop_per_worker for one teacher (CPS) run; its ImageNet file is fetched to this node first."""
+    config = dict(config)
+    if config.get("backbone_weights"):
+        config["backbone_weights"] = storage.download(config["backbone_weights"])
     train_teacher(TeacherConfig.from_dict(config), RayContext())
 
 
 def student_loop(config: dict[str, Any]) -> None:
-    """train_loop_per_worker for one MGD student run. Teacher files on the study's storage are
-    fetched to this node first. A diverged run reports its error and stops cleanly: retrying it
+    """train_loop_per_worker for one MGD student run. Teacher files and the student's ImageNet file
+    on the study's storage are fetched to this node first. A diverged run reports its error and stops cleanly: retrying it
     from the last checkpoint (FailureConfig) would only diverge again."""
     config = dict(config)
-    for key in ("teacher_deep_checkpoint", "teacher_wide_checkpoint"):
+    for key in ("teacher_deep_checkpoint", "teacher_wide_checkpoint", "backbone_weights"):
         if config.get(key):
             config[key] = storage.download(config[key])
     cfg = DistillConfig.from_dict(config)

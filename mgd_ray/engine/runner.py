@@ -17,6 +17,7 @@ import statistics
 import torch
 
 from ..config import TEACHER_DEEP, TEACHER_WIDE, DataConfig, DistillConfig, LossWeights, TeacherConfig
+from ..models.pretrained import resolve_pretrained
 from .checkpoint import atomic_save, load_model_state
 from .context import LocalContext
 from .distill import distill_student
@@ -46,6 +47,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default="./results/runner", help="teachers, students and their metrics")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--student", default="deeplabv3plus_resnet18")
+    parser.add_argument("--pretrained", default="none", choices=["imagenet", "none"],
+                        help="start every network from torchvision's ImageNet weights, or from scratch (default "
+                             "none: the synthetic set trains from scratch)")
+    parser.add_argument("--pretrained-dir", default=None,
+                        help="folder holding torchvision's ImageNet files, looked at before torch hub's cache")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0 suits 2 cores)")
     parser.add_argument("--quiet", action="store_true", help="no per-report lines")
     return parser
@@ -57,7 +63,9 @@ def teacher_model_path(output_dir: str, role: str) -> str:
 
 def plan(args: argparse.Namespace) -> tuple[dict[str, TeacherConfig], dict[tuple[str, int], DistillConfig]]:
     """The teachers' configs by role and the students' by (variant, seed), built (hence validated) before any training, so a
-    bad option fails in a second rather than after the teachers' half hour."""
+    bad option fails in a second rather than after the teachers' half hour. With --pretrained imagenet
+    the ImageNet files are found (or downloaded) here too."""
+    imagenet = resolve_pretrained([args.student, TEACHER_DEEP, TEACHER_WIDE], args.pretrained, args.pretrained_dir)
     preset = load_preset("synthetic", args.protocol, args.student)
     data = DataConfig(dataset="synthetic", protocol=args.protocol, crop_size=preset["crop_size"],
                       batch_size=preset["batch_size"], num_workers=args.num_workers, seed=args.seed,
@@ -65,7 +73,7 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, TeacherConfig], dict[tuple
     teachers = {role: TeacherConfig(arch=arch, data=data, optim=preset_optim(preset, "teacher", args.teacher_iterations),
                                     cps_weight=preset["cps_weight"], iterations=args.teacher_iterations,
                                     eval_every=max(1, args.teacher_iterations // 4), ohem=preset["ohem"],
-                                    seed=args.seed)
+                                    backbone_weights=imagenet[arch], seed=args.seed)
                 for role, arch in (("deep", TEACHER_DEEP), ("wide", TEACHER_WIDE))}
     variants = {"supervised": LossWeights(sup=1.0, pixel=0.0, semantic=0.0, region=0.0), "mgd": preset["weights"]}
     students = {(variant, seed): DistillConfig(student=args.student,
@@ -75,7 +83,8 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, TeacherConfig], dict[tuple
                                                optim=preset_optim(preset, "student", args.iterations),
                                                iterations=args.iterations,
                                                eval_every=min(preset["eval_every"], args.iterations),
-                                               ohem=preset["ohem"], seed=seed)
+                                               ohem=preset["ohem"], backbone_weights=imagenet[args.student],
+                                               seed=seed)
                 for seed in dict.fromkeys(args.student_seeds) for variant, weights in variants.items()}
     return teachers, students
 
@@ -134,6 +143,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     try:
         configs = plan(args)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # bad options, or ImageNet files neither here nor downloadable
         parser.error(str(e))
     main(args, configs)

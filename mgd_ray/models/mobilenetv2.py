@@ -1,39 +1,44 @@
-"""MobileNetV2 backbone in torchvision's exact module layout and parameter naming.
+"""MobileNetV2 backbone as the official MGD student: torchvision's layout and naming, without the
+final 1x1 conv to 1280 channels.
 
-`features.N` holds torchvision's 19 modules: features.0 and features.18 are Conv-BN-ReLU6 triples
-(`features.0.0`, `features.0.1`), features.1..17 are InvertedResidual blocks whose layers live in a
-`conv` Sequential (`features.N.conv.0.0` ... `features.N.conv.3`), so a torchvision ImageNet
-checkpoint loads key for key (its `classifier.*` is not part of the backbone). The last 1x1 conv to
-1280 channels is kept: it is part of the ImageNet network whose weights are loaded and of the FLOPs
-the paper compares. Output stride 8/16 replaces the stride of the later stride-2 blocks with dilation
-of their depthwise convs, as DeepLab does.
+`features.N` holds torchvision's modules 0..17: features.0 is a Conv-BN-ReLU6 triple (`features.0.0`,
+`features.0.1`), features.1..17 are InvertedResidual blocks whose layers live in a `conv` Sequential
+(`features.N.conv.0.0` ... `features.N.conv.3`), so a torchvision ImageNet checkpoint loads key for
+key. Two parts of that file are not used: `classifier.*` (the ImageNet classifier) and `features.18.*`
+(the 320 -> 1280 1x1 conv, which the official student drops: its ASPP reads the 320-channel
+features.17).
+
+Output stride 32 as the official code sets it: features.14 keeps its stride (the network reaches
+stride 32 there) and the depthwise 3x3 convs of features.15, .16, .17 are dilated 2 / 4 / 8 (the
+official `_nostride_dilate` loop over features[15:18]). At 16 (and 8; not used by the paper)
+features.14 (and features.7 .. 13) lose their stride and every later rate scales by 2 (4).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .resnet import nostride_dilate
+
 # (expand ratio t, output channels c, repeats n, first stride s): torchvision's width_mult = 1.0 table
 _SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 # indices into `features` of the stages forward() returns: the last module of each resolution
-_STAGES = (3, 6, 13, 18)
+_STAGES = (3, 6, 13, 17)
 
 
 class ConvBNReLU6(nn.Sequential):
     """torchvision's Conv2dNormActivation(norm=BatchNorm2d, activation=ReLU6): keys .0 / .1."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1,
-                 groups: int = 1, dilation: int = 1) -> None:
-        padding = (kernel_size - 1) // 2 * dilation
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, groups: int = 1) -> None:
         super().__init__(
-            nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, dilation=dilation, groups=groups, bias=False),
+            nn.Conv2d(in_ch, out_ch, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False),
             nn.BatchNorm2d(out_ch),
             nn.ReLU6(inplace=True),
         )
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, dilation: int = 1) -> None:
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int) -> None:
         super().__init__()
         hidden_dim = int(round(inp * expand_ratio))
         self.use_res_connect = stride == 1 and inp == oup
@@ -41,7 +46,7 @@ class InvertedResidual(nn.Module):
         if expand_ratio != 1:
             layers.append(ConvBNReLU6(inp, hidden_dim, kernel_size=1))
         layers += [
-            ConvBNReLU6(hidden_dim, hidden_dim, stride=stride, groups=hidden_dim, dilation=dilation),
+            ConvBNReLU6(hidden_dim, hidden_dim, stride=stride, groups=hidden_dim),
             nn.Conv2d(hidden_dim, oup, 1, 1, 0, bias=False),
             nn.BatchNorm2d(oup),
         ]
@@ -53,36 +58,35 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    """MobileNetV2 trunk without its classifier. forward(x: B x 3 x H x W) -> features at
-    reductions 4, 8, 16, 32 (fewer distinct ones when dilated), as declared in `feature_info`."""
+    """MobileNetV2 trunk (features.0 .. 17). forward(x: B x 3 x H x W) -> the features of
+    features.3 (24 ch, reduction 4), .6 (32 ch, 8), .13 (96 ch, 16) and .17 (320 ch, output stride),
+    as declared in `feature_info`."""
+
+    # in a torchvision checkpoint: the ImageNet classifier and the 1280-channel conv, unused here
+    unused_checkpoint_prefixes = ("classifier.", "features.18.")
 
     def __init__(self, output_stride: int = 32) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride={output_stride!r}: expected one of 8, 16, 32")
-        input_channel, last_channel = 32, 1280
+        input_channel = 32
         features: list[nn.Module] = [ConvBNReLU6(3, input_channel, stride=2)]
-        current_stride, dilation = 2, 1
-        reductions = [2]
         for t, c, n, s in _SETTING:
-            previous_dilation = dilation
-            if s > 1 and current_stride >= output_stride:
-                # the target stride is reached: keep the resolution, widen the receptive field instead
-                stride, dilation = 1, dilation * s
-            else:
-                stride, current_stride = s, current_stride * s
             for i in range(n):
-                # the first block sits where the stride was and keeps the previous dilation
-                features.append(InvertedResidual(input_channel, c, stride if i == 0 else 1, t,
-                                                 previous_dilation if i == 0 else dilation))
-                reductions.append(current_stride)
+                features.append(InvertedResidual(input_channel, c, s if i == 0 else 1, t))
                 input_channel = c
-        features.append(ConvBNReLU6(input_channel, last_channel, kernel_size=1))
-        reductions.append(current_stride)
         self.features = nn.Sequential(*features)
-        channels = [m.out_channels if isinstance(m, InvertedResidual) else m[0].out_channels for m in features]
-        self.feature_info = [{"name": f"features.{i}", "channels": channels[i], "reduction": reductions[i]}
-                             for i in _STAGES]
+        scale = 32 // output_stride
+        if output_stride == 8:
+            for block in self.features[7:14]:  # the stride-16 stage
+                nostride_dilate(block, 2)
+        if output_stride <= 16:
+            nostride_dilate(self.features[14], scale)
+        for i, block in enumerate(self.features[15:18]):
+            nostride_dilate(block, scale * 2 ** (i + 1))
+        reductions = [min(r, output_stride) for r in (4, 8, 16, 32)]
+        self.feature_info = [{"module": f"features.{i}", "num_chs": self.features[i].out_channels, "reduction": r}
+                             for i, r in zip(_STAGES, reductions)]
         for m in self.modules():  # torchvision's initialisation
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")

@@ -2,9 +2,10 @@
 
 The reference MGD code left part of the ResNet-18 stem randomly initialised because of a key
 mismatch that `strict=False` hid; here a missing, unexpected or mis-shaped key is an error that
-names the file and lists the keys. Only the ImageNet classifier ("fc." for ResNets, "classifier."
-for MobileNetV2) is dropped, and BatchNorm's `num_batches_tracked` counters may be absent (older
-torchvision files do not store them; they hold no learned value).
+names the file and lists the keys. Only what the backbone declares unused in a torchvision file
+(`unused_checkpoint_prefixes`: "fc." for ResNets; "classifier." and "features.18." -- the 1280-channel
+conv the official student drops -- for MobileNetV2) is dropped, and BatchNorm's `num_batches_tracked`
+counters may be absent (older torchvision files do not store them; they hold no learned value).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import os
 import torch
 from torch import nn
 
-CLASSIFIER_PREFIXES = ("fc.", "classifier.")
+CLASSIFIER_PREFIXES = ("fc.", "classifier.")  # for a backbone that declares no unused_checkpoint_prefixes
 _WRAPPERS = ("state_dict", "model")  # common containers around a state dict
 _MAX_LISTED = 20
 
@@ -44,11 +45,13 @@ def _listed(keys: list[str]) -> str:
 
 
 def load_backbone_weights(backbone: nn.Module, path: str) -> list[str]:
-    """Copy the checkpoint at `path` into `backbone` strictly (classifier keys ignored).
+    """Copy the checkpoint at `path` into `backbone` strictly (the backbone's unused_checkpoint_prefixes
+    ignored).
 
     Returns the names of the loaded tensors; raises ValueError listing every missing, unexpected
     or mis-shaped key."""
-    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(CLASSIFIER_PREFIXES)}
+    unused = tuple(getattr(backbone, "unused_checkpoint_prefixes", CLASSIFIER_PREFIXES))
+    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(unused)}
     expected = backbone.state_dict()
     optional = {k for k in expected if k.endswith("num_batches_tracked")}
     missing = sorted(k for k in expected if k not in state and k not in optional)
@@ -64,6 +67,7 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> list[str]:
         problems.append(f"mis-shaped keys [{_listed(mis_shaped)}]")
     if problems:
         raise ValueError(f"backbone_weights={path!r} does not match the {type(backbone).__name__} backbone "
-                         f"(torchvision naming expected): " + "; ".join(problems))
+                         f"(torchvision naming expected; ignored: {', '.join(p + '*' for p in unused)}): "
+                         + "; ".join(problems))
     backbone.load_state_dict(state, strict=False)  # only optional BN counters can be absent here
     return sorted(state)
