@@ -402,3 +402,30 @@ def test_cli_rejects_a_missing_folder(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mgd_ray.report", str(tmp_path / "none")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "RESULTS_DIR" in done.stderr and "none" in done.stderr
+
+
+def test_report_opens_with_what_the_run_was(tmp_path):
+    root = str(tmp_path)
+    study = {**STUDY, "budget": {"student_iterations": {"1/8": 16, "1/4": 16}, "teacher_iterations": {"1/8": 8, "1/4": 8},
+                                 "batch_size": 2, "crop_size": 48, "search_trials": 3, "ablation_seeds": 1},
+             "background_miou": 0.094, "separating_command": "python experiments/tune_loss_weights.py --x 1",
+             "separating_note": " on a GPU"}
+    with open(os.path.join(root, "study.json"), "w") as f:
+        json.dump(study, f)
+    with open(os.path.join(root, "teachers.json"), "w") as f:
+        json.dump({"1/8": {"deep": {"arch": "deeplabv3plus_resnet101", "path": "/t/deep.pt", "size_bytes": 238e6,
+                                    "miou": 0.0976}}}, f)
+    for trial_id, variant in (("a1", "supervised"), ("a2", "mgd_paper")):  # equal rows at the background
+        write_trial(root, record(trial_id, "1/8", "ablation", variant, "completed", 0.094))
+    with open(generate_report(root)["index"]) as f:
+        index = f.read()
+    opening = index[:index.index("## Study")]
+    for text in ("## What this run was", "synthetic (6 classes)", "regime: from scratch",
+                 "teachers 8 iterations, students 16 iterations, batch 2, crop 48",
+                 "Seeds per ablation row: 1; search trials per protocol: 3", "9.40 mIoU",
+                 "it cannot rank the loss terms", "a teacher scores at the all-background level",
+                 "run `python experiments/tune_loss_weights.py --x 1` on a GPU."):
+        assert text in opening, text
+    assert "| Teacher T_D (deep) | 9.76 (n=1) \u2020 | -- |" in index
+    assert "| Supervised only | 9.40 (n=1) \u2020 | -- |" in index and "**" not in index.split("## Loss-term")[1].split("##")[0]
+    assert "`/t/deep.pt`, 238 MB" in index
