@@ -38,8 +38,9 @@ class StudyProgress:
         self._lock = threading.Lock()  # teachers finish on a thread pool
 
     def already_done(self, kind: str, count: int) -> None:
-        """Runs finished before this session (on --resume): done, but not timed."""
-        self.done[kind] += count
+        """Runs finished before this session (on --resume) or found cached: done, but not timed."""
+        with self._lock:
+            self.done[kind] += count
 
     def set_phase(self, phase: str, protocol: str | None = None) -> None:
         with self._lock:

@@ -27,7 +27,7 @@ from .export import export_best, folder_size, prune_trial_weights
 from .progress import ProgressCallback, StudyProgress, register
 from .records import TrialRecorder, now_iso, write_json_atomic
 from .space import ABLATION_VARIANTS, ablation_point, paper_search_point, search_space, weights_from_point
-from .teachers import ensure_teacher, read_teacher_metrics
+from .teachers import ensure_teacher, read_teacher_metrics, teacher_name
 from .trial import run_trial
 
 # The trial function only drives a TorchTrainer; its workers hold the CPUs and GPUs. Tune needs a
@@ -323,9 +323,10 @@ def prepare_teachers(cfg: StudyConfig, plans: list[ProtocolPlan], concurrency: i
                 jobs.append((plan, key, dataclasses.replace(plan.teacher, arch=arch)))
 
     def ensure(job):
+        cached = storage.exists(storage.join(teachers_root, f"{teacher_name(job[2])}.pt"))
         uri = ensure_teacher(job[2], job[0].run, teachers_root)
-        if progress is not None:
-            progress.finished("teacher")
+        if progress is not None:  # a cached teacher is done but took no time: not in the estimate
+            progress.already_done("teacher", 1) if cached else progress.finished("teacher")
         return uri
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -333,9 +334,9 @@ def prepare_teachers(cfg: StudyConfig, plans: list[ProtocolPlan], concurrency: i
     for (plan, key, _), uri in zip(jobs, uris):
         plan.run["distill"][key] = uri
     listing: dict[str, dict[str, Any]] = {}
-    for plan, key, arch in [(p, k, t.arch) for p, k, t in jobs] + given_files:
+    for plan, key, arch, trained in [(p, k, t.arch, True) for p, k, t in jobs] + [g + (False,) for g in given_files]:
         uri = plan.run["distill"][key]
-        metrics = read_teacher_metrics(uri) if uri.endswith(".pt") else {}
+        metrics = read_teacher_metrics(uri) if trained else {}  # a given file's scores are unknown
         role = "deep" if key == "teacher_deep_checkpoint" else "wide"
         listing.setdefault(plan.protocol, {})[role] = {
             "arch": arch, "path": uri, "size_bytes": _size_or_none(uri), "miou": metrics.get("miou"),
