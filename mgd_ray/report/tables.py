@@ -27,8 +27,10 @@ GAIN_VARIANT, GAIN_LABEL = "gain", "Gain of MGD over supervised"
 # The teachers' own scores head the ablation table, as in the paper's tables: a distillation row
 # means nothing without them.
 TEACHER_ROWS = (("teacher_deep", "Teacher T_D (deep)"), ("teacher_wide", "Teacher T_W (wide)"))
-# With one seed a row has no spread: "best" then needs a lead of at least this much mIoU.
-SINGLE_SEED_MARGIN = 0.01
+# With one seed a row has no spread: "best" then needs a lead of more than this much mIoU. Two
+# points: on the synthetic set the supervised student's seed-to-seed std was 1.26 points (5 seeds,
+# 150 iterations, `mgd_ray.engine.runner`), so a smaller lead from one seed each can be chance.
+SINGLE_SEED_MARGIN = 0.02
 # A row within this much mIoU of the all-background score learned nothing beyond the class prior.
 BACKGROUND_MARGIN = 0.01
 THRESHOLD_EDGES = (0.0, 0.5, 0.7, 0.8, 0.9, 1.0)
