@@ -223,6 +223,10 @@ def test_export_keeps_the_best_student_and_prune_drops_finished_trials(tmp_path)
     assert torch.load(path)["w"].item() == 2.0  # b: the best completed trial (c stopped early)
     info = json.loads((results / "models" / "1_8" / "best_student.json").read_text())
     assert (info["trial_id"], info["miou"], info["arch"], info["num_classes"]) == ("b", 0.5, study["student"], 6)
+    # --export-ablation-students: one file per row, the best completed trial of that variant only
+    (trials / "a.json").write_text((trials / "a.json").read_text().replace('"variant": "search"', '"variant": "pixel"'))
+    row = export_best(str(results), "1/8", study, name="pixel", variant="pixel")
+    assert row.endswith(os.path.join("1_8", "pixel.pt")) and torch.load(row)["w"].item() == 1.0
     assert sorted(prune_trial_weights(str(results), "1/8", "search", str(runs))) == ["a", "b", "c"]
     assert sorted(os.listdir(runs)) == ["train-d"]  # a running trial keeps its checkpoint
     # After a kill between export and prune (or on a second export): the export stays as it is.
