@@ -423,7 +423,7 @@ def test_report_opens_with_what_the_run_was(tmp_path):
     for text in ("## What this run was", "synthetic (6 classes)", "regime: from scratch",
                  "teachers 8 iterations, students 16 iterations, batch 2, crop 48",
                  "Seeds per ablation row: 1; search trials per protocol: 3", "9.40 mIoU",
-                 "it cannot rank the loss terms", "a teacher scores at the all-background level",
+                 "it cannot rank the loss terms", "do not differ by more than their seed spread, and its teachers score at the all-background level",
                  "run `python experiments/tune_loss_weights.py --x 1` on a GPU."):
         assert text in opening, text
     assert "| Teacher T_D (deep) | 9.76 (n=1) \u2020 | -- |" in index

@@ -115,11 +115,13 @@ def _verdict(ablation: pd.DataFrame | None, command: str | None, note: str = "")
     if separated and not weak_teachers:
         return ("**At this budget some rows are separated**: a bold cell leads its runner-up by more "
                 "than the seed spread; unbolded protocols are not separated." + run)
-    why = "its ablation rows do not differ by more than their seed spread" if not separated else \
-        "some rows differ"
+    reasons = [] if separated else ["its ablation rows do not differ by more than their seed spread"]
     if weak_teachers:
-        why += ", and a teacher scores at the all-background level, so distilling from it cannot help"
-    return (f"**This budget tests the pipeline end to end; it cannot rank the loss terms**: {why}."
+        measured_teachers = teachers[teachers["n"].fillna(0) > 0]
+        who = "its teachers score" if measured_teachers["background"].all() else "a teacher scores"
+        reasons.append(f"{who} at the all-background level, so distilling from them cannot help, "
+                       "whatever the rows show")
+    return (f"**This budget tests the pipeline end to end; it cannot rank the loss terms**: {', and '.join(reasons)}."
             + run)
 
 
