@@ -72,7 +72,7 @@ def follow_train_log_level() -> None:
     try:
         from ray.train.v2._internal.execution import context as train_context
         level = train_context.get_train_context().train_run_context.get_run_config().logging_config.log_level
-    except (ImportError, AttributeError, RuntimeError):  # another Ray version: leave its logging alone
+    except Exception:  # noqa: BLE001 -- another Ray version: leave its logging alone, never fail a run over it
         return
     logging.getLogger(train_context.__file__).setLevel(level)
 
