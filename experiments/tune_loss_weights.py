@@ -13,7 +13,7 @@ import sys
 from mgd_ray.config import PROTOCOLS, STUDENTS
 from mgd_ray.distributed.devices import choose_devices, detect_gpus, gpu_budget
 from mgd_ray.distributed.space import ABLATION_VARIANTS
-from mgd_ray.distributed.study import StudyConfig, prepare_study, run_study
+from mgd_ray.distributed.study import StudyConfig, StudyInterrupted, prepare_study, run_study
 
 # --smoke: one protocol, two search trials, one ablation seed, a few iterations of everything.
 SMOKE = dict(protocols=("1/8",), num_samples=2, seeds=1, iterations=8, teacher_iterations=8, eval_every=4,
@@ -115,7 +115,11 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:  # bad options or data: said before Ray starts
         print(f"error: {error}", file=sys.stderr)
         return 2
-    run_study(cfg, plans)
+    try:
+        run_study(cfg, plans)
+    except StudyInterrupted as stopped:
+        print(f"stopped: {stopped}", file=sys.stderr)
+        return 130
     return 0
 
 

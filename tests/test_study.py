@@ -231,3 +231,20 @@ def test_export_keeps_the_best_student_and_prune_drops_finished_trials(tmp_path)
     assert sorted(os.listdir(runs)) == ["train-d"]  # a running trial keeps its checkpoint
     # After a kill between export and prune (or on a second export): the export stays as it is.
     assert export_best(str(results), "1/8", study) == path and torch.load(path)["w"].item() == 2.0
+
+
+def test_a_tune_run_left_with_running_trials_stops_the_study(tmp_path):
+    from mgd_ray.distributed.study import StudyInterrupted, keep_best_drop_the_rest
+    cfg = StudyConfig(output_dir=str(tmp_path))
+    open_study_folder(cfg)
+    runs = tmp_path / "ray"
+    folder = tmp_path / "trials" / "1_8"
+    folder.mkdir(parents=True)
+    for trial_id, status in (("done", "completed"), ("mid", "running")):
+        (runs / f"train-{trial_id}").mkdir(parents=True)
+        (folder / f"{trial_id}.json").write_text(json.dumps(
+            {"trial_id": trial_id, "kind": "ablation", "variant": "pixel", "status": status, "miou": None}))
+    plan = types.SimpleNamespace(protocol="1/8", run={"storage_path": str(runs)})
+    with pytest.raises(StudyInterrupted, match="mid.*--resume"):
+        keep_best_drop_the_rest(cfg, plan, "ablation")
+    assert sorted(os.listdir(runs)) == ["train-mid"]  # the unfinished trial keeps what it resumes from

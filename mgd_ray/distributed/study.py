@@ -23,7 +23,7 @@ from ..engine.presets import load_preset, preset_optim, study_budget
 from ..report import generate_report
 from . import storage
 from .baseline import background_miou, separating_command
-from .export import export_best, folder_size, prune_trial_weights
+from .export import export_best, folder_size, protocol_records, prune_trial_weights
 from .progress import ProgressCallback, StudyProgress, register
 from .records import TrialRecorder, now_iso, write_json_atomic
 from .space import ABLATION_VARIANTS, ablation_point, paper_search_point, search_space, weights_from_point
@@ -294,16 +294,27 @@ def _teachers_json(cfg: StudyConfig) -> dict[str, Any]:
         return json.load(f)
 
 
+class StudyInterrupted(RuntimeError):
+    """A Tune run returned with trials still running (Ctrl+C, SIGINT/SIGTERM): the study stops
+    there, so that --resume continues it, rather than going on to the next phase."""
+
+
 def keep_best_drop_the_rest(cfg: StudyConfig, plan: ProtocolPlan, kind: str) -> None:
     """After a finished Tune run: export the protocol's best student so far, then (unless
     --keep-trial-weights) delete the Train folders of that run's finished trials. In this order a
-    kill at any point leaves either the weights or an export at least as good (see export.py)."""
+    kill at any point leaves either the weights or an export at least as good (see export.py).
+    Raises StudyInterrupted (after the export) when the run stopped with trials unfinished."""
     best = export_best(cfg.output_dir, plan.protocol, _study_json(cfg),
                        teachers=_teachers_json(cfg).get(plan.protocol))
     if best:
         print(f"[{plan.protocol}] best student so far: {best}", flush=True)
-    if not cfg.keep_trial_weights:
+    if not cfg.keep_trial_weights:  # only finished trials: an unfinished one resumes from its folder
         prune_trial_weights(cfg.output_dir, plan.protocol, kind, plan.run["storage_path"])
+    unfinished = [r["trial_id"] for r in protocol_records(cfg.output_dir, plan.protocol)
+                  if r.get("kind") == kind and r.get("status") == "running"]
+    if unfinished:
+        raise StudyInterrupted(f"[{plan.protocol} {kind}] interrupted with trial(s) {unfinished} unfinished; "
+                               f"continue with --resume --output-dir {cfg.output_dir}")
 
 
 def prepare_teachers(cfg: StudyConfig, plans: list[ProtocolPlan], concurrency: int,
