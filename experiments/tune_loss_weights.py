@@ -16,8 +16,9 @@ import argparse
 import sys
 
 from mgd_ray.config import PROTOCOLS, STUDENTS
+from mgd_ray.distributed.devices import choose_devices, detect_gpus, gpu_budget
 from mgd_ray.distributed.space import ABLATION_VARIANTS
-from mgd_ray.distributed.study import StudyConfig, prepare_study, run_study
+from mgd_ray.distributed.study import StudyConfig, StudyInterrupted, prepare_study, run_study
 
 # --smoke: one protocol, two search trials, one ablation seed, a few iterations of everything.
 SMOKE = dict(protocols=("1/8",), num_samples=2, seeds=1, iterations=8, teacher_iterations=8, eval_every=4,
@@ -49,7 +50,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="labeled images per worker and iteration")
     p.add_argument("--loader-workers", type=int, default=d.loader_workers, help="DataLoader workers per worker")
-    p.add_argument("--gpus-per-trial", type=int, default=d.gpus_per_trial, help="0 = train on CPU")
+    p.add_argument("--gpus-per-trial", type=int, default=None,
+                   help="GPUs per trial; 0 = train on the CPU (default: 1 when this machine, or the cluster "
+                   "at --address, has a GPU, with the preset's GPU budget for every budget option not given; "
+                   "else 0)")
     p.add_argument("--workers-per-trial", type=int, default=None,
                    help="Ray Train (DDP) workers per trial (default: one per GPU, or 1 on CPU)")
     p.add_argument("--cpus-per-worker", type=int, default=d.cpus_per_worker)
@@ -75,6 +79,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--smoke", action="store_true", help="the smallest complete run (tests, first try)")
     p.add_argument("--quiet", action="store_true", help="no line per finished trial")
+    p.add_argument("--verbose-ray", action="store_true",
+                   help="show Ray Train's per-report INFO lines on the console (default: only in its log "
+                   "files under the Ray session's logs/train/)")
+    p.add_argument("--keep-trial-weights", action="store_true",
+                   help="keep every trial's Train run folder (weights and training state; 100+ MB per "
+                   "ResNet-18 trial); by default only each protocol's best student is kept, in OUTPUT_DIR/models/")
+    p.add_argument("--export-ablation-students", action="store_true",
+                   help="also write each ablation row's best student to OUTPUT_DIR/models/<protocol>/<variant>.pt")
     return p
 
 
@@ -87,13 +99,19 @@ def study_config(args: argparse.Namespace) -> StudyConfig:
         ablation_variants=tuple(args.ablation_variants),
         iterations=args.iterations, teacher_iterations=args.teacher_iterations, eval_every=args.eval_every,
         crop_size=args.crop_size, batch_size=args.batch_size, loader_workers=args.loader_workers,
-        gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial or max(1, args.gpus_per_trial),
         cpus_per_worker=args.cpus_per_worker, max_concurrent_trials=args.max_concurrent_trials,
         max_failures=args.max_failures, teacher_deep_checkpoint=args.teacher_deep_checkpoint,
         teacher_wide_checkpoint=args.teacher_wide_checkpoint, pretrained=args.pretrained,
         pretrained_dir=args.pretrained_dir, storage_path=args.storage_path,
         optuna_storage=args.optuna_storage, address=args.address, resume=args.resume, seed=args.seed,
-        verbose=not args.quiet)
+        verbose=not args.quiet, verbose_ray=args.verbose_ray, keep_trial_weights=args.keep_trial_weights,
+        export_ablation_students=args.export_ablation_students)
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise ValueError(f"--gpus-per-trial={args.gpus_per_trial}: expected an integer >= 0")
+    detected = 0 if args.gpus_per_trial is not None else detect_gpus(args.address)
+    values, chosen = choose_devices(values, args.gpus_per_trial, detected, gpu_budget(args.dataset))
+    print(f"devices: {chosen}", flush=True)
+    values["workers_per_trial"] = args.workers_per_trial or max(1, values["gpus_per_trial"])
     if args.smoke:
         parser_defaults = vars(get_args_parser().parse_args([]))
         for key, value in SMOKE.items():
@@ -109,7 +127,11 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:  # bad options or data: said before Ray starts
         print(f"error: {error}", file=sys.stderr)
         return 2
-    run_study(cfg, plans)
+    try:
+        run_study(cfg, plans)
+    except StudyInterrupted as stopped:
+        print(f"stopped: {stopped}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -71,8 +71,9 @@ def test_ablation_means_stds_missing_and_gain():
                               ("supervised", "1/2")]:
         missing = cell(table, variant, protocol)
         assert missing["n"] == 0 and math.isnan(missing["mean"])  # missing, never 0.0
-    best = table[table["best"]]
-    assert sorted(zip(best["variant"], best["protocol"])) == [("mgd_best", "1/4"), ("mgd_paper", "1/8")]
+    # 1/8: mgd_paper 0.52 leads pixel 0.50 by 0.02, less than mgd_paper's std 0.028: not separated.
+    # 1/4: a single measured row beats nothing. So no cell is marked best.
+    assert not table["best"].any()
     assert cell(table, "gain", "1/8")["mean"] == pytest.approx(0.52 - 0.42)
     assert math.isnan(cell(table, "gain", "1/4")["mean"])  # no supervised baseline in 1/4
     assert math.isnan(cell(table, "gain", "1/2")["mean"])
@@ -85,15 +86,45 @@ def test_ablation_means_stds_missing_and_gain():
     assert text.loc["Gain of MGD over supervised", "1/8"] == "+10.00"
     assert text.loc["Gain of MGD over supervised", "1/4"] == "--"
     assert (text["1/2"] == "--").all() and not bold["1/2"].any()
-    assert bold.loc["MGD (paper weights)", "1/8"] and bold.loc["MGD (best found)", "1/4"]
-    assert int(bold.to_numpy().sum()) == 2
+    assert int(bold.to_numpy().sum()) == 0
 
 
-def test_ablation_tie_marks_both_best():
-    rows = [trial("a", "1/8", "ablation", "pixel", "completed", 0.5),
-            trial("b", "1/8", "ablation", "mgd_best", "completed", 0.5)]
-    best = ablation_table(pd.DataFrame(rows), ["1/8"]).query("best")
-    assert sorted(best["variant"]) == ["mgd_best", "pixel"]
+def test_equal_rows_get_no_best_and_background_rows_are_flagged():
+    # 1/8: every row at 0.0940, the all-background score (the smoke study's table): no best, all flagged.
+    # 1/4: supervised 0.30, 0.32 (std 0.01414) vs MGD 0.36, 0.38: lead 0.06 > 0.01414 -> MGD best.
+    # 1/2: one seed each, 0.300 vs 0.315: lead 0.015 < the 0.02 single-seed margin -> no best;
+    #      0.40 vs 0.30 (pixel vs supervised, one seed each): lead 0.10 > 0.02 -> pixel best.
+    rows = [trial(f"e{v}", "1/8", "ablation", v, "completed", 0.0940)
+            for v in ("supervised", "pixel", "mgd_paper", "mgd_best")]
+    rows += [trial("s0", "1/4", "ablation", "supervised", "completed", 0.30, seed=0),
+             trial("s1", "1/4", "ablation", "supervised", "completed", 0.32, seed=1),
+             trial("m0", "1/4", "ablation", "mgd_paper", "completed", 0.36, seed=0),
+             trial("m1", "1/4", "ablation", "mgd_paper", "completed", 0.38, seed=1),
+             trial("h0", "1/2", "ablation", "supervised", "completed", 0.300),
+             trial("h1", "1/2", "ablation", "mgd_paper", "completed", 0.315)]
+    teachers = {"1/8": {"deep": 0.098, "wide": 0.116}, "1/4": {"deep": 0.5, "wide": None}}
+    table = ablation_table(pd.DataFrame(rows), ["1/8", "1/4", "1/2"], teachers=teachers, background=0.0940)
+    best = table[table["best"]]
+    assert list(zip(best["variant"], best["protocol"])) == [("mgd_paper", "1/4")]
+    flagged = table[table["background"]]
+    # within 0.01 of 0.094: the four 1/8 rows and the 0.098 teacher; 0.116 is 2.2 points above
+    assert sorted(zip(flagged["variant"], flagged["protocol"])) == sorted(
+        [(v, "1/8") for v in ("supervised", "pixel", "mgd_paper", "mgd_best", "teacher_deep")])
+    assert cell(table, "teacher_wide", "1/8")["mean"] == pytest.approx(0.116)
+    assert math.isnan(cell(table, "teacher_wide", "1/4")["mean"])  # unknown: missing, not zero
+
+    text, bold = ablation_grid(table)
+    assert list(text.index[:2]) == ["Teacher T_D (deep)", "Teacher T_W (wide)"]
+    assert text.loc["Supervised only", "1/8"] == "9.40 (n=1) \u2020"
+    assert text.loc["Teacher T_D (deep)", "1/8"] == "9.80 (n=1) \u2020"
+    assert text.loc["Teacher T_W (wide)", "1/8"] == "11.60 (n=1)"
+    assert not bold["1/8"].any() and not bold["1/2"].any() and bold.loc["MGD (paper weights)", "1/4"]
+    assert "**" not in to_markdown(text[["1/8"]], bold[["1/8"]])
+    assert r"$^\dagger$" in to_latex(text, bold)
+
+    single = pd.DataFrame([trial("a", "1/8", "ablation", "supervised", "completed", 0.30),
+                           trial("b", "1/8", "ablation", "pixel", "completed", 0.40)])
+    assert list(ablation_table(single, ["1/8"]).query("best")["variant"]) == ["pixel"]
 
 
 def search_frame() -> pd.DataFrame:
@@ -221,6 +252,8 @@ def parse_markdown(text: str) -> list[list[str]]:
 
 def test_markdown_and_latex_rendering():
     text, bold = ablation_grid(ablation_table(ablation_frame(), ["1/8", "1/4"]))
+    # These rows are not separated (no best mark, see above): set bold by hand to check rendering.
+    bold.loc["MGD (paper weights)", "1/8"] = bold.loc["MGD (best found)", "1/4"] = True
     md = parse_markdown(to_markdown(text, bold))
     assert md[0] == ["Method", "1/8", "1/4"]
     assert md[1] == ["Supervised only", "42.00 \u00b1 2.00 (n=3)", "--"]
@@ -369,3 +402,30 @@ def test_cli_rejects_a_missing_folder(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mgd_ray.report", str(tmp_path / "none")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "RESULTS_DIR" in done.stderr and "none" in done.stderr
+
+
+def test_report_opens_with_what_the_run_was(tmp_path):
+    root = str(tmp_path)
+    study = {**STUDY, "budget": {"student_iterations": {"1/8": 16, "1/4": 16}, "teacher_iterations": {"1/8": 8, "1/4": 8},
+                                 "batch_size": 2, "crop_size": 48, "search_trials": 3, "ablation_seeds": 1},
+             "background_miou": 0.094, "separating_command": "python experiments/tune_loss_weights.py --x 1",
+             "separating_note": " on a GPU"}
+    with open(os.path.join(root, "study.json"), "w") as f:
+        json.dump(study, f)
+    with open(os.path.join(root, "teachers.json"), "w") as f:
+        json.dump({"1/8": {"deep": {"arch": "deeplabv3plus_resnet101", "path": "/t/deep.pt", "size_bytes": 238e6,
+                                    "miou": 0.0976}}}, f)
+    for trial_id, variant in (("a1", "supervised"), ("a2", "mgd_paper")):  # equal rows at the background
+        write_trial(root, record(trial_id, "1/8", "ablation", variant, "completed", 0.094))
+    with open(generate_report(root)["index"]) as f:
+        index = f.read()
+    opening = index[:index.index("## Study")]
+    for text in ("## What this run was", "synthetic (6 classes)", "regime: from scratch",
+                 "teachers 8 iterations, students 16 iterations, batch 2, crop 48",
+                 "Seeds per ablation row: 1; search trials per protocol: 3", "9.40 mIoU",
+                 "it cannot rank the loss terms", "do not differ by more than their seed spread, and its teachers score at the all-background level",
+                 "run `python experiments/tune_loss_weights.py --x 1` on a GPU."):
+        assert text in opening, text
+    assert "| Teacher T_D (deep) | 9.76 (n=1) \u2020 | -- |" in index
+    assert "| Supervised only | 9.40 (n=1) \u2020 | -- |" in index and "**" not in index.split("## Loss-term")[1].split("##")[0]
+    assert "`/t/deep.pt`, 238 MB" in index

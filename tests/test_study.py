@@ -4,6 +4,7 @@ import json
 import os
 import types
 
+import numpy as np
 import pytest
 
 from mgd_ray.config import LossWeights
@@ -126,3 +127,124 @@ def test_records_follow_a_trial_through_results_early_stop_and_failure(tmp_path)
 def test_error_summary_without_divergence_takes_the_last_error_line():
     text = "Traceback\nValueError: inner\nThe above exception...\nRuntimeError: outer problem\n  detail\n"
     assert error_summary(text) == "RuntimeError: outer problem"
+
+
+def test_device_choice_explicit_options_win_over_detected_gpus():
+    from mgd_ray.distributed.devices import choose_devices, gpu_budget
+    budget = gpu_budget("synthetic")
+    assert budget["iterations"] > 20 and budget["seeds"] >= 2  # bigger than the CPU first run
+    unset = {"iterations": None, "teacher_iterations": None, "seeds": None, "num_samples": None,
+             "batch_size": None, "eval_every": None, "crop_size": None}
+    # No GPU: the CPU, and the CPU preset (nothing filled in).
+    values, said = choose_devices(unset, None, 0, budget)
+    assert values["gpus_per_trial"] == 0 and values["iterations"] is None and "CPU" in said
+    # 4 GPUs found, nothing given: one GPU per trial and the GPU budget; a given option stays.
+    values, said = choose_devices({**unset, "seeds": 5}, None, 4, budget)
+    assert values["gpus_per_trial"] == 1 and values["iterations"] == budget["iterations"]
+    assert values["teacher_iterations"] == budget["teacher_iterations"] and values["seeds"] == 5
+    assert "4 GPU(s)" in said
+    # --gpus-per-trial given (even 0 on a GPU machine): used as given, no GPU budget.
+    for given in (0, 2):
+        values, _ = choose_devices(unset, given, 4, budget)
+        assert values["gpus_per_trial"] == given and values["iterations"] is None
+
+
+def test_cli_without_gpus_option_uses_the_gpu_when_there_is_one(monkeypatch, tmp_path):
+    import mgd_ray.distributed.devices as devices
+    monkeypatch.setattr(tune_loss_weights, "detect_gpus", lambda address: 2)
+    args = tune_loss_weights.get_args_parser().parse_args(["--output-dir", str(tmp_path)])
+    cfg = tune_loss_weights.study_config(args)
+    budget = devices.gpu_budget("synthetic")
+    assert (cfg.gpus_per_trial, cfg.workers_per_trial, cfg.device) == (1, 1, "gpu")
+    assert (cfg.iterations, cfg.seeds, cfg.num_samples) == (budget["iterations"], budget["seeds"],
+                                                            budget["num_samples"])
+    args = tune_loss_weights.get_args_parser().parse_args(["--output-dir", str(tmp_path), "--gpus-per-trial", "0",
+                                                           "--iterations", "7"])
+    cfg = tune_loss_weights.study_config(args)
+    assert (cfg.gpus_per_trial, cfg.iterations, cfg.device) == (0, 7, "cpu")
+
+
+def test_progress_line_counts_phases_and_estimates_what_is_left():
+    from mgd_ray.distributed.progress import StudyProgress
+    now = [0.0]
+    lines = []
+    progress = StudyProgress(["1/8", "1/4"], {"teacher": 4, "trial": 10}, clock=lambda: now[0],
+                             print_fn=lambda text, flush=False: lines.append(text))
+    progress.already_done("trial", 2)  # from before a --resume: counted, not timed
+    progress.set_phase("teachers")
+    assert "left unknown yet" in lines[-1] and "trials 2/10" in lines[-1]
+    now[0] = 60.0
+    progress.finished("teacher")
+    now[0] = 120.0
+    progress.finished("teacher")  # 60 s per teacher; trials guessed at a third of that: 20 s
+    assert progress.left_seconds() == pytest.approx(2 * 60 + 8 * 20)
+    progress.finished("teacher")
+    progress.finished("teacher")
+    progress.set_phase("search", "1/4")
+    now[0] = 220.0
+    progress.finished("trial")  # 100 s since the trials began: 7 trials left at 100 s
+    assert progress.left_seconds() == pytest.approx(7 * 100)
+    assert lines[-1] == ("== study: search, protocol 1/4 (2 of 2) | teachers 4/4, trials 3/10 finished | "
+                         "elapsed 3m40s | left ~11m40s (estimate) ==")
+
+
+def test_background_score_is_the_background_share_over_classes_present():
+    import types
+    from mgd_ray.distributed import baseline
+    labels = {"a": np.array([[0, 0, 1], [2, 255, 0]]), "b": np.array([[0, 1, 0], [0, 0, 255]])}
+    # 10 labelled pixels (two are 255), 7 of them background; classes 1 and 2 present (IoU 0),
+    # classes 3-5 absent (not counted): mIoU = (7/10 + 0 + 0) / 3
+    original = baseline.load_label
+    baseline.load_label = lambda sample: labels[sample]
+    try:
+        score = baseline.background_miou(types.SimpleNamespace(samples=["a", "b"]), num_classes=6)
+    finally:
+        baseline.load_label = original
+    assert score == pytest.approx((7 / 10) / 3)
+
+
+def test_export_keeps_the_best_student_and_prune_drops_finished_trials(tmp_path):
+    import torch
+    from mgd_ray.distributed.export import export_best, prune_trial_weights
+    results, runs = tmp_path / "results", tmp_path / "ray"
+    trials = results / "trials" / "1_8"
+    trials.mkdir(parents=True)
+    for trial_id, miou, status, weight in (("a", 0.3, "completed", 1.0), ("b", 0.5, "completed", 2.0),
+                                           ("c", 0.9, "early_stopped", 3.0), ("d", None, "running", 4.0)):
+        checkpoint = runs / f"train-{trial_id}" / "checkpoint_0"
+        checkpoint.mkdir(parents=True)
+        torch.save({"w": torch.tensor([weight])}, checkpoint / "model.pt")
+        (trials / f"{trial_id}.json").write_text(json.dumps(
+            {"trial_id": trial_id, "kind": "search", "variant": "search", "status": status, "miou": miou,
+             "checkpoint_path": str(checkpoint), "config": {"w_pixel": weight}}))
+    study = {"student": "deeplabv3plus_resnet18", "num_classes": 6, "dataset": "synthetic"}
+    path = export_best(str(results), "1/8", study)
+    assert path == str(results / "models" / "1_8" / "best_student.pt")
+    assert torch.load(path)["w"].item() == 2.0  # b: the best completed trial (c stopped early)
+    info = json.loads((results / "models" / "1_8" / "best_student.json").read_text())
+    assert (info["trial_id"], info["miou"], info["arch"], info["num_classes"]) == ("b", 0.5, study["student"], 6)
+    # --export-ablation-students: one file per row, the best completed trial of that variant only
+    (trials / "a.json").write_text((trials / "a.json").read_text().replace('"variant": "search"', '"variant": "pixel"'))
+    row = export_best(str(results), "1/8", study, name="pixel", variant="pixel")
+    assert row.endswith(os.path.join("1_8", "pixel.pt")) and torch.load(row)["w"].item() == 1.0
+    assert sorted(prune_trial_weights(str(results), "1/8", "search", str(runs))) == ["a", "b", "c"]
+    assert sorted(os.listdir(runs)) == ["train-d"]  # a running trial keeps its checkpoint
+    # After a kill between export and prune (or on a second export): the export stays as it is.
+    assert export_best(str(results), "1/8", study) == path and torch.load(path)["w"].item() == 2.0
+
+
+def test_a_tune_run_left_with_running_trials_stops_the_study(tmp_path):
+    from mgd_ray.distributed.study import StudyInterrupted, keep_best_drop_the_rest
+    cfg = StudyConfig(output_dir=str(tmp_path))
+    open_study_folder(cfg)
+    runs = tmp_path / "ray"
+    folder = tmp_path / "trials" / "1_8"
+    folder.mkdir(parents=True)
+    for trial_id, status in (("done", "completed"), ("mid", "running")):
+        (runs / f"train-{trial_id}").mkdir(parents=True)
+        (folder / f"{trial_id}.json").write_text(json.dumps(
+            {"trial_id": trial_id, "kind": "ablation", "variant": "pixel", "status": status, "miou": None}))
+    plan = types.SimpleNamespace(protocol="1/8", run={"storage_path": str(runs)})
+    with pytest.raises(StudyInterrupted, match="mid.*--resume"):
+        keep_best_drop_the_rest(cfg, plan, "ablation")
+    assert sorted(os.listdir(runs)) == ["train-mid"]  # the unfinished trial keeps what it resumes from

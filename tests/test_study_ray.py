@@ -86,15 +86,44 @@ def test_ddp_study_records_a_diverging_trial_and_finishes_the_rest(cluster, tmp_
     assert any(abs(v - supervised) < 1e-9 for v in pd.to_numeric(ablation.stack(), errors="coerce").dropna())
 
 
+def best_student_miou(out, protocol_slug="1_8"):
+    """(recorded mIoU, mIoU of models/<slug>/best_student.pt evaluated here on the val set)."""
+    from torch.utils.data import DataLoader
+    from mgd_ray.config import DataConfig
+    from mgd_ray.data import build_datasets
+    from mgd_ray.engine.evaluate import evaluate
+    with open(out / "models" / protocol_slug / "best_student.json") as f:
+        info = json.load(f)
+    with open(out / "study.json") as f:
+        crop = json.load(f)["budget"]["crop_size"]
+    model = build_model(info["arch"], info["num_classes"])
+    model.load_state_dict(torch.load(out / "models" / protocol_slug / "best_student.pt"))
+    val = build_datasets(DataConfig(dataset="synthetic", protocol=info["protocol"], crop_size=crop,
+                                    split_out_dir=str(out / "splits"))).val
+    scored = evaluate(model, DataLoader(val, batch_size=1), info["num_classes"], crop, torch.device("cpu"))
+    return info["miou"], scored["miou"]
+
+
+def results_bytes(out, exclude):
+    total = 0
+    for folder, _, files in os.walk(out):
+        if not os.path.abspath(folder).startswith(os.path.abspath(exclude)):
+            total += sum(os.path.getsize(os.path.join(folder, f)) for f in files)
+    return total
+
+
 def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_path):
     out = tmp_path / "study"
-    argv = [sys.executable, os.path.join(REPO, "experiments", "tune_loss_weights.py"), "--smoke", "--no-ablation",
-            "--num-samples", "3", "--max-concurrent-trials", "1", "--address", cluster,
-            "--output-dir", str(out), "--quiet"]
+    argv = [sys.executable, os.path.join(REPO, "experiments", "tune_loss_weights.py"), "--smoke",
+            "--num-samples", "2", "--ablation-variants", "supervised", "mgd_paper", "mgd_best",
+            "--max-concurrent-trials", "1", "--address", cluster, "--output-dir", str(out), "--quiet"]
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 420
-    while time.time() < deadline and not any(r["status"] == "completed" for r in records(out)):
+    # Killed once an ablation trial has finished: after the search's best was exported and its
+    # finished trials' weights were pruned, the riskiest point for --resume.
+    while time.time() < deadline and not any(r["status"] == "completed" and r["kind"] == "ablation"
+                                             for r in records(out)):
         assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
         time.sleep(2)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-study, with no chance to clean up
@@ -103,20 +132,37 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
     assert finished, (tmp_path / "driver.log").read_text()[-3000:]
     assert len(glob.glob(str(out / "ray" / "teachers" / "*.pt"))) == 2
     assert glob.glob(str(out / "ray" / "*" / "teacher-*")) == []  # training state dropped once cached
+    assert (out / "models" / "1_8" / "best_student.pt").exists()  # exported before the search was pruned
+    search_ids = [r["trial_id"] for r in records(out) if r["kind"] == "search"]
+    assert not any(os.path.exists(out / "ray" / "study" / f"train-{t}") for t in search_ids)
 
     resumed = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "cached" in resumed.stdout  # the teachers were not trained again
+    assert "== study: ablation, protocol 1/8 (1 of 1)" in resumed.stdout  # the progress line
+    assert "Checkpoint successfully created" not in resumed.stdout + resumed.stderr  # Train INFO: log files only
     after = {r["trial_id"]: r for r in records(out)}
-    assert len(after) == 3
+    assert len(after) == 2 + 3
     assert all(r["status"] in ("completed", "early_stopped") for r in after.values())
     for trial_id, record in finished.items():  # finished trials were kept as they were, not re-run
         assert after[trial_id]["history"] == record["history"]
         assert after[trial_id]["ended_at"] == record["ended_at"]
     assert (out / "REPORT.md").exists()
-    for run in glob.glob(str(out / "ray" / "*" / "train-*")):  # one checkpoint kept per Train run
-        checkpoints = [p for p in glob.glob(os.path.join(run, "checkpoint_*")) if os.path.isdir(p)]
-        assert len(checkpoints) == 1, os.listdir(run)
+    assert glob.glob(str(out / "ray" / "*" / "train-*")) == []  # no finished trial keeps its weights
+
+    # The best student is a plain state dict that scores its recorded mIoU, and it is the best one.
+    recorded, scored = best_student_miou(out)
+    assert scored == pytest.approx(recorded, abs=1e-3)
+    assert recorded == max(r["miou"] for r in after.values() if r["status"] == "completed")
+    teachers = json.loads((out / "teachers.json").read_text())["1/8"]
+    assert set(teachers) == {"deep", "wide"} and all(0 <= t["miou"] <= 1 for t in teachers.values())
+    report = (out / "REPORT.md").read_text()
+    assert report.index("## What this run was") < report.index("## Loss-term ablation")
+    assert "Teacher T_D (deep)" in report and "best_student.pt" in report
+    # The smoke study's size budget: 700 MB in all (the two fp32 teachers are ~570 MB of it).
+    total = results_bytes(out, exclude=tmp_path / "none")
+    assert total <= 700e6, total
+    assert results_bytes(out, exclude=out / "ray" / "teachers") <= 130e6
     # Plain re-runs never overwrite a study.
     again = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "--resume" in again.stderr

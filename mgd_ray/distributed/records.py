@@ -108,7 +108,9 @@ class TrialRecorder(Callback):
         record["history"] = [h for h in record["history"] if h["iteration"] < step["iteration"]] + [step]
         record.update(miou=miou, iteration=step["iteration"], kept_fraction=step["kept_fraction"],
                       best_miou=max(miou, record.get("best_miou") or -math.inf),
-                      world_size=result.get("world_size"))
+                      world_size=result.get("world_size"),
+                      # where the weights that scored `miou` are (models/ exports the best from it)
+                      checkpoint_path=result.get("checkpoint_path") or record.get("checkpoint_path"))
         self._save(trial, record)
 
     def on_trial_complete(self, iteration, trials, trial, **info):

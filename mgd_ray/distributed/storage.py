@@ -36,6 +36,16 @@ def upload(local_path: str, uri: str) -> None:
     fs, path = _resolve(uri)
     fs.create_dir(os.path.dirname(path), recursive=True)
     partial = path + ".partial"
+    if isinstance(fs, pafs.LocalFileSystem):
+        # Same disk: a hard link shares the bytes (ImageNet files, teachers) instead of copying them.
+        try:
+            if os.path.exists(partial):
+                os.remove(partial)
+            os.link(local_path, partial)
+            os.replace(partial, path)
+            return
+        except OSError:
+            pass  # another filesystem, or links not allowed: copy
     pafs.copy_files(local_path, partial, destination_filesystem=fs)
     fs.move(partial, path)
 

@@ -23,9 +23,12 @@ from ..engine.presets import load_preset, preset_optim, study_budget
 from ..models.pretrained import check_regime, default_regime
 from ..report import generate_report
 from . import storage
+from .baseline import background_miou, separating_command
+from .export import export_best, folder_size, protocol_records, prune_trial_weights
+from .progress import ProgressCallback, StudyProgress, register
 from .records import TrialRecorder, now_iso, write_json_atomic
 from .space import ABLATION_VARIANTS, ablation_point, paper_search_point, search_space, weights_from_point
-from .teachers import ensure_teacher, stage_pretrained
+from .teachers import ensure_teacher, read_teacher_metrics, stage_pretrained, teacher_name
 from .trial import run_trial
 
 # The trial function only drives a TorchTrainer; its workers hold the CPUs and GPUs. Tune needs a
@@ -69,6 +72,9 @@ class StudyConfig:
     pretrained: str | None = None  # "imagenet" | "none" (from scratch); None: the dataset's default
     pretrained_dir: str | None = None  # a folder holding torchvision's ImageNet files (offline machines)
     verbose: bool = True
+    verbose_ray: bool = False  # Ray Train's per-report INFO lines on the console (else: log files)
+    keep_trial_weights: bool = False  # keep every trial's Train run folder (weights + state)
+    export_ablation_students: bool = False  # models/<protocol>/<variant>.pt per ablation row
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -156,7 +162,7 @@ def plan_protocol(cfg: StudyConfig, protocol: str) -> ProtocolPlan:
                             cps_weight=preset["cps_weight"], iterations=teacher_iterations,
                             eval_every=min(eval_every, teacher_iterations), ohem=preset["ohem"], seed=cfg.seed)
     run = {"distill": distill.to_dict(), "storage_path": os.path.join(cfg.resolved_storage(), study_name(cfg)),
-           "max_failures": cfg.max_failures,
+           "max_failures": cfg.max_failures, "log_level": "INFO" if cfg.verbose_ray else "WARNING",
            "scaling": {"workers": cfg.workers_per_trial, "cpus_per_worker": cfg.cpus_per_worker,
                        "gpus_per_worker": cfg.gpus_per_trial // cfg.workers_per_trial}}
     return ProtocolPlan(protocol, run, paper_search_point(preset["weights"]), iterations, teacher)
@@ -178,7 +184,8 @@ def max_concurrent_trials(cfg: StudyConfig) -> int:
     return max(1, int(resources.get("CPU", 1)) // (cfg.workers_per_trial * cfg.cpus_per_worker))
 
 
-def open_study_folder(cfg: StudyConfig, iterations: dict[str, int] | None = None) -> dict[str, Any]:
+def open_study_folder(cfg: StudyConfig, iterations: dict[str, int] | None = None,
+                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write study.json for a new study, or check it against the config on --resume. A folder that
     already holds a study is never reused silently."""
     path = os.path.join(cfg.output_dir, "study.json")
@@ -199,7 +206,8 @@ def open_study_folder(cfg: StudyConfig, iterations: dict[str, int] | None = None
     study = {"dataset": cfg.dataset, "protocols": list(cfg.protocols), "student": cfg.student,
              "teacher_deep": TEACHER_DEEP, "teacher_wide": TEACHER_WIDE, "num_classes": NUM_CLASSES[cfg.dataset],
              "iterations": iterations or cfg.iterations, "created": now_iso(), "device": cfg.device,
-             "devices_per_trial": cfg.devices_per_trial, "pretrained": cfg.pretrained, "identity": identity}
+             "devices_per_trial": cfg.devices_per_trial, "pretrained": cfg.pretrained, "identity": identity,
+             **(extra or {})}
     write_json_atomic(path, study)
     return study
 
@@ -220,7 +228,8 @@ def tune_run(cfg: StudyConfig, name: str, param_space: dict, tune_config: tune.T
                                    resume_unfinished=True, resume_errored=False, restart_errored=False)
     else:
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                           run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=[recorder],
+                           run_config=tune.RunConfig(name=name, storage_path=storage_path,
+                                                     callbacks=[recorder, ProgressCallback(study_name(cfg))],
                                                      failure_config=tune.FailureConfig(fail_fast=False)))
     return tuner.fit()
 
@@ -240,6 +249,7 @@ def run_search(cfg: StudyConfig, plan: ProtocolPlan, concurrency: int,
     recorder = TrialRecorder(cfg.output_dir, plan.protocol, "search", plan.iterations, cfg.device,
                              cfg.devices_per_trial, cfg.verbose)
     tune_run(cfg, f"search-{slug}", {"run": plan.run}, tune_config, recorder)
+    keep_best_drop_the_rest(cfg, plan, "search")
 
 
 def best_search_point(cfg: StudyConfig, protocol: str) -> dict[str, float] | None:
@@ -269,25 +279,94 @@ def run_ablation(cfg: StudyConfig, plan: ProtocolPlan, concurrency: int) -> None
                              cfg.devices_per_trial, cfg.verbose)
     tune_config = tune.TuneConfig(max_concurrent_trials=concurrency)
     tune_run(cfg, f"ablation-{slug}", {"run": plan.run, "ablation": tune.grid_search(points)}, tune_config, recorder)
+    if cfg.export_ablation_students:
+        study = _study_json(cfg)
+        for variant in variants:
+            export_best(cfg.output_dir, plan.protocol, study, name=variant, variant=variant,
+                        teachers=_teachers_json(cfg).get(plan.protocol))
+    keep_best_drop_the_rest(cfg, plan, "ablation")
 
 
-def prepare_teachers(cfg: StudyConfig, plans: list[ProtocolPlan], concurrency: int) -> None:
-    """Train (or find cached) both teachers of every protocol, `concurrency` runs at a time, and
-    put their storage URIs into each protocol's run."""
+def _study_json(cfg: StudyConfig) -> dict[str, Any]:
+    with open(os.path.join(cfg.output_dir, "study.json")) as f:
+        return json.load(f)
+
+
+def _teachers_json(cfg: StudyConfig) -> dict[str, Any]:
+    path = os.path.join(cfg.output_dir, "teachers.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+class StudyInterrupted(RuntimeError):
+    """A Tune run returned with trials still running (Ctrl+C, SIGINT/SIGTERM): the study stops
+    there, so that --resume continues it, rather than going on to the next phase."""
+
+
+def keep_best_drop_the_rest(cfg: StudyConfig, plan: ProtocolPlan, kind: str) -> None:
+    """After a finished Tune run: export the protocol's best student so far, then (unless
+    --keep-trial-weights) delete the Train folders of that run's finished trials. In this order a
+    kill at any point leaves either the weights or an export at least as good (see export.py).
+    Raises StudyInterrupted (after the export) when the run stopped with trials unfinished."""
+    best = export_best(cfg.output_dir, plan.protocol, _study_json(cfg),
+                       teachers=_teachers_json(cfg).get(plan.protocol))
+    if best:
+        print(f"[{plan.protocol}] best student so far: {best}", flush=True)
+    if not cfg.keep_trial_weights:  # only finished trials: an unfinished one resumes from its folder
+        prune_trial_weights(cfg.output_dir, plan.protocol, kind, plan.run["storage_path"])
+    unfinished = [r["trial_id"] for r in protocol_records(cfg.output_dir, plan.protocol)
+                  if r.get("kind") == kind and r.get("status") == "running"]
+    if unfinished:
+        raise StudyInterrupted(f"[{plan.protocol} {kind}] interrupted with trial(s) {unfinished} unfinished; "
+                               f"continue with --resume --output-dir {cfg.output_dir}")
+
+
+def prepare_teachers(cfg: StudyConfig, plans: list[ProtocolPlan], concurrency: int,
+                     progress: StudyProgress | None = None) -> None:
+    """Train (or find cached) both teachers of every protocol, `concurrency` runs at a time, put
+    their storage URIs into each protocol's run, and write RESULTS_DIR/teachers.json (where each
+    teacher is, its size and its val mIoU) for the report."""
     teachers_root = storage.join(cfg.resolved_storage(), "teachers")
-    jobs = []
+    jobs, given_files = [], []
     for plan in plans:
         for arch, key, given in ((TEACHER_DEEP, "teacher_deep_checkpoint", cfg.teacher_deep_checkpoint),
                                  (TEACHER_WIDE, "teacher_wide_checkpoint", cfg.teacher_wide_checkpoint)):
             if given:
                 plan.run["distill"][key] = given if "://" in given else os.path.abspath(given)
+                given_files.append((plan, key, arch))
             else:
                 jobs.append((plan, key, dataclasses.replace(plan.teacher, arch=arch,
                                                             backbone_weights=plan.teacher_weights.get(arch))))
+
+    def ensure(job):
+        cached = storage.exists(storage.join(teachers_root, f"{teacher_name(job[2])}.pt"))
+        uri = ensure_teacher(job[2], job[0].run, teachers_root)
+        if progress is not None:  # a cached teacher is done but took no time: not in the estimate
+            progress.already_done("teacher", 1) if cached else progress.finished("teacher")
+        return uri
+
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        uris = list(pool.map(lambda job: ensure_teacher(job[2], job[0].run, teachers_root), jobs))
+        uris = list(pool.map(ensure, jobs))
     for (plan, key, _), uri in zip(jobs, uris):
         plan.run["distill"][key] = uri
+    listing: dict[str, dict[str, Any]] = {}
+    for plan, key, arch, trained in [(p, k, t.arch, True) for p, k, t in jobs] + [g + (False,) for g in given_files]:
+        uri = plan.run["distill"][key]
+        metrics = read_teacher_metrics(uri) if trained else {}  # a given file's scores are unknown
+        role = "deep" if key == "teacher_deep_checkpoint" else "wide"
+        listing.setdefault(plan.protocol, {})[role] = {
+            "arch": arch, "path": uri, "size_bytes": _size_or_none(uri), "miou": metrics.get("miou"),
+            "iterations": metrics.get("iterations")}
+    write_json_atomic(os.path.join(cfg.output_dir, "teachers.json"), listing)
+
+
+def _size_or_none(uri: str) -> int | None:
+    try:
+        return os.path.getsize(uri) if "://" not in uri else None
+    except OSError:
+        return None
 
 
 def prepare_study(cfg: StudyConfig) -> list[ProtocolPlan]:
@@ -295,16 +374,48 @@ def prepare_study(cfg: StudyConfig) -> list[ProtocolPlan]:
     generated here on first use), the ImageNet files of --pretrained imagenet (found or downloaded here,
     copied next to the cached teachers), the results folder (new, or a matching study on --resume)."""
     plans = [plan_protocol(cfg, p) for p in cfg.protocols]
-    for plan in plans:
-        build_datasets(DataConfig(**plan.run["distill"]["data"]))
+    data = [build_datasets(DataConfig(**plan.run["distill"]["data"])) for plan in plans]
     weights = stage_pretrained(cfg.pretrained, [cfg.student, TEACHER_DEEP, TEACHER_WIDE],
                                cfg.resolved_storage(), cfg.pretrained_dir)
     for plan in plans:
         plan.run["distill"]["backbone_weights"] = weights[cfg.student]
         plan.teacher_weights = {arch: weights[arch] for arch in (TEACHER_DEEP, TEACHER_WIDE)}
     os.makedirs(cfg.output_dir, exist_ok=True)
-    open_study_folder(cfg, {plan.protocol: plan.iterations for plan in plans})
+    extra = None
+    if not os.path.exists(os.path.join(cfg.output_dir, "study.json")):
+        # What REPORT.md opens with: the budget, the all-background score (a row at that level
+        # learned nothing beyond the class prior), and the command whose results separate the rows.
+        first = plans[0].run["distill"]
+        extra = {"budget": {"student_iterations": {p.protocol: p.iterations for p in plans},
+                            "teacher_iterations": {p.protocol: p.teacher.iterations for p in plans},
+                            "batch_size": first["data"]["batch_size"], "crop_size": first["data"]["crop_size"],
+                            "eval_every": first["eval_every"], "search_trials": cfg.num_samples,
+                            "ablation_seeds": cfg.seeds},
+                 "background_miou": background_miou(data[0].val, data[0].num_classes),
+                 "separating_command": separating_command(cfg)[0], "separating_note": separating_command(cfg)[1]}
+    open_study_folder(cfg, {plan.protocol: plan.iterations for plan in plans}, extra)
     return plans
+
+
+def planned_runs(cfg: StudyConfig) -> dict[str, int]:
+    """Runs the whole study makes: teacher runs and student trials (search and ablation)."""
+    teachers = sum(not given for given in (cfg.teacher_deep_checkpoint, cfg.teacher_wide_checkpoint))
+    per_protocol = cfg.num_samples + (len(cfg.ablation_variants) * cfg.seeds if cfg.ablation else 0)
+    return {"teacher": teachers * len(cfg.protocols), "trial": per_protocol * len(cfg.protocols)}
+
+
+def finished_trials(cfg: StudyConfig) -> int:
+    """Trials already finished in RESULTS_DIR (before a --resume)."""
+    count = 0
+    for protocol in cfg.protocols:
+        folder = os.path.join(cfg.output_dir, "trials", protocol_slug(protocol))
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            try:
+                with open(os.path.join(folder, name)) as f:
+                    count += json.load(f).get("status") in ("completed", "early_stopped", "failed")
+            except (OSError, ValueError):
+                continue
+    return count
 
 
 def run_study(cfg: StudyConfig, plans: list[ProtocolPlan] | None = None,
@@ -320,11 +431,22 @@ def run_study(cfg: StudyConfig, plans: list[ProtocolPlan] | None = None,
         ray.init(address=cfg.address)
     concurrency = max_concurrent_trials(cfg)
     print(f"{concurrency} trial(s) in flight, {cfg.devices_per_trial} {cfg.device.upper()}(s) each", flush=True)
-    prepare_teachers(cfg, plans, concurrency)
+    progress = StudyProgress(list(cfg.protocols), planned_runs(cfg))  # extra points count in num_samples
+    progress.already_done("trial", finished_trials(cfg))
+    register(study_name(cfg), progress)
+    progress.set_phase("teachers")
+    prepare_teachers(cfg, plans, concurrency, progress)
     for plan in plans:
+        progress.set_phase("search", plan.protocol)
         run_search(cfg, plan, concurrency, list(extra_points))
         if cfg.ablation:
+            progress.set_phase("ablation", plan.protocol)
             run_ablation(cfg, plan, concurrency)
+    progress.set_phase("report")
     paths = generate_report(cfg.output_dir)
+    teachers_root = os.path.join(cfg.resolved_storage(), "teachers")
+    if "://" not in teachers_root:
+        print(f"results folder: {folder_size(cfg.output_dir, exclude=(teachers_root,)) / 1e6:.0f} MB without the "
+              f"cached teachers ({folder_size(teachers_root) / 1e6:.0f} MB in {teachers_root})", flush=True)
     print(f"report: {paths['index']}", flush=True)
     return paths

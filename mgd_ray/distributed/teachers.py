@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from typing import Any
 
 from ray.train.torch import TorchTrainer
@@ -53,8 +54,23 @@ def stage_pretrained(regime: str, archs: list[str], storage_root: str, pretraine
     return staged
 
 
+def teacher_metrics_uri(uri: str) -> str:
+    """<name>.json beside a cached <name>.pt: the teacher's val scores when it was trained."""
+    return uri[:-3] + ".json" if uri.endswith(".pt") else uri + ".json"
+
+
+def read_teacher_metrics(uri: str) -> dict[str, Any]:
+    """The scores saved beside a cached teacher ({} for a teacher cached before they were kept)."""
+    path = teacher_metrics_uri(uri)
+    if not storage.exists(path):
+        return {}
+    with open(storage.download(path)) as f:
+        return json.load(f)
+
+
 def ensure_teacher(cfg: TeacherConfig, run: dict[str, Any], teachers_root: str, log=print) -> str:
-    """The storage URI of the teacher's model.pt, training it first unless it is already there."""
+    """The storage URI of the teacher's model.pt, training it first unless it is already there;
+    its val scores go to <name>.json beside it."""
     name = teacher_name(cfg)
     uri = storage.join(teachers_root, f"{name}.pt")
     if storage.exists(uri):
@@ -67,6 +83,12 @@ def ensure_teacher(cfg: TeacherConfig, run: dict[str, Any], teachers_root: str, 
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"teacher {name}: training finished without a checkpoint")
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float, str, bool))}
+    with tempfile.TemporaryDirectory() as scratch:
+        local = os.path.join(scratch, "metrics.json")
+        with open(local, "w") as f:
+            json.dump({"name": name, "arch": cfg.arch, "iterations": cfg.iterations, **metrics}, f, indent=1)
+        storage.upload(local, teacher_metrics_uri(uri))  # before the weights: a cached .pt has its scores
     with result.checkpoint.as_directory() as folder:
         storage.upload(os.path.join(folder, "model.pt"), uri)
     # The run's checkpoints (both CPS branches and their optimizer state, ~6x the cached file) only

@@ -33,7 +33,11 @@ def train_run_config(run: dict[str, Any], name: str, callbacks=()) -> ray.train.
         name=name, storage_path=run["storage_path"], callbacks=list(callbacks),
         failure_config=ray.train.FailureConfig(max_failures=run["max_failures"]),
         # One checkpoint is all resuming needs; Ray registers the new one before deleting the old.
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1))
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        # Ray Train's INFO lines ("Checkpoint successfully created at ...", worker-group start-up,
+        # twice per report) go to its log files under the Ray session's logs/train/; the console
+        # gets them only with --verbose-ray. Warnings and errors still show.
+        logging_config=ray.train.LoggingConfig(log_level=run.get("log_level", "INFO")))
 
 
 def distill_config(config: dict[str, Any]) -> dict[str, Any]:

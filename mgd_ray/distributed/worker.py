@@ -5,6 +5,7 @@ checkpoints); the training itself is `mgd_ray.engine`.
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import Any
@@ -64,11 +65,24 @@ def _is_shuffled(loader: DataLoader) -> bool:
     return isinstance(loader.sampler, torch.utils.data.RandomSampler)
 
 
+def follow_train_log_level() -> None:
+    """Ray 2.60 logs "Reporting training result ..." (the checkpoint path and every metric, per
+    report) on a logger named after its source file, which RunConfig's LoggingConfig level does not
+    reach: give that logger the run's ray.train level, so it reaches the console only when asked."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+        level = train_context.get_train_context().train_run_context.get_run_config().logging_config.log_level
+    except Exception:  # noqa: BLE001 -- another Ray version: leave its logging alone, never fail a run over it
+        return
+    logging.getLogger(train_context.__file__).setLevel(level)
+
+
 def teacher_loop(config: dict[str, Any]) -> None:
     """train_loop_per_worker for one teacher (CPS) run; its ImageNet file is fetched to this node first."""
     config = dict(config)
     if config.get("backbone_weights"):
         config["backbone_weights"] = storage.download(config["backbone_weights"])
+    follow_train_log_level()
     train_teacher(TeacherConfig.from_dict(config), RayContext())
 
 
@@ -76,6 +90,7 @@ def student_loop(config: dict[str, Any]) -> None:
     """train_loop_per_worker for one MGD student run. Teacher files and the student's ImageNet file
     on the study's storage are fetched to this node first. A diverged run reports its error and stops cleanly: retrying it
     from the last checkpoint (FailureConfig) would only diverge again."""
+    follow_train_log_level()
     config = dict(config)
     for key in ("teacher_deep_checkpoint", "teacher_wide_checkpoint", "backbone_weights"):
         if config.get(key):

@@ -11,10 +11,11 @@ import re
 
 import pandas as pd
 
-from mgd_ray.report.tables import ABLATION_ROWS, GAIN_LABEL, GAIN_VARIANT
+from mgd_ray.report.tables import ABLATION_ROWS, GAIN_LABEL, GAIN_VARIANT, TEACHER_ROWS
 
 MISSING = "--"
 PM = "\u00b1"  # the +/- sign; LaTeX gets $\pm$
+BACKGROUND_MARK = "\u2020"  # a dagger after a cell at the all-background score; LaTeX gets $^\dagger$
 CONFIG_HEADERS = {"w_sup": "w_sup", "w_pixel": "w_P", "lambda_semantic": "lambda_I",
                   "lambda_region": "lambda_R", "confidence_threshold": "tau"}
 TEX_HEADERS = {"w_sup": r"$w_\mathrm{sup}$", "w_P": r"$w_P$", "lambda_I": r"$\lambda_I$",
@@ -39,9 +40,12 @@ def number_cell(value, spec: str = ".4g") -> str:
 
 
 def ablation_grid(ablation: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows = ablation labels then the gain row (percentage points), columns = protocols."""
+    """Rows = teacher rows (when the table has them), ablation labels, then the gain row
+    (percentage points); columns = protocols. A cell at the all-background score ends in a dagger."""
     protocols = list(dict.fromkeys(ablation["protocol"]))
-    labels = [label for _, label in ABLATION_ROWS] + [GAIN_LABEL]
+    present = set(ablation["variant"])
+    labels = ([label for variant, label in TEACHER_ROWS if variant in present]
+              + [label for _, label in ABLATION_ROWS] + [GAIN_LABEL])
     text = pd.DataFrame(MISSING, index=labels, columns=protocols)
     bold = pd.DataFrame(False, index=labels, columns=protocols)
     for row in ablation.itertuples():
@@ -49,7 +53,10 @@ def ablation_grid(ablation: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             text.loc[row.label, row.protocol] = (MISSING if _missing(row.mean)
                                                  else f"{100 * row.mean:+.2f}")
         else:
-            text.loc[row.label, row.protocol] = miou_cell(row.mean, row.std, row.n)
+            cell = miou_cell(row.mean, row.std, row.n)
+            if getattr(row, "background", False) and cell != MISSING:
+                cell += f" {BACKGROUND_MARK}"
+            text.loc[row.label, row.protocol] = cell
             bold.loc[row.label, row.protocol] = bool(row.best)
     text.index.name = bold.index.name = "Method"
     return text, bold
@@ -104,7 +111,7 @@ def to_markdown(grid: pd.DataFrame, bold: pd.DataFrame | None = None) -> str:
 def tex_escape(text: str) -> str:
     text = re.sub(r"([&%$#_{}])", r"\\\1", str(text))
     text = text.replace("~", r"\textasciitilde{}").replace("^", r"\textasciicircum{}")
-    text = text.replace(PM, r"$\pm$")
+    text = text.replace(PM, r"$\pm$").replace(BACKGROUND_MARK, r"$^\dagger$")
     return re.sub(r"\bL\\_([PIR])\b", r"$L_\1$", text)  # loss names as math: + $L_P$ + $L_I$
 
 

@@ -127,3 +127,26 @@ def study_protocols(study: dict[str, Any], trials: pd.DataFrame) -> list[str]:
     listed = [p for p in study.get("protocols") or [] if p in PROTOCOLS]
     seen = set(trials["protocol"].dropna()) if "protocol" in trials else set()
     return list(dict.fromkeys(listed)) + [p for p in PROTOCOLS if p in seen and p not in listed]
+
+
+def load_teachers(results_dir: str) -> dict[str, Any]:
+    """RESULTS_DIR/teachers.json: {protocol: {"deep" | "wide": {"arch", "path", "miou",
+    "size_bytes", ...}}} as the study wrote it; {} when absent or unreadable (an older study)."""
+    path = os.path.join(results_dir, "teachers.json")
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            teachers = json.load(f)
+        if not isinstance(teachers, dict):
+            raise ReportInputError("expected a JSON object")
+        return teachers
+    except (OSError, ValueError) as err:
+        warnings.warn(f"teacher file {path} unreadable ({err}); teacher rows left empty", stacklevel=2)
+        return {}
+
+
+def teacher_mious(teachers: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """{protocol: {"deep": miou, "wide": miou}} from `load_teachers`' dict (None when unknown)."""
+    return {protocol: {role: finite_or_none((entry or {}).get("miou")) for role, entry in roles.items()}
+            for protocol, roles in teachers.items() if isinstance(roles, dict)}

@@ -24,6 +24,15 @@ ABLATION_ROWS = (
     ("mgd_best", "MGD (best found)"),
 )
 GAIN_VARIANT, GAIN_LABEL = "gain", "Gain of MGD over supervised"
+# The teachers' own scores head the ablation table, as in the paper's tables: a distillation row
+# means nothing without them.
+TEACHER_ROWS = (("teacher_deep", "Teacher T_D (deep)"), ("teacher_wide", "Teacher T_W (wide)"))
+# With one seed a row has no spread: "best" then needs a lead of more than this much mIoU. Two
+# points: on the synthetic set the supervised student's seed-to-seed std was 1.26 points (5 seeds,
+# 150 iterations, `mgd_ray.engine.runner`), so a smaller lead from one seed each can be chance.
+SINGLE_SEED_MARGIN = 0.02
+# A row within this much mIoU of the all-background score learned nothing beyond the class prior.
+BACKGROUND_MARGIN = 0.01
 THRESHOLD_EDGES = (0.0, 0.5, 0.7, 0.8, 0.9, 1.0)
 SEARCH_COLUMNS = ["protocol", "best_trial", *CONFIG_KEYS, "miou", "trials", "completed",
                   "early_stopped", "failed", "running", "gpu_hours", "cpu_hours"]
@@ -35,16 +44,46 @@ def _dedupe_seeds(done: pd.DataFrame) -> pd.DataFrame:
     return order.drop_duplicates(["protocol", "variant", "seed"], keep="last")
 
 
-def ablation_table(trials: pd.DataFrame, protocols: list[str]) -> pd.DataFrame:
+def separated_best(column: pd.DataFrame, margin: float = SINGLE_SEED_MARGIN) -> list:
+    """Index of the row to mark best in one protocol's column (mean, std, n), or [] when the top
+    row does not lead the runner-up by more than the larger seed spread (sample std) of the two,
+    or by more than `margin` when neither has a spread (one seed each). One measured row, or a
+    tie, has nothing it beats."""
+    measured = column[column["n"] > 0].sort_values("mean", ascending=False, kind="stable")
+    if len(measured) < 2:
+        return []
+    top, second = measured.iloc[0], measured.iloc[1]
+    spreads = [s for s in (top["std"], second["std"]) if not math.isnan(s)]
+    needed = max(spreads) if spreads else margin
+    return [measured.index[0]] if top["mean"] - second["mean"] > needed else []
+
+
+def at_background(mean: float, background: float | None, margin: float = BACKGROUND_MARGIN) -> bool:
+    """True when an mIoU is within `margin` of (or below) the all-background score."""
+    return background is not None and not math.isnan(mean) and mean <= background + margin
+
+
+def ablation_table(trials: pd.DataFrame, protocols: list[str], teachers: dict | None = None,
+                   background: float | None = None) -> pd.DataFrame:
     """Loss-term ablation, long form: one row per (ablation row, protocol) with columns
-    variant, label, protocol, mean, std (ddof=1; NaN for n < 2), n, best; then the gain rows
-    (mean = best MGD mean - supervised mean). Only completed trials with a finite mIoU count."""
+    variant, label, protocol, mean, std (ddof=1; NaN for n < 2), n, best, background; then the
+    gain rows (mean = best MGD mean - supervised mean). Only completed trials with a finite mIoU
+    count. `teachers` ({protocol: {"deep": miou, "wide": miou}}) adds the two teacher rows first
+    (n = 1, never best); `background` (the all-background mIoU) flags rows at that level.
+    "best" follows `separated_best`."""
     frame = normalize_trials(trials)
     done = frame[(frame["kind"] == "ablation") & (frame["status"] == "completed")
                  & frame["miou"].notna()]
     done = _dedupe_seeds(done)
     stats = done.groupby(["variant", "protocol"])["miou"].agg(["mean", "std", "count"])
     rows = []
+    if teachers is not None:
+        for variant, label in TEACHER_ROWS:
+            for protocol in protocols:
+                miou = (teachers.get(protocol) or {}).get(variant.removeprefix("teacher_"))
+                miou = math.nan if miou is None else float(miou)
+                rows.append(dict(variant=variant, label=label, protocol=protocol, mean=miou,
+                                 std=math.nan, n=0 if math.isnan(miou) else 1, best=False))
     for variant, label in ABLATION_ROWS:
         for protocol in protocols:
             mean, std, n = (stats.loc[(variant, protocol)] if (variant, protocol) in stats.index
@@ -52,14 +91,12 @@ def ablation_table(trials: pd.DataFrame, protocols: list[str]) -> pd.DataFrame:
             rows.append(dict(variant=variant, label=label, protocol=protocol, mean=float(mean),
                              std=float(std) if n >= 2 else math.nan, n=int(n), best=False))
     table = pd.DataFrame(rows, columns=["variant", "label", "protocol", "mean", "std", "n", "best"])
+    students = table["variant"].isin([v for v, _ in ABLATION_ROWS])
     for protocol in protocols:
-        column = table[table["protocol"] == protocol]
-        top = column["mean"].max()  # NaN when the whole column is missing: nothing is marked
-        if not math.isnan(top):
-            table.loc[column.index[column["mean"] == top], "best"] = True
+        table.loc[separated_best(table[students & (table["protocol"] == protocol)]), "best"] = True
     gains = []
     for protocol in protocols:
-        column = table[table["protocol"] == protocol].set_index("variant")["mean"]
+        column = table[students & (table["protocol"] == protocol)].set_index("variant")["mean"]
         mgd = column[["mgd_paper", "mgd_best"]].max()  # skips a missing MGD row
         gain = mgd - column["supervised"]  # NaN if either side is missing
         gains.append(dict(variant=GAIN_VARIANT, label=GAIN_LABEL, protocol=protocol,
@@ -67,6 +104,8 @@ def ablation_table(trials: pd.DataFrame, protocols: list[str]) -> pd.DataFrame:
     gains = pd.DataFrame(gains, columns=table.columns)
     table = pd.concat([table, gains], ignore_index=True).astype({"n": "Int64"})
     table.loc[table["variant"] == GAIN_VARIANT, "n"] = pd.NA  # a difference has no seed count
+    table["background"] = [variant != GAIN_VARIANT and at_background(mean, background)
+                           for variant, mean in zip(table["variant"], table["mean"])]
     return table
 
 

@@ -16,14 +16,20 @@ import pandas as pd
 from mgd_ray.report import format as fmt
 from mgd_ray.report import plots
 from mgd_ray.report.importance import importance_table
-from mgd_ray.report.load import load_study, load_trials, study_protocols
-from mgd_ray.report.tables import GAIN_LABEL, ablation_table, search_table, threshold_table
+from mgd_ray.report.load import load_study, load_teachers, load_trials, study_protocols, teacher_mious
+from mgd_ray.report.tables import (BACKGROUND_MARGIN, GAIN_LABEL, GAIN_VARIANT, SINGLE_SEED_MARGIN,
+                                   ablation_table, search_table, threshold_table)
 
 REPORT_SUBDIR = "report"
 CAPTIONS = {
-    "ablation": "Loss-term ablation: mIoU (%) of the student on val, mean \u00b1 sample std over "
-                "seeds of completed trials (n = seeds; -- = no completed trial); best per "
-                "protocol in bold. Gain in percentage points: best MGD row minus supervised only.",
+    "ablation": "Loss-term ablation: mIoU (%) on val, mean \u00b1 sample std over seeds of completed "
+                "trials (n = seeds; -- = no completed trial); teacher rows: each teacher's own mIoU. "
+                "Bold: the best student row of a protocol, only where it leads the runner-up by more "
+                "than the larger seed std of the two (by more than "
+                f"{100 * SINGLE_SEED_MARGIN:.2f} points when neither has a spread); no bold = the rows "
+                f"are not separated. \u2020 = within {100 * BACKGROUND_MARGIN:.2f} points of the "
+                "all-background score (predicting background everywhere). Gain in percentage points: "
+                "best MGD row minus supervised only.",
     "search": "Search per protocol: best completed trial's loss weights and confidence threshold "
               "tau, its mIoU (%), trials by status and device-hours spent on all search trials.",
     "threshold": "Threshold sensitivity: mean mIoU (%) and kept-pixel fraction of search trials "
@@ -63,14 +69,74 @@ def _students(study: dict[str, Any]) -> str:
     return ", ".join([students] if isinstance(students, str) else map(str, students)) or fmt.MISSING
 
 
+def regime(study: dict[str, Any]) -> str:
+    """"from scratch" or "ImageNet-initialised", from study.json's "pretrained" when present."""
+    if "pretrained" in study:
+        # "imagenet" / "none" (the --pretrained regime); booleans from earlier studies read the same way
+        return "ImageNet-initialised" if study["pretrained"] in (True, "imagenet") else "from scratch"
+    if study.get("dataset", "synthetic") == "synthetic":
+        return "from scratch"
+    return "ImageNet-initialised (assumed: study.json does not say)"
+
+
+def what_the_run_was(study: dict[str, Any], ablation: pd.DataFrame | None = None) -> list[str]:
+    """REPORT.md's opening: dataset, regime, budget per run, seeds, and one sentence on what this
+    budget can and cannot show, with the command whose results separate the rows."""
+    budget = study.get("budget") or {}
+    background = study.get("background_miou")
+    lines = ["## What this run was", "",
+             f"- Dataset: {study.get('dataset', fmt.MISSING)}"
+             + (f" ({study['num_classes']} classes)" if study.get("num_classes") else "")
+             + f"; regime: {regime(study)}; device: {study.get('device', fmt.MISSING)}",
+             f"- Budget per run: teachers {_per_protocol(budget.get('teacher_iterations'))} iterations, "
+             f"students {_per_protocol(budget.get('student_iterations', study.get('iterations')))} iterations"
+             + (f", batch {budget['batch_size']}" if budget.get("batch_size") else "")
+             + (f", crop {budget['crop_size']}" if budget.get("crop_size") else ""),
+             f"- Seeds per ablation row: {budget.get('ablation_seeds', fmt.MISSING)}; search trials per "
+             f"protocol: {budget.get('search_trials', fmt.MISSING)}"]
+    if background is not None:
+        lines.append(f"- All-background score (predicting background everywhere on val): "
+                     f"{100 * background:.2f} mIoU")
+    lines += ["", _verdict(ablation, study.get("separating_command"), study.get("separating_note", ""))]
+    return lines
+
+
+def _verdict(ablation: pd.DataFrame | None, command: str | None, note: str = "") -> str:
+    """One sentence: whether the rows are separated at this budget, and what to run if not."""
+    students = (ablation[~ablation["variant"].isin([GAIN_VARIANT, "teacher_deep", "teacher_wide"])]
+                if ablation is not None else pd.DataFrame())
+    measured = students[students["n"].fillna(0) > 0] if len(students) else students
+    teachers = (ablation[ablation["variant"].isin(["teacher_deep", "teacher_wide"])]
+                if ablation is not None else pd.DataFrame())
+    weak_teachers = bool(len(teachers)) and bool(teachers["background"].any())
+    separated = bool(len(measured)) and bool(measured["best"].any())
+    run = f" For results that separate the rows, run `{command}`{note}." if command else ""
+    if not len(measured):
+        return "**No ablation row has finished yet.**" + run
+    if separated and not weak_teachers:
+        return ("**At this budget some rows are separated**: a bold cell leads its runner-up by more "
+                "than the seed spread; unbolded protocols are not separated." + run)
+    reasons = [] if separated else ["its ablation rows do not differ by more than their seed spread"]
+    if weak_teachers:
+        measured_teachers = teachers[teachers["n"].fillna(0) > 0]
+        who = "its teachers score" if measured_teachers["background"].all() else "a teacher scores"
+        reasons.append(f"{who} at the all-background level, so distilling from them cannot help, "
+                       "whatever the rows show")
+    return (f"**This budget tests the pipeline end to end; it cannot rank the loss terms**: {', and '.join(reasons)}."
+            + run)
+
+
 def report_index(study: dict[str, Any], trials: pd.DataFrame, protocols: list[str],
-                 sections: dict[str, str], paths: dict[str, str], today: dt.date) -> str:
-    """REPORT.md's text: what the study is, its state, then each table and plot with links.
-    `sections` maps table name to its Markdown body; `paths` are relative to RESULTS_DIR."""
+                 sections: dict[str, str], paths: dict[str, str], today: dt.date,
+                 ablation: pd.DataFrame | None = None, teachers: dict[str, Any] | None = None,
+                 models: dict[str, Any] | None = None) -> str:
+    """REPORT.md's text: what the run was, the study and its state, then each table and plot
+    with links. `sections` maps table name to its Markdown body; `paths` are relative to
+    RESULTS_DIR; `teachers` (teachers.json) and `models` (best students) list files and sizes."""
     counts = trials["status"].value_counts()
     state = ", ".join(f"{int(counts[s])} {s.replace('_', '-')}" for s in
                       ("completed", "early_stopped", "failed", "running") if s in counts)
-    lines = ["# MGD study report", "",
+    lines = ["# MGD study report", "", *what_the_run_was(study, ablation), "", "## Study", "",
              f"- Dataset: {study.get('dataset', fmt.MISSING)}"
              + (f" ({study['num_classes']} classes)" if study.get("num_classes") else ""),
              f"- Protocols: {', '.join(protocols) or fmt.MISSING}",
@@ -85,6 +151,7 @@ def report_index(study: dict[str, Any], trials: pd.DataFrame, protocols: list[st
     if "running" in counts:
         lines += ["", f"**{int(counts['running'])} trial(s) still running or interrupted**: this "
                       "report shows what exists; missing cells are `--`, not zero."]
+    lines += _files_section(teachers or {}, models or {})
     titles = {"ablation": "Loss-term ablation", "search": "Search results per protocol",
               "threshold": "Threshold sensitivity", "importance": "Hyperparameter importance"}
     for name, title in titles.items():
@@ -108,7 +175,9 @@ def generate_report(results_dir: str, evaluator=None, seed: int = 0,
     out_dir = os.path.join(results_dir, REPORT_SUBDIR)
     os.makedirs(out_dir, exist_ok=True)
 
-    ablation = ablation_table(trials, protocols)
+    teachers = load_teachers(results_dir)
+    ablation = ablation_table(trials, protocols, teachers=teacher_mious(teachers),
+                              background=study.get("background_miou"))
     search = search_table(trials, protocols, default_device=study.get("device"))
     threshold = threshold_table(trials, protocols)
     importance = importance_table(trials, protocols, evaluator=evaluator, seed=seed)
@@ -130,7 +199,8 @@ def generate_report(results_dir: str, evaluator=None, seed: int = 0,
         threshold, os.path.join(out_dir, "threshold_curve.png"))
 
     relative = {name: os.path.relpath(path, results_dir) for name, path in paths.items()}
-    index = report_index(study, trials, protocols, sections, relative, today or dt.date.today())
+    index = report_index(study, trials, protocols, sections, relative, today or dt.date.today(),
+                         ablation=ablation, teachers=teachers, models=_best_students(results_dir))
     paths["index"] = _write_text(os.path.join(results_dir, "REPORT.md"), index)
     return {name: os.path.abspath(path) for name, path in paths.items()}
 
@@ -144,3 +214,50 @@ def _per_protocol(value) -> str:
             return str(next(iter(value.values())))
         return ", ".join(f"{k}: {v}" for k, v in value.items())
     return str(value)
+
+
+def _size(num_bytes) -> str:
+    return fmt.MISSING if num_bytes is None else f"{num_bytes / 1e6:.0f} MB"
+
+
+def _best_students(results_dir: str) -> dict[str, Any]:
+    """{relative .pt path: its .json sidecar} of RESULTS_DIR/models/*/*.pt (exported students)."""
+    import glob
+    import json
+    found = {}
+    for path in sorted(glob.glob(os.path.join(results_dir, "models", "*", "*.pt"))):
+        try:
+            with open(path[:-3] + ".json") as f:
+                found[os.path.relpath(path, results_dir)] = json.load(f)
+        except (OSError, ValueError):
+            found[os.path.relpath(path, results_dir)] = {}
+        found[os.path.relpath(path, results_dir)]["size_bytes"] = os.path.getsize(path)
+    return found
+
+
+def _files_section(teachers: dict[str, Any], models: dict[str, Any]) -> list[str]:
+    """Where the trained models are: the best students and the cached teachers, with sizes."""
+    lines = ["", "## Trained models", ""]
+    if models:
+        lines.append("Best students (plain state dicts: `build_model(arch, num_classes)` then "
+                     "`load_state_dict(torch.load(path))`; the `.json` beside each holds its config and scores):")
+        for path, info in models.items():
+            miou = info.get("miou")
+            lines.append(f"- `{path}` ({_size(info.get('size_bytes'))}): {info.get('arch', fmt.MISSING)}, "
+                         f"{info.get('variant', fmt.MISSING)}, val mIoU "
+                         + (f"{100 * miou:.2f}" if isinstance(miou, (int, float)) else fmt.MISSING))
+    else:
+        lines.append("Best students: none exported yet.")
+    if teachers:
+        lines += ["", "Teachers (cached; later studies with the same data, protocol and schedule reuse them):"]
+        total = 0
+        for protocol, roles in teachers.items():
+            for role, entry in (roles or {}).items():
+                entry = entry or {}
+                total += entry.get("size_bytes") or 0
+                miou = entry.get("miou")
+                lines.append(f"- {protocol} {role} ({entry.get('arch', fmt.MISSING)}): `{entry.get('path', fmt.MISSING)}`, "
+                             f"{_size(entry.get('size_bytes'))}, val mIoU "
+                             + (f"{100 * miou:.2f}" if isinstance(miou, (int, float)) else fmt.MISSING))
+        lines.append(f"- total: {_size(total)}")
+    return lines

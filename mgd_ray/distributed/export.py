@@ -1,0 +1,115 @@
+"""What a finished study keeps: the best student of each protocol as a plain state dict with its
+config and scores beside it, and no weights of finished trials unless asked.
+
+RESULTS_DIR/models/<protocol_slug>/best_student.pt   build_model(arch, num_classes) + load_state_dict
+RESULTS_DIR/models/<protocol_slug>/best_student.json arch, num_classes, trial, config, mIoU, teachers
+RESULTS_DIR/models/<protocol_slug>/<variant>.pt      each ablation row's best seed, when asked
+
+Order makes --resume safe at every point: a Tune run's trials are pruned only after that run has
+finished (Tune never restarts a finished trial, so nothing reads their Train folders again) and
+after the protocol's best has been exported from them; exporting again finds either the weights or
+an export at least as good.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+from typing import Any
+
+from ..config import protocol_slug
+from . import storage
+from .records import now_iso, write_json_atomic
+
+FINISHED = ("completed", "early_stopped", "failed")
+
+
+def protocol_records(results_dir: str, protocol: str) -> list[dict[str, Any]]:
+    records = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "trials", protocol_slug(protocol), "*.json"))):
+        try:
+            with open(path) as f:
+                records.append(json.load(f))
+        except (OSError, ValueError):
+            continue  # a half-written record belongs to a running trial: never a candidate
+    return records
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _copy_weights(checkpoint_path: str | None, destination: str) -> bool:
+    """Copy a Train checkpoint's model.pt to `destination` (atomically); False when it is gone."""
+    if not checkpoint_path:
+        return False
+    source = storage.join(checkpoint_path, "model.pt")
+    if not storage.exists(source):
+        return False
+    local = storage.download(source)
+    partial = f"{destination}.partial"
+    shutil.copyfile(local, partial)
+    os.replace(partial, destination)
+    if local != source.removeprefix("file://"):
+        shutil.rmtree(os.path.dirname(local), ignore_errors=True)  # a downloaded temporary copy
+    return True
+
+
+def export_best(results_dir: str, protocol: str, study: dict[str, Any], name: str = "best_student",
+                variant: str | None = None, teachers: dict[str, Any] | None = None) -> str | None:
+    """Write models/<slug>/<name>.pt + .json from the protocol's completed trial (of `variant`
+    when given) with the highest final mIoU whose weights still exist, unless the file already
+    there scores at least as much. Returns the .pt path, or None when there is nothing to export."""
+    folder = os.path.join(results_dir, "models", protocol_slug(protocol))
+    target = os.path.join(folder, f"{name}.pt")
+    current = _read_json(target[:-3] + ".json") if os.path.exists(target) else None
+    candidates = [r for r in protocol_records(results_dir, protocol)
+                  if r.get("status") == "completed" and isinstance(r.get("miou"), (int, float))
+                  and (variant is None or r.get("variant") == variant)]
+    candidates.sort(key=lambda r: r["miou"], reverse=True)
+    for record in candidates:
+        if current is not None and current.get("miou", -1.0) >= record["miou"]:
+            return target  # what is there is already the best (its Train folder may be pruned)
+        os.makedirs(folder, exist_ok=True)
+        if not _copy_weights(record.get("checkpoint_path"), target):
+            continue  # pruned earlier, after an export at least as good, or --keep-trial-weights off
+        info = {"arch": study.get("student"), "num_classes": study.get("num_classes"),
+                "dataset": study.get("dataset"), "protocol": protocol, "trial_id": record["trial_id"],
+                "kind": record.get("kind"), "variant": record.get("variant"), "seed": record.get("seed"),
+                "config": record.get("config"), "miou": record["miou"], "iteration": record.get("iteration"),
+                "history": record.get("history"), "teachers": teachers or {},
+                "source_checkpoint": record.get("checkpoint_path"), "exported_at": now_iso(),
+                "load": "m = build_model(arch, num_classes); m.load_state_dict(torch.load(path))"}
+        write_json_atomic(target[:-3] + ".json", info)
+        return target
+    return target if current is not None else None
+
+
+def prune_trial_weights(results_dir: str, protocol: str, kind: str, run_root: str) -> list[str]:
+    """Delete the Train run folders (weights, optimizer state) of the protocol's finished trials
+    of `kind`; returns the trial ids pruned. Call only once that Tune run has finished and the
+    protocol's best has been exported."""
+    pruned = []
+    for record in protocol_records(results_dir, protocol):
+        if record.get("kind") == kind and record.get("status") in FINISHED:
+            folder = storage.join(run_root, f"train-{record['trial_id']}")
+            storage.remove_tree(folder)
+            pruned.append(record["trial_id"])
+    return pruned
+
+
+def folder_size(path: str, exclude: tuple[str, ...] = ()) -> int:
+    """Bytes of the files under `path`, leaving out those under any of the `exclude` folders."""
+    exclude = tuple(os.path.abspath(e) + os.sep for e in exclude)
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            full = os.path.abspath(os.path.join(folder, name))
+            if not full.startswith(exclude) and not os.path.islink(full):
+                total += os.path.getsize(full)
+    return total
