@@ -14,7 +14,6 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from ..config import (DATASETS, STUDENTS, TEACHER_DEEP, TEACHER_WIDE, DataConfig, DistillConfig, LossWeights,
                       TeacherConfig, check_protocol, protocol_slug)
@@ -22,7 +21,9 @@ from ..data import NUM_CLASSES, build_datasets
 from ..engine.presets import load_preset, preset_optim, study_budget
 from ..report import generate_report
 from . import storage
+from .checks import check_protocols_unique, check_teachers
 from .records import TrialRecorder, now_iso, write_json_atomic
+from .search import HonestOptunaSearch
 from .space import ABLATION_VARIANTS, ablation_point, paper_search_point, search_space, weights_from_point
 from .teachers import ensure_teacher
 from .trial import run_trial
@@ -79,6 +80,7 @@ class StudyConfig:
             raise ValueError("--protocols: give at least one protocol")
         for protocol in self.protocols:
             check_protocol(protocol)
+        check_protocols_unique(self.protocols)
         unknown = sorted(set(self.ablation_variants) - set(ABLATION_VARIANTS))
         if unknown:
             raise ValueError(f"--ablation-variants {unknown}: expected some of {', '.join(ABLATION_VARIANTS)}")
@@ -223,8 +225,10 @@ def tune_run(cfg: StudyConfig, name: str, param_space: dict, tune_config: tune.T
 def run_search(cfg: StudyConfig, plan: ProtocolPlan, concurrency: int,
                extra_points: list[dict[str, float]] = ()) -> None:
     slug = protocol_slug(plan.protocol)
-    searcher = OptunaSearch(
+    # ASHA-stopped trials reach Optuna as PRUNED, failed ones as FAIL (search.py).
+    searcher = HonestOptunaSearch(
         space=search_space, metric="miou", mode="max", points_to_evaluate=[plan.paper_point, *extra_points],
+        max_iterations=plan.iterations,
         sampler=optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True),
         storage=optuna.storages.RDBStorage(cfg.resolved_optuna_storage()), study_name=f"mgd-{slug}")
     eval_every = plan.run["distill"]["eval_every"]
@@ -287,6 +291,7 @@ def prepare_teachers(cfg: StudyConfig, plans: list[ProtocolPlan], concurrency: i
 def prepare_study(cfg: StudyConfig) -> list[ProtocolPlan]:
     """Everything that can be checked before Ray starts: the presets, the data (the synthetic set is
     generated here on first use), the results folder (new, or a matching study on --resume)."""
+    check_teachers(cfg)  # a corrupt teacher file would otherwise fail every trial in its worker
     plans = [plan_protocol(cfg, p) for p in cfg.protocols]
     for plan in plans:
         build_datasets(DataConfig(**plan.run["distill"]["data"]))
