@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from mgd_ray.config import PROTOCOLS, STUDENTS
+from mgd_ray.distributed.cluster import UnmeetableResources
 from mgd_ray.distributed.space import ABLATION_VARIANTS
 from mgd_ray.distributed.study import StudyConfig, prepare_study, run_study
 
@@ -52,6 +53,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="default: what the cluster's GPUs (or CPUs) allow")
     p.add_argument("--max-failures", type=int, default=d.max_failures,
                    help="restarts of a training run from its last checkpoint after a worker failure")
+    p.add_argument("--worker-start-timeout", type=float, default=d.worker_start_timeout_s, metavar="S",
+                   help="seconds a trial's Train workers may wait for their resources (a GPU node the "
+                   "autoscaler starts, CPUs held by another job) before the start is retried (default: %(default)s)")
+    p.add_argument("--worker-start-retries", type=int, default=d.worker_start_retries,
+                   help="retries of a worker start that timed out; then the trial fails and the study goes on")
     p.add_argument("--teacher-deep-checkpoint", default=None, help="trained ResNet-101 teacher (state dict file)")
     p.add_argument("--teacher-wide-checkpoint", default=None, help="trained WRN-50-2 teacher (state dict file)")
     p.add_argument("--output-dir", default=None, help="results folder (default: results/<dataset>, "
@@ -78,7 +84,8 @@ def study_config(args: argparse.Namespace) -> StudyConfig:
         crop_size=args.crop_size, batch_size=args.batch_size, loader_workers=args.loader_workers,
         gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial or max(1, args.gpus_per_trial),
         cpus_per_worker=args.cpus_per_worker, max_concurrent_trials=args.max_concurrent_trials,
-        max_failures=args.max_failures, teacher_deep_checkpoint=args.teacher_deep_checkpoint,
+        max_failures=args.max_failures, worker_start_timeout_s=args.worker_start_timeout,
+        worker_start_retries=args.worker_start_retries, teacher_deep_checkpoint=args.teacher_deep_checkpoint,
         teacher_wide_checkpoint=args.teacher_wide_checkpoint, storage_path=args.storage_path,
         optuna_storage=args.optuna_storage, address=args.address, resume=args.resume, seed=args.seed,
         verbose=not args.quiet)
@@ -97,7 +104,11 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:  # bad options or data: said before Ray starts
         print(f"error: {error}", file=sys.stderr)
         return 2
-    run_study(cfg, plans)
+    try:
+        run_study(cfg, plans)
+    except UnmeetableResources as error:  # options the cluster cannot meet: said before the search starts
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

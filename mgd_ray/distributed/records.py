@@ -109,6 +109,8 @@ class TrialRecorder(Callback):
         record.update(miou=miou, iteration=step["iteration"], kept_fraction=step["kept_fraction"],
                       best_miou=max(miou, record.get("best_miou") or -math.inf),
                       world_size=result.get("world_size"))
+        if result.get("node_id") and result["node_id"] not in record.setdefault("nodes", []):
+            record["nodes"].append(result["node_id"])  # a run restarted on another node adds one
         self._save(trial, record)
 
     def on_trial_complete(self, iteration, trials, trial, **info):

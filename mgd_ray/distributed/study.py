@@ -22,6 +22,7 @@ from ..engine.presets import load_preset, preset_optim, study_budget
 from ..report import generate_report
 from . import storage
 from .checks import check_protocols_unique, check_teachers
+from .cluster import check_trial_fits, connect, node_shapes
 from .records import TrialRecorder, now_iso, write_json_atomic
 from .search import HonestOptunaSearch
 from .space import ABLATION_VARIANTS, ablation_point, paper_search_point, search_space, weights_from_point
@@ -29,8 +30,10 @@ from .teachers import ensure_teacher
 from .trial import run_trial
 
 # The trial function only drives a TorchTrainer; its workers hold the CPUs and GPUs. Tune needs a
-# non-empty request, so the driver asks for memory only.
-TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
+# non-empty request, so the driver asks for memory only, and a sliver of the head's own resource:
+# trial drivers (and the Train controllers Ray places beside them) then live on the head, and losing
+# a worker node costs a Train restart, never the trial.
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2, "node:__internal_head__": 0.001}
 # What must match for --resume to continue a study rather than start a different one.
 _IDENTITY = ("dataset", "data_root", "protocols", "student", "num_samples", "seeds", "iterations",
              "teacher_iterations", "crop_size", "batch_size", "seed", "ablation", "ablation_variants")
@@ -57,6 +60,8 @@ class StudyConfig:
     cpus_per_worker: int = 1
     max_concurrent_trials: int | None = None
     max_failures: int = 1  # Ray Train restarts of a run after a worker failure
+    worker_start_timeout_s: float = 600.0  # a Train worker group not started by then is retried ...
+    worker_start_retries: int = 2  # ... this many times, then its trial fails (cluster.py)
     storage_path: str | None = None  # default: <output_dir>/ray; s3://... on a cluster
     optuna_storage: str | None = None  # default: sqlite:///<output_dir>/optuna.db
     address: str | None = None
@@ -99,8 +104,10 @@ class StudyConfig:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={value}: expected an integer >= 1")
-        if self.gpus_per_trial < 0 or self.loader_workers < 0 or self.max_failures < 0:
-            raise ValueError("--gpus-per-trial, --loader-workers and --max-failures must be >= 0")
+        if self.gpus_per_trial < 0 or self.loader_workers < 0 or self.max_failures < 0 or self.worker_start_retries < 0:
+            raise ValueError("--gpus-per-trial, --loader-workers, --max-failures and --worker-start-retries must be >= 0")
+        if not self.worker_start_timeout_s > 0:
+            raise ValueError(f"--worker-start-timeout={self.worker_start_timeout_s}: expected seconds > 0")
         if self.gpus_per_trial and self.gpus_per_trial % self.workers_per_trial:
             raise ValueError(f"--gpus-per-trial={self.gpus_per_trial} must be a multiple of "
                              f"--workers-per-trial={self.workers_per_trial} (each worker drives whole GPUs)")
@@ -153,7 +160,8 @@ def plan_protocol(cfg: StudyConfig, protocol: str) -> ProtocolPlan:
                             cps_weight=preset["cps_weight"], iterations=teacher_iterations,
                             eval_every=min(eval_every, teacher_iterations), ohem=preset["ohem"], seed=cfg.seed)
     run = {"distill": distill.to_dict(), "storage_path": os.path.join(cfg.resolved_storage(), study_name(cfg)),
-           "max_failures": cfg.max_failures,
+           "max_failures": cfg.max_failures, "worker_start_retries": cfg.worker_start_retries,
+           "worker_start_timeout_s": cfg.worker_start_timeout_s,
            "scaling": {"workers": cfg.workers_per_trial, "cpus_per_worker": cfg.cpus_per_worker,
                        "gpus_per_worker": cfg.gpus_per_trial // cfg.workers_per_trial}}
     return ProtocolPlan(protocol, run, paper_search_point(preset["weights"]), iterations, teacher)
@@ -309,8 +317,8 @@ def run_study(cfg: StudyConfig, plans: list[ProtocolPlan] | None = None,
         DistillConfig(weights=weights_from_point(point), confidence_threshold=point["confidence_threshold"])
     print(f"study {study_name(cfg)}: results in {os.path.abspath(cfg.output_dir)}, "
           f"Ray storage in {cfg.resolved_storage()}", flush=True)
-    if not ray.is_initialized():
-        ray.init(address=cfg.address)
+    connect(cfg.address, cfg.worker_start_timeout_s)  # every process told which cluster (cluster.py)
+    check_trial_fits(plans[0].run["scaling"], node_shapes())  # resources no node can ever offer
     concurrency = max_concurrent_trials(cfg)
     print(f"{concurrency} trial(s) in flight, {cfg.devices_per_trial} {cfg.device.upper()}(s) each", flush=True)
     prepare_teachers(cfg, plans, concurrency)
