@@ -29,6 +29,9 @@ CLI = [sys.executable, os.path.join(REPO, "experiments", "tune_loss_weights.py")
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
 ENV.pop("RAY_ADDRESS", None)
+# Ray 2.60 turns token auth on for every new cluster (generating ~/.ray/auth_token when missing);
+# clients that do not say so explicitly (`ray status`) would then be refused.
+ENV.setdefault("RAY_AUTH_MODE", "token")
 
 
 def free_port():
@@ -110,17 +113,25 @@ def test_a_trial_asking_more_gpus_than_any_node_offers_is_refused_before_the_sea
     assert records(tmp_path / "out") == []  # no trial ever started
 
 
-@ray.remote(num_cpus=1)
-class Holder:
-    def ping(self):
-        return True
+HOLDER = textwrap.dedent("""
+    import sys, time, ray
+    ray.init(address=sys.argv[1], log_to_driver=False)
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ping(self):
+            return True
+    holder = Holder.remote()
+    ray.get(holder.ping.remote())
+    print("holding", flush=True)
+    time.sleep(3600)
+""")
 
 
 def test_a_worker_group_that_cannot_start_fails_its_trial_and_the_study_goes_on(head, teachers, tmp_path):
-    ray.init(address=head, log_to_driver=False)
+    # Another job holds 1 of the head's 2 CPUs: a 2-worker trial can never start.
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, head], stdout=subprocess.PIPE, text=True, env=ENV)
     try:
-        holder = Holder.remote()  # holds 1 of the head's 2 CPUs: a 2-worker trial can never start
-        assert ray.get(holder.ping.remote(), timeout=60)
+        assert holder.stdout.readline().strip() == "holding"
         started = time.time()
         done = subprocess.run(CLI + ["--smoke", "--no-ablation", "--address", head, "--num-samples", "2",
                                      "--workers-per-trial", "2", "--max-concurrent-trials", "1",
@@ -129,7 +140,8 @@ def test_a_worker_group_that_cannot_start_fails_its_trial_and_the_study_goes_on(
                               capture_output=True, text=True, timeout=400, env=ENV)
         print(f"study with 2 unstartable trials ended after {time.time() - started:.1f} s")
     finally:
-        ray.shutdown()
+        holder.kill()
+        holder.wait()
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trials = records(tmp_path / "out")
     assert len(trials) == 2

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-import ray
 import torch
 
 from mgd_ray.data import NUM_CLASSES
@@ -22,6 +21,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, os.path.join(REPO, "experiments", "tune_loss_weights.py")]
 ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
 ENV.pop("RAY_ADDRESS", None)
+# Ray 2.60 turns token auth on for every new cluster (generating ~/.ray/auth_token when missing);
+# clients that do not say so explicitly (`ray status`) would then be refused.
+ENV.setdefault("RAY_AUTH_MODE", "token")
 HEAD_NODE_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"
 
 
@@ -54,11 +56,12 @@ def records(results_dir):
 
 
 def alive_nodes(address):
-    ray.init(address=address, log_to_driver=False)
-    try:
-        return {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
-    finally:
-        ray.shutdown()
+    """{node id: resources} of the live nodes, asked by a separate client process."""
+    code = ("import json, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
+            "print(json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))")
+    done = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, timeout=120, env=ENV)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_trials_wait_the_autoscaler_starts_workers_from_zero_and_removes_them_when_idle(cluster, teachers, tmp_path):

@@ -124,7 +124,10 @@ def up(config_path: str = REPO_CONFIG, port: int = DEFAULT_PORT, state_path: str
                f"--autoscaling-config={config_file}", f"--num-cpus={int(head.get('CPU', 0))}",
                f"--num-gpus={int(head.get('GPU', 0))}", "--object-store-memory=200000000",
                "--disable-usage-stats"]
-    process_env = {**os.environ, **(env or {}), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    # Token auth as Ray 2.60 sets it up for any new cluster (a token in ~/.ray/auth_token, generated
+    # when missing), but said explicitly, so that `ray status` and other clients send the token.
+    process_env = {"RAY_AUTH_MODE": "token", **os.environ, **(env or {}), "RAY_FAKE_CLUSTER": "1",
+                   "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     process_env.pop("RAY_ADDRESS", None)
     log = open(os.path.join(temp_dir, "head.log"), "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=process_env,
@@ -138,7 +141,7 @@ def up(config_path: str = REPO_CONFIG, port: int = DEFAULT_PORT, state_path: str
             down(state_path)
             raise RuntimeError(f"ray start --head exited ({process.returncode}); see {temp_dir}/head.log")
         probe = subprocess.run([_ray_cli(), "status", f"--address={address}"], capture_output=True,
-                               env={**process_env, **(env or {})})
+                               env=process_env)
         if probe.returncode == 0:
             return state
         time.sleep(2)
@@ -185,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     with open(args.state) as f:
         state = json.load(f)
-    return subprocess.run([_ray_cli(), "status", f"--address={state['address']}"]).returncode
+    return subprocess.run([_ray_cli(), "status", f"--address={state['address']}"],
+                          env={"RAY_AUTH_MODE": "token", **os.environ}).returncode
 
 
 if __name__ == "__main__":
