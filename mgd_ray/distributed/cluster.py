@@ -19,9 +19,11 @@ import socket
 from typing import Any
 
 import ray
+import yaml
 
 WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # read by Ray Train V2's controller
 GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # read by a local Ray start for its GCS port
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # written on the head by `ray up`
 
 
 class UnmeetableResources(ValueError):
@@ -79,14 +81,26 @@ def connect(address: str | None, worker_start_timeout_s: float, **init_kwargs: A
 
 def node_shapes() -> list[tuple[str, dict[str, float], float]]:
     """(name, resources of one node, how many such nodes there can be) for every live node and
-    every node type the autoscaler may start (max_count -1 = unbounded: math.inf)."""
+    every node type the autoscaler may start (max_count -1 = unbounded: math.inf). Node types come
+    from the cluster config the autoscaler (v2) publishes in the GCS, else from the config `ray up`
+    leaves on the head (~/ray_bootstrap_config.yaml, autoscaler v1)."""
     shapes = [(f"node {n['NodeManagerAddress']} ({n['NodeID'][:8]})", dict(n["Resources"]), 1.0)
               for n in ray.nodes() if n.get("Alive")]
-    config = ray._private.state.state.get_cluster_config()  # the autoscaler's node types, if any
-    for group in (config.node_group_configs if config else ()):
-        if group.max_count != 0:
-            count = math.inf if group.max_count < 0 else float(group.max_count)
-            shapes.append((f"node type {group.name}", dict(group.resources), count))
+    config = ray._private.state.state.get_cluster_config()
+    if config is not None:
+        for group in config.node_group_configs:
+            if group.max_count != 0:
+                count = math.inf if group.max_count < 0 else float(group.max_count)
+                shapes.append((f"node type {group.name}", dict(group.resources), count))
+        return shapes
+    bootstrap = os.path.expanduser(BOOTSTRAP_CONFIG)
+    if os.path.exists(bootstrap):
+        with open(bootstrap) as f:
+            types = (yaml.safe_load(f) or {}).get("available_node_types", {})
+        for name, node_type in types.items():
+            count = float(node_type.get("max_workers", 0))
+            if count:
+                shapes.append((f"node type {name}", dict(node_type.get("resources", {})), count))
     return shapes
 
 
