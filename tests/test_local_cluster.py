@@ -14,6 +14,7 @@ import torch
 
 from mgd_ray.data import NUM_CLASSES
 from mgd_ray.distributed import local_cluster
+from mgd_ray.distributed.cluster import AUTOSCALING_CONFIG_ENV
 from mgd_ray.models import build_model
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
@@ -70,7 +71,7 @@ def test_trials_wait_the_autoscaler_starts_workers_from_zero_and_removes_them_wh
     started = time.time()
     done = subprocess.run(CLI + ["--smoke", "--no-ablation", "--num-samples", "2", "--address", cluster["address"],
                                  "--output-dir", str(out), *teachers], capture_output=True, text=True,
-                          timeout=480, env=ENV)
+                          timeout=480, env={**ENV, AUTOSCALING_CONFIG_ENV: cluster["config"]})
     print(f"smoke study on the autoscaled cluster: {time.time() - started:.0f} s")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trials = records(out)
@@ -96,7 +97,7 @@ def test_a_worker_node_lost_mid_trial_restarts_the_run_from_its_checkpoint_on_an
     driver = subprocess.Popen(CLI + ["--smoke", "--no-ablation", "--num-samples", "1", "--iterations", "16",
                                      "--eval-every", "2", "--max-failures", "2", "--address", cluster["address"],
                                      "--output-dir", str(out), *teachers],
-                              stdout=log, stderr=subprocess.STDOUT, env=ENV)
+                              stdout=log, stderr=subprocess.STDOUT, env={**ENV, AUTOSCALING_CONFIG_ENV: cluster["config"]})
     try:
         deadline = time.time() + 300
         while time.time() < deadline and not any(len(r["history"]) >= 2 for r in records(out)):

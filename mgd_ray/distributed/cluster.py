@@ -24,6 +24,7 @@ import yaml
 WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # read by Ray Train V2's controller
 GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # read by a local Ray start for its GCS port
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # written on the head by `ray up`
+AUTOSCALING_CONFIG_ENV = "MGD_RAY_AUTOSCALING_CONFIG"  # names another autoscaler config (local_cluster)
 
 
 class UnmeetableResources(ValueError):
@@ -83,7 +84,8 @@ def node_shapes() -> list[tuple[str, dict[str, float], float]]:
     """(name, resources of one node, how many such nodes there can be) for every live node and
     every node type the autoscaler may start (max_count -1 = unbounded: math.inf). Node types come
     from the cluster config the autoscaler (v2) publishes in the GCS, else from the config `ray up`
-    leaves on the head (~/ray_bootstrap_config.yaml, autoscaler v1)."""
+    leaves on the head (~/ray_bootstrap_config.yaml, autoscaler v1) or the file named by
+    MGD_RAY_AUTOSCALING_CONFIG."""
     shapes = [(f"node {n['NodeManagerAddress']} ({n['NodeID'][:8]})", dict(n["Resources"]), 1.0)
               for n in ray.nodes() if n.get("Alive")]
     config = ray._private.state.state.get_cluster_config()
@@ -93,7 +95,7 @@ def node_shapes() -> list[tuple[str, dict[str, float], float]]:
                 count = math.inf if group.max_count < 0 else float(group.max_count)
                 shapes.append((f"node type {group.name}", dict(group.resources), count))
         return shapes
-    bootstrap = os.path.expanduser(BOOTSTRAP_CONFIG)
+    bootstrap = os.path.expanduser(os.environ.get(AUTOSCALING_CONFIG_ENV) or BOOTSTRAP_CONFIG)
     if os.path.exists(bootstrap):
         with open(bootstrap) as f:
             types = (yaml.safe_load(f) or {}).get("available_node_types", {})

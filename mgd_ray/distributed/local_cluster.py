@@ -26,6 +26,8 @@ import time
 
 import yaml
 
+from .cluster import AUTOSCALING_CONFIG_ENV
+
 REPO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "cluster-local.yaml")
 DEFAULT_STATE = os.path.expanduser("~/.mgd-ray-local-cluster.json")
@@ -98,10 +100,6 @@ def autoscaling_config(config_path: str, address: str, idle_timeout_minutes: flo
     if not isinstance(config, dict) or config.get("provider", {}).get("type") != "fake_multinode":
         raise ValueError(f"--config {config_path}: expected an autoscaler config with provider type fake_multinode")
     config["provider"]["gcs_address"] = address  # where the fake nodes join (default: port 6379)
-    # Autoscaler v2 (as Ray's AutoscalingCluster runs it): it also publishes the node types in the
-    # GCS, where the study's resource check (cluster.node_shapes) reads them.
-    config["provider"]["launch_multiple"] = True
-    config["provider"]["head_node_id"] = FAKE_HEAD_NODE_ID
     if idle_timeout_minutes is not None:
         config["idle_timeout_minutes"] = idle_timeout_minutes
     return config
@@ -132,8 +130,7 @@ def up(config_path: str = REPO_CONFIG, port: int = DEFAULT_PORT, state_path: str
     # Token auth as Ray 2.60 sets it up for any new cluster (a token in ~/.ray/auth_token, generated
     # when missing), but said explicitly, so that `ray status` and other clients send the token.
     process_env = {"RAY_AUTH_MODE": "token", **os.environ, **(env or {}), "RAY_FAKE_CLUSTER": "1",
-                   "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_enable_autoscaler_v2": "1",
-                   "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID, "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID}
+                   "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID}
     process_env.pop("RAY_ADDRESS", None)
     log = open(os.path.join(temp_dir, "head.log"), "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=process_env,
@@ -184,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "up":
         state = up(args.config, args.port, args.state, idle_timeout_minutes=args.idle_timeout_minutes)
         print(f"local cluster up: --address {state['address']} (head pid {state['pid']}, logs in {state['temp_dir']})")
+        print(f"for the study's resource check: export {AUTOSCALING_CONFIG_ENV}={state['config']}")
         print("worker nodes start when trials wait for them; `python -m mgd_ray.distributed.local_cluster down` stops all")
         return 0
     if args.action == "down":
