@@ -28,10 +28,10 @@ from ray.tune.schedulers import FIFOScheduler
 from common import CACHE, machine, random_teachers, synthetic_distill_config, table, teacher_config
 from mgd_ray.config import TEACHER_DEEP, TEACHER_WIDE, protocol_slug
 from mgd_ray.distributed.records import TrialRecorder
+from mgd_ray.distributed.search import HonestOptunaSearch
 from mgd_ray.distributed.space import search_space
 from mgd_ray.distributed.study import StudyConfig, plan_protocol, prepare_teachers, run_search, tune_run
 from mgd_ray.engine import LocalContext, train_teacher
-from ray.tune.search.optuna import OptunaSearch
 
 
 def trained_teachers(crop: int, batch: int, iterations: int) -> dict[str, str]:
@@ -53,10 +53,11 @@ def trained_teachers(crop: int, batch: int, iterations: int) -> dict[str, str]:
 def random_search(study: StudyConfig, plan, concurrency: int) -> None:
     """run_search's twin with the searcher and scheduler swapped: random points, no early stopping."""
     slug = protocol_slug(plan.protocol)
-    searcher = OptunaSearch(space=search_space, metric="miou", mode="max", points_to_evaluate=[plan.paper_point],
-                            sampler=optuna.samplers.RandomSampler(seed=study.seed),
-                            storage=optuna.storages.RDBStorage(study.resolved_optuna_storage()),
-                            study_name=f"mgd-{slug}")
+    searcher = HonestOptunaSearch(space=search_space, metric="miou", mode="max", points_to_evaluate=[plan.paper_point],
+                                  max_iterations=plan.iterations,
+                                  sampler=optuna.samplers.RandomSampler(seed=study.seed),
+                                  storage=optuna.storages.RDBStorage(study.resolved_optuna_storage()),
+                                  study_name=f"mgd-{slug}")
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=FIFOScheduler(), num_samples=study.num_samples,
                                   max_concurrent_trials=concurrency)
     recorder = TrialRecorder(study.output_dir, plan.protocol, "search", plan.iterations, study.device,

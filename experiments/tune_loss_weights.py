@@ -17,6 +17,7 @@ import sys
 
 from mgd_ray.config import PROTOCOLS, STUDENTS
 from mgd_ray.distributed.devices import choose_devices, detect_gpus, gpu_budget
+from mgd_ray.distributed.cluster import UnmeetableResources
 from mgd_ray.distributed.space import ABLATION_VARIANTS
 from mgd_ray.distributed.study import StudyConfig, StudyInterrupted, prepare_study, run_study
 
@@ -61,6 +62,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="default: what the cluster's GPUs (or CPUs) allow")
     p.add_argument("--max-failures", type=int, default=d.max_failures,
                    help="restarts of a training run from its last checkpoint after a worker failure")
+    p.add_argument("--worker-start-timeout", type=float, default=d.worker_start_timeout_s, metavar="S",
+                   help="seconds a trial's Train workers may wait for their resources (a GPU node the "
+                   "autoscaler starts, CPUs held by another job) before the start is retried (default: %(default)s)")
+    p.add_argument("--worker-start-retries", type=int, default=d.worker_start_retries,
+                   help="retries of a worker start that timed out; then the trial fails and the study goes on")
     p.add_argument("--teacher-deep-checkpoint", default=None, help="trained ResNet-101 teacher (state dict file)")
     p.add_argument("--teacher-wide-checkpoint", default=None, help="trained WRN-50-2 teacher (state dict file)")
     p.add_argument("--pretrained", default=None, choices=["imagenet", "none"],
@@ -100,7 +106,8 @@ def study_config(args: argparse.Namespace) -> StudyConfig:
         iterations=args.iterations, teacher_iterations=args.teacher_iterations, eval_every=args.eval_every,
         crop_size=args.crop_size, batch_size=args.batch_size, loader_workers=args.loader_workers,
         cpus_per_worker=args.cpus_per_worker, max_concurrent_trials=args.max_concurrent_trials,
-        max_failures=args.max_failures, teacher_deep_checkpoint=args.teacher_deep_checkpoint,
+        max_failures=args.max_failures, worker_start_timeout_s=args.worker_start_timeout,
+        worker_start_retries=args.worker_start_retries, teacher_deep_checkpoint=args.teacher_deep_checkpoint,
         teacher_wide_checkpoint=args.teacher_wide_checkpoint, pretrained=args.pretrained,
         pretrained_dir=args.pretrained_dir, storage_path=args.storage_path,
         optuna_storage=args.optuna_storage, address=args.address, resume=args.resume, seed=args.seed,
@@ -132,6 +139,9 @@ def main(args: argparse.Namespace) -> int:
     except StudyInterrupted as stopped:
         print(f"stopped: {stopped}", file=sys.stderr)
         return 130
+    except UnmeetableResources as error:  # options the cluster cannot meet: said before the search starts
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -17,6 +17,7 @@ import ray
 import torch
 
 from mgd_ray.data import NUM_CLASSES
+from mgd_ray.distributed.search import RECORD_TO_OPTUNA_STATE, TRIAL_ID_ATTR
 from mgd_ray.distributed.study import StudyConfig, run_study
 from mgd_ray.models import build_model
 
@@ -75,6 +76,9 @@ def test_ddp_study_records_a_diverging_trial_and_finishes_the_rest(cluster, tmp_
     study = optuna.load_study(study_name="mgd-1_8", storage=f"sqlite:///{out / 'optuna.db'}")
     states = sorted(t.state.name for t in study.trials)
     assert states == ["COMPLETE", "FAIL"]
+    # One Optuna trial per trial record, each in the state its record says it ended in.
+    assert ({t.user_attrs[TRIAL_ID_ATTR]: t.state for t in study.trials}
+            == {r["trial_id"]: RECORD_TO_OPTUNA_STATE[r["status"]] for r in search})
     assert study.best_value == pytest.approx(best["miou"])
 
     # The report of this real study: measured cells filled, rows not run shown as missing.

@@ -111,6 +111,8 @@ class TrialRecorder(Callback):
                       world_size=result.get("world_size"),
                       # where the weights that scored `miou` are (models/ exports the best from it)
                       checkpoint_path=result.get("checkpoint_path") or record.get("checkpoint_path"))
+        if result.get("node_id") and result["node_id"] not in record.setdefault("nodes", []):
+            record["nodes"].append(result["node_id"])  # a run restarted on another node adds one
         self._save(trial, record)
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -14,7 +14,6 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from ..config import (DATASETS, STUDENTS, TEACHER_DEEP, TEACHER_WIDE, DataConfig, DistillConfig, LossWeights,
                       TeacherConfig, check_protocol, protocol_slug)
@@ -26,14 +25,19 @@ from . import storage
 from .baseline import background_miou, separating_command
 from .export import export_best, folder_size, protocol_records, prune_trial_weights
 from .progress import ProgressCallback, StudyProgress, register
+from .checks import check_protocols_unique, check_teachers
+from .cluster import check_trial_fits, connect, node_shapes
 from .records import TrialRecorder, now_iso, write_json_atomic
+from .search import HonestOptunaSearch
 from .space import ABLATION_VARIANTS, ablation_point, paper_search_point, search_space, weights_from_point
 from .teachers import ensure_teacher, read_teacher_metrics, stage_pretrained, teacher_name
 from .trial import run_trial
 
 # The trial function only drives a TorchTrainer; its workers hold the CPUs and GPUs. Tune needs a
-# non-empty request, so the driver asks for memory only.
-TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
+# non-empty request, so the driver asks for memory only, and a sliver of the head's own resource:
+# trial drivers (and the Train controllers Ray places beside them) then live on the head, and losing
+# a worker node costs a Train restart, never the trial.
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2, "node:__internal_head__": 0.001}
 # What must match for --resume to continue a study rather than start a different one.
 _IDENTITY = ("dataset", "data_root", "protocols", "student", "num_samples", "seeds", "iterations",
              "teacher_iterations", "crop_size", "batch_size", "seed", "ablation", "ablation_variants")
@@ -60,6 +64,8 @@ class StudyConfig:
     cpus_per_worker: int = 1
     max_concurrent_trials: int | None = None
     max_failures: int = 1  # Ray Train restarts of a run after a worker failure
+    worker_start_timeout_s: float = 600.0  # a Train worker group not started by then is retried ...
+    worker_start_retries: int = 2  # ... this many times, then its trial fails (cluster.py)
     storage_path: str | None = None  # default: <output_dir>/ray; s3://... on a cluster
     optuna_storage: str | None = None  # default: sqlite:///<output_dir>/optuna.db
     address: str | None = None
@@ -88,6 +94,7 @@ class StudyConfig:
             raise ValueError("--protocols: give at least one protocol")
         for protocol in self.protocols:
             check_protocol(protocol)
+        check_protocols_unique(self.protocols)
         unknown = sorted(set(self.ablation_variants) - set(ABLATION_VARIANTS))
         if unknown:
             raise ValueError(f"--ablation-variants {unknown}: expected some of {', '.join(ABLATION_VARIANTS)}")
@@ -106,8 +113,10 @@ class StudyConfig:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={value}: expected an integer >= 1")
-        if self.gpus_per_trial < 0 or self.loader_workers < 0 or self.max_failures < 0:
-            raise ValueError("--gpus-per-trial, --loader-workers and --max-failures must be >= 0")
+        if self.gpus_per_trial < 0 or self.loader_workers < 0 or self.max_failures < 0 or self.worker_start_retries < 0:
+            raise ValueError("--gpus-per-trial, --loader-workers, --max-failures and --worker-start-retries must be >= 0")
+        if not self.worker_start_timeout_s > 0:
+            raise ValueError(f"--worker-start-timeout={self.worker_start_timeout_s}: expected seconds > 0")
         if self.gpus_per_trial and self.gpus_per_trial % self.workers_per_trial:
             raise ValueError(f"--gpus-per-trial={self.gpus_per_trial} must be a multiple of "
                              f"--workers-per-trial={self.workers_per_trial} (each worker drives whole GPUs)")
@@ -163,6 +172,7 @@ def plan_protocol(cfg: StudyConfig, protocol: str) -> ProtocolPlan:
                             eval_every=min(eval_every, teacher_iterations), ohem=preset["ohem"], seed=cfg.seed)
     run = {"distill": distill.to_dict(), "storage_path": os.path.join(cfg.resolved_storage(), study_name(cfg)),
            "max_failures": cfg.max_failures, "log_level": "INFO" if cfg.verbose_ray else "WARNING",
+           "worker_start_retries": cfg.worker_start_retries, "worker_start_timeout_s": cfg.worker_start_timeout_s,
            "scaling": {"workers": cfg.workers_per_trial, "cpus_per_worker": cfg.cpus_per_worker,
                        "gpus_per_worker": cfg.gpus_per_trial // cfg.workers_per_trial}}
     return ProtocolPlan(protocol, run, paper_search_point(preset["weights"]), iterations, teacher)
@@ -237,8 +247,10 @@ def tune_run(cfg: StudyConfig, name: str, param_space: dict, tune_config: tune.T
 def run_search(cfg: StudyConfig, plan: ProtocolPlan, concurrency: int,
                extra_points: list[dict[str, float]] = ()) -> None:
     slug = protocol_slug(plan.protocol)
-    searcher = OptunaSearch(
+    # ASHA-stopped trials reach Optuna as PRUNED, failed ones as FAIL (search.py).
+    searcher = HonestOptunaSearch(
         space=search_space, metric="miou", mode="max", points_to_evaluate=[plan.paper_point, *extra_points],
+        max_iterations=plan.iterations,
         sampler=optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True),
         storage=optuna.storages.RDBStorage(cfg.resolved_optuna_storage()), study_name=f"mgd-{slug}")
     eval_every = plan.run["distill"]["eval_every"]
@@ -373,6 +385,7 @@ def prepare_study(cfg: StudyConfig) -> list[ProtocolPlan]:
     """Everything that can be checked before Ray starts: the presets, the data (the synthetic set is
     generated here on first use), the ImageNet files of --pretrained imagenet (found or downloaded here,
     copied next to the cached teachers), the results folder (new, or a matching study on --resume)."""
+    check_teachers(cfg)  # a corrupt teacher file would otherwise fail every trial in its worker
     plans = [plan_protocol(cfg, p) for p in cfg.protocols]
     data = [build_datasets(DataConfig(**plan.run["distill"]["data"])) for plan in plans]
     weights = stage_pretrained(cfg.pretrained, [cfg.student, TEACHER_DEEP, TEACHER_WIDE],
@@ -427,8 +440,8 @@ def run_study(cfg: StudyConfig, plans: list[ProtocolPlan] | None = None,
         DistillConfig(weights=weights_from_point(point), confidence_threshold=point["confidence_threshold"])
     print(f"study {study_name(cfg)}: results in {os.path.abspath(cfg.output_dir)}, "
           f"Ray storage in {cfg.resolved_storage()}", flush=True)
-    if not ray.is_initialized():
-        ray.init(address=cfg.address)
+    connect(cfg.address, cfg.worker_start_timeout_s)  # every process told which cluster (cluster.py)
+    check_trial_fits(plans[0].run["scaling"], node_shapes())  # resources no node can ever offer
     concurrency = max_concurrent_trials(cfg)
     print(f"{concurrency} trial(s) in flight, {cfg.devices_per_trial} {cfg.device.upper()}(s) each", flush=True)
     progress = StudyProgress(list(cfg.protocols), planned_runs(cfg))  # extra points count in num_samples

@@ -7,12 +7,14 @@ callback minus the divergence marker).
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ray.train
 import ray.tune
 from ray.train.torch import TorchTrainer
 
+from .cluster import WORKER_START_TIMEOUT_ENV
 from .records import trial_point
 from .space import weights_from_point
 from .worker import DIVERGED_KEY, ForwardToTune, student_loop
@@ -31,7 +33,10 @@ def scaling_config(run: dict[str, Any]) -> ray.train.ScalingConfig:
 def train_run_config(run: dict[str, Any], name: str, callbacks=()) -> ray.train.RunConfig:
     return ray.train.RunConfig(
         name=name, storage_path=run["storage_path"], callbacks=list(callbacks),
-        failure_config=ray.train.FailureConfig(max_failures=run["max_failures"]),
+        # controller_failure_limit bounds the retries of a worker group that cannot start (Ray's
+        # default retries it forever); the run then fails with WorkerGroupStartupTimeoutError.
+        failure_config=ray.train.FailureConfig(max_failures=run["max_failures"],
+                                               controller_failure_limit=run.get("worker_start_retries", 2)),
         # One checkpoint is all resuming needs; Ray registers the new one before deleting the old.
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         # Ray Train's INFO lines ("Checkpoint successfully created at ...", worker-group start-up,
@@ -51,6 +56,8 @@ def distill_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def run_trial(config: dict[str, Any]) -> None:
     run = config["run"]
+    if "worker_start_timeout_s" in run:  # read by TorchTrainer here, passed on to its controller
+        os.environ[WORKER_START_TIMEOUT_ENV] = f"{float(run['worker_start_timeout_s']):g}"
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         student_loop, train_loop_config=distill_config(config), scaling_config=scaling_config(run),

@@ -50,7 +50,9 @@ class RayContext:
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report({**metrics, "world_size": world_size()}, checkpoint=checkpoint)
+        # node_id: which node rank 0 ran on; a trial record lists every node its run used.
+        ray.train.report({**metrics, "world_size": world_size(), "node_id": ray.get_runtime_context().get_node_id()},
+                         checkpoint=checkpoint)
 
     def latest_checkpoint(self) -> str | None:
         if self._checkpoint is None:

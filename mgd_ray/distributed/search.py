@@ -1,0 +1,89 @@
+"""The study's searcher: Ray's OptunaSearch, telling Optuna how each trial really ended.
+
+Ray 2.60's OptunaSearch tells Optuna COMPLETE for every trial that ends with a metric, ASHA-stopped
+ones included (Tune calls `on_trial_complete` with the last result either way), and COMPLETE for
+a failed trial that had reported a metric before failing. TPE then learns from truncated runs as
+if they had finished and drifts toward configurations that start fast. Here:
+- a trial that reached `max_iterations` is COMPLETE with its final mIoU,
+- a trial that ended earlier (ASHA stop, or stopped while pending) is PRUNED, keeping the
+  intermediate values it reported, which is how Optuna's own pruners record a pruned trial,
+- a trial that raised (diverged, failed, its worker group never started) is FAIL.
+Intermediate values are keyed by the engine's iteration (the step the trial records show), not by
+Tune's report counter, and every Optuna trial carries the Tune trial id as user attribute
+`ray_trial_id`, so the Optuna storage and OUTPUT_DIR/trials/ can be matched one to one.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+logger = logging.getLogger(__name__)
+
+TRIAL_ID_ATTR = "ray_trial_id"
+# Trial record status (records.TrialRecorder) -> the Optuna state this searcher tells.
+RECORD_TO_OPTUNA_STATE = {"completed": TrialState.COMPLETE, "early_stopped": TrialState.PRUNED,
+                          "failed": TrialState.FAIL}
+
+
+class HonestOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells ASHA-stopped trials as PRUNED and failed ones as FAIL.
+
+    max_iterations: the iteration a trial must reach to count as finished.
+    iteration_key: the result key holding that iteration (the engine's "iteration").
+    Other arguments as OptunaSearch (space, metric, mode, points_to_evaluate, sampler, storage, ...).
+    """
+
+    def __init__(self, *args: Any, max_iterations: int, iteration_key: str = "iteration", **kwargs: Any) -> None:
+        if isinstance(kwargs.get("metric"), list):
+            raise ValueError("HonestOptunaSearch: single-objective only (Optuna cannot prune multi-objective trials)")
+        super().__init__(*args, **kwargs)
+        self.max_iterations = int(max_iterations)
+        self.iteration_key = iteration_key
+        self._reported_steps: dict[str, set[int]] = {}
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            ot_trial.set_user_attr(TRIAL_ID_ATTR, trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        value, step = result.get(self.metric), result.get(self.iteration_key)
+        if value is None or step is None or not math.isfinite(float(value)):
+            return
+        # A trial restarted from its last checkpoint reports some iterations again; Optuna keeps
+        # the first value of a step and warns about the repeat, so skip it here.
+        steps = self.__dict__.setdefault("_reported_steps", {}).setdefault(trial_id, set())
+        if int(step) not in steps:
+            self._ot_trials[trial_id].report(float(value), int(step))
+            steps.add(int(step))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        state, value = ending(result, error, self.metric, self.iteration_key, self.max_iterations)
+        try:
+            self._ot_study.tell(ot_trial, value, state=state)
+        except Exception as exc:  # e.g. the trial was already finished in the storage
+            logger.warning("Optuna tell for trial %s (%s) failed: %s", trial_id, state.name, exc)
+        self._completed_trials.add(trial_id)
+
+
+def ending(result: dict | None, error: bool, metric: str, iteration_key: str,
+           max_iterations: int) -> tuple[TrialState, float | None]:
+    """(Optuna state, value to tell) of a trial that ended with `result` (its last) and `error`."""
+    if error:
+        return TrialState.FAIL, None
+    value = (result or {}).get(metric)
+    iteration = (result or {}).get(iteration_key)
+    if value is None or not math.isfinite(float(value)) or iteration is None or int(iteration) < max_iterations:
+        return TrialState.PRUNED, None
+    return TrialState.COMPLETE, float(value)

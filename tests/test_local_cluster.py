@@ -1,0 +1,124 @@
+"""Studies on the local autoscaled cluster (cluster-local.yaml, Ray's fake_multinode provider):
+worker nodes started from zero for waiting trials and removed when idle, and a worker node lost in
+the middle of a trial. Marked `cluster` (and `ray`): each test brings a cluster up and down."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mgd_ray.data import NUM_CLASSES
+from mgd_ray.distributed import local_cluster
+from mgd_ray.distributed.cluster import AUTOSCALING_CONFIG_ENV
+from mgd_ray.models import build_model
+
+pytestmark = [pytest.mark.ray, pytest.mark.cluster]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = [sys.executable, os.path.join(REPO, "experiments", "tune_loss_weights.py")]
+ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+ENV.pop("RAY_ADDRESS", None)
+# Ray 2.60 turns token auth on for every new cluster (generating ~/.ray/auth_token when missing);
+# clients that do not say so explicitly (`ray status`) would then be refused.
+ENV.setdefault("RAY_AUTH_MODE", "token")
+HEAD_NODE_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    state = local_cluster.up(port=local_cluster.DEFAULT_PORT, state_path=str(tmp_path / "cluster.json"),
+                             idle_timeout_minutes=0.25, env=ENV)
+    yield state
+    local_cluster.down(str(tmp_path / "cluster.json"))
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("teachers")
+    args = []
+    for option, arch in (("--teacher-deep-checkpoint", "deeplabv3plus_resnet101"),
+                         ("--teacher-wide-checkpoint", "deeplabv3plus_wide_resnet50_2")):
+        path = str(folder / f"{arch}.pt")
+        torch.save(build_model(arch, NUM_CLASSES["synthetic"]).state_dict(), path)
+        args += [option, path]
+    return args
+
+
+def records(results_dir):
+    out = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "trials", "*", "*.json"))):
+        with open(path) as f:
+            out.append(json.load(f))
+    return out
+
+
+def alive_nodes(address):
+    """{node id: resources} of the live nodes, asked by a separate client process."""
+    code = ("import json, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
+            "print(json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))")
+    done = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, timeout=120, env=ENV)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_trials_wait_the_autoscaler_starts_workers_from_zero_and_removes_them_when_idle(cluster, teachers, tmp_path):
+    assert list(alive_nodes(cluster["address"])) == [HEAD_NODE_ID]  # head only, and it has no CPU
+    out = tmp_path / "study"
+    started = time.time()
+    done = subprocess.run(CLI + ["--smoke", "--no-ablation", "--num-samples", "2", "--address", cluster["address"],
+                                 "--output-dir", str(out), *teachers], capture_output=True, text=True,
+                          timeout=480, env={**ENV, AUTOSCALING_CONFIG_ENV: cluster["config"]})
+    print(f"smoke study on the autoscaled cluster: {time.time() - started:.0f} s")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trials = records(out)
+    assert len(trials) == 2 and all(r["status"] in ("completed", "early_stopped") for r in trials)
+    nodes = {node for r in trials for node in r["nodes"]}
+    assert nodes and HEAD_NODE_ID not in nodes  # trials trained on worker nodes the autoscaler started
+    deadline = time.time() + 180
+    while time.time() < deadline and list(alive_nodes(cluster["address"])) != [HEAD_NODE_ID]:
+        time.sleep(5)
+    print(f"idle worker nodes removed {time.time() - started:.0f} s after the study started")
+    assert list(alive_nodes(cluster["address"])) == [HEAD_NODE_ID]
+
+
+def node_processes(head_pid, node_id):
+    """Process ids of one fake node: descendants of the head carrying its node id."""
+    return [pid for pid in local_cluster.descendants(head_pid)
+            if local_cluster.process_env(pid).get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id]
+
+
+@pytest.mark.skip(reason="written, never run green yet (its one run hit the since-fixed resource check); see issue 14")
+def test_a_worker_node_lost_mid_trial_restarts_the_run_from_its_checkpoint_on_another_node(cluster, teachers, tmp_path):
+    out = tmp_path / "study"
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen(CLI + ["--smoke", "--no-ablation", "--num-samples", "1", "--iterations", "16",
+                                     "--eval-every", "2", "--max-failures", "2", "--address", cluster["address"],
+                                     "--output-dir", str(out), *teachers],
+                              stdout=log, stderr=subprocess.STDOUT, env={**ENV, AUTOSCALING_CONFIG_ENV: cluster["config"]})
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not any(len(r["history"]) >= 2 for r in records(out)):
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(1)
+        (trial,) = records(out)
+        lost, before = trial["nodes"][-1], trial["history"]
+        victims = node_processes(cluster["pid"], lost)
+        assert victims, f"no processes of node {lost}"
+        killed_at = time.time()
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        assert driver.wait(timeout=480) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        print(f"node lost at iteration {before[-1]['iteration']}; study finished {time.time() - killed_at:.0f} s later")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    (trial,) = records(out)
+    assert trial["status"] == "completed" and trial["iteration"] == 16
+    assert len(trial["nodes"]) == 2 and trial["nodes"][0] == lost  # restarted on another node
+    iterations = [h["iteration"] for h in trial["history"]]
+    assert iterations == list(range(2, 17, 2))  # nothing lost, nothing twice
+    assert trial["history"][:len(before)] == before  # what was reported before the loss is kept

@@ -1,0 +1,102 @@
+"""A study whose Ray storage is s3:// on a local S3 server (moto in server mode on 127.0.0.1):
+teachers trained once and uploaded, fetched by the trial workers, checkpoints on S3, the driver
+killed mid-study and resumed, and the report of the result. The endpoint reaches Ray, pyarrow and
+boto3 through the standard AWS_* variables, as a user of an S3-compatible store would set them."""
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+boto3 = pytest.importorskip("boto3")
+pytest.importorskip("moto")
+
+pytestmark = pytest.mark.ray
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUCKET = "mgd-test"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_env():
+    port = free_port()
+    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
+                               "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+           "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("RAY_ADDRESS", None)
+    client = None
+    for _ in range(50):
+        try:
+            client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                                  aws_secret_access_key="testing", region_name="us-east-1")
+            client.create_bucket(Bucket=BUCKET)
+            break
+        except Exception:
+            time.sleep(0.2)
+    yield env, client
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def keys(client, prefix):
+    out = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        out += [o["Key"] for o in page.get("Contents", [])]
+    return out
+
+
+def records(results_dir):
+    out = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "trials", "*", "*.json"))):
+        with open(path) as f:
+            out.append(json.load(f))
+    return out
+
+
+def test_a_study_on_s3_storage_survives_a_killed_driver_and_reports(s3_env, tmp_path):
+    env, client = s3_env
+    out = tmp_path / "study"
+    argv = [sys.executable, os.path.join(REPO, "experiments", "tune_loss_weights.py"), "--smoke", "--no-ablation",
+            "--num-samples", "2", "--max-concurrent-trials", "1", "--storage-path", f"s3://{BUCKET}/studies",
+            "--output-dir", str(out)]
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.time() + 420
+    while time.time() < deadline and not any(r["status"] == "completed" for r in records(out)):
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        time.sleep(2)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray instance it started die at once
+    driver.wait()
+    finished = {r["trial_id"]: r for r in records(out) if r["status"] == "completed"}
+    assert finished, (tmp_path / "driver.log").read_text()[-3000:]
+    teachers = [k for k in keys(client, "studies/teachers/") if k.endswith(".pt")]
+    assert len(teachers) == 2, teachers  # trained once, kept on S3 for the trials to fetch
+    assert not os.path.exists(out / "ray")  # nothing of Ray's storage landed locally
+
+    resumed = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed.stdout.count("cached at s3://") == 2  # the teachers were fetched, not trained again
+    after = {r["trial_id"]: r for r in records(out)}
+    assert len(after) == 2 and all(r["status"] in ("completed", "early_stopped") for r in after.values())
+    for trial_id, record in finished.items():
+        assert after[trial_id]["history"] == record["history"]
+    study_keys = keys(client, f"studies/{out.name}/")
+    assert any("/search-1_8/" in k for k in study_keys)  # Tune's experiment state, restored from S3
+    assert any("/train-" in k and "/checkpoint_" in k for k in study_keys)  # trial checkpoints on S3
+
+    report = subprocess.run([sys.executable, "-m", "mgd_ray.report", str(out)], capture_output=True, text=True,
+                            timeout=300, env=env, cwd=REPO)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (out / "REPORT.md").exists()
