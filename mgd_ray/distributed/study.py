@@ -131,7 +131,7 @@ class ProtocolPlan:
     run: dict[str, Any]
     paper_point: dict[str, float]
     iterations: int
-    teacher: TeacherConfig = field(repr=False)
+    teachers: dict[str, TeacherConfig] = field(repr=False)  # by architecture (each has its own lr)
 
 
 def plan_protocol(cfg: StudyConfig, protocol: str) -> ProtocolPlan:
@@ -147,14 +147,19 @@ def plan_protocol(cfg: StudyConfig, protocol: str) -> ProtocolPlan:
     distill = DistillConfig(student=cfg.student, data=data, optim=preset_optim(preset, "student", iterations),
                             weights=preset["weights"], iterations=iterations, eval_every=eval_every,
                             ohem=preset["ohem"], seed=cfg.seed)
-    teacher = TeacherConfig(data=data, optim=preset_optim(preset, "teacher", teacher_iterations),
-                            cps_weight=preset["cps_weight"], iterations=teacher_iterations,
-                            eval_every=min(eval_every, teacher_iterations), ohem=preset["ohem"], seed=cfg.seed)
+    # Teachers have their own official total batch (Cityscapes: 8 against the students' 16).
+    teacher_data = dataclasses.replace(data, batch_size=cfg.batch_size or preset["teacher_batch_size"])
+    teacher_eval_every = min(cfg.eval_every or preset["teacher_eval_every"], teacher_iterations)
+    teachers = {arch: TeacherConfig(arch=arch, data=teacher_data,
+                                    optim=preset_optim(preset, "teacher", teacher_iterations, arch),
+                                    cps_weight=preset["cps_weight"], iterations=teacher_iterations,
+                                    eval_every=teacher_eval_every, ohem=preset["ohem"], seed=cfg.seed)
+                for arch in (TEACHER_DEEP, TEACHER_WIDE)}
     run = {"distill": distill.to_dict(), "storage_path": os.path.join(cfg.resolved_storage(), study_name(cfg)),
            "max_failures": cfg.max_failures,
            "scaling": {"workers": cfg.workers_per_trial, "cpus_per_worker": cfg.cpus_per_worker,
                        "gpus_per_worker": cfg.gpus_per_trial // cfg.workers_per_trial}}
-    return ProtocolPlan(protocol, run, paper_search_point(preset["weights"]), iterations, teacher)
+    return ProtocolPlan(protocol, run, paper_search_point(preset["weights"]), iterations, teachers)
 
 
 def study_name(cfg: StudyConfig) -> str:
@@ -277,7 +282,7 @@ def prepare_teachers(cfg: StudyConfig, plans: list[ProtocolPlan], concurrency: i
             if given:
                 plan.run["distill"][key] = given if "://" in given else os.path.abspath(given)
             else:
-                jobs.append((plan, key, dataclasses.replace(plan.teacher, arch=arch)))
+                jobs.append((plan, key, plan.teachers[arch]))
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         uris = list(pool.map(lambda job: ensure_teacher(job[2], job[0].run, teachers_root), jobs))
     for (plan, key, _), uri in zip(jobs, uris):
