@@ -16,6 +16,7 @@ from mgd_ray.data import (IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES
                           cutmix_boxes, cutmix_mask, ensure_synthetic, generate_split, generate_synthetic,
                           labeled_count, to_tensor)
 from mgd_ray.data.io import read_label
+from mgd_ray.data.transforms import PAD_COLOUR
 from mgd_ray.data.splits import write_split
 from tests.data_trees import (cityscapes_raw_label, write_cityscapes_tree, write_jpeg, write_png_label,
                               write_voc_tree)
@@ -225,7 +226,8 @@ COLOURS = {0: (200, 10, 10), 3: (10, 200, 10), IGNORE_INDEX: (10, 10, 200)}
 
 def test_augmentation_keeps_labels_aligned_in_range_and_ignore_at_255():
     # Big blocks whose colour names the class: wherever an augmented pixel has exactly a class
-    # colour, its label must be that class; padding is black with label 255.
+    # colour, its label must be that class; padding is the mean colour (0 once normalised) with label
+    # 255, centred as the official pad_image_to_shape.
     label = np.zeros((48, 60), np.uint8)
     label[:, 20:40] = 3
     label[24:, 40:] = IGNORE_INDEX
@@ -240,7 +242,14 @@ def test_augmentation_keeps_labels_aligned_in_range_and_ignore_at_255():
         for cls, colour in COLOURS.items():
             exact = (crop_image == colour).all(axis=2)
             assert (crop_label[exact] == cls).all()
-        assert (crop_label[(crop_image == 0).all(axis=2)] == IGNORE_INDEX).all()
+        padded = (crop_image == PAD_COLOUR).all(axis=2)
+        assert (crop_label[padded] == IGNORE_INDEX).all()
+        if padded.any():  # centred: the padding on both sides of an axis differs by at most one pixel
+            rows, cols = ~padded.all(axis=1), ~padded.all(axis=0)
+            for kept in (rows, cols):
+                before, after = int(np.argmax(kept)), int(np.argmax(kept[::-1]))
+                assert abs(before - after) <= 1
+    assert np.array_equal((to_tensor(np.full((1, 1, 3), PAD_COLOUR, np.uint8)).abs() < 0.01).numpy().ravel(), [True] * 3)
 
 
 def test_augment_is_reproducible_from_a_generator():
