@@ -93,3 +93,34 @@ def test_student_bn_statistics_per_batch_as_in_two_official_forwards():
         if isinstance(bn, nn.BatchNorm2d):
             ref = reference.get_submodule(name)
             assert torch.allclose(bn.running_mean, ref.running_mean, atol=1e-5), name
+
+
+def _synced_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        net = small_net()
+        xs = batches(2, b=2, seed=10 + rank)
+        with batch_groups(net, 2, sync=True):
+            out = net(torch.cat(xs))
+        out.sum().backward()  # the all-gather is differentiable: backward runs on every rank
+        torch.save({"out": out.detach(), "xs": xs}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_synced_groups_normalise_each_batch_over_all_ranks(tmp_path):
+    """On several ranks each named batch is normalised over its images on every rank, as the
+    official SyncBatchNorm normalises one forward's batch over all GPUs."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_synced_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    net = small_net()
+    for g in range(2):
+        with torch.no_grad():
+            expected = net(torch.cat([ranks[0]["xs"][g], ranks[1]["xs"][g]]))  # one BN batch over both ranks
+        for r in range(2):
+            got = ranks[r]["out"][2 * g: 2 * g + 2]
+            assert torch.allclose(got, expected[2 * r: 2 * r + 2], atol=1e-5), (g, r)
