@@ -20,6 +20,7 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -39,18 +40,41 @@ def _gathered_stats(mean: torch.Tensor, var: torch.Tensor, count: int, group) ->
 def grouped_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, groups: int,
                        sync: bool = False) -> torch.Tensor:
     """Train-mode BN of x (N x C x ...) with statistics per group of N / groups consecutive images."""
-    n, channels = x.shape[:2]
+    n = x.shape[0]
     if n % groups:
         raise ValueError(f"batch_groups: a batch of {n} cannot be split into {groups} equal groups")
-    grouped = x.view(groups, n // groups, channels, *x.shape[2:])
+    group = getattr(bn, "process_group", None)
+    synced = (sync or isinstance(bn, nn.SyncBatchNorm)) and dist.is_available() and dist.is_initialized() \
+        and dist.get_world_size(group) > 1
+    if synced:
+        return _synced_grouped_batch_norm(bn, x, groups, group)
+    # One native (fused) train-mode BN call per group, each updating the running statistics in turn
+    # as a forward of that group alone would; the concatenation is the only extra pass over the data.
+    # (Measured on CPU, R101 teacher forward over 4 named batches: 1.17x the eval-mode batched forward,
+    # against 2.2x for statistics by var_mean and a fused scale-and-shift.)
+    track = bn.track_running_stats and bn.running_mean is not None
+    outs = [F.batch_norm(chunk, bn.running_mean if track else None, bn.running_var if track else None,
+                         bn.weight, bn.bias, True, _momentum(bn) if track else 0.0, bn.eps)
+            for chunk in x.chunk(groups)]
+    return torch.cat(outs)
+
+
+def _momentum(bn) -> float:
+    """The running-average factor of one forward, as _BatchNorm.forward computes it."""
+    if bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+    return bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+
+
+def _synced_grouped_batch_norm(bn, x: torch.Tensor, groups: int, group) -> torch.Tensor:
+    """Per-group statistics combined over the ranks of `group` (differentiably), then one fused
+    scale-and-shift."""
+    n, channels = x.shape[:2]
+    grouped = x.view(groups, n // groups, *x.shape[1:])
     dims = (1, *range(3, grouped.dim()))
     var, mean = torch.var_mean(grouped.float(), dim=dims, unbiased=False)  # G x C
-    count = grouped[0, :, 0].numel()
-    group = getattr(bn, "process_group", None)
-    if (sync or isinstance(bn, nn.SyncBatchNorm)) and dist.is_available() and dist.is_initialized() \
-            and dist.get_world_size(group) > 1:
-        mean, var, count = _gathered_stats(mean, var, count, group)
-    if bn.training and bn.track_running_stats:
+    mean, var, count = _gathered_stats(mean, var, grouped[0, :, 0].numel(), group)
+    if bn.track_running_stats and bn.running_mean is not None:
         _update_running_stats(bn, mean.detach(), var.detach(), count)
     scale = torch.rsqrt(var + bn.eps)
     if bn.weight is not None:
@@ -59,7 +83,7 @@ def grouped_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, gro
     if bn.bias is not None:
         shift = shift + bn.bias.float()
     shape = (groups, 1, channels) + (1,) * (x.dim() - 2)
-    out = grouped * scale.view(shape).to(x.dtype) + shift.view(shape).to(x.dtype)
+    out = torch.addcmul(shift.view(shape).to(x.dtype), grouped, scale.view(shape).to(x.dtype))
     return out.reshape(x.shape)
 
 
@@ -68,13 +92,10 @@ def _update_running_stats(bn, mean: torch.Tensor, var: torch.Tensor, count: int)
     unbiased = var * (count / max(count - 1, 1))
     with torch.no_grad():
         for g in range(mean.shape[0]):
-            if bn.num_batches_tracked is not None:
-                bn.num_batches_tracked.add_(1)
-            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            if momentum == 0:
-                continue
-            bn.running_mean.lerp_(mean[g].to(bn.running_mean.dtype), momentum)
-            bn.running_var.lerp_(unbiased[g].to(bn.running_var.dtype), momentum)
+            momentum = _momentum(bn)
+            if momentum:
+                bn.running_mean.lerp_(mean[g].to(bn.running_mean.dtype), momentum)
+                bn.running_var.lerp_(unbiased[g].to(bn.running_var.dtype), momentum)
 
 
 @contextmanager
