@@ -5,9 +5,12 @@
    forward + backward and the teacher forwards the step really runs) per second, over the MAC rate of
    a dense n x n matmul timed in the same rounds. Components (student forward + backward alone, each
    teacher's forward alone) get their own ratio, which says where the time goes.
-2. The share of an iteration spent in teacher forwards with the engine's teacher_forward (one
-   batched forward per teacher, no autograd) against the reference-code way (one forward per named
-   batch, teacher parameters recording autograd), and the middle step (separate, no autograd).
+2. The step time and the share of it spent in teacher forwards, side by side (issue 12 item 5):
+   eval-mode BN batched; the paper's train-mode BN as the official code runs it (one forward per
+   named batch, with and without autograd); and the engine's default, train-mode BN in one batched
+   forward whose BN normalises each named batch on its own (batch_groups). Ratios are over the
+   eval-mode batched step of the same run. The student's own forward + backward with BN statistics
+   per batch (x_m, x_l: as the official two forwards) is compared with one joint-BN forward.
 
     python benchmarks/engine.py              # synthetic preset: crop 64, batch 4, both students
     python benchmarks/engine.py --quick      # 2 rounds, ResNet-18 only
@@ -32,6 +35,7 @@ from common import interleaved, machine, matmul_call, matmul_macs, median, rando
 from mgd_ray.config import STUDENTS
 from mgd_ray.data import build_datasets, cutmix_mask
 from mgd_ray.engine import mgd_step
+from mgd_ray.engine.batch_groups import batch_groups
 from mgd_ray.engine.distill import load_teacher
 from mgd_ray.engine.device import autocast, to_device
 from mgd_ray.engine.optim import build_optimizer
@@ -55,10 +59,22 @@ def separate_forwards(teacher, images, autograd: bool):
         teacher.requires_grad_(False)
 
 
+def in_mode(train_bn: bool, way):
+    """`way` with the teacher's BN in train mode (the paper's: batch statistics) or eval mode."""
+    def run(teacher, images):
+        mgd_step.freeze(teacher, train_bn)
+        return way(teacher, images)
+    return run
+
+
+# Issue 12 item 5: the paper's train-mode teachers must not give back the speed of batching. The
+# engine's batched forward in train mode normalises each named batch with its own statistics
+# (batch_groups); "separate" is the official code's way, one forward per named batch.
 TEACHER_WAYS = {
-    "engine (batched, no autograd)": ENGINE_TEACHER_FORWARD,
-    "separate, no autograd": partial(separate_forwards, autograd=False),
-    "separate, autograd (reference)": partial(separate_forwards, autograd=True),
+    "eval BN, batched": in_mode(False, ENGINE_TEACHER_FORWARD),
+    "train BN, separate": in_mode(True, partial(separate_forwards, autograd=False)),
+    "train BN, batched (engine default)": in_mode(True, ENGINE_TEACHER_FORWARD),
+    "train BN, separate, autograd (official)": in_mode(True, partial(separate_forwards, autograd=True)),
 }
 
 
@@ -128,11 +144,12 @@ class StudentBench:
         total.backward()
         self.optimizer.step()
 
-    def student_only(self) -> None:
-        """The student's share of the step: forward + backward on [x_l; x_m] and the SGD step."""
-        with autocast(self.device, self.amp):
-            out = self.student(torch.cat([self.x_l, mgd_step.mix(self.mask, self.u0, self.u1)]))
-            loss = F.cross_entropy(out["logits"][: self.x_l.shape[0]].float(), self.y, ignore_index=255)
+    def student_only(self, per_batch_bn: bool = True) -> None:
+        """The student's share of the step: forward + backward on [x_m; x_l] and the SGD step, BN
+        statistics per batch as the engine computes them (or over the joint batch)."""
+        with autocast(self.device, self.amp), batch_groups(self.student, 2 if per_batch_bn else 1):
+            out = self.student(torch.cat([mgd_step.mix(self.mask, self.u0, self.u1), self.x_l]))
+            loss = F.cross_entropy(out["logits"][self.x_l.shape[0]:].float(), self.y, ignore_index=255)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -141,6 +158,7 @@ class StudentBench:
         return {"u0": self.u0, "u1": self.u1, "x_l": self.x_l, "x_m": mgd_step.mix(self.mask, self.u0, self.u1)}
 
     def teacher_only(self, teacher) -> None:
+        mgd_step.freeze(teacher, train_mode=True)  # the engine's default; other variants switch modes
         with autocast(self.device, self.amp):
             ENGINE_TEACHER_FORWARD(teacher, self.teacher_images())
 
@@ -201,6 +219,7 @@ def main(args: argparse.Namespace) -> None:
         for way_name in TEACHER_WAYS:
             variants[(s, "step", way_name)] = step_with(bench, s, way_name)
         variants[(s, "student")] = bench.student_only
+        variants[(s, "student, joint BN")] = partial(bench.student_only, False)
         variants[(s, "teacher_deep")] = partial(bench.teacher_only, bench.deep)
         variants[(s, "teacher_wide")] = partial(bench.teacher_only, bench.wide)
         macs[(s, "step")] = bench.count_macs(bench.step)
@@ -213,7 +232,8 @@ def main(args: argparse.Namespace) -> None:
     matmul_rate = macs["matmul"] / median(times["matmul"])
     print(f"\nreference: {args.matmul_size}^2 {str(dtype).removeprefix('torch.')} matmul "
           f"{matmul_rate / 1e9:.1f} GMAC/s (median of {args.rounds})\n")
-    engine_way = next(iter(TEACHER_WAYS))
+    engine_way = "train BN, batched (engine default)"
+    base_way = "eval BN, batched"
     rows, parts = [], []
     for s, bench in benches.items():
         step_s = median(times[(s, "step", engine_way)])
@@ -231,13 +251,16 @@ def main(args: argparse.Namespace) -> None:
 
     rows = []
     for s in benches:
-        base = median(times[(s, "step", engine_way)])
+        base = median(times[(s, "step", base_way)])
         for way_name in TEACHER_WAYS:
             step_s = median(times[(s, "step", way_name)])
             rows.append([s.removeprefix("deeplabv3plus_"), way_name, step_s * 1e3,
                          median(teacher_share[(s, way_name)]), step_s / base])
-    print("\n2. teacher forwards: share of the iteration")
-    print(table(["student", "teacher forwards", "step ms", "teacher share", "step time / engine's"], rows))
+        joint, grouped = median(times[(s, "student, joint BN")]), median(times[(s, "student")])
+        rows.append([s.removeprefix("deeplabv3plus_"), "(student alone: BN per batch / joint BN)", grouped * 1e3,
+                     float("nan"), grouped / joint])
+    print("\n2. teacher forwards: share of the iteration; step time over the eval-BN batched step")
+    print(table(["student", "teacher forwards", "step ms", "teacher share", "step time / eval batched"], rows))
 
 
 if __name__ == "__main__":

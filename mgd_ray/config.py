@@ -74,7 +74,10 @@ class DataConfig:
     dataset: str = "synthetic"
     root: str | None = None  # None: the synthetic set's cache folder
     protocol: str = "1/8"
-    split_dir: str | None = None  # user-provided split lists; else a seeded split is generated
+    split_dir: str | None = None  # user-provided split lists (win over everything else)
+    # VOC / Cityscapes at 1/16..1/2: the paper's shipped lists (mgd_ray/splits/); False or any other
+    # protocol or data: a seeded split is generated
+    paper_split: bool = True
     split_out_dir: str | None = None  # where a generated split is written (next to the results)
     crop_size: int = 64
     batch_size: int = 4  # per worker, for the labeled and for each unlabeled batch
@@ -152,7 +155,7 @@ class DistillConfig:
     teacher_wide: str = TEACHER_WIDE
     teacher_deep_checkpoint: str | None = None  # state-dict file of the trained, frozen teacher
     teacher_wide_checkpoint: str | None = None
-    teacher_train_mode: bool = False  # the reference code ran teachers with train-mode BN
+    teacher_train_mode: bool = True  # the paper's: BN with batch statistics per named batch; False = eval mode
     weights: LossWeights = field(default_factory=LossWeights)
     confidence_threshold: float = 0.0  # pseudo-label pixels below it are ignored; 0 = the paper
     data: DataConfig = field(default_factory=DataConfig)

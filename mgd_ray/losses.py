@@ -10,6 +10,10 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = 255
+OHEM_MIN_KEPT_PER_IMAGE = 50_000
+# The official L_I is a sum over the 2 images each of its 4 GPUs holds (exp.voc/*/train.py: total
+# batch 8, NGPUS 4); lambda_I was tuned for that sum.
+SEMANTIC_IMAGES_PER_DEVICE = 2
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
@@ -25,16 +29,19 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
 
 
 def supervised_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX,
-                    ohem: bool = False, ohem_threshold: float = 0.7, min_kept: int = 100000) -> torch.Tensor:
+                    ohem: bool = False, ohem_threshold: float = 0.7, min_kept: int | None = None) -> torch.Tensor:
     """L_sup: CE(S(x_l), y) with ignore index; logits B x C x H x W, target B x H x W.
 
     OHEM (Cityscapes in the paper, as CPS's ProbOhemCrossEntropy2d): keep only the hard pixels, those
     whose probability of the true class is <= ohem_threshold, but at least the `min_kept` hardest
     (the threshold rises to the min_kept-th smallest probability); with fewer than `min_kept` valid
-    pixels all are kept."""
+    pixels all are kept. min_kept None = OHEM_MIN_KEPT_PER_IMAGE x B, the official
+    50,000 x images per device (city8.*/train.py: 50000 * batch_size // world_size)."""
     if not ohem:
         return masked_cross_entropy(logits, target, ignore_index)
     _check_logits_target(logits, target)
+    if min_kept is None:
+        min_kept = OHEM_MIN_KEPT_PER_IMAGE * logits.shape[0]
     valid = target != ignore_index
     num_valid = int(valid.sum())
     if 0 < num_valid and num_valid >= min_kept:
@@ -79,14 +86,20 @@ def pixel_consistency_loss(student_logits: torch.Tensor, teacher_logits: torch.T
 
 
 def semantic_sensitive_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """L_I: sum over batch and classes of |GAP(student logits) - GAP(teacher logits)| (pre-softmax).
-    Both B x C x H x W (sizes may differ: each is pooled over its own H x W)."""
+    """L_I: |GAP(student logits) - GAP(teacher logits)| (pre-softmax), summed over classes, averaged
+    over the B images and multiplied by SEMANTIC_IMAGES_PER_DEVICE (2).
+
+    The official term is the sum over the 2 images of a GPU; this normalisation gives the same value
+    at B = 2 and the same per-image weight at any B, so the paper's lambda_I means the same thing
+    whatever the images per device (at B = 8 a plain sum would be 4x stronger). Both B x C x H x W
+    (sizes may differ: each is pooled over its own H x W)."""
     if student_logits.shape[:2] != teacher_logits.shape[:2] or student_logits.dim() != 4:
         raise ValueError(f"semantic_sensitive_loss: expected B x C x H x W logits with the same B and C, got "
                          f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
     student_gap = student_logits.float().mean(dim=(2, 3))
     teacher_gap = teacher_logits.float().mean(dim=(2, 3))
-    return (student_gap - teacher_gap).abs().sum()
+    per_image = (student_gap - teacher_gap).abs().sum(dim=1)
+    return per_image.mean() * SEMANTIC_IMAGES_PER_DEVICE
 
 
 def region_similarity(features: torch.Tensor, grid: int = 7) -> torch.Tensor:

@@ -16,6 +16,7 @@ from mgd_ray.data import (IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES
                           cutmix_boxes, cutmix_mask, ensure_synthetic, generate_split, generate_synthetic,
                           labeled_count, to_tensor)
 from mgd_ray.data.io import read_label
+from mgd_ray.data.transforms import PAD_COLOUR
 from mgd_ray.data.splits import write_split
 from tests.data_trees import (cityscapes_raw_label, write_cityscapes_tree, write_jpeg, write_png_label,
                               write_voc_tree)
@@ -39,6 +40,8 @@ def voc_root(tmp_path):
 
 
 def voc_cfg(root, tmp_path, **kw):
+    # A small tree: a seeded split, not the paper's lists (which name all 10,582 images).
+    kw.setdefault("paper_split", False)
     return DataConfig(dataset="voc", root=str(root), split_out_dir=str(tmp_path / "results" / "splits"), **kw)
 
 
@@ -145,7 +148,7 @@ def test_cityscapes_official_mapping_subset():
 def test_cityscapes_maps_raw_label_ids(tmp_path):
     root = tmp_path / "cityscapes"
     raw = write_cityscapes_tree(root, {"train": {"aachen": 5, "bremen": 4}, "val": {"frankfurt": 2}})
-    data = build_datasets(DataConfig(dataset="cityscapes", root=str(root), protocol="1/4",
+    data = build_datasets(DataConfig(dataset="cityscapes", root=str(root), protocol="1/4", paper_split=False,
                                      split_out_dir=str(tmp_path / "out"), crop_size=24))
     assert data.num_classes == 19 and len(data.labeled_ids) == 3 and len(data.unlabeled_ids) == 6
     lines = (Path(data.split_dir) / "labeled.txt").read_text().splitlines()
@@ -223,7 +226,8 @@ COLOURS = {0: (200, 10, 10), 3: (10, 200, 10), IGNORE_INDEX: (10, 10, 200)}
 
 def test_augmentation_keeps_labels_aligned_in_range_and_ignore_at_255():
     # Big blocks whose colour names the class: wherever an augmented pixel has exactly a class
-    # colour, its label must be that class; padding is black with label 255.
+    # colour, its label must be that class; padding is the mean colour (0 once normalised) with label
+    # 255, centred as the official pad_image_to_shape.
     label = np.zeros((48, 60), np.uint8)
     label[:, 20:40] = 3
     label[24:, 40:] = IGNORE_INDEX
@@ -238,7 +242,14 @@ def test_augmentation_keeps_labels_aligned_in_range_and_ignore_at_255():
         for cls, colour in COLOURS.items():
             exact = (crop_image == colour).all(axis=2)
             assert (crop_label[exact] == cls).all()
-        assert (crop_label[(crop_image == 0).all(axis=2)] == IGNORE_INDEX).all()
+        padded = (crop_image == PAD_COLOUR).all(axis=2)
+        assert (crop_label[padded] == IGNORE_INDEX).all()
+        if padded.any():  # centred: the padding on both sides of an axis differs by at most one pixel
+            rows, cols = ~padded.all(axis=1), ~padded.all(axis=0)
+            for kept in (rows, cols):
+                before, after = int(np.argmax(kept)), int(np.argmax(kept[::-1]))
+                assert abs(before - after) <= 1
+    assert np.array_equal((to_tensor(np.full((1, 1, 3), PAD_COLOUR, np.uint8)).abs() < 0.01).numpy().ravel(), [True] * 3)
 
 
 def test_augment_is_reproducible_from_a_generator():
@@ -268,33 +279,41 @@ def test_loader_workers_draw_different_crops(tmp_path):
 
 # ---------------------------------------------------------------- CutMix
 
-def test_cutmix_boxes_are_three_disjoint_boxes_covering_a_quarter_to_a_half():
-    generator = torch.Generator().manual_seed(0)
-    fractions = []
-    for _ in range(100):
-        boxes = cutmix_boxes(64, 80, generator)
-        assert len(boxes) == 3
-        for top, left, bottom, right in boxes:
-            assert 0 <= top < bottom <= 64 and 0 <= left < right <= 80
-        mask = np.zeros((64, 80), int)
-        for top, left, bottom, right in boxes:
-            mask[top:bottom, left:right] += 1
-        assert mask.max() == 1  # disjoint
-        fractions.append(mask.mean())
-    assert 0.23 < min(fractions) and max(fractions) < 0.52  # U(0.25, 0.5) up to pixel rounding
-    assert np.mean(fractions) == pytest.approx(0.375, abs=0.03)
+def test_cutmix_boxes_follow_the_official_generator():
+    """mask_gen.BoxMaskGenerator with the configs' settings: 3 boxes, each p/3 of the image with
+    p ~ U(0.25, 0.5) and a random aspect ratio, inside the image."""
+    boxes = cutmix_boxes(500, 64, 80, torch.Generator().manual_seed(0))
+    assert boxes.shape == (500, 3, 4)
+    top, left, bottom, right = boxes.unbind(-1)
+    assert (top >= 0).all() and (left >= 0).all() and (bottom <= 64).all() and (right <= 80).all()
+    assert (bottom > top).all() and (right > left).all()
+    area = ((bottom - top) * (right - left)).double() / (64 * 80)
+    # Each side is rounded to whole pixels: allow one pixel of slack on each side.
+    slack = (64 + 80 + 1) / (64 * 80)
+    assert area.min() > 0.25 / 3 - slack and area.max() < 0.5 / 3 + slack
+    assert area.mean().item() == pytest.approx(0.375 / 3, abs=0.005)
+    aspect = ((bottom - top).double() / 64) / ((right - left).double() / 80)
+    assert aspect.min() < 0.5 and aspect.max() > 2  # random aspect ratios, tall and wide
 
 
-def test_cutmix_mask_paints_the_boxes():
-    mask = cutmix_mask(4, 32, 48, torch.Generator().manual_seed(1))
-    assert mask.shape == (4, 32, 48) and mask.dtype == torch.float32
+def test_cutmix_mask_is_the_xor_of_its_boxes_and_deterministic():
+    mask = cutmix_mask(6, 32, 48, torch.Generator().manual_seed(1))
+    assert mask.shape == (6, 32, 48) and mask.dtype == torch.float32
     assert set(mask.unique().tolist()) == {0.0, 1.0}
-    replay = torch.Generator().manual_seed(1)
-    for index in range(4):
-        expected = torch.zeros(32, 48)
-        for top, left, bottom, right in cutmix_boxes(32, 48, replay):
-            expected[top:bottom, left:right] = 1
-        assert torch.equal(mask[index], expected)
+    assert torch.equal(mask, cutmix_mask(6, 32, 48, torch.Generator().manual_seed(1)))
+    boxes = cutmix_boxes(6, 32, 48, torch.Generator().manual_seed(1))
+    for index in range(6):
+        count = np.zeros((32, 48), int)
+        for top, left, bottom, right in boxes[index].tolist():
+            count[top:bottom, left:right] += 1
+        assert np.array_equal(mask[index].numpy(), (count % 2).astype(np.float32))  # overlaps flip back
+
+
+def test_cutmix_mean_mixed_area_is_a_quarter_at_512():
+    generator = torch.Generator().manual_seed(0)
+    areas = torch.cat([cutmix_mask(250, 512, 512, generator).mean(dim=(1, 2)) for _ in range(8)])
+    assert areas.numel() == 2000
+    assert areas.mean().item() == pytest.approx(0.25, abs=0.02)
 
 
 # ---------------------------------------------------------------- bad input
@@ -340,7 +359,8 @@ def test_cityscapes_raw_ids_out_of_table(tmp_path):
     path = root / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png"
     write_png_label(path, np.full((32, 64), 40, np.uint8))
     with pytest.raises(DatasetError, match=r"lindau_000000_000019_gtFine_labelIds.png: values \[40\] .*labelIds 0..33"):
-        build_datasets(DataConfig(dataset="cityscapes", root=str(root), split_out_dir=str(tmp_path / "s")))
+        build_datasets(DataConfig(dataset="cityscapes", root=str(root), split_out_dir=str(tmp_path / "s"),
+                                  paper_split=False))
 
 
 def test_validation_marker_is_invalidated_by_a_changed_file(voc_root, tmp_path):

@@ -17,8 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mgd_ray.config import DataConfig, DistillConfig, LossWeights, OptimConfig, TeacherConfig
-from mgd_ray.engine import DivergedError, LocalContext, distill_student, evaluate, load_preset, train_teacher
-from mgd_ray.engine.presets import preset_optim
+from mgd_ray.engine import DivergedError, LocalContext, distill_student, evaluate, train_teacher
 from mgd_ray.engine import distill as distill_module
 from mgd_ray.engine import teacher as teacher_module
 from mgd_ray.engine.checkpoint import atomic_save, load_checkpoint
@@ -153,8 +152,9 @@ def test_real_student_optimisation_steps_reduce_the_loss():
     torch.manual_seed(0)
     student = build_model("deeplabv3plus_resnet18", C)
     weights = {"sup": 1.0, "pixel": 1.0, "semantic": 0.002, "region": 100.0}
-    # A small lr: the randomly initialised DeepLabv3+ head starts with large logits.
-    optimizer = build_optimizer([student], OptimConfig(lr=0.001))
+    # A small lr: the randomly initialised DeepLabv3+ head starts with large logits. (0.002 since BN
+    # normalises x_l and x_m with their own statistics, as the official two forwards do.)
+    optimizer = build_optimizer([student], OptimConfig(lr=0.002))
     losses = []
     for _ in range(8):
         terms, _ = mgd_losses(student, deep, wide, x_l, y, u0, u1, mask, weights)
@@ -430,23 +430,6 @@ def test_mix_and_pseudo_label_of_the_mix():
     label, _ = pseudo_label(mix(mask, a, b))
     assert label.tolist() == [[[0, 2], [2, 0]]]
     assert masked_cross_entropy(torch.zeros(1, C, 2, 2), label).item() == pytest.approx(math.log(C))
-
-
-def test_presets():
-    voc = load_preset("voc", "1/8")
-    # 10,582 images: 1,323 labeled, 9,259 unlabeled -> ceil(9259 / 8) = 1,158 iterations per epoch x 34 epochs.
-    assert voc["teacher_iterations"] == 34 * 1158 and voc["crop_size"] == 512 and not voc["ohem"]
-    city = load_preset("cityscapes", "1/16")
-    assert city["ohem"] and city["crop_size"] == 800 and city["weights"].semantic == 0.001
-    # 2,975 images: 186 labeled, 2,789 unlabeled -> ceil(2789 / 16) = 175 per epoch on two devices x 128 epochs.
-    assert load_preset("cityscapes", "1/16", num_devices=2)["teacher_iterations"] == 128 * 175
-    assert load_preset("voc", "1/8", student="deeplabv3plus_mobilenetv2")["weights"].region == 50.0
-    # The paper's schedule on real data (no warm-up, CPS weight 1.5); the from-scratch synthetic preset differs.
-    assert preset_optim(voc, "teacher", 1000) == OptimConfig(lr=0.0025, warmup_iterations=0) and voc["cps_weight"] == 1.5
-    synthetic = load_preset("synthetic", "1/8")
-    assert preset_optim(synthetic, "student", 150).warmup_iterations == 15 and synthetic["cps_weight"] == 0.1
-    with pytest.raises(ValueError, match="expected one of"):
-        load_preset("coco", "1/8")
 
 
 def test_runner_rejects_bad_options_before_any_work(tmp_path):

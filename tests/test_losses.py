@@ -61,10 +61,39 @@ def test_identical_student_and_teacher():
 def test_semantic_sensitive_hand_computed():
     # GAP(student) = (ln3/4, ln3/4); GAP(teacher) = (3/4, 3.5/4).
     expected = abs(LN3 / 4 - 0.75) + abs(LN3 / 4 - 0.875)
-    assert semantic_sensitive_loss(STUDENT, TEACHER).item() == pytest.approx(expected, abs=1e-6)
-    # A sum over the batch, not a mean.
-    doubled = semantic_sensitive_loss(STUDENT.repeat(2, 1, 1, 1), TEACHER.repeat(2, 1, 1, 1))
-    assert doubled.item() == pytest.approx(2 * expected, abs=1e-6)
+    # Normalised to the official 2-image sum: 2 x the mean over images (issue 12).
+    assert semantic_sensitive_loss(STUDENT, TEACHER).item() == pytest.approx(2 * expected, abs=1e-6)
+    two = semantic_sensitive_loss(STUDENT.repeat(2, 1, 1, 1), TEACHER.repeat(2, 1, 1, 1))
+    assert two.item() == pytest.approx(2 * expected, abs=1e-6)  # = the official sum over 2 images
+
+
+def test_semantic_sensitive_gradient_per_image_is_the_same_at_2_and_8_images_per_device():
+    """At the paper's lambda_I, a device holding 8 images must push each image as hard as the
+    official device holding 2 did: the gradient reaching any one image's logits is 4x smaller at
+    8 images (as for a mean CE), and a weight every image shares gets the same gradient when the 8
+    images are 4 copies of the 2."""
+    lambda_i = 0.002
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 6, 6), torch.randn(2, 5, 6, 6)
+    official = lambda_i * (student.mean(dim=(2, 3)) - teacher.mean(dim=(2, 3))).abs().sum()  # the 2-image sum
+
+    def grads(batch_copies: int):
+        s = student.repeat(batch_copies, 1, 1, 1).requires_grad_(True)
+        scale = torch.ones((), requires_grad=True)  # a weight every image shares
+        loss = lambda_i * semantic_sensitive_loss(scale * s, teacher.repeat(batch_copies, 1, 1, 1))
+        loss.backward()
+        return loss, s.grad, scale.grad
+
+    loss2, logits_grad2, shared2 = grads(1)
+    loss8, logits_grad8, shared8 = grads(4)
+    assert loss2.item() == pytest.approx(official.item(), rel=1e-6)
+    assert loss8.item() == pytest.approx(official.item(), rel=1e-6)
+    assert shared8.item() == pytest.approx(shared2.item(), rel=1e-5)
+    # Per image, as a share of the batch: B x dL/d(logits of image i) is the same at B = 2 and B = 8.
+    assert torch.allclose(8 * logits_grad8[:2], 2 * logits_grad2, atol=1e-9)
+    # The hand value: d/ds of lambda_I * 2/B * |mean(s) - mean(t)| at each pixel is lambda_I * 2/B * sign / (6 * 6).
+    sign = torch.sign(student.mean(dim=(2, 3)) - teacher.mean(dim=(2, 3)))[:, :, None, None].expand(2, 5, 6, 6)
+    assert torch.allclose(logits_grad2, lambda_i * sign / 36, atol=1e-9)
 
 
 def test_content_aware_hand_computed():

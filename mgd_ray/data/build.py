@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from ..config import DataConfig
 from . import cityscapes, voc
 from .dataset import Sample, SegmentationDataset
 from .io import DatasetError, cache_root, read_list
-from .splits import labeled_count, resolve_split
+from .splits import labeled_count, paper_split_dir, resolve_split, write_split
 from .synthetic import ensure_synthetic
 from .validate import validate_samples
 
@@ -57,14 +58,24 @@ def _to_samples(dataset: str, root: Path, rows: list[str], list_name: str) -> li
     return voc.ids_to_samples(root, rows)
 
 
-def _samples(cfg: DataConfig, root: Path, split_out: Path):
-    """(labeled, unlabeled, val) Samples and the split folder used."""
-    # The training list is only needed to draw a split; user lists name their own images.
+def _split_source(cfg: DataConfig) -> str | None:
+    """The folder of the split lists to read, or None to draw a seeded split."""
     if cfg.split_dir:
+        return cfg.split_dir
+    shipped = paper_split_dir(cfg.dataset, cfg.protocol) if cfg.paper_split else None
+    return str(shipped) if shipped is not None else None
+
+
+def _samples(cfg: DataConfig, root: Path, split_out: Path):
+    """(labeled, unlabeled, val) Samples, the split folder, and for a split drawn here the function
+    that writes it (None for read lists)."""
+    source = _split_source(cfg)
+    # The training list is only needed to draw a split; lists name their own images.
+    if source:
         rows = []
     else:
         rows = cityscapes.scan_pairs(root, "train") if cfg.dataset == "cityscapes" else voc.train_ids(root)
-    labeled, unlabeled, folder = resolve_split(rows, cfg.protocol, cfg.seed, cfg.split_dir, split_out)
+    labeled, unlabeled, folder, generated = resolve_split(rows, cfg.protocol, cfg.seed, source, split_out)
     val_list = _user_val_list(cfg.split_dir)
     if cfg.dataset != "cityscapes":
         val_rows = voc.val_ids(root, cfg.split_dir)
@@ -72,15 +83,33 @@ def _samples(cfg: DataConfig, root: Path, split_out: Path):
         val_rows = ["\t".join(row) for row in read_list(val_list)]
     else:
         val_rows = cityscapes.scan_pairs(root, "val")
-    return (_to_samples(cfg.dataset, root, labeled, str(folder / "labeled.txt")),
-            _to_samples(cfg.dataset, root, unlabeled, str(folder / "unlabeled.txt")),
-            _to_samples(cfg.dataset, root, val_rows, str(val_list or "the validation list")), folder)
+    labeled_samples = _to_samples(cfg.dataset, root, labeled, str(folder / "labeled.txt"))
+    unlabeled_samples = _to_samples(cfg.dataset, root, unlabeled, str(folder / "unlabeled.txt"))
+    if not generated:
+        for samples, name in ((labeled_samples, "labeled.txt"), (unlabeled_samples, "unlabeled.txt")):
+            _check_listed_images(samples, folder / name, root, cfg.dataset)
+    val_samples = _to_samples(cfg.dataset, root, val_rows, str(val_list or "the validation list"))
+    write = (lambda: write_split(folder, labeled, unlabeled)) if generated else None
+    return labeled_samples, unlabeled_samples, val_samples, folder, write
+
+
+def _check_listed_images(samples: list[Sample], list_path: Path, root: Path, dataset: str) -> None:
+    """One error for all the images a split list names that the data root lacks."""
+    missing = [s.id for s in samples if not os.path.isfile(s.image)]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise DatasetError(
+            f"split list {list_path}: {len(missing)} of its {len(samples)} images are missing from data root "
+            f"{root} ({shown}); expected {_LAYOUT[dataset]} holding every image the list names "
+            "(the paper's lists need the whole training set; pass --split-dir with lists of your images)"
+        )
 
 
 def build_datasets(cfg: DataConfig) -> SemiSupervisedData:
     """Resolve the data root and split, validate every file once, and return the datasets:
     labeled items (image 3 x S x S, label S x S), unlabeled items (image 3 x S x S), val items
-    (image 3 x H x W, label H x W, id) with S = cfg.crop_size. Raises DatasetError on bad data."""
+    (image 3 x H x W, label H x W, id) with S = cfg.crop_size. Raises DatasetError on bad data,
+    before a generated split is written."""
     num_classes = NUM_CLASSES[cfg.dataset]
     labeled_count(0, cfg.protocol)  # an unknown protocol fails before any file is touched
     if cfg.dataset == "synthetic":
@@ -93,11 +122,13 @@ def build_datasets(cfg: DataConfig) -> SemiSupervisedData:
             f"data root {root} (dataset {cfg.dataset!r}): folder not found, expected {_LAYOUT[cfg.dataset]}"
         )
     split_out = Path(cfg.split_out_dir) if cfg.split_out_dir else _default_split_dir(cfg.dataset, root)
-    labeled, unlabeled, val, folder = _samples(cfg, root, split_out)
+    labeled, unlabeled, val, folder, write_generated_split = _samples(cfg, root, split_out)
     if cfg.protocol == "full":
         unlabeled = list(labeled)
     labeled_keys = {s.image for s in labeled}
     validate_samples(labeled + val, [s for s in unlabeled if s.image not in labeled_keys], num_classes)
+    if write_generated_split is not None:  # only now: a failed validation leaves no split behind
+        write_generated_split()
     return SemiSupervisedData(
         labeled=SegmentationDataset(labeled, "labeled", cfg.crop_size),
         unlabeled=SegmentationDataset(unlabeled, "unlabeled", cfg.crop_size),

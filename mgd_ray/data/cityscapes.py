@@ -79,5 +79,9 @@ def pairs_to_samples(root: str | Path, pairs: list[str], list_name: str) -> list
             # The list names trainIds files that were never generated: use the raw labelIds.
             raw = label.with_name(label.name[: -len(TRAIN_IDS_SUFFIX)] + LABEL_IDS_SUFFIX)
             label = raw if raw.is_file() else label
+        elif label.name.endswith(LABEL_IDS_SUFFIX) and not label.is_file():
+            # The list names raw labelIds (the shipped paper lists do) and only trainIds are there.
+            train_ids = label.with_name(label.name[: -len(LABEL_IDS_SUFFIX)] + TRAIN_IDS_SUFFIX)
+            label = train_ids if train_ids.is_file() else label
         samples.append(Sample(pair_id(pair), str(image), str(label), label_kind(str(label))))
     return samples

@@ -1,64 +1,49 @@
-"""CutMix box masks for MGD's mixed unlabeled image x_m = (1 - M) * u0 + M * u1."""
+"""CutMix box masks for MGD's mixed unlabeled image x_m = (1 - M) * u0 + M * u1, drawn as the
+official `mask_gen.BoxMaskGenerator` draws them with the configs' settings (prop_range (0.25, 0.5),
+3 boxes, random aspect ratio, area proportions, within bounds, inverted: the mask starts at 0).
+
+Each box has its own area proportion p ~ U(0.25, 0.5), split as height fraction
+p^U(0,1) and width fraction p / (height fraction), both times sqrt(1/3): a box covers p/3 of the
+image. Boxes lie inside the image and flip the mask where they overlap (XOR), so the mean mixed
+area is about 0.25, not the 0.375 that three disjoint boxes would cover.
+"""
 from __future__ import annotations
 
 import math
 
 import torch
 
-# Placing disjoint boxes is a rejection sampler; this bound is never reached for areas <= 1/2
-# split over a few boxes, but it keeps the loop finite for extreme arguments.
-_MAX_TRIES = 200
+AREA_RANGE = (0.25, 0.5)
+NUM_BOXES = 3
 
 
-def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
-    return low + (high - low) * float(torch.rand((), generator=generator))
-
-
-def _overlaps(box, boxes) -> bool:
-    top, left, bottom, right = box
-    return any(top < b and t < bottom and left < r and l < right for t, l, b, r in boxes)
-
-
-def cutmix_boxes(height: int, width: int, generator: torch.Generator | None = None,
-                 num_boxes: int = 3, area_range: tuple[float, float] = (0.25, 0.5)):
-    """Boxes (top, left, bottom, right), bottom/right exclusive, for one image: the total area
-    fraction is drawn from U(area_range) and split equally among `num_boxes` disjoint boxes of
-    random aspect ratio in [1/2, 2], all inside the image."""
+def cutmix_boxes(n: int, height: int, width: int, generator: torch.Generator | None = None,
+                 num_boxes: int = NUM_BOXES, area_range: tuple[float, float] = AREA_RANGE) -> torch.Tensor:
+    """n x num_boxes x 4 int64 boxes (top, left, bottom, right), bottom/right exclusive, drawn as
+    the official generator draws them (see the module docstring)."""
     low, high = area_range
     if not 0.0 < low <= high <= 1.0:
         raise ValueError(f"area_range={area_range!r}: expected 0 < low <= high <= 1")
-    if num_boxes < 1:
-        raise ValueError(f"num_boxes={num_boxes!r}: expected >= 1")
-    box_area = _uniform(low, high, generator) * height * width / num_boxes
-    boxes: list[tuple[int, int, int, int]] = []
-    for _ in range(_MAX_TRIES):
-        boxes = []
-        for _ in range(num_boxes):
-            # Log-uniform aspect ratio so tall and wide boxes are equally likely.
-            aspect = math.exp(_uniform(math.log(0.5), math.log(2.0), generator))
-            box_h = min(height, max(1, round(math.sqrt(box_area / aspect))))
-            box_w = min(width, max(1, round(box_area / box_h)))
-            for _ in range(_MAX_TRIES):
-                top = int(torch.randint(height - box_h + 1, (), generator=generator))
-                left = int(torch.randint(width - box_w + 1, (), generator=generator))
-                box = (top, left, top + box_h, left + box_w)
-                if not _overlaps(box, boxes):
-                    boxes.append(box)
-                    break
-            else:
-                break
-        if len(boxes) == num_boxes:
-            return boxes
-    raise ValueError(
-        f"could not place {num_boxes} disjoint boxes of area {box_area:.0f} in {height} x {width}"
-    )
+    if num_boxes < 1 or n < 0 or height < 1 or width < 1:
+        raise ValueError(f"cutmix_boxes(n={n}, height={height}, width={width}, num_boxes={num_boxes}): "
+                         "expected n >= 0 and positive sizes")
+    shape = torch.tensor([height, width], dtype=torch.float64)
+    area = low + (high - low) * torch.rand(n, num_boxes, generator=generator, dtype=torch.float64)
+    y_frac = torch.exp(torch.rand(n, num_boxes, generator=generator, dtype=torch.float64) * torch.log(area))
+    x_frac = area / y_frac
+    scale = math.sqrt(1.0 / num_boxes)
+    sizes = torch.round(torch.stack([y_frac, x_frac], dim=2) * scale * shape)  # n x boxes x 2
+    corners = torch.round((shape - sizes) * torch.rand(n, num_boxes, 2, generator=generator, dtype=torch.float64))
+    return torch.cat([corners, corners + sizes], dim=2).long()
 
 
-def cutmix_mask(batch_size: int, height: int, width: int, generator: torch.Generator | None = None,
-                num_boxes: int = 3, area_range: tuple[float, float] = (0.25, 0.5)) -> torch.Tensor:
-    """Float B x H x W mask of {0, 1}: 1 inside each image's `num_boxes` boxes (see cutmix_boxes)."""
-    mask = torch.zeros(batch_size, height, width)
-    for index in range(batch_size):
-        for top, left, bottom, right in cutmix_boxes(height, width, generator, num_boxes, area_range):
-            mask[index, top:bottom, left:right] = 1.0
-    return mask
+def cutmix_mask(n: int, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Float n x H x W mask of {0, 1}, 1 where u1 shows: three boxes per image (cutmix_boxes),
+    XOR where they overlap. Deterministic given the generator's state."""
+    boxes = cutmix_boxes(n, height, width, generator)
+    top, left, bottom, right = (boxes[..., i, None] for i in range(4))  # n x boxes x 1
+    rows = (torch.arange(height) >= top) & (torch.arange(height) < bottom)  # n x boxes x H
+    cols = (torch.arange(width) >= left) & (torch.arange(width) < right)  # n x boxes x W
+    # How many boxes cover each pixel (a sum of outer products); odd = inside the XOR of the boxes.
+    covered = torch.bmm(rows.transpose(1, 2).float(), cols.float())
+    return covered.remainder_(2)

@@ -1,9 +1,11 @@
 """Partition protocols: which training images are labeled and which are unlabeled.
 
 A split directory holds `labeled.txt` and `unlabeled.txt`, one row per line (an id for VOC and the
-synthetic set, an `image<TAB>label` pair for Cityscapes). User lists are read as given; otherwise a
-split is drawn with a seeded permutation (labeled count ceil(N / k) for protocol 1/k) and written
-so that the study can be reproduced. For "full" every image is labeled and `unlabeled.txt` is empty.
+synthetic set, an `image<TAB>label` pair for Cityscapes). User lists are read as given; the paper's
+own lists (VOC and Cityscapes, 1/16 to 1/2) ship in mgd_ray/splits/ and are the default there;
+otherwise a split is drawn with a seeded permutation (labeled count ceil(N / k) for protocol 1/k) and
+written, once the data has been validated, so that the study can be reproduced. For "full" every
+image is labeled and `unlabeled.txt` is empty.
 """
 from __future__ import annotations
 
@@ -16,6 +18,17 @@ from ..config import PROTOCOLS, protocol_slug
 from .io import DatasetError, read_list, write_list
 
 LABELED, UNLABELED = "labeled.txt", "unlabeled.txt"
+PAPER_SPLIT_DIR = Path(__file__).resolve().parent.parent / "splits"
+PAPER_SPLIT_DATASETS = ("voc", "cityscapes")
+PAPER_SPLIT_PROTOCOLS = ("1/16", "1/8", "1/4", "1/2")
+
+
+def paper_split_dir(dataset: str, protocol: str) -> Path | None:
+    """The shipped folder of the paper's lists for a dataset and protocol (holding labeled.txt and
+    unlabeled.txt), or None where the paper has none."""
+    if dataset not in PAPER_SPLIT_DATASETS or protocol not in PAPER_SPLIT_PROTOCOLS:
+        return None
+    return PAPER_SPLIT_DIR / dataset / protocol_slug(protocol)
 
 
 def labeled_count(num_images: int, protocol: str) -> int:
@@ -86,11 +99,11 @@ def write_split(folder: str | Path, labeled: list[str], unlabeled: list[str]) ->
 
 
 def resolve_split(rows: list[str], protocol: str, seed: int, split_dir: str | Path | None,
-                  out_dir: str | Path) -> tuple[list[str], list[str], Path]:
-    """The (labeled, unlabeled, folder) split: user lists from `split_dir`, else a seeded split
-    of `rows` written to `out_dir/<protocol slug>-seed<seed>/`."""
+                  out_dir: str | Path) -> tuple[list[str], list[str], Path, bool]:
+    """The (labeled, unlabeled, folder, generated) split: lists from `split_dir` (user or shipped),
+    else a seeded split of `rows` for `out_dir/<protocol slug>-seed<seed>/`. A generated split is
+    NOT written here: the caller writes it (write_split) once the data has been validated."""
     if split_dir is not None:
-        return read_split(split_dir, protocol)
+        return (*read_split(split_dir, protocol), False)
     labeled, unlabeled = generate_split(rows, protocol, seed)
-    folder = write_split(Path(out_dir) / f"{protocol_slug(protocol)}-seed{seed}", labeled, unlabeled)
-    return labeled, unlabeled, folder
+    return labeled, unlabeled, Path(out_dir) / f"{protocol_slug(protocol)}-seed{seed}", True

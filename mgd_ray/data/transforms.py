@@ -1,7 +1,8 @@
 """Training augmentation with OpenCV: random scale, horizontal flip, random crop, normalisation.
 
-Padding happens on raw pixels (image 0, label 255) before ImageNet normalisation, as in the CPS /
-UniMatch reference code, so a padded image pixel becomes (0 - mean) / std after `to_tensor`.
+As the official code (dataloader.py, furnace/utils/img_utils.py): an image smaller than the crop is
+padded CENTRED with 0 of the normalised image, i.e. the ImageNet mean colour (rounded to uint8 here,
+since normalisation comes last: 0.006 std from 0), and its label with 255.
 Random draws come from a torch generator (torch's global one by default, which DataLoader seeds
 per worker) so that workers never share a random stream.
 """
@@ -16,6 +17,7 @@ from .io import IGNORE_INDEX
 SCALES = (0.5, 0.75, 1.0, 1.5, 1.75, 2.0)
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
+PAD_COLOUR = tuple(int(round(float(v))) for v in IMAGENET_MEAN)  # (124, 116, 104)
 
 
 def _randint(high: int, generator: torch.Generator | None) -> int:
@@ -34,13 +36,16 @@ def rescale(image: np.ndarray, label: np.ndarray | None, scale: float):
 
 
 def pad_to(image: np.ndarray, label: np.ndarray | None, size: int):
-    """Pad bottom / right up to at least size x size: image with 0, label with the ignore index."""
+    """Pad to at least size x size, centred as the official pad_image_to_shape: image with the mean
+    colour (0 once normalised), label with the ignore index."""
     height, width = image.shape[:2]
-    bottom, right = max(0, size - height), max(0, size - width)
-    if bottom or right:
-        image = cv2.copyMakeBorder(image, 0, bottom, 0, right, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    pad_h, pad_w = max(0, size - height), max(0, size - width)
+    if pad_h or pad_w:
+        top, left = pad_h // 2, pad_w // 2
+        border = (top, pad_h - top, left, pad_w - left)
+        image = cv2.copyMakeBorder(image, *border, cv2.BORDER_CONSTANT, value=PAD_COLOUR)
         if label is not None:
-            label = cv2.copyMakeBorder(label, 0, bottom, 0, right, cv2.BORDER_CONSTANT, value=IGNORE_INDEX)
+            label = cv2.copyMakeBorder(label, *border, cv2.BORDER_CONSTANT, value=IGNORE_INDEX)
     return image, label
 
 

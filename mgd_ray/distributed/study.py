@@ -150,8 +150,7 @@ class ProtocolPlan:
     run: dict[str, Any]
     paper_point: dict[str, float]
     iterations: int
-    teacher: TeacherConfig = field(repr=False)
-    teacher_weights: dict[str, str | None] = field(default_factory=dict)  # arch -> ImageNet file, both CPS branches
+    teachers: dict[str, TeacherConfig] = field(repr=False)  # by architecture (each has its own lr)
 
 
 def plan_protocol(cfg: StudyConfig, protocol: str) -> ProtocolPlan:
@@ -167,15 +166,20 @@ def plan_protocol(cfg: StudyConfig, protocol: str) -> ProtocolPlan:
     distill = DistillConfig(student=cfg.student, data=data, optim=preset_optim(preset, "student", iterations),
                             weights=preset["weights"], iterations=iterations, eval_every=eval_every,
                             ohem=preset["ohem"], seed=cfg.seed)
-    teacher = TeacherConfig(data=data, optim=preset_optim(preset, "teacher", teacher_iterations),
-                            cps_weight=preset["cps_weight"], iterations=teacher_iterations,
-                            eval_every=min(eval_every, teacher_iterations), ohem=preset["ohem"], seed=cfg.seed)
+    # Teachers have their own official total batch (Cityscapes: 8 against the students' 16).
+    teacher_data = dataclasses.replace(data, batch_size=cfg.batch_size or preset["teacher_batch_size"])
+    teacher_eval_every = min(cfg.eval_every or preset["teacher_eval_every"], teacher_iterations)
+    teachers = {arch: TeacherConfig(arch=arch, data=teacher_data,
+                                    optim=preset_optim(preset, "teacher", teacher_iterations, arch),
+                                    cps_weight=preset["cps_weight"], iterations=teacher_iterations,
+                                    eval_every=teacher_eval_every, ohem=preset["ohem"], seed=cfg.seed)
+                for arch in (TEACHER_DEEP, TEACHER_WIDE)}
     run = {"distill": distill.to_dict(), "storage_path": os.path.join(cfg.resolved_storage(), study_name(cfg)),
            "max_failures": cfg.max_failures, "log_level": "INFO" if cfg.verbose_ray else "WARNING",
            "worker_start_retries": cfg.worker_start_retries, "worker_start_timeout_s": cfg.worker_start_timeout_s,
            "scaling": {"workers": cfg.workers_per_trial, "cpus_per_worker": cfg.cpus_per_worker,
                        "gpus_per_worker": cfg.gpus_per_trial // cfg.workers_per_trial}}
-    return ProtocolPlan(protocol, run, paper_search_point(preset["weights"]), iterations, teacher)
+    return ProtocolPlan(protocol, run, paper_search_point(preset["weights"]), iterations, teachers)
 
 
 def study_name(cfg: StudyConfig) -> str:
@@ -349,8 +353,7 @@ def prepare_teachers(cfg: StudyConfig, plans: list[ProtocolPlan], concurrency: i
                 plan.run["distill"][key] = given if "://" in given else os.path.abspath(given)
                 given_files.append((plan, key, arch))
             else:
-                jobs.append((plan, key, dataclasses.replace(plan.teacher, arch=arch,
-                                                            backbone_weights=plan.teacher_weights.get(arch))))
+                jobs.append((plan, key, plan.teachers[arch]))
 
     def ensure(job):
         cached = storage.exists(storage.join(teachers_root, f"{teacher_name(job[2])}.pt"))
@@ -392,7 +395,8 @@ def prepare_study(cfg: StudyConfig) -> list[ProtocolPlan]:
                                cfg.resolved_storage(), cfg.pretrained_dir)
     for plan in plans:
         plan.run["distill"]["backbone_weights"] = weights[cfg.student]
-        plan.teacher_weights = {arch: weights[arch] for arch in (TEACHER_DEEP, TEACHER_WIDE)}
+        plan.teachers = {arch: dataclasses.replace(teacher, backbone_weights=weights[arch])
+                         for arch, teacher in plan.teachers.items()}
     os.makedirs(cfg.output_dir, exist_ok=True)
     extra = None
     if not os.path.exists(os.path.join(cfg.output_dir, "study.json")):
@@ -400,7 +404,7 @@ def prepare_study(cfg: StudyConfig) -> list[ProtocolPlan]:
         # learned nothing beyond the class prior), and the command whose results separate the rows.
         first = plans[0].run["distill"]
         extra = {"budget": {"student_iterations": {p.protocol: p.iterations for p in plans},
-                            "teacher_iterations": {p.protocol: p.teacher.iterations for p in plans},
+                            "teacher_iterations": {p.protocol: p.teachers[TEACHER_DEEP].iterations for p in plans},
                             "batch_size": first["data"]["batch_size"], "crop_size": first["data"]["crop_size"],
                             "eval_every": first["eval_every"], "search_trials": cfg.num_samples,
                             "ablation_seeds": cfg.seeds},

@@ -6,7 +6,7 @@ supervised-only run never touches a teacher.
     Y_T = argmax[(1 - M) * T(u0) + M * T(u1)]     for T in (teacher_wide, teacher_deep)
     L_sup = CE(S(x_l), y)
     L_P   = CE(S(x_m), Y_TW) + CE(S(x_m), Y_TD) + CE(S(x_l), argmax T_W(x_l)) + CE(S(x_l), argmax T_D(x_l))
-    L_I   = sum |GAP S(x_m) - GAP T_D(x_m)|        (logits)
+    L_I   = 2 * mean_images sum_c |GAP S(x_m) - GAP T_D(x_m)|   (logits; the official 2-image sum)
     L_R   = MSE(sim(S_feat(x_m)), sim(T_W_feat(x_m)))
 """
 from __future__ import annotations
@@ -14,10 +14,12 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..losses import (IGNORE_INDEX, content_aware_loss, masked_cross_entropy, pseudo_label,
                       semantic_sensitive_loss, supervised_loss)
+from .batch_groups import batch_groups
 
 # Which images each teacher must see for each active term.
 _DEEP_INPUTS = {"pixel": ("u0", "u1", "x_l"), "semantic": ("x_m",)}
@@ -35,8 +37,8 @@ def needs_teachers(weights: dict[str, float]) -> tuple[bool, bool]:
 
 
 def freeze(teacher: nn.Module, train_mode: bool = False) -> nn.Module:
-    """No gradients, eval mode; or train mode (the reference's batch statistics) with BN momentum 0,
-    so that batch statistics are used but the running statistics, and hence the teacher, never change."""
+    """No gradients; eval mode, or train mode (the paper's: BN normalises with the batch's own
+    statistics) with BN momentum 0, so the running statistics, and hence the teacher, never change."""
     teacher.requires_grad_(False)
     teacher.train(train_mode)
     if train_mode:
@@ -48,19 +50,27 @@ def freeze(teacher: nn.Module, train_mode: bool = False) -> nn.Module:
     return teacher
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 @torch.no_grad()
 def teacher_forward(teacher: nn.Module, images: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """name -> {"logits", "features"} for each named batch (all B x 3 x S x S).
+    """name -> {"logits", "features"} for each named batch (all B x 3 x S x S), from ONE forward over
+    the concatenated batches (fewer, larger kernels than a forward per batch).
 
-    In eval mode every layer treats each image on its own (BN uses running statistics, dropout is
-    off), so one batched forward over all the images gives the same outputs as separate forwards,
-    with fewer, larger kernels. In train mode BN normalises with the statistics of its batch, so each
-    named batch keeps its own forward, as in the reference code."""
+    In eval mode every layer treats each image on its own. In train mode (the paper's) each named
+    batch must be normalised with its own statistics, as the official per-batch forwards do:
+    `batch_groups` makes every BN do that inside the batched forward, and on several ranks combines
+    each batch's statistics over the ranks, as the official SyncBatchNorm did. Batches of unequal
+    sizes fall back to one forward each."""
     names = list(images)
-    if teacher.training:
-        return {name: teacher(images[name]) for name in names}
     sizes = [images[name].shape[0] for name in names]
-    out = teacher(torch.cat([images[name] for name in names]))
+    if teacher.training and len(set(sizes)) > 1:
+        return {name: teacher(images[name]) for name in names}
+    groups = len(names) if teacher.training else 1
+    with batch_groups(teacher, groups, sync=teacher.training and _distributed()):
+        out = teacher(torch.cat([images[name] for name in names]))
     logits, features = out["logits"].split(sizes), out["features"].split(sizes)
     return {name: {"logits": logits[i], "features": features[i]} for i, name in enumerate(names)}
 
@@ -81,7 +91,7 @@ def mgd_losses(student: nn.Module, teacher_deep: nn.Module | None, teacher_wide:
     confidence threshold over the four L_P terms (0 when L_P is off).
 
     x_l, u0, u1: B x 3 x S x S; y: B x S x S; mask: B x S x S CutMix mask. The student runs once, on
-    [x_l; x_m] concatenated (one forward also keeps DDP's one-forward-per-backward rule)."""
+    [x_m; x_l] concatenated (DDP's one-forward-per-backward rule), with BN statistics per batch."""
     active = active_terms(weights)
     if not active:
         raise ValueError(f"mgd_losses: every weight is 0 ({weights}); nothing would train the student")
@@ -96,11 +106,15 @@ def mgd_losses(student: nn.Module, teacher_deep: nn.Module | None, teacher_wide:
 
     use_labeled = bool(active & {"sup", "pixel"})
     use_mixed = bool(active & {"pixel", "semantic", "region"})
-    batch = [x for x, used in ((x_l, use_labeled), (x_m, use_mixed)) if used]
-    out = student(torch.cat(batch) if len(batch) > 1 else batch[0])
-    n_l = x_l.shape[0] if use_labeled else 0
-    s_l = out["logits"][:n_l]
-    s_m, s_m_features = out["logits"][n_l:], out["features"][n_l:]
+    # One forward (DDP's one forward per backward), but BN statistics per batch and running
+    # statistics updated in the order of the official code's two student forwards (x_m, then x_l).
+    batch = [x for x, used in ((x_m, use_mixed), (x_l, use_labeled)) if used]
+    groups = len(batch) if len({x.shape[0] for x in batch}) == 1 else 1
+    with batch_groups(student, groups):
+        out = student(torch.cat(batch) if len(batch) > 1 else batch[0])
+    n_m = x_m.shape[0] if use_mixed else 0
+    s_m, s_m_features = out["logits"][:n_m], out["features"][:n_m]
+    s_l = out["logits"][n_m:]
 
     terms: dict[str, torch.Tensor] = {}
     kept = torch.zeros((), device=x_l.device)

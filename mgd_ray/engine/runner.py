@@ -70,7 +70,7 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, TeacherConfig], dict[tuple
     data = DataConfig(dataset="synthetic", protocol=args.protocol, crop_size=preset["crop_size"],
                       batch_size=preset["batch_size"], num_workers=args.num_workers, seed=args.seed,
                       split_out_dir=os.path.join(args.output_dir, "split"))
-    teachers = {role: TeacherConfig(arch=arch, data=data, optim=preset_optim(preset, "teacher", args.teacher_iterations),
+    teachers = {role: TeacherConfig(arch=arch, data=data, optim=preset_optim(preset, "teacher", args.teacher_iterations, arch),
                                     cps_weight=preset["cps_weight"], iterations=args.teacher_iterations,
                                     eval_every=max(1, args.teacher_iterations // 4), ohem=preset["ohem"],
                                     backbone_weights=imagenet[arch], seed=args.seed)

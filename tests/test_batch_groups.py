@@ -1,0 +1,126 @@
+"""BN per named batch inside one batched forward (mgd_ray.engine.batch_groups): the same outputs,
+gradients and running statistics as one forward per batch, the official way."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mgd_ray.engine.batch_groups import batch_groups
+from mgd_ray.engine.mgd_step import freeze, mgd_losses, teacher_forward
+from mgd_ray.config import LossWeights
+from mgd_ray.models import build_model
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                         nn.Conv2d(6, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4))
+
+
+def batches(count: int, b: int = 3, s: int = 12, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    # Different means per batch, so that shared statistics would visibly differ.
+    return [torch.randn(b, 3, s, s, generator=g) * (1 + i) + 2 * i for i in range(count)]
+
+
+def test_grouped_forward_equals_separate_forwards_outputs_gradients_and_running_stats():
+    separate, grouped = small_net(), small_net()
+    xs = batches(2)
+    out_separate = torch.cat([separate(x) for x in xs])
+    with batch_groups(grouped, 2):
+        out_grouped = grouped(torch.cat(xs))
+    assert torch.allclose(out_grouped, out_separate, atol=1e-5)
+    # The plain batched forward would differ: one set of statistics over both batches.
+    assert not torch.allclose(small_net()(torch.cat(xs)), out_separate, atol=1e-3)
+    weights = torch.randn_like(out_separate)
+    (out_separate * weights).sum().backward()
+    (out_grouped * weights).sum().backward()
+    for p_sep, p_grp in zip(separate.parameters(), grouped.parameters()):
+        assert torch.allclose(p_grp.grad, p_sep.grad, atol=1e-4)
+    for name in ("1", "4"):
+        bn_sep, bn_grp = separate.get_submodule(name), grouped.get_submodule(name)
+        assert torch.allclose(bn_grp.running_mean, bn_sep.running_mean, atol=1e-6)
+        assert torch.allclose(bn_grp.running_var, bn_sep.running_var, atol=1e-5)
+        assert bn_grp.num_batches_tracked.item() == bn_sep.num_batches_tracked.item() == 2
+    # Outside the block the module is the plain BN again.
+    assert "forward" not in grouped.get_submodule("1").__dict__
+
+
+def test_uneven_groups_are_an_error():
+    with batch_groups(small_net(), 2) as net, pytest.raises(ValueError, match="cannot be split into 2"):
+        net(torch.randn(3, 3, 8, 8))
+
+
+def test_train_mode_batched_teacher_equals_separate_forwards_on_a_real_network():
+    teacher = freeze(build_model("deeplabv3plus_resnet18", 5), train_mode=True)
+    before = copy.deepcopy(teacher.state_dict())
+    images = dict(zip(("u0", "u1", "x_l", "x_m"), batches(4, b=2, s=32, seed=1)))
+    batched = teacher_forward(teacher, images)
+    with torch.no_grad():
+        for name, x in images.items():
+            separate = teacher(x)
+            for key in ("logits", "features"):
+                assert batched[name][key].shape == separate[key].shape
+                assert torch.allclose(batched[name][key], separate[key], atol=1e-4), (name, key)
+    # Frozen: momentum 0, so the running statistics (and every weight) stay as they were.
+    for key, value in teacher.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(value, before[key]), key
+
+
+def test_student_bn_statistics_per_batch_as_in_two_official_forwards():
+    torch.manual_seed(0)
+    student = build_model("deeplabv3plus_resnet18", 5)
+    for module in student.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0  # random drops would differ between the two ways (the official head has none)
+    reference = copy.deepcopy(student)
+    x_l, u0, u1 = batches(3, b=2, s=32, seed=2)
+    y = torch.randint(0, 5, (2, 32, 32))
+    mask = torch.zeros(2, 32, 32)
+    mask[:, :16] = 1
+    weights = LossWeights(sup=1.0, pixel=0.0, semantic=0.0, region=1.0).as_dict()
+    teacher = freeze(build_model("deeplabv3plus_resnet18", 5))
+    terms, _ = mgd_losses(student, None, teacher, x_l, y, u0, u1, mask, weights)
+    x_m = (1 - mask[:, None]) * u0 + mask[:, None] * u1
+    s_m, s_l = reference(x_m), reference(x_l)  # the official order: mixed, then labeled
+    expected_sup = nn.functional.cross_entropy(s_l["logits"], y)
+    assert terms["sup"].item() == pytest.approx(expected_sup.item(), rel=1e-4)
+    for name, bn in student.named_modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            ref = reference.get_submodule(name)
+            assert torch.allclose(bn.running_mean, ref.running_mean, atol=1e-5), name
+
+
+def _synced_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        net = small_net()
+        xs = batches(2, b=2, seed=10 + rank)
+        with batch_groups(net, 2, sync=True):
+            out = net(torch.cat(xs))
+        out.sum().backward()  # the all-gather is differentiable: backward runs on every rank
+        torch.save({"out": out.detach(), "xs": xs}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_synced_groups_normalise_each_batch_over_all_ranks(tmp_path):
+    """On several ranks each named batch is normalised over its images on every rank, as the
+    official SyncBatchNorm normalises one forward's batch over all GPUs."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_synced_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    net = small_net()
+    for g in range(2):
+        with torch.no_grad():
+            expected = net(torch.cat([ranks[0]["xs"][g], ranks[1]["xs"][g]]))  # one BN batch over both ranks
+        for r in range(2):
+            got = ranks[r]["out"][2 * g: 2 * g + 2]
+            assert torch.allclose(got, expected[2 * r: 2 * r + 2], atol=1e-5), (g, r)
