@@ -4,7 +4,6 @@ the middle of a trial. Marked `cluster` (and `ray`): each test brings a cluster 
 import glob
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -83,42 +82,3 @@ def test_trials_wait_the_autoscaler_starts_workers_from_zero_and_removes_them_wh
         time.sleep(5)
     print(f"idle worker nodes removed {time.time() - started:.0f} s after the study started")
     assert list(alive_nodes(cluster["address"])) == [HEAD_NODE_ID]
-
-
-def node_processes(head_pid, node_id):
-    """Process ids of one fake node: descendants of the head carrying its node id."""
-    return [pid for pid in local_cluster.descendants(head_pid)
-            if local_cluster.process_env(pid).get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id]
-
-
-@pytest.mark.skip(reason="written, never run green yet (its one run hit the since-fixed resource check); see issue 14")
-def test_a_worker_node_lost_mid_trial_restarts_the_run_from_its_checkpoint_on_another_node(cluster, teachers, tmp_path):
-    out = tmp_path / "study"
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen(CLI + ["--smoke", "--no-ablation", "--num-samples", "1", "--iterations", "16",
-                                     "--eval-every", "2", "--max-failures", "2", "--address", cluster["address"],
-                                     "--output-dir", str(out), *teachers],
-                              stdout=log, stderr=subprocess.STDOUT, env={**ENV, AUTOSCALING_CONFIG_ENV: cluster["config"]})
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not any(len(r["history"]) >= 2 for r in records(out)):
-            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-            time.sleep(1)
-        (trial,) = records(out)
-        lost, before = trial["nodes"][-1], trial["history"]
-        victims = node_processes(cluster["pid"], lost)
-        assert victims, f"no processes of node {lost}"
-        killed_at = time.time()
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
-        assert driver.wait(timeout=480) == 0, (tmp_path / "driver.log").read_text()[-3000:]
-        print(f"node lost at iteration {before[-1]['iteration']}; study finished {time.time() - killed_at:.0f} s later")
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    (trial,) = records(out)
-    assert trial["status"] == "completed" and trial["iteration"] == 16
-    assert len(trial["nodes"]) == 2 and trial["nodes"][0] == lost  # restarted on another node
-    iterations = [h["iteration"] for h in trial["history"]]
-    assert iterations == list(range(2, 17, 2))  # nothing lost, nothing twice
-    assert trial["history"][:len(before)] == before  # what was reported before the loss is kept

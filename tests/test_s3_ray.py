@@ -16,7 +16,7 @@ import pytest
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "mgd-test"
 
