@@ -479,3 +479,34 @@ def test_runner_end_to_end_one_iteration(tmp_path, capsys):
     teachers, _ = plan(args)
     ensure_teacher("deep", teachers["deep"], args, torch.device("cpu"))
     assert "reusing teacher_deep" in capsys.readouterr().out
+
+
+def test_cps_losses_normalise_each_batch_as_the_official_separate_forwards():
+    """One batched forward per branch with per-batch BN statistics gives the losses of the official
+    separate forwards (u0, u1; then x_m, x_l), computed here the official way on copies."""
+    from mgd_ray.engine.teacher import cps_losses
+    from mgd_ray.losses import supervised_loss
+
+    torch.manual_seed(0)
+    branches = [build_model("deeplabv3plus_resnet18", 3).train() for _ in range(2)]
+    reference = copy.deepcopy(branches)
+    x_l, u0, u1 = (torch.randn(2, 3, 32, 32) for _ in range(3))
+    y = torch.randint(0, 3, (2, 32, 32))
+    mask = (torch.rand(2, 32, 32) > 0.5).long()
+    got = cps_losses(branches, x_l, y, u0, u1, mask)
+
+    with torch.no_grad():
+        pseudo = [pseudo_label(mix(mask, b(u0)["logits"], b(u1)["logits"]))[0] for b in reference]
+    x_m = mix(mask, u0, u1)
+    sup = cps = 0.0
+    for index, branch in enumerate(reference):
+        s_m, s_l = branch(x_m)["logits"], branch(x_l)["logits"]
+        sup = sup + supervised_loss(s_l, y)
+        cps = cps + masked_cross_entropy(s_m, pseudo[1 - index])
+    assert torch.allclose(got["sup"], sup, atol=1e-5)
+    assert torch.allclose(got["cps"], cps, atol=1e-5)
+    # and the plain joint forward it replaced does not (BN statistics over both batches differ)
+    with torch.no_grad():
+        joint = reference[0](torch.cat([x_m, x_l]))["logits"][2:]
+        separate = copy.deepcopy(reference[0])(x_l)["logits"]
+    assert not torch.allclose(joint, separate, atol=1e-3)

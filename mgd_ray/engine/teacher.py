@@ -17,6 +17,7 @@ from ..data import build_datasets
 from ..losses import masked_cross_entropy, pseudo_label, supervised_loss
 from ..models import build_model
 from . import seeds
+from .batch_groups import batch_groups
 from .checkpoint import cpu_state_dict, unwrap
 from .context import RunContext, rank
 from .device import channels_last
@@ -29,18 +30,23 @@ def cps_losses(branches, x_l: torch.Tensor, y: torch.Tensor, u0: torch.Tensor, u
                mask: torch.Tensor, ohem: bool = False) -> dict[str, torch.Tensor]:
     """{"sup": CE of both branches on (x_l, y), "cps": CE of each branch on x_m against the other's
     mixed pseudo labels}. Images B x 3 x S x S, y and mask B x S x S."""
+    # The official code runs u0, u1, x_m and x_l through each branch in separate forwards, so each
+    # batch is normalised with its own BN statistics; batch_groups does that inside one batched
+    # forward per branch (DDP allows one forward with grad per backward), x_m before x_l as there.
     with torch.no_grad():
         pseudo = []
         for branch in branches:
-            logits = branch(torch.cat([u0, u1]))["logits"]
+            with batch_groups(branch, 2):
+                logits = branch(torch.cat([u0, u1]))["logits"]
             label, _ = pseudo_label(mix(mask, *logits.chunk(2)))
             pseudo.append(label)
     x_m = mix(mask, u0, u1)
+    groups = 2 if x_m.shape[0] == x_l.shape[0] else 1
     sup, cps = [], []
     for index, branch in enumerate(branches):
-        # One forward per branch and step: DDP allows one forward with grad per backward.
-        out = branch(torch.cat([x_l, x_m]))["logits"]
-        s_l, s_m = out[:x_l.shape[0]], out[x_l.shape[0]:]
+        with batch_groups(branch, groups):
+            out = branch(torch.cat([x_m, x_l]))["logits"]
+        s_m, s_l = out[:x_m.shape[0]], out[x_m.shape[0]:]
         sup.append(supervised_loss(s_l, y, ohem=ohem))
         cps.append(masked_cross_entropy(s_m, pseudo[1 - index]))
     return {"sup": torch.stack(sup).sum(), "cps": torch.stack(cps).sum()}
