@@ -24,6 +24,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/x.py` from a checkout withou
 
 from mgd_ray.config import DataConfig, DistillConfig, OptimConfig, TeacherConfig  # noqa: E402
 from mgd_ray.data import NUM_CLASSES  # noqa: E402
+from mgd_ray.engine.checkpoint import atomic_save  # noqa: E402
 from mgd_ray.engine.presets import load_preset  # noqa: E402
 from mgd_ray.models import build_model  # noqa: E402
 
@@ -109,12 +110,8 @@ def random_teachers(cfg: DistillConfig) -> dict[str, str]:
     for key, arch in (("teacher_deep_checkpoint", cfg.teacher_deep), ("teacher_wide_checkpoint", cfg.teacher_wide)):
         path = CACHE / f"random-{arch}-{num_classes}.pt"
         if not path.exists():
-            CACHE.mkdir(parents=True, exist_ok=True)
             torch.manual_seed(0)
-            state = build_model(arch, num_classes).state_dict()
-            partial = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(state, partial)
-            os.replace(partial, path)
+            atomic_save(build_model(arch, num_classes).state_dict(), str(path))
         paths[key] = str(path)
     return paths
 

@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-IGNORE_INDEX = 255
+from ..schema import write_text_atomic
+
 
 # Per-image decoding is single-threaded; DataLoader workers give the parallelism.
 cv2.setNumThreads(1)
@@ -77,9 +78,5 @@ def read_list(path: str | os.PathLike) -> list[list[str]]:
 
 
 def write_list(path: str | os.PathLike, rows: list[str]) -> None:
-    """Write one line per row atomically (a temporary file renamed over the target)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    """Write one line per row atomically (`schema.write_text_atomic`)."""
+    write_text_atomic(path, "".join(row + "\n" for row in rows))

@@ -19,8 +19,9 @@ import shutil
 from typing import Any
 
 from ..config import protocol_slug
+from ..schema import atomic_write, write_json_atomic
 from . import storage
-from .records import now_iso, write_json_atomic
+from .records import now_iso
 
 FINISHED = ("completed", "early_stopped", "failed")
 
@@ -52,9 +53,8 @@ def _copy_weights(checkpoint_path: str | None, destination: str) -> bool:
     if not storage.exists(source):
         return False
     local = storage.download(source)
-    partial = f"{destination}.partial"
-    shutil.copyfile(local, partial)
-    os.replace(partial, destination)
+    with open(local, "rb") as source_file:
+        atomic_write(destination, lambda f: shutil.copyfileobj(source_file, f))
     if local != source.removeprefix("file://"):
         shutil.rmtree(os.path.dirname(local), ignore_errors=True)  # a downloaded temporary copy
     return True

@@ -16,21 +16,11 @@ from ray.tune import Callback
 
 from ..config import protocol_slug
 from ..report.load import finite_or_none
-from .space import POINT_KEYS
+from ..schema import POINT_KEYS, write_json_atomic
 
 
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = f"{path}.{os.getpid()}.tmp"
-    with open(partial, "w") as f:
-        json.dump(payload, f, indent=1, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
 
 
 def trial_point(config: dict[str, Any]) -> tuple[str, int, dict[str, float]]:

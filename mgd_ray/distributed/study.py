@@ -27,9 +27,10 @@ from .export import export_best, folder_size, protocol_records, prune_trial_weig
 from .progress import ProgressCallback, StudyProgress, register
 from .checks import check_protocols_unique, check_teachers
 from .cluster import check_trial_fits, connect, node_shapes
-from .records import TrialRecorder, now_iso, write_json_atomic
+from ..schema import ABLATION_VARIANTS, write_json_atomic
+from .records import TrialRecorder, now_iso
 from .search import HonestOptunaSearch
-from .space import ABLATION_VARIANTS, ablation_point, paper_search_point, search_space, weights_from_point
+from .space import ablation_point, paper_search_point, search_space, weights_from_point
 from .teachers import ensure_teacher, read_teacher_metrics, stage_pretrained, teacher_name
 from .trial import run_trial
 

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes (temp file in the same folder, fsync, rename) and safe loads.
+"""Checkpoints: atomic writes (`schema.atomic_write`: temp file in the same folder, fsync, rename) and safe loads.
 
 A reader, or a run killed mid-write, sees either the previous file or the complete new one, never a
 truncated one: os.replace within one file system is atomic. Loads use weights_only=True, so a
@@ -8,28 +8,11 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
-from typing import IO, Any, Callable
+from typing import Any
 
 import torch
 
-
-def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True) -> None:
-    """Call `write(f)` on a temporary file in `path`'s folder (created if missing), fsync it and
-    rename it over `path`; on any failure no partial file is left behind. Text mode when not binary."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+from ..schema import atomic_write
 
 
 def atomic_save(obj: Any, path: str) -> None:

@@ -6,7 +6,6 @@ missing (no bar, no point, a "no data" note), never as zero.
 """
 from __future__ import annotations
 
-import os
 
 import matplotlib
 
@@ -18,14 +17,14 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mgd_ray.report.load import normalize_trials  # noqa: E402
 from mgd_ray.report.tables import ABLATION_ROWS, GAIN_VARIANT  # noqa: E402
+from mgd_ray.schema import atomic_write  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    staging = path + ".tmp"
-    fig.savefig(staging, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(staging, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -19,6 +19,7 @@ from mgd_ray.report.importance import importance_table
 from mgd_ray.report.load import load_study, load_teachers, load_trials, study_protocols, teacher_mious
 from mgd_ray.report.tables import (BACKGROUND_MARGIN, GAIN_LABEL, GAIN_VARIANT, SINGLE_SEED_MARGIN,
                                    ablation_table, search_table, threshold_table)
+from mgd_ray.schema import write_text_atomic
 
 REPORT_SUBDIR = "report"
 CAPTIONS = {
@@ -39,28 +40,20 @@ CAPTIONS = {
 }
 
 
-def _write_text(path: str, text: str) -> str:
-    staging = path + ".tmp"
-    with open(staging, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(staging, path)
-    return path
-
-
 def write_table(out_dir: str, name: str, long: pd.DataFrame, grid: pd.DataFrame,
                 bold: pd.DataFrame | None = None, **latex_kwargs: Any) -> dict[str, str]:
     """name.csv (long numbers), name.md and name.tex (display grid); returns {format: path}."""
     base = os.path.join(out_dir, name)
     paths = {"csv": base + ".csv", "md": base + ".md", "tex": base + ".tex"}
-    _write_text(paths["csv"], long.to_csv(index=False))
+    write_text_atomic(paths["csv"], long.to_csv(index=False))
     caption = CAPTIONS[name]
     body = fmt.to_markdown(grid, bold) if len(grid) else "(no rows yet)\n"
-    _write_text(paths["md"], f"{caption}\n\n{body}")
+    write_text_atomic(paths["md"], f"{caption}\n\n{body}")
     if len(grid):
         tex = fmt.to_latex(grid, bold, caption=caption, label=f"tab:mgd-{name}", **latex_kwargs)
     else:
         tex = "% no rows yet\n"
-    _write_text(paths["tex"], tex)
+    write_text_atomic(paths["tex"], tex)
     return paths
 
 
@@ -201,7 +194,7 @@ def generate_report(results_dir: str, evaluator=None, seed: int = 0,
     relative = {name: os.path.relpath(path, results_dir) for name, path in paths.items()}
     index = report_index(study, trials, protocols, sections, relative, today or dt.date.today(),
                          ablation=ablation, teachers=teachers, models=_best_students(results_dir))
-    paths["index"] = _write_text(os.path.join(results_dir, "REPORT.md"), index)
+    paths["index"] = write_text_atomic(os.path.join(results_dir, "REPORT.md"), index)
     return {name: os.path.abspath(path) for name, path in paths.items()}
 
 

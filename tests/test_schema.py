@@ -1,0 +1,69 @@
+"""The shared schema: one atomic writer (old or new content, never a partial file) and the record
+fields both the writer (distributed/records.py) and the reader (report/load.py) use."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from mgd_ray.schema import (POINT_KEYS, RECORD_FIELDS, atomic_write, write_json_atomic,
+                            write_text_atomic)
+
+
+def test_atomic_write_replaces_the_file_and_leaves_nothing_else(tmp_path):
+    path = tmp_path / "sub" / "a.txt"  # the folder is created
+    write_text_atomic(path, "old\n")
+    write_text_atomic(path, "new\n")
+    assert path.read_text() == "new\n"
+    assert os.listdir(path.parent) == ["a.txt"]
+
+
+def test_a_failing_writer_leaves_the_old_file_intact_and_no_temp_file(tmp_path):
+    path = tmp_path / "a.bin"
+    atomic_write(path, lambda f: f.write(b"old content"))
+
+    def failing(f):
+        f.write(b"half of the new")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, failing)
+    assert path.read_bytes() == b"old content"
+    assert os.listdir(tmp_path) == ["a.bin"]
+
+
+def test_write_json_atomic_refuses_nan_and_keeps_the_old_record(tmp_path):
+    path = tmp_path / "t.json"
+    write_json_atomic(path, {"miou": 0.5})
+    with pytest.raises(ValueError):
+        write_json_atomic(path, {"miou": math.nan})
+    assert json.loads(path.read_text()) == {"miou": 0.5}
+    assert os.listdir(tmp_path) == ["t.json"]
+
+
+def test_schema_imports_no_heavy_library():
+    code = ("import sys, mgd_ray.schema; "
+            "print(sorted(m for m in ('torch', 'ray', 'pandas', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_new_trial_record_has_the_schema_fields_and_the_report_reads_them(tmp_path):
+    from mgd_ray.distributed.records import TrialRecorder
+    from mgd_ray.report.load import TRIAL_COLUMNS
+
+    recorder = TrialRecorder(str(tmp_path), "1/8", "search", 100, "cpu", 1, verbose=False)
+    point = {"w_sup": 1.0, "w_pixel": 2.0, "lambda_semantic": 0.1, "lambda_region": 0.2,
+             "confidence_threshold": 0.7}
+    trial = SimpleNamespace(trial_id="t0", config={**point, "run": {"distill": {"seed": 3}}})
+    record = recorder._load(trial)
+    assert tuple(record) == RECORD_FIELDS
+    assert record["config"] == point and record["variant"] == "search" and record["seed"] == 3
+    # The report's columns are the record's fields with the config spread into its point keys.
+    assert set(TRIAL_COLUMNS) == (set(RECORD_FIELDS) - {"config"}) | set(POINT_KEYS)
