@@ -18,7 +18,7 @@ import sys
 from mgd_ray.config import PROTOCOLS, STUDENTS
 from mgd_ray.distributed.devices import choose_devices, detect_gpus, gpu_budget
 from mgd_ray.distributed.cluster import UnmeetableResources
-from mgd_ray.distributed.space import ABLATION_VARIANTS
+from mgd_ray.schema import ABLATION_VARIANTS
 from mgd_ray.distributed.study import StudyConfig, StudyInterrupted, prepare_study, run_study
 
 # --smoke: one protocol, two search trials, one ablation seed, a few iterations of everything.

@@ -10,9 +10,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .schema import LOSS_TERMS
+
 PROTOCOLS = ("1/16", "1/8", "1/4", "1/2", "full")
 DATASETS = ("synthetic", "voc", "cityscapes")
-LOSS_TERMS = ("sup", "pixel", "semantic", "region")
 
 STUDENTS = ("deeplabv3plus_resnet18", "deeplabv3plus_mobilenetv2")
 TEACHER_DEEP = "deeplabv3plus_resnet101"

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from .schema import IGNORE_INDEX
+
 OHEM_MIN_KEPT_PER_IMAGE = 50_000
 # The official L_I is a sum over the 2 images each of its 4 GPUs holds (exp.voc/*/train.py: total
 # batch 8, NGPUS 4); lambda_I was tuned for that sum.

@@ -4,7 +4,8 @@ from .build import NUM_CLASSES, SYNTHETIC_SEED, SemiSupervisedData, build_datase
 from .cityscapes_labels import LABEL_ID_TO_TRAIN_ID, cityscapes_label_to_train_id
 from .cutmix import cutmix_boxes, cutmix_mask
 from .dataset import Sample, SegmentationDataset
-from .io import IGNORE_INDEX, DatasetError
+from ..schema import IGNORE_INDEX
+from .io import DatasetError
 from .splits import generate_split, labeled_count
 from .synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
 from .synthetic import ensure_synthetic, generate_synthetic

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .io import IGNORE_INDEX
+from ..schema import IGNORE_INDEX
 
 # labelId -> trainId from cityscapesScripts/helpers/labels.py; ids not listed (ego vehicle, parking,
 # rail track, guard rail, ...) are not evaluated and become the ignore index.

@@ -29,7 +29,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .io import IGNORE_INDEX, cache_root, write_label
+from ..schema import IGNORE_INDEX
+from .io import cache_root, write_label
 from .voc import LIST_DIR
 
 VERSION = "synthetic-v2"

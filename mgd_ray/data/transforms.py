@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import torch
 
-from .io import IGNORE_INDEX
+from ..schema import IGNORE_INDEX
 
 SCALES = (0.5, 0.75, 1.0, 1.5, 1.75, 2.0)
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0

@@ -16,7 +16,8 @@ import numpy as np
 
 from .cityscapes_labels import MAX_LABEL_ID
 from .dataset import Sample
-from .io import IGNORE_INDEX, DatasetError, cache_root, read_image, read_label
+from ..schema import IGNORE_INDEX
+from .io import DatasetError, cache_root, read_image, read_label
 
 _MARKER_VERSION = "validated-v1"
 

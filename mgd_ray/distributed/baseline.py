@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.dataset import load_label
-from ..metrics import IGNORE_INDEX, mean_iou
+from ..metrics import mean_iou
+from ..schema import IGNORE_INDEX
 from .devices import gpu_budget
 
 

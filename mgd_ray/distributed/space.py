@@ -8,9 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import LossWeights
+from ..schema import ABLATION_VARIANTS, POINT_KEYS
 
-POINT_KEYS = ("w_sup", "w_pixel", "lambda_semantic", "lambda_region", "confidence_threshold")
-ABLATION_VARIANTS = ("supervised", "pixel", "pixel_semantic", "pixel_region", "mgd_paper", "mgd_best")
 
 # Search bounds: two decades either side of the paper's lambda_I / lambda_R, a factor 4 either
 # side of w_P = 1, and the pseudo-label confidence threshold in [0, 0.99] (0 is the paper).

@@ -11,6 +11,7 @@ from ..config import DistillConfig
 from ..data import build_datasets
 from ..losses import supervised_loss, weighted_total
 from ..models import build_model
+from ..schema import LOSS_TERMS
 from . import seeds
 from .checkpoint import cpu_state_dict, load_model_state, unwrap
 from .context import RunContext, rank
@@ -18,8 +19,6 @@ from .device import channels_last
 from .evaluate import evaluate
 from .loop import fit
 from .mgd_step import freeze, mgd_losses, needs_teachers
-
-TERMS = ("sup", "pixel", "semantic", "region")
 
 
 def load_teacher(arch: str, num_classes: int, path: str | None, option: str, device: torch.device,
@@ -40,7 +39,7 @@ class MGDTask:
     """One student trained with MGD from frozen teachers, as a task for `fit`. A teacher is loaded
     only when a term with a non-zero weight uses it; model.pt holds the student."""
 
-    logged = ("loss", *(f"loss_{name}" for name in TERMS), "kept_fraction")
+    logged = ("loss", *(f"loss_{name}" for name in LOSS_TERMS), "kept_fraction")
 
     def __init__(self, cfg: DistillConfig, data, ctx: RunContext) -> None:
         self.cfg, self.num_classes, self.device = cfg, data.num_classes, ctx.device

@@ -17,8 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..losses import (IGNORE_INDEX, content_aware_loss, masked_cross_entropy, pseudo_label,
+from ..losses import (content_aware_loss, masked_cross_entropy, pseudo_label,
                       semantic_sensitive_loss, supervised_loss)
+from ..schema import IGNORE_INDEX
 from .batch_groups import batch_groups
 
 # Which images each teacher must see for each active term.

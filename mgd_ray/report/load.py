@@ -15,14 +15,11 @@ from typing import Any
 import pandas as pd
 
 from mgd_ray.config import PROTOCOLS
+from mgd_ray.schema import KINDS, NUMERIC_FIELDS, POINT_KEYS, STATUSES, TEXT_FIELDS
 
-STATUSES = ("running", "completed", "early_stopped", "failed")
-KINDS = ("search", "ablation")
-CONFIG_KEYS = ("w_sup", "w_pixel", "lambda_semantic", "lambda_region", "confidence_threshold")
-NUMERIC = CONFIG_KEYS + ("seed", "miou", "best_miou", "kept_fraction", "iteration",
-                         "max_iterations", "num_devices", "wall_s", "device_hours")
-TEXT = ("trial_id", "protocol", "kind", "variant", "status", "error", "device",
-        "started_at", "ended_at")
+CONFIG_KEYS = POINT_KEYS  # a trial's config: its point, one column per key
+NUMERIC = NUMERIC_FIELDS
+TEXT = TEXT_FIELDS
 # Every column a trials frame has after `normalize_trials`, in this order.
 TRIAL_COLUMNS = TEXT[:5] + ("seed",) + CONFIG_KEYS + (
     "miou", "best_miou", "kept_fraction", "iteration", "max_iterations", "device", "num_devices",

@@ -13,16 +13,18 @@ import numpy as np
 import pandas as pd
 
 from mgd_ray.report.load import CONFIG_KEYS, normalize_trials
+from mgd_ray.schema import ABLATION_VARIANTS
 
-# (variant, row label) in the order the ablation table shows them.
-ABLATION_ROWS = (
-    ("supervised", "Supervised only"),
-    ("pixel", "+ L_P"),
-    ("pixel_semantic", "+ L_P + L_I"),
-    ("pixel_region", "+ L_P + L_R"),
-    ("mgd_paper", "MGD (paper weights)"),
-    ("mgd_best", "MGD (best found)"),
-)
+ABLATION_LABELS = {
+    "supervised": "Supervised only",
+    "pixel": "+ L_P",
+    "pixel_semantic": "+ L_P + L_I",
+    "pixel_region": "+ L_P + L_R",
+    "mgd_paper": "MGD (paper weights)",
+    "mgd_best": "MGD (best found)",
+}
+# (variant, row label) in the order the ablation table shows them (schema.ABLATION_VARIANTS).
+ABLATION_ROWS = tuple((variant, ABLATION_LABELS[variant]) for variant in ABLATION_VARIANTS)
 GAIN_VARIANT, GAIN_LABEL = "gain", "Gain of MGD over supervised"
 # The teachers' own scores head the ablation table, as in the paper's tables: a distillation row
 # means nothing without them.
