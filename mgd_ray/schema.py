@@ -35,6 +35,15 @@ TEXT_FIELDS = ("trial_id", "protocol", "kind", "variant", "status", "error", "de
                "started_at", "ended_at")
 
 
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object in `path`; OSError when unreadable, ValueError when not JSON or not an object."""
+    with open(path) as f:
+        payload = json.load(f)
+    if not isinstance(payload, dict):
+        raise ValueError("expected a JSON object")
+    return payload
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = True) -> None:
     """Call `write(f)` on a temporary file in `path`'s folder (created if missing), fsync it and
     rename it over `path` (os.replace: atomic within one file system), so a reader, or a run killed

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mgd_ray.schema import (POINT_KEYS, RECORD_FIELDS, atomic_write, write_json_atomic,
+from mgd_ray.schema import (POINT_KEYS, RECORD_FIELDS, atomic_write, read_json_object, write_json_atomic,
                             write_text_atomic)
 
 
@@ -44,6 +44,15 @@ def test_write_json_atomic_refuses_nan_and_keeps_the_old_record(tmp_path):
         write_json_atomic(path, {"miou": math.nan})
     assert json.loads(path.read_text()) == {"miou": 0.5}
     assert os.listdir(tmp_path) == ["t.json"]
+
+
+def test_read_json_object_refuses_a_list(tmp_path):
+    path = tmp_path / "study.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        read_json_object(path)
+    path.write_text('{"protocols": ["1/8"]}')
+    assert read_json_object(path) == {"protocols": ["1/8"]}
 
 
 def test_schema_imports_no_heavy_library():

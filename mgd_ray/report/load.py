@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from mgd_ray.config import PROTOCOLS
-from mgd_ray.schema import KINDS, NUMERIC_FIELDS, POINT_KEYS, STATUSES, TEXT_FIELDS
+from mgd_ray.schema import KINDS, NUMERIC_FIELDS, POINT_KEYS, STATUSES, TEXT_FIELDS, read_json_object
 
 CONFIG_KEYS = POINT_KEYS  # a trial's config: its point, one column per key
 NUMERIC = NUMERIC_FIELDS
@@ -90,11 +90,7 @@ def load_trials(results_dir: str) -> pd.DataFrame:
     rows = []
     for path in sorted(glob.glob(os.path.join(results_dir, "trials", "*", "*.json"))):
         try:
-            with open(path) as f:
-                record = json.load(f)
-            if not isinstance(record, dict):
-                raise ReportInputError("expected a JSON object")
-            rows.append(trial_row(record))
+            rows.append(trial_row(read_json_object(path)))
         except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
             warnings.warn(f"skipping trial file {path}: {err}", stacklevel=2)
     frame = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
@@ -108,11 +104,7 @@ def load_study(results_dir: str) -> dict[str, Any]:
                                 "RESULTS_DIR of a study (holding study.json and trials/)")
     path = os.path.join(results_dir, "study.json")
     try:
-        with open(path) as f:
-            study = json.load(f)
-        if not isinstance(study, dict):
-            raise ReportInputError("expected a JSON object")
-        return study
+        return read_json_object(path)
     except (OSError, ValueError) as err:
         warnings.warn(f"study file {path} unreadable ({err}); reporting from the trial files only",
                       stacklevel=2)
@@ -133,11 +125,7 @@ def load_teachers(results_dir: str) -> dict[str, Any]:
     if not os.path.exists(path):
         return {}
     try:
-        with open(path) as f:
-            teachers = json.load(f)
-        if not isinstance(teachers, dict):
-            raise ReportInputError("expected a JSON object")
-        return teachers
+        return read_json_object(path)
     except (OSError, ValueError) as err:
         warnings.warn(f"teacher file {path} unreadable ({err}); teacher rows left empty", stacklevel=2)
         return {}
