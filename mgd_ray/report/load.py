@@ -6,7 +6,6 @@ every table needs is skipped with a warning naming it, so the report shows what 
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 import warnings
