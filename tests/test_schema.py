@@ -21,6 +21,9 @@ def test_atomic_write_replaces_the_file_and_leaves_nothing_else(tmp_path):
     write_text_atomic(path, "new\n")
     assert path.read_text() == "new\n"
     assert os.listdir(path.parent) == ["a.txt"]
+    plain = path.parent / "plain.txt"
+    plain.write_text("x")  # the permissions open() gives under this umask
+    assert os.stat(path).st_mode == os.stat(plain).st_mode
 
 
 def test_a_failing_writer_leaves_the_old_file_intact_and_no_temp_file(tmp_path):
