@@ -5,8 +5,6 @@ Ray instance on the machine beside a study with a diverging trial and DDP trials
 The head is started with `ray start --block --temp-dir` in its own session and stopped by killing
 that session, so no other Ray instance on the machine is touched and Ray's default
 /tmp/ray/ray_current_cluster is never written."""
-import glob
-import json
 import os
 import shutil
 import signal
@@ -18,10 +16,8 @@ import time
 
 import pytest
 import ray
-import torch
 
-from mgd_ray.data import NUM_CLASSES
-from mgd_ray.models import build_model
+from tests.study_helpers import random_teacher_files, records
 
 pytestmark = pytest.mark.ray
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,21 +77,7 @@ def head():
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("teachers")
-    out = {}
-    for option, arch in (("--teacher-deep-checkpoint", "deeplabv3plus_resnet101"),
-                         ("--teacher-wide-checkpoint", "deeplabv3plus_wide_resnet50_2")):
-        out[option] = str(folder / f"{arch}.pt")
-        torch.save(build_model(arch, NUM_CLASSES["synthetic"]).state_dict(), out[option])
-    return out
-
-
-def records(results_dir):
-    out = []
-    for path in sorted(glob.glob(os.path.join(results_dir, "trials", "*", "*.json"))):
-        with open(path) as f:
-            out.append(json.load(f))
-    return out
+    return random_teacher_files(tmp_path_factory.mktemp("teachers"))
 
 
 def teacher_args(teachers):

@@ -1,7 +1,6 @@
 """Studies on the local autoscaled cluster (cluster-local.yaml, Ray's fake_multinode provider):
 worker nodes started from zero for waiting trials and removed when idle, and a worker node lost in
 the middle of a trial. Marked `cluster` (and `ray`): each test brings a cluster up and down."""
-import glob
 import json
 import os
 import subprocess
@@ -9,12 +8,10 @@ import sys
 import time
 
 import pytest
-import torch
 
-from mgd_ray.data import NUM_CLASSES
 from mgd_ray.distributed import local_cluster
 from mgd_ray.distributed.cluster import AUTOSCALING_CONFIG_ENV
-from mgd_ray.models import build_model
+from tests.study_helpers import random_teacher_files, records
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,22 +34,8 @@ def cluster(tmp_path):
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("teachers")
-    args = []
-    for option, arch in (("--teacher-deep-checkpoint", "deeplabv3plus_resnet101"),
-                         ("--teacher-wide-checkpoint", "deeplabv3plus_wide_resnet50_2")):
-        path = str(folder / f"{arch}.pt")
-        torch.save(build_model(arch, NUM_CLASSES["synthetic"]).state_dict(), path)
-        args += [option, path]
-    return args
-
-
-def records(results_dir):
-    out = []
-    for path in sorted(glob.glob(os.path.join(results_dir, "trials", "*", "*.json"))):
-        with open(path) as f:
-            out.append(json.load(f))
-    return out
+    files = random_teacher_files(tmp_path_factory.mktemp("teachers"))
+    return [x for option, path in files.items() for x in (option, path)]
 
 
 def alive_nodes(address):

@@ -2,8 +2,6 @@
 teachers trained once and uploaded, fetched by the trial workers, checkpoints on S3, the driver
 killed mid-study and resumed, and the report of the result. The endpoint reaches Ray, pyarrow and
 boto3 through the standard AWS_* variables, as a user of an S3-compatible store would set them."""
-import glob
-import json
 import os
 import signal
 import socket
@@ -12,6 +10,7 @@ import sys
 import time
 
 import pytest
+from tests.study_helpers import records
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
@@ -54,14 +53,6 @@ def keys(client, prefix):
     out = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
         out += [o["Key"] for o in page.get("Contents", [])]
-    return out
-
-
-def records(results_dir):
-    out = []
-    for path in sorted(glob.glob(os.path.join(results_dir, "trials", "*", "*.json"))):
-        with open(path) as f:
-            out.append(json.load(f))
     return out
 
 

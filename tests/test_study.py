@@ -12,18 +12,7 @@ from mgd_ray.distributed.records import TrialRecorder, error_summary
 from mgd_ray.distributed.space import ablation_point
 from mgd_ray.distributed.study import StudyConfig, open_study_folder
 from mgd_ray.distributed.trial import distill_config
-
-import importlib.util
-
-_spec = importlib.util.spec_from_file_location(
-    "tune_loss_weights", os.path.join(os.path.dirname(__file__), "..", "experiments", "tune_loss_weights.py"))
-tune_loss_weights = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tune_loss_weights)
-
-
-def run_cli(argv, capsys):
-    code = tune_loss_weights.main(tune_loss_weights.get_args_parser().parse_args(argv))
-    return code, capsys.readouterr().err
+from tests.study_helpers import run_cli, tune_loss_weights
 
 
 @pytest.mark.parametrize("argv, says", [

@@ -1,24 +1,12 @@
 """Inputs the workers would trip over are refused by the CLI before Ray starts, writing nothing:
 corrupt or wrong teacher files, a protocol given twice."""
-import importlib.util
-import os
 
 import pytest
 import ray
 import torch
 
 from mgd_ray.models import build_model
-
-_spec = importlib.util.spec_from_file_location(
-    "tune_loss_weights", os.path.join(os.path.dirname(__file__), "..", "experiments", "tune_loss_weights.py"))
-tune_loss_weights = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tune_loss_weights)
-
-
-def run_cli(argv, capsys):
-    code = tune_loss_weights.main(tune_loss_weights.get_args_parser().parse_args(argv))
-    return code, capsys.readouterr().err
-
+from tests.study_helpers import run_cli
 
 def refused(argv, tmp_path, capsys):
     out = tmp_path / "out"

@@ -20,6 +20,7 @@ from mgd_ray.data import NUM_CLASSES
 from mgd_ray.distributed.search import RECORD_TO_OPTUNA_STATE, TRIAL_ID_ATTR
 from mgd_ray.distributed.study import StudyConfig, run_study
 from mgd_ray.models import build_model
+from tests.study_helpers import records
 
 pytestmark = pytest.mark.ray
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,14 +33,6 @@ def cluster():
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
-
-
-def records(results_dir):
-    out = []
-    for path in sorted(glob.glob(os.path.join(results_dir, "trials", "*", "*.json"))):
-        with open(path) as f:
-            out.append(json.load(f))
-    return out
 
 
 def test_ddp_study_records_a_diverging_trial_and_finishes_the_rest(cluster, tmp_path):
