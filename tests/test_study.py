@@ -118,6 +118,13 @@ def test_error_summary_without_divergence_takes_the_last_error_line():
     assert error_summary(text) == "RuntimeError: outer problem"
 
 
+def test_error_summary_keeps_the_cause_a_ray_wrapper_gives_on_the_next_line():
+    text = ("Failure # 1\nray::ImplicitFunc.train()\nray.train.ControllerError: Training failed due to "
+            "controller error:\nThe worker group startup timed out after 3.0 seconds waiting for 2 workers.\n")
+    assert error_summary(text) == ("ray.train.ControllerError: Training failed due to controller error: "
+                                   "The worker group startup timed out after 3.0 seconds waiting for 2 workers.")
+
+
 def test_device_choice_explicit_options_win_over_detected_gpus():
     from mgd_ray.distributed.devices import choose_devices, gpu_budget
     budget = gpu_budget("synthetic")

@@ -39,8 +39,15 @@ def error_summary(text: str) -> str:
     for line in lines:
         if "diverged at iteration" in line:
             return line[line.index("diverged at iteration"):]
-    errors = [line for line in lines if "Error" in line.split(":")[0]]
-    return (errors[-1] if errors else lines[-1] if lines else "unknown error")[:500]
+    errors = [i for i, line in enumerate(lines) if "Error" in line.split(":")[0]]
+    if not errors:
+        return (lines[-1] if lines else "unknown error")[:500]
+    summary = lines[errors[-1]]
+    if summary.endswith(":") and errors[-1] + 1 < len(lines):
+        # Ray's wrappers end in a colon and give the cause on the next line ("ray.train.ControllerError:
+        # Training failed due to controller error:" / "The worker group startup timed out after ...").
+        summary += " " + lines[errors[-1] + 1]
+    return summary[:500]
 
 
 class TrialRecorder(Callback):
