@@ -3,6 +3,7 @@ import glob
 import importlib.util
 import json
 import os
+import socket
 
 import torch
 
@@ -39,3 +40,10 @@ def random_teacher_files(folder) -> dict[str, str]:
         out[option] = str(folder / f"{arch}.pt")
         torch.save(build_model(arch, NUM_CLASSES["synthetic"]).state_dict(), out[option])
     return out
+
+
+def free_port(host: str = "") -> int:
+    """A TCP port free on `host` now ("" = every interface, as a Ray head binds)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

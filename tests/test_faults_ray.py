@@ -17,7 +17,7 @@ import time
 import pytest
 import ray
 
-from tests.study_helpers import random_teacher_files, records
+from tests.study_helpers import free_port, random_teacher_files, records
 
 pytestmark = pytest.mark.ray
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,13 +28,6 @@ ENV.pop("RAY_ADDRESS", None)
 # Ray 2.60 turns token auth on for every new cluster (generating ~/.ray/auth_token when missing);
 # clients that do not say so explicitly (`ray status`) would then be refused.
 ENV.setdefault("RAY_AUTH_MODE", "token")
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def start_head(num_cpus):

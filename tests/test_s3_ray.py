@@ -4,13 +4,12 @@ killed mid-study and resumed, and the report of the result. The endpoint reaches
 boto3 through the standard AWS_* variables, as a user of an S3-compatible store would set them."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
-from tests.study_helpers import records
+from tests.study_helpers import free_port, records
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
@@ -20,15 +19,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "mgd-test"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3_env():
-    port = free_port()
+    port = free_port("127.0.0.1")
     server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
                                "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
