@@ -77,6 +77,8 @@ def fit(task: Task, cfg: TeacherConfig | DistillConfig, data, ctx: RunContext) -
     "iteration", "miou", the means of task.logged (0.0 when none ran), "lr", the task's other
     evaluation metrics, "iter_per_s", "data_wait_share", "done"; returns the final report."""
     device = ctx.device
+    if device.type == "cuda":  # fixed crop sizes: let cuDNN pick its fastest kernels, as the official train.py
+        torch.backends.cudnn.benchmark = True
     optimizer = build_optimizer(task.models, cfg.optim)
     mask_gen = torch.Generator().manual_seed(task.cutmix_seed)
     torch.manual_seed(task.global_seed)
