@@ -55,6 +55,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="GPUs per trial; 0 = train on the CPU (default: 1 when this machine, or the cluster "
                    "at --address, has a GPU, with the preset's GPU budget for every budget option not given; "
                    "else 0)")
+    p.add_argument("--trials-per-gpu", type=int, default=None,
+                   help="single-worker trials sharing each GPU (each asks Ray for 1/N GPU): small models "
+                   "leave a GPU mostly idle (default: 1, or the preset's GPU budget when GPUs are detected)")
     p.add_argument("--workers-per-trial", type=int, default=None,
                    help="Ray Train (DDP) workers per trial (default: one per GPU, or 1 on CPU)")
     p.add_argument("--cpus-per-worker", type=int, default=d.cpus_per_worker)
@@ -105,7 +108,8 @@ def study_config(args: argparse.Namespace) -> StudyConfig:
         ablation_variants=tuple(args.ablation_variants),
         iterations=args.iterations, teacher_iterations=args.teacher_iterations, eval_every=args.eval_every,
         crop_size=args.crop_size, batch_size=args.batch_size, loader_workers=args.loader_workers,
-        cpus_per_worker=args.cpus_per_worker, max_concurrent_trials=args.max_concurrent_trials,
+        cpus_per_worker=args.cpus_per_worker, trials_per_gpu=args.trials_per_gpu,
+        max_concurrent_trials=args.max_concurrent_trials,
         max_failures=args.max_failures, worker_start_timeout_s=args.worker_start_timeout,
         worker_start_retries=args.worker_start_retries, teacher_deep_checkpoint=args.teacher_deep_checkpoint,
         teacher_wide_checkpoint=args.teacher_wide_checkpoint, pretrained=args.pretrained,
@@ -119,6 +123,8 @@ def study_config(args: argparse.Namespace) -> StudyConfig:
     values, chosen = choose_devices(values, args.gpus_per_trial, detected, gpu_budget(args.dataset))
     print(f"devices: {chosen}", flush=True)
     values["workers_per_trial"] = args.workers_per_trial or max(1, values["gpus_per_trial"])
+    if values.get("trials_per_gpu") is None:
+        values["trials_per_gpu"] = 1
     if args.smoke:
         parser_defaults = vars(get_args_parser().parse_args([]))
         for key, value in SMOKE.items():

@@ -128,7 +128,8 @@ def test_error_summary_keeps_the_cause_a_ray_wrapper_gives_on_the_next_line():
 def test_device_choice_explicit_options_win_over_detected_gpus():
     from mgd_ray.distributed.devices import choose_devices, gpu_budget
     budget = gpu_budget("synthetic")
-    assert budget["iterations"] > 20 and budget["seeds"] >= 2  # bigger than the CPU first run
+    assert budget["iterations"] > 16 and budget["teacher_iterations"] > 8  # bigger than the CPU first run
+    assert budget["trials_per_gpu"] > 1  # tiny synthetic runs leave a GPU mostly idle
     unset = {"iterations": None, "teacher_iterations": None, "seeds": None, "num_samples": None,
              "batch_size": None, "eval_every": None, "crop_size": None}
     # No GPU: the CPU, and the CPU preset (nothing filled in).
@@ -244,3 +245,16 @@ def test_a_tune_run_left_with_running_trials_stops_the_study(tmp_path):
     with pytest.raises(StudyInterrupted, match="mid.*--resume"):
         keep_best_drop_the_rest(cfg, plan, "ablation")
     assert sorted(os.listdir(runs)) == ["train-mid"]  # the unfinished trial keeps what it resumes from
+
+
+def test_trials_sharing_a_gpu_ask_ray_for_a_fraction_of_it(tmp_path):
+    from mgd_ray.distributed.study import StudyConfig, plan_protocol
+    cfg = StudyConfig(output_dir=str(tmp_path), gpus_per_trial=1, trials_per_gpu=4, protocols=("1/8",))
+    assert cfg.gpus_per_worker == 0.25 and cfg.devices_per_trial == 0.25  # device-hours count a quarter GPU
+    assert plan_protocol(cfg, "1/8").run["scaling"]["gpus_per_worker"] == 0.25
+    whole = StudyConfig(output_dir=str(tmp_path), gpus_per_trial=2, workers_per_trial=2)
+    assert whole.gpus_per_worker == 1 and whole.devices_per_trial == 2
+    with pytest.raises(ValueError, match="--trials-per-gpu=2 .*--gpus-per-trial 1"):
+        StudyConfig(output_dir=str(tmp_path), gpus_per_trial=2, workers_per_trial=2, trials_per_gpu=2)
+    with pytest.raises(ValueError, match="--trials-per-gpu=0"):
+        StudyConfig(output_dir=str(tmp_path), trials_per_gpu=0)

@@ -10,7 +10,7 @@ from ..engine.presets import PRESET_DIR
 # study option <- key of the preset's gpu_budget section
 GPU_BUDGET_KEYS = {"iterations": "student_iterations", "teacher_iterations": "teacher_iterations",
                    "batch_size": "batch_size", "crop_size": "crop_size", "eval_every": "eval_every",
-                   "num_samples": "search_trials", "seeds": "ablation_seeds"}
+                   "num_samples": "search_trials", "seeds": "ablation_seeds", "trials_per_gpu": "trials_per_gpu"}
 
 
 def detect_gpus(address: str | None) -> int:
@@ -50,5 +50,7 @@ def choose_devices(values: dict, gpus_option: int | None, detected_gpus: int, bu
     applied = {k: v for k, v in budget.items() if values.get(k) is None}
     values.update(applied)
     budget_text = ", ".join(f"{k}={v}" for k, v in applied.items()) or "none (all given)"
-    return values, (f"{detected_gpus} GPU(s) found: one GPU per trial, up to {detected_gpus} trial(s) at a time; "
+    shared = int(values.get("trials_per_gpu") or 1)
+    per_gpu = "one GPU per trial" if shared == 1 else f"{shared} trials share each GPU"
+    return values, (f"{detected_gpus} GPU(s) found: {per_gpu}, up to {detected_gpus * shared} trial(s) at a time; "
                     f"GPU budget applied: {budget_text} (--gpus-per-trial 0 trains on the CPU)")

@@ -61,6 +61,9 @@ class StudyConfig:
     batch_size: int | None = None
     loader_workers: int = 1
     gpus_per_trial: int = 0
+    # >1: that many single-worker trials share each GPU (each asks Ray for 1/N GPU). Small models are
+    # launch-bound: one trial keeps an H100 ~20-30% busy (docs/benchmarks.md, GPU section).
+    trials_per_gpu: int = 1
     workers_per_trial: int = 1
     cpus_per_worker: int = 1
     max_concurrent_trials: int | None = None
@@ -106,7 +109,7 @@ class StudyConfig:
             object.__setattr__(self, "seeds", budget["ablation_seeds"])
         if self.student not in STUDENTS:
             raise ValueError(f"--student {self.student!r}: expected one of {', '.join(STUDENTS)}")
-        for name in ("num_samples", "seeds", "workers_per_trial", "cpus_per_worker"):
+        for name in ("num_samples", "seeds", "workers_per_trial", "cpus_per_worker", "trials_per_gpu"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)}: expected an integer >= 1")
         for name in ("iterations", "teacher_iterations", "eval_every", "crop_size", "batch_size",
@@ -121,6 +124,10 @@ class StudyConfig:
         if self.gpus_per_trial and self.gpus_per_trial % self.workers_per_trial:
             raise ValueError(f"--gpus-per-trial={self.gpus_per_trial} must be a multiple of "
                              f"--workers-per-trial={self.workers_per_trial} (each worker drives whole GPUs)")
+        if self.trials_per_gpu > 1 and (self.gpus_per_trial != 1 or self.workers_per_trial != 1):
+            raise ValueError(f"--trials-per-gpu={self.trials_per_gpu} shares one GPU between single-worker trials: "
+                             f"it needs --gpus-per-trial 1 and --workers-per-trial 1 (got {self.gpus_per_trial} "
+                             f"and {self.workers_per_trial})")
         object.__setattr__(self, "pretrained", check_regime(self.pretrained or default_regime(self.dataset)))
         for name in ("teacher_deep_checkpoint", "teacher_wide_checkpoint", "split_dir", "pretrained_dir"):
             path = getattr(self, name)
@@ -132,8 +139,16 @@ class StudyConfig:
         return "gpu" if self.gpus_per_trial else "cpu"
 
     @property
-    def devices_per_trial(self) -> int:
-        return self.gpus_per_trial or self.workers_per_trial * self.cpus_per_worker
+    def devices_per_trial(self) -> float:
+        """Devices one trial holds (a fraction of a GPU when trials share one): device-hours count these."""
+        if self.gpus_per_trial:
+            return self.gpus_per_trial / self.trials_per_gpu if self.trials_per_gpu > 1 else self.gpus_per_trial
+        return self.workers_per_trial * self.cpus_per_worker
+
+    @property
+    def gpus_per_worker(self) -> float:
+        return self.gpus_per_trial // self.workers_per_trial / self.trials_per_gpu if self.trials_per_gpu > 1 \
+            else self.gpus_per_trial // self.workers_per_trial
 
     def resolved_storage(self) -> str:
         path = self.storage_path or os.path.join(self.output_dir, "ray")
@@ -179,7 +194,7 @@ def plan_protocol(cfg: StudyConfig, protocol: str) -> ProtocolPlan:
            "max_failures": cfg.max_failures, "log_level": "INFO" if cfg.verbose_ray else "WARNING",
            "worker_start_retries": cfg.worker_start_retries, "worker_start_timeout_s": cfg.worker_start_timeout_s,
            "scaling": {"workers": cfg.workers_per_trial, "cpus_per_worker": cfg.cpus_per_worker,
-                       "gpus_per_worker": cfg.gpus_per_trial // cfg.workers_per_trial}}
+                       "gpus_per_worker": cfg.gpus_per_worker}}
     return ProtocolPlan(protocol, run, paper_search_point(preset["weights"]), iterations, teachers)
 
 
@@ -195,7 +210,7 @@ def max_concurrent_trials(cfg: StudyConfig) -> int:
     if cfg.gpus_per_trial:
         gpus = int(resources.get("GPU", 0))
         # An autoscaled cluster starts with no GPU worker: one trial in flight makes it scale up.
-        return max(1, gpus // cfg.gpus_per_trial)
+        return max(1, gpus // cfg.gpus_per_trial) * cfg.trials_per_gpu
     return max(1, int(resources.get("CPU", 1)) // (cfg.workers_per_trial * cfg.cpus_per_worker))
 
 
