@@ -16,6 +16,7 @@ b. Trial start-up: one trial of the default synthetic study's search (the study'
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -32,18 +33,21 @@ import ray.train
 from ray import tune
 from ray.train.torch import TorchTrainer
 
-from mgd_ray.distributed.study import TRIAL_DRIVER_RESOURCES, StudyConfig, plan_protocol, prepare_teachers
+from mgd_ray.distributed.options import StudyConfig
+from mgd_ray.distributed.plan import plan_protocol
+from mgd_ray.distributed.spec import TrainRun, TrialSpec, param_space
+from mgd_ray.distributed.study import TRIAL_DRIVER_RESOURCES, prepare_teachers
 from mgd_ray.distributed.trial import run_trial
 from mgd_ray.distributed.worker import student_loop
 
 
 def bench_loop(config: dict) -> None:
-    """train_loop_per_worker: the study's student_loop at a fixed torch thread count; the thread
-    count Ray gave the worker is written to config["probe"] first."""
+    """train_loop_per_worker: the study's student_loop (on config["trial"], a trial's Tune config) at
+    a fixed torch thread count; the thread count Ray gave the worker is written to config["probe"] first."""
     with open(config["probe"], "w") as f:
         json.dump({"default_threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")}, f)
     torch.set_num_threads(config["threads"])
-    student_loop(config["distill"])
+    student_loop(config["trial"])
 
 
 def run_bare(cfg: DistillConfig, threads: int) -> tuple[float, float]:
@@ -57,7 +61,9 @@ def run_bare(cfg: DistillConfig, threads: int) -> tuple[float, float]:
 
 
 def run_ray(cfg: DistillConfig, threads: int, storage: str, probe: str) -> tuple[float, float]:
-    trainer = TorchTrainer(bench_loop, train_loop_config={"distill": cfg.to_dict(), "threads": threads, "probe": probe},
+    spec = TrialSpec(cfg, TrainRun(storage_path=storage))
+    trial = {**param_space(spec), **spec.paper_point.to_tune()}
+    trainer = TorchTrainer(bench_loop, train_loop_config={"trial": trial, "threads": threads, "probe": probe},
                            scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 2}),
                            run_config=ray.train.RunConfig(name=f"bench-{time.time_ns()}", storage_path=storage))
     start = time.perf_counter()
@@ -88,11 +94,11 @@ def trial_startup(storage: str) -> dict:
                         teacher_deep_checkpoint=teachers["teacher_deep_checkpoint"],
                         teacher_wide_checkpoint=teachers["teacher_wide_checkpoint"], verbose=False)
     plan = plan_protocol(study, "1/8")
-    plan.run["distill"]["data"]["split_out_dir"] = str(CACHE / "splits")
-    prepare_teachers(study, [plan], 1)
+    data = dataclasses.replace(plan.distill.data, split_out_dir=str(CACHE / "splits"))
+    spec, = prepare_teachers(study, [dataclasses.replace(plan, distill=dataclasses.replace(plan.distill, data=data))], 1)
     callback = FirstResults()
     tuner = tune.Tuner(tune.with_resources(run_trial, TRIAL_DRIVER_RESOURCES),
-                       param_space={"run": plan.run, **plan.paper_point},
+                       param_space={**param_space(spec), **spec.paper_point.searched()},
                        tune_config=tune.TuneConfig(num_samples=1),
                        run_config=tune.RunConfig(name="startup", storage_path=storage, callbacks=[callback], verbose=0))
     tuner.fit()
@@ -102,7 +108,7 @@ def trial_startup(storage: str) -> dict:
     first = results[0] - callback.start[trial_id]
     steady = results[1] - results[0]
     return {"to_first_result": first, "iteration_plus_eval": steady, "startup": first - steady,
-            "threads": plan.run["scaling"]["cpus_per_worker"]}
+            "threads": spec.run.cpus_per_worker}
 
 
 def get_args_parser() -> argparse.ArgumentParser:

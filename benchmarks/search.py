@@ -29,8 +29,11 @@ from common import CACHE, machine, random_teachers, synthetic_distill_config, ta
 from mgd_ray.config import TEACHER_DEEP, TEACHER_WIDE, protocol_slug
 from mgd_ray.distributed.records import TrialRecorder
 from mgd_ray.distributed.search import HonestOptunaSearch
+from mgd_ray.distributed.options import StudyConfig
+from mgd_ray.distributed.plan import plan_protocol
 from mgd_ray.distributed.space import search_space
-from mgd_ray.distributed.study import StudyConfig, plan_protocol, prepare_teachers, run_search, tune_run
+from mgd_ray.distributed.spec import TrialSpec, param_space
+from mgd_ray.distributed.study import prepare_teachers, run_search, tune_run
 from mgd_ray.engine import LocalContext, train_teacher
 
 
@@ -50,19 +53,20 @@ def trained_teachers(crop: int, batch: int, iterations: int) -> dict[str, str]:
     return paths
 
 
-def random_search(study: StudyConfig, plan, concurrency: int) -> None:
+def random_search(study: StudyConfig, spec: TrialSpec, concurrency: int) -> None:
     """run_search's twin with the searcher and scheduler swapped: random points, no early stopping."""
-    slug = protocol_slug(plan.protocol)
-    searcher = HonestOptunaSearch(space=search_space, metric="miou", mode="max", points_to_evaluate=[plan.paper_point],
-                                  max_iterations=plan.iterations,
+    slug = protocol_slug(spec.protocol)
+    searcher = HonestOptunaSearch(space=search_space, metric="miou", mode="max",
+                                  points_to_evaluate=[spec.paper_point.searched()],
+                                  max_iterations=spec.distill.iterations,
                                   sampler=optuna.samplers.RandomSampler(seed=study.seed),
                                   storage=optuna.storages.RDBStorage(study.resolved_optuna_storage()),
                                   study_name=f"mgd-{slug}")
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=FIFOScheduler(), num_samples=study.num_samples,
                                   max_concurrent_trials=concurrency)
-    recorder = TrialRecorder(study.output_dir, plan.protocol, "search", plan.iterations, study.device,
+    recorder = TrialRecorder(study.output_dir, spec.protocol, "search", spec.distill.iterations, study.device,
                              study.devices_per_trial, study.verbose)
-    tune_run(study, f"search-{slug}", {"run": plan.run}, tune_config, recorder)
+    tune_run(study, f"search-{slug}", param_space(spec), tune_config, recorder)
 
 
 def summarise(output_dir: str, protocol: str) -> list:
@@ -117,9 +121,8 @@ def main(args: argparse.Namespace) -> None:
                             teacher_deep_checkpoint=teachers["teacher_deep_checkpoint"],
                             teacher_wide_checkpoint=teachers["teacher_wide_checkpoint"])
         os.makedirs(study.output_dir)  # the Optuna SQLite file lives there
-        plan = plan_protocol(study, args.protocol)
-        prepare_teachers(study, [plan], 1)
-        (run_search(study, plan, concurrency) if name.startswith("TPE") else random_search(study, plan, concurrency))
+        spec, = prepare_teachers(study, [plan_protocol(study, args.protocol)], 1)
+        (run_search(study, spec, concurrency) if name.startswith("TPE") else random_search(study, spec, concurrency))
         rows.append([name, *summarise(study.output_dir, args.protocol)])
     ray.shutdown()
     print(f"\nbudget: {args.trials} trials each, {args.iterations} iterations per trial (evaluated every "

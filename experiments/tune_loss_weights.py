@@ -19,7 +19,9 @@ from mgd_ray.config import PROTOCOLS, STUDENTS
 from mgd_ray.distributed.devices import choose_devices, detect_gpus, gpu_budget
 from mgd_ray.distributed.cluster import UnmeetableResources
 from mgd_ray.schema import ABLATION_VARIANTS
-from mgd_ray.distributed.study import StudyConfig, StudyInterrupted, prepare_study, run_study
+from mgd_ray.distributed.options import StudyConfig
+from mgd_ray.distributed.plan import plan_study
+from mgd_ray.distributed.study import StudyInterrupted, run_study
 
 # --smoke: one protocol, two search trials, one ablation seed, a few iterations of everything.
 SMOKE = dict(protocols=("1/8",), num_samples=2, seeds=1, iterations=8, teacher_iterations=8, eval_every=4,
@@ -136,8 +138,8 @@ def study_config(args: argparse.Namespace) -> StudyConfig:
 def main(args: argparse.Namespace) -> int:
     try:
         cfg = study_config(args)
-        plans = prepare_study(cfg)
-    except (ValueError, OSError) as error:  # bad options or data: said before Ray starts
+        plans = plan_study(cfg)
+    except (ValueError, OSError) as error:  # bad options or data: said before Ray starts, writing nothing
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
@@ -145,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
     except StudyInterrupted as stopped:
         print(f"stopped: {stopped}", file=sys.stderr)
         return 130
-    except UnmeetableResources as error:  # options the cluster cannot meet: said before the search starts
+    except UnmeetableResources as error:  # options the cluster cannot meet: said before anything is written
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

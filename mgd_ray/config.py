@@ -53,6 +53,12 @@ def _check_finite_nonneg(name: str, value: float) -> None:
         raise ValueError(f"{name}={value!r}: a loss weight must be >= 0")
 
 
+def check_confidence_threshold(value: float) -> None:
+    """The one check of a pseudo-label confidence threshold (DistillConfig and a search point)."""
+    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"confidence_threshold={value!r}: expected a number in [0, 1]")
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """w_sup * L_sup + w_P * L_P + lambda_I * L_I + lambda_R * L_R; a zero weight removes a term."""
@@ -170,9 +176,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         _check_iterations(self.iterations, self.eval_every)
-        t = self.confidence_threshold
-        if not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
-            raise ValueError(f"confidence_threshold={t!r}: expected a number in [0, 1]")
+        check_confidence_threshold(self.confidence_threshold)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":

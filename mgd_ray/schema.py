@@ -22,10 +22,11 @@ POINT_KEYS = ("w_sup", "w_pixel", "lambda_semantic", "lambda_region", "confidenc
 ABLATION_VARIANTS = ("supervised", "pixel", "pixel_semantic", "pixel_region", "mgd_paper", "mgd_best")
 
 # A trial record (RESULTS_DIR/trials/<protocol_slug>/<trial_id>.json): its status and kind values,
-# and its fields ("config" holds the POINT_KEYS, "history" the reported results).
+# and its fields ("config" holds the POINT_KEYS, "history" the reported results, "diverged" is None
+# or {"iteration": int, "losses": {"loss" / "loss_<term>": number, or "nan" / "inf" when not finite}}).
 STATUSES = ("running", "completed", "early_stopped", "failed")
 KINDS = ("search", "ablation")
-RECORD_FIELDS = ("trial_id", "protocol", "kind", "variant", "seed", "status", "error", "config",
+RECORD_FIELDS = ("trial_id", "protocol", "kind", "variant", "seed", "status", "error", "diverged", "config",
                  "miou", "best_miou", "kept_fraction", "iteration", "max_iterations", "history",
                  "device", "num_devices", "wall_s", "device_hours", "started_at", "ended_at")
 # The record's fields by type, as a trials frame holds them (the point keys as columns).

@@ -3,11 +3,11 @@ import glob
 import importlib.util
 import json
 import os
-import socket
 
 import torch
 
 from mgd_ray.data import NUM_CLASSES
+from mgd_ray.distributed.cluster import free_port  # noqa: F401 -- the tests' port finder
 from mgd_ray.models import build_model
 
 _spec = importlib.util.spec_from_file_location(
@@ -20,6 +20,19 @@ def run_cli(argv, capsys):
     """(exit code, stderr) of experiments/tune_loss_weights.py run in this process."""
     code = tune_loss_weights.main(tune_loss_weights.get_args_parser().parse_args(argv))
     return code, capsys.readouterr().err
+
+
+def trial_spec(seed=0, iterations=10):
+    """A TrialSpec of the synthetic set (teacher files need not exist: nothing trains)."""
+    from mgd_ray.config import DistillConfig
+    from mgd_ray.distributed.spec import TrainRun, TrialSpec
+    return TrialSpec(DistillConfig(seed=seed, iterations=iterations, eval_every=min(5, iterations)),
+                     TrainRun(storage_path="/tmp/no-such-storage"))
+
+
+def search_config(point, seed=0):
+    """The Tune config of a search trial at `point` (flat, by POINT_KEYS)."""
+    return {"run": trial_spec(seed=seed).to_tune(), **point}
 
 
 def records(results_dir):
@@ -41,9 +54,3 @@ def random_teacher_files(folder) -> dict[str, str]:
         torch.save(build_model(arch, NUM_CLASSES["synthetic"]).state_dict(), out[option])
     return out
 
-
-def free_port(host: str = "") -> int:
-    """A TCP port free on `host` now ("" = every interface, as a Ray head binds)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]

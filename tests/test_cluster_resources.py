@@ -43,3 +43,27 @@ def test_more_cpus_per_worker_than_any_node_names_the_cpu_option():
 def test_more_workers_than_the_whole_cluster_can_host_names_the_worker_option():
     with pytest.raises(UnmeetableResources, match=r"--workers-per-trial=9: the cluster can host at most 8"):
         check_trial_fits(scaling(9, cpus=4, gpus=1), [HEAD, GPU_1X])
+
+
+def test_resources_no_node_offers_are_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """The cluster's answer (node shapes) is faked: no Ray. A refused study leaves no output folder,
+    so the corrected command runs without --resume; it gets past the check and writes study.json."""
+    from mgd_ray.distributed import study
+    from tests.study_helpers import run_cli
+
+    class PastTheChecks(Exception):
+        pass
+
+    def stop_after_the_writes(cfg):
+        assert (tmp_path / "out" / "study.json").exists()
+        raise PastTheChecks
+
+    monkeypatch.setattr(study, "connect", lambda address, timeout: "127.0.0.1:1")
+    monkeypatch.setattr(study, "node_shapes", lambda: [HEAD])  # a CPU-only cluster
+    monkeypatch.setattr(study, "max_concurrent_trials", stop_after_the_writes)
+    argv = ["--smoke", "--no-ablation", "--output-dir", str(tmp_path / "out")]
+    code, err = run_cli(argv + ["--gpus-per-trial", "1"], capsys)
+    assert code == 2 and "--gpus-per-trial" in err and "no node of this cluster" in err
+    assert not (tmp_path / "out").exists()  # not even the folder: the rerun needs no --resume
+    with pytest.raises(PastTheChecks):
+        run_cli(argv + ["--gpus-per-trial", "0"], capsys)

@@ -86,6 +86,7 @@ def test_a_trial_asking_more_gpus_than_any_node_offers_is_refused_before_the_sea
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert "--gpus-per-trial" in done.stderr and "no node of this cluster" in done.stderr
     assert records(tmp_path / "out") == []  # no trial ever started
+    assert not (tmp_path / "out").exists()  # nothing written: the corrected command needs no --resume
 
 
 HOLDER = textwrap.dedent("""
@@ -156,5 +157,7 @@ def test_a_study_beside_a_second_ray_instance_finishes_despite_abnormal_trial_en
     trials = records(tmp_path / "out")
     statuses = sorted(r["status"] for r in trials)
     assert len(trials) == 4 and statuses.count("failed") == 1, statuses
-    assert "diverged at iteration" in next(r for r in trials if r["status"] == "failed")["error"]
+    failed = next(r for r in trials if r["status"] == "failed")
+    assert "diverged at iteration" in failed["error"]
+    assert failed["diverged"]["iteration"] >= 1  # the record says so as data, not only in the text
     assert set(statuses) <= {"completed", "early_stopped", "failed"}

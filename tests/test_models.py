@@ -64,12 +64,17 @@ def test_total_params_match_official_networks(arch):
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(OFFICIAL_TOTAL_PARAMS[arch], rel=0.005)
 
 
+def _eval_forward(arch, num_classes, shape):
+    """The outputs of a freshly built `arch` (eval mode, seed 0) on a random batch of `shape`."""
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=num_classes).eval()
+    with torch.no_grad():
+        return model(torch.randn(*shape))
+
+
 @pytest.mark.parametrize("arch", STUDENTS)
 def test_student_output_shapes_odd_size(arch):
-    torch.manual_seed(0)
-    model = build_model(arch, num_classes=7).eval()
-    with torch.no_grad():
-        out = model(torch.randn(1, 3, 321, 481))
+    out = _eval_forward(arch, 7, (1, 3, 321, 481))
     assert out["logits"].shape == (1, 7, 321, 481)
     assert out["features"].shape == (1, 256, math.ceil(321 / 4), math.ceil(481 / 4))
     assert torch.isfinite(out["logits"]).all()
@@ -77,10 +82,7 @@ def test_student_output_shapes_odd_size(arch):
 
 @pytest.mark.parametrize("arch", HEAVY)
 def test_teacher_output_shapes_odd_size(arch):
-    torch.manual_seed(0)
-    model = build_model(arch, num_classes=3).eval()
-    with torch.no_grad():
-        out = model(torch.randn(2, 3, 65, 97))
+    out = _eval_forward(arch, 3, (2, 3, 65, 97))
     assert out["logits"].shape == (2, 3, 65, 97)
     assert out["features"].shape == (2, 256, 17, 25)
 

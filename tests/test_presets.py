@@ -126,12 +126,13 @@ def test_ohem_min_kept_defaults_to_50000_per_image(monkeypatch):
 
 
 def test_study_plan_carries_the_recipe_to_students_and_each_teacher(tmp_path):
-    from mgd_ray.distributed.study import StudyConfig, plan_protocol
+    from mgd_ray.distributed.options import StudyConfig
+    from mgd_ray.distributed.plan import plan_protocol
 
     cfg = StudyConfig(output_dir=str(tmp_path / "study"), dataset="cityscapes", data_root=str(tmp_path),
                       protocols=("1/8",), workers_per_trial=4)
     plan = plan_protocol(cfg, "1/8")
-    distill = plan.run["distill"]
+    distill = plan.distill.to_dict()
     assert distill["data"]["batch_size"] == 4 and distill["optim"]["lr"] == pytest.approx(0.0025)
     assert distill["optim"]["weight_decay"] == pytest.approx(8e-4) and distill["teacher_train_mode"]
     assert distill["iterations"] == 163 * 137 and distill["ohem"]
@@ -143,4 +144,4 @@ def test_study_plan_carries_the_recipe_to_students_and_each_teacher(tmp_path):
                                     protocols=("1/8",), workers_per_trial=4), "1/8")
     assert voc.teachers[TEACHER_DEEP].optim.lr == pytest.approx(0.0025)
     assert voc.teachers[TEACHER_WIDE].optim.lr == pytest.approx(0.001)
-    assert voc.run["distill"]["data"]["batch_size"] == 2 and voc.run["distill"]["data"]["paper_split"]
+    assert voc.distill.data.batch_size == 2 and voc.distill.data.paper_split

@@ -171,9 +171,9 @@ def test_study_option_reaches_student_and_both_cps_teachers(tmp_path, hub, serve
     staged = {arch: str(tmp_path / "storage" / "pretrained" / name) for arch, name in served_archs.items()}
     for path in staged.values():  # copied next to the cached teachers, for workers without internet
         assert os.path.isfile(path)
-    assert plans[0].run["distill"]["backbone_weights"] == staged[R18]
+    assert plans[0].distill.backbone_weights == staged[R18]
     teachers = []
-    monkeypatch.setattr(study, "ensure_teacher", lambda tcfg, run, root: teachers.append(tcfg) or f"{root}/t.pt")
+    monkeypatch.setattr(study, "ensure_teacher", lambda tcfg, run, root: teachers.append(tcfg) or (f"{root}/t.pt", False))
     study.prepare_teachers(cfg, plans, concurrency=1)
     assert {t.arch: t.backbone_weights for t in teachers} == {TEACHER_DEEP: staged[TEACHER_DEEP],
                                                               TEACHER_WIDE: staged[TEACHER_WIDE]}
@@ -182,7 +182,7 @@ def test_study_option_reaches_student_and_both_cps_teachers(tmp_path, hub, serve
 
 
 def test_study_defaults_and_offline_failure_before_ray(tmp_path, hub, monkeypatch, capsys):
-    from mgd_ray.distributed.study import StudyConfig
+    from mgd_ray.distributed.options import StudyConfig
     assert StudyConfig().pretrained == "none"  # synthetic trains from scratch
     assert StudyConfig(dataset="voc", data_root=str(tmp_path)).pretrained == "imagenet"
     with pytest.raises(ValueError, match="--pretrained 'imagenet1k'"):
@@ -217,8 +217,11 @@ def test_worker_loops_fetch_the_imagenet_file(monkeypatch):
     monkeypatch.setattr(worker, "train_teacher", lambda cfg, ctx: seen.__setitem__("teacher", cfg))
     monkeypatch.setattr(worker, "distill_student", lambda cfg, ctx: seen.__setitem__("student", cfg))
     worker.teacher_loop({"backbone_weights": "s3://b/pretrained/resnet101-63fe2227.pth"})
-    worker.student_loop({"backbone_weights": "s3://b/pretrained/resnet18-f37072fd.pth",
-                         "teacher_deep_checkpoint": "s3://b/teachers/d.pt"})
+    from mgd_ray.config import DistillConfig
+    from mgd_ray.distributed.spec import TrainRun, TrialSpec, param_space
+    spec = TrialSpec(DistillConfig(backbone_weights="s3://b/pretrained/resnet18-f37072fd.pth",
+                                   teacher_deep_checkpoint="s3://b/teachers/d.pt"), TrainRun(storage_path="s3://b/r"))
+    worker.student_loop({**param_space(spec), **spec.paper_point.searched()})  # a search trial's Tune config
     assert seen["teacher"].backbone_weights == "/local/resnet101-63fe2227.pth"
     assert seen["student"].backbone_weights == "/local/resnet18-f37072fd.pth"
     assert seen["student"].teacher_deep_checkpoint == "/local/d.pt"

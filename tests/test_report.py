@@ -429,3 +429,20 @@ def test_report_opens_with_what_the_run_was(tmp_path):
     assert "| Teacher T_D (deep) | 9.76 (n=1) \u2020 | -- |" in index
     assert "| Supervised only | 9.40 (n=1) \u2020 | -- |" in index and "**" not in index.split("## Loss-term")[1].split("##")[0]
     assert "`/t/deep.pt`, 238 MB" in index
+
+
+def test_report_counts_diverged_trials_from_their_records_field(tmp_path):
+    root = str(tmp_path)
+    write_trial(root, record("s1", "1/8", "search", "search", "completed", 0.4))
+    diverged = record("s2", "1/8", "search", "search", "failed", None)
+    diverged["diverged"] = {"iteration": 7, "losses": {"loss": "nan", "loss_region": "inf"}}
+    write_trial(root, diverged)
+    write_trial(root, record("s3", "1/8", "search", "search", "failed", None))  # failed, not diverged
+    # "diverged at iteration" in an error text is no divergence: only the field counts
+    write_trial(root, {**record("s4", "1/8", "search", "search", "failed", None),
+                       "error": "ValueError: diverged at iteration 3 is only text"})
+    with pytest.warns(UserWarning, match="study.json"):
+        paths = generate_report(root)
+    with open(paths["index"]) as f:
+        index = f.read()
+    assert "- Trials: 4 (1 completed, 3 failed; 1 diverged, at iteration(s) 7)" in index

@@ -68,12 +68,13 @@ def test_schema_imports_no_heavy_library():
 
 def test_a_new_trial_record_has_the_schema_fields_and_the_report_reads_them(tmp_path):
     from mgd_ray.distributed.records import TrialRecorder
+    from tests.study_helpers import search_config
     from mgd_ray.report.load import TRIAL_COLUMNS
 
     recorder = TrialRecorder(str(tmp_path), "1/8", "search", 100, "cpu", 1, verbose=False)
     point = {"w_sup": 1.0, "w_pixel": 2.0, "lambda_semantic": 0.1, "lambda_region": 0.2,
              "confidence_threshold": 0.7}
-    trial = SimpleNamespace(trial_id="t0", config={**point, "run": {"distill": {"seed": 3}}})
+    trial = SimpleNamespace(trial_id="t0", config=search_config(point, seed=3))
     record = recorder._load(trial)
     assert tuple(record) == RECORD_FIELDS
     assert record["config"] == point and record["variant"] == "search" and record["seed"] == 3

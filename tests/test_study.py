@@ -1,18 +1,22 @@
 """The study's plumbing without a Ray cluster: option checks, the results folder, ablation points,
 per-trial records."""
 import json
+import math
 import os
 import types
 
 import numpy as np
 import pytest
+from ray import cloudpickle
 
 from mgd_ray.config import LossWeights
+from mgd_ray.engine import DivergedError
+from mgd_ray.distributed.options import StudyConfig
 from mgd_ray.distributed.records import TrialRecorder, error_summary
-from mgd_ray.distributed.space import ablation_point
-from mgd_ray.distributed.study import StudyConfig, open_study_folder
-from mgd_ray.distributed.trial import distill_config
-from tests.study_helpers import run_cli, tune_loss_weights
+from mgd_ray.distributed.space import SearchPoint, ablation_point
+from mgd_ray.distributed.spec import from_tune
+from mgd_ray.distributed.study import open_study_folder
+from tests.study_helpers import run_cli, search_config, trial_spec, tune_loss_weights
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -46,37 +50,56 @@ def test_a_finished_study_is_never_overwritten_silently(tmp_path):
 
 
 def test_ablation_points_switch_terms_on_one_by_one():
-    paper = LossWeights(sup=1.0, pixel=1.0, semantic=0.002, region=100.0)
-    row = {v: ablation_point(v, paper, None) for v in ("supervised", "pixel", "pixel_semantic", "pixel_region",
-                                                        "mgd_paper")}
+    paper = SearchPoint(LossWeights(sup=1.0, pixel=1.0, semantic=0.002, region=100.0))
+    row = {v: ablation_point(v, paper, None).to_tune() for v in ("supervised", "pixel", "pixel_semantic",
+                                                                  "pixel_region", "mgd_paper")}
     as_tuple = {v: (p["w_sup"], p["w_pixel"], p["lambda_semantic"], p["lambda_region"]) for v, p in row.items()}
     assert as_tuple == {"supervised": (1, 0, 0, 0), "pixel": (1, 1, 0, 0), "pixel_semantic": (1, 1, 0.002, 0),
                         "pixel_region": (1, 1, 0, 100), "mgd_paper": (1, 1, 0.002, 100)}
     assert all(p["confidence_threshold"] == 0.0 for p in row.values())
-    best = {"w_sup": 1.0, "w_pixel": 2.0, "lambda_semantic": 0.01, "lambda_region": 5.0, "confidence_threshold": 0.7}
+    best = SearchPoint.from_tune({"w_sup": 1.0, "w_pixel": 2.0, "lambda_semantic": 0.01, "lambda_region": 5.0,
+                                  "confidence_threshold": 0.7})
     assert ablation_point("mgd_best", paper, best) == best
     with pytest.raises(ValueError, match="finished search"):
         ablation_point("mgd_best", paper, None)
 
 
 def test_trial_config_becomes_the_distill_config_of_its_point():
-    base = {"distill": {"seed": 0, "iterations": 10}}
-    search = distill_config({"run": base, "w_pixel": 2.0, "lambda_semantic": 0.01, "lambda_region": 50.0,
-                             "confidence_threshold": 0.5})
+    spec = trial_spec(seed=0, iterations=10)
+    base = spec.to_tune()
+    search = from_tune({"run": base, "w_pixel": 2.0, "lambda_semantic": 0.01, "lambda_region": 50.0,
+                        "confidence_threshold": 0.5}).distill.to_dict()
     assert search["weights"] == {"sup": 1.0, "pixel": 2.0, "semantic": 0.01, "region": 50.0}
     assert search["confidence_threshold"] == 0.5 and search["seed"] == 0 and search["iterations"] == 10
-    ablation = distill_config({"run": base, "ablation": {"variant": "supervised", "seed": 3, "w_sup": 1.0,
-                                                          "w_pixel": 0.0, "lambda_semantic": 0.0,
-                                                          "lambda_region": 0.0, "confidence_threshold": 0.0}})
-    assert ablation["weights"] == {"sup": 1.0, "pixel": 0.0, "semantic": 0.0, "region": 0.0}
-    assert ablation["seed"] == 3
-    assert base["distill"] == {"seed": 0, "iterations": 10}  # the shared base is not mutated
+    ablation = from_tune({"run": base, "ablation": {"variant": "supervised", "seed": 3, "w_sup": 1.0,
+                                                     "w_pixel": 0.0, "lambda_semantic": 0.0,
+                                                     "lambda_region": 0.0, "confidence_threshold": 0.0}})
+    assert ablation.distill.to_dict()["weights"] == {"sup": 1.0, "pixel": 0.0, "semantic": 0.0, "region": 0.0}
+    assert ablation.distill.to_dict()["seed"] == 3
+    assert base == spec.to_tune()  # the shared base is not mutated
+    assert ablation.spec == spec  # the spec comes back whole from Tune's plain dict
 
 
-def fake_trial(trial_id, error_file=None):
-    config = {"run": {"distill": {"seed": 0}}, "w_pixel": 1.0, "lambda_semantic": 0.002, "lambda_region": 100.0,
-              "confidence_threshold": 0.3}
-    return types.SimpleNamespace(trial_id=trial_id, config=config, error_file=error_file)
+def test_a_search_point_checks_its_weights_and_threshold_once_made():
+    with pytest.raises(ValueError, match="confidence_threshold=1.5"):
+        SearchPoint.from_tune({"w_pixel": 1.0, "lambda_semantic": 0.0, "lambda_region": 0.0,
+                               "confidence_threshold": 1.5})
+    with pytest.raises(ValueError, match="weights.region"):
+        SearchPoint.from_tune({"w_pixel": 1.0, "lambda_semantic": 0.0, "lambda_region": -1.0,
+                               "confidence_threshold": 0.0})
+    point = SearchPoint(LossWeights(sup=1.0, pixel=2.0, semantic=0.5, region=3.0), 0.25)
+    assert point.to_tune() == {"w_sup": 1.0, "w_pixel": 2.0, "lambda_semantic": 0.5, "lambda_region": 3.0,
+                               "confidence_threshold": 0.25}
+    assert point.searched() == {"w_pixel": 2.0, "lambda_semantic": 0.5, "lambda_region": 3.0,
+                                "confidence_threshold": 0.25}  # the keys Optuna's space suggests
+    assert SearchPoint.from_tune(point.searched()) == point  # w_sup, not searched, is 1
+
+
+def fake_trial(trial_id, error_file=None, pickled_error_file=None):
+    config = search_config({"w_pixel": 1.0, "lambda_semantic": 0.002, "lambda_region": 100.0,
+                            "confidence_threshold": 0.3}, seed=0)
+    return types.SimpleNamespace(trial_id=trial_id, config=config, error_file=error_file,
+                                 pickled_error_file=pickled_error_file)
 
 
 def read_record(tmp_path, trial_id):
@@ -87,7 +110,8 @@ def read_record(tmp_path, trial_id):
 def test_records_follow_a_trial_through_results_early_stop_and_failure(tmp_path):
     recorder = TrialRecorder(str(tmp_path), "1/8", "search", max_iterations=100, device="cpu", num_devices=2,
                              verbose=False)
-    done, stopped, failed = fake_trial("a"), fake_trial("b"), fake_trial("c", str(tmp_path / "error.txt"))
+    done, stopped = fake_trial("a"), fake_trial("b")
+    failed = fake_trial("c", str(tmp_path / "error.txt"), str(tmp_path / "error.pkl"))
     for trial in (done, stopped, failed):
         recorder.on_trial_start(0, [], trial)
     assert read_record(tmp_path, "a")["status"] == "running"
@@ -99,6 +123,10 @@ def test_records_follow_a_trial_through_results_early_stop_and_failure(tmp_path)
     recorder.on_trial_complete(0, [], stopped)
     (tmp_path / "error.txt").write_text("Traceback ...\n  File x\nray.train.TrainingFailedError: worker 0\n"
                                         "DivergedError: diverged at iteration 3: loss=nan (region=inf)\n")
+    # What Tune keeps beside the text: the exception, wrapped by Ray, pickled with its fields.
+    wrapped = RuntimeError("ray::ImplicitFunc.train()")
+    wrapped.cause = DivergedError(3, {"loss": math.nan, "region": math.inf})
+    (tmp_path / "error.pkl").write_bytes(cloudpickle.dumps(wrapped))
     recorder.on_trial_error(0, [], failed)
 
     a = read_record(tmp_path, "a")
@@ -111,6 +139,20 @@ def test_records_follow_a_trial_through_results_early_stop_and_failure(tmp_path)
     c = read_record(tmp_path, "c")
     assert c["status"] == "failed" and [h["iteration"] for h in c["history"]] == [10]
     assert c["error"] == "diverged at iteration 3: loss=nan (region=inf)"
+    assert c["diverged"] == {"iteration": 3, "losses": {"loss": "nan", "region": "inf"}}
+    assert a["diverged"] is None and read_record(tmp_path, "b")["diverged"] is None
+
+
+def test_a_failure_that_is_no_divergence_keeps_its_error_line_and_no_diverged_field(tmp_path):
+    recorder = TrialRecorder(str(tmp_path), "1/8", "search", max_iterations=100, device="cpu", num_devices=1,
+                             verbose=False)
+    trial = fake_trial("e", str(tmp_path / "error.txt"), str(tmp_path / "error.pkl"))
+    recorder.on_trial_start(0, [], trial)
+    (tmp_path / "error.txt").write_text("Traceback\nValueError: diverged at iteration 3 is only text here\n")
+    (tmp_path / "error.pkl").write_bytes(cloudpickle.dumps(ValueError("diverged at iteration 3 is only text here")))
+    recorder.on_trial_error(0, [], trial)
+    e = read_record(tmp_path, "e")
+    assert e["error"] == "ValueError: diverged at iteration 3 is only text here" and e["diverged"] is None
 
 
 def test_error_summary_without_divergence_takes_the_last_error_line():
@@ -241,17 +283,22 @@ def test_a_tune_run_left_with_running_trials_stops_the_study(tmp_path):
         (runs / f"train-{trial_id}").mkdir(parents=True)
         (folder / f"{trial_id}.json").write_text(json.dumps(
             {"trial_id": trial_id, "kind": "ablation", "variant": "pixel", "status": status, "miou": None}))
-    plan = types.SimpleNamespace(protocol="1/8", run={"storage_path": str(runs)})
+    spec = types.SimpleNamespace(protocol="1/8", run=types.SimpleNamespace(storage_path=str(runs)))
     with pytest.raises(StudyInterrupted, match="mid.*--resume"):
-        keep_best_drop_the_rest(cfg, plan, "ablation")
+        keep_best_drop_the_rest(cfg, spec, "ablation")
     assert sorted(os.listdir(runs)) == ["train-mid"]  # the unfinished trial keeps what it resumes from
 
 
 def test_trials_sharing_a_gpu_ask_ray_for_a_fraction_of_it(tmp_path):
-    from mgd_ray.distributed.study import StudyConfig, plan_protocol
+    from mgd_ray.distributed.options import StudyConfig
+    from mgd_ray.distributed.plan import plan_protocol
+    from mgd_ray.distributed.trial import scaling_config
     cfg = StudyConfig(output_dir=str(tmp_path), gpus_per_trial=1, trials_per_gpu=4, protocols=("1/8",))
     assert cfg.gpus_per_worker == 0.25 and cfg.devices_per_trial == 0.25  # device-hours count a quarter GPU
-    assert plan_protocol(cfg, "1/8").run["scaling"]["gpus_per_worker"] == 0.25
+    run = plan_protocol(cfg, "1/8").run
+    assert run.gpus_per_worker == 0.25
+    scaling = scaling_config(run)
+    assert scaling.use_gpu and scaling.resources_per_worker == {"CPU": 1, "GPU": 0.25}
     whole = StudyConfig(output_dir=str(tmp_path), gpus_per_trial=2, workers_per_trial=2)
     assert whole.gpus_per_worker == 1 and whole.devices_per_trial == 2
     with pytest.raises(ValueError, match="--trials-per-gpu=2 .*--gpus-per-trial 1"):

@@ -56,6 +56,11 @@ def test_ddp_study_records_a_diverging_trial_and_finishes_the_rest(cluster, tmp_
     failed = next(r for r in search if r["status"] == "failed")
     assert failed["config"]["lambda_region"] == 1e38
     assert re.match(r"diverged at iteration \d+: loss=(nan|inf)", failed["error"]), failed["error"]
+    # The same divergence as data: where it happened and the losses of that iteration.
+    assert failed["error"].startswith(f"diverged at iteration {failed['diverged']['iteration']}: "
+                                      f"loss={failed['diverged']['losses']['loss']}")
+    assert failed["diverged"]["losses"]["loss"] in ("nan", "inf")
+    assert all(r["diverged"] is None for r in search if r["status"] != "failed")
     for record in search + by_kind[("ablation", "supervised")] + by_kind[("ablation", "mgd_best")]:
         if record["status"] == "failed":
             continue

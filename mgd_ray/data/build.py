@@ -105,11 +105,12 @@ def _check_listed_images(samples: list[Sample], list_path: Path, root: Path, dat
         )
 
 
-def build_datasets(cfg: DataConfig) -> SemiSupervisedData:
+def build_datasets(cfg: DataConfig, save_split: bool = True) -> SemiSupervisedData:
     """Resolve the data root and split, validate every file once, and return the datasets:
     labeled items (image 3 x S x S, label S x S), unlabeled items (image 3 x S x S), val items
     (image 3 x H x W, label H x W, id) with S = cfg.crop_size. Raises DatasetError on bad data,
-    before a generated split is written."""
+    before a generated split is written (save_split=False: a generated split is not written, for
+    checks that must leave no file behind)."""
     num_classes = NUM_CLASSES[cfg.dataset]
     labeled_count(0, cfg.protocol)  # an unknown protocol fails before any file is touched
     if cfg.dataset == "synthetic":
@@ -127,7 +128,7 @@ def build_datasets(cfg: DataConfig) -> SemiSupervisedData:
         unlabeled = list(labeled)
     labeled_keys = {s.image for s in labeled}
     validate_samples(labeled + val, [s for s in unlabeled if s.image not in labeled_keys], num_classes)
-    if write_generated_split is not None:  # only now: a failed validation leaves no split behind
+    if save_split and write_generated_split is not None:  # only now: a failed validation leaves no split behind
         write_generated_split()
     return SemiSupervisedData(
         labeled=SegmentationDataset(labeled, "labeled", cfg.crop_size),

@@ -36,9 +36,10 @@ def study_env(address: str, worker_start_timeout_s: float) -> dict[str, str]:
     return {"RAY_ADDRESS": address, WORKER_START_TIMEOUT_ENV: f"{float(worker_start_timeout_s):g}"}
 
 
-def _free_port() -> int:
+def free_port(host: str = "") -> int:
+    """A TCP port free on `host` now ("" = every interface, as a Ray head binds)."""
     with socket.socket() as s:
-        s.bind(("", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -56,7 +57,7 @@ def connect(address: str | None, worker_start_timeout_s: float, **init_kwargs: A
         return gcs
     if address is None and ray._private.services.canonicalize_bootstrap_address(None) is None:
         # ray.init() would start a new local instance (no RAY_ADDRESS, no `ray start` cluster here).
-        port = _free_port()
+        port = free_port()
         gcs = f"{ray.util.get_node_ip_address()}:{port}"
         previous = os.environ.get(GCS_PORT_ENV)
         os.environ[GCS_PORT_ENV] = str(port)
@@ -114,7 +115,7 @@ def workers_per_node(node: dict[str, float], per_worker: dict[str, float]) -> fl
 
 def check_trial_fits(scaling: dict[str, int], shapes: list[tuple[str, dict[str, float], float]]) -> None:
     """Raise UnmeetableResources (naming the option) when no node can ever host one Train worker of a
-    trial, or all of them together cannot host a trial's workers. `scaling` as run["scaling"]."""
+    trial, or all of them together cannot host a trial's workers. `scaling`: TrainRun.scaling()."""
     per_worker = {"CPU": float(scaling["cpus_per_worker"]), "GPU": float(scaling["gpus_per_worker"])}
     offered = "; ".join(f"{name}: {int(r.get('CPU', 0))} CPU, {int(r.get('GPU', 0))} GPU" for name, r, _ in shapes)
     if not any(workers_per_node(r, per_worker) >= 1 for _, r, _ in shapes):

@@ -12,33 +12,42 @@ import os
 import time
 from typing import Any
 
+from ray import cloudpickle
 from ray.tune import Callback
 
 from ..config import protocol_slug
+from ..engine import DivergedError
 from ..report.load import finite_or_none
-from ..schema import POINT_KEYS, write_json_atomic
+from ..schema import write_json_atomic
+from .spec import from_tune
 
 
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def trial_point(config: dict[str, Any]) -> tuple[str, int, dict[str, float]]:
-    """(variant, seed, point) of a trial's Tune config (search or ablation)."""
-    if "ablation" in config:
-        ablation = config["ablation"]
-        return ablation["variant"], int(ablation["seed"]), {k: float(ablation[k]) for k in POINT_KEYS}
-    point = {k: float(config[k]) for k in POINT_KEYS if k in config}
-    point.setdefault("w_sup", 1.0)
-    return "search", int(config["run"]["distill"]["seed"]), point
+def find_divergence(error: BaseException | None) -> DivergedError | None:
+    """The DivergedError that ended a trial: Tune keeps the exception a trial raised (pickled with
+    its fields) wrapped in Ray's task errors; None for any other end."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DivergedError):
+            return DivergedError(error.iteration, error.losses)  # not Ray's wrapper that subclasses it
+        error = getattr(error, "cause", None) or error.__cause__
+    return None
+
+
+def diverged_field(error: DivergedError) -> dict[str, Any]:
+    """A record's "diverged": {"iteration", "losses"}; a non-finite loss is kept as its name
+    ("nan", "inf"): a record is strict JSON."""
+    return {"iteration": error.iteration,
+            "losses": {k: v if math.isfinite(v) else str(v) for k, v in error.losses.items()}}
 
 
 def error_summary(text: str) -> str:
     """The line of a (nested Ray) traceback that says what went wrong."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in lines:
-        if "diverged at iteration" in line:
-            return line[line.index("diverged at iteration"):]
     errors = [i for i, line in enumerate(lines) if "Error" in line.split(":")[0]]
     if not errors:
         return (lines[-1] if lines else "unknown error")[:500]
@@ -68,10 +77,10 @@ class TrialRecorder(Callback):
             with open(self._path(trial)) as f:
                 return json.load(f)
         except (OSError, ValueError):
-            variant, seed, point = trial_point(trial.config)
+            this = from_tune(trial.config)
             return {"trial_id": trial.trial_id, "protocol": self.protocol, "kind": self.kind,
-                    "variant": variant, "seed": seed, "status": "running", "error": None,
-                    "config": point, "miou": None, "best_miou": None, "kept_fraction": None,
+                    "variant": this.variant, "seed": this.seed, "status": "running", "error": None,
+                    "diverged": None, "config": this.point.to_tune(), "miou": None, "best_miou": None, "kept_fraction": None,
                     "iteration": None, "max_iterations": self.max_iterations, "history": [],
                     "device": self.device, "num_devices": self.num_devices, "wall_s": 0.0,
                     "device_hours": 0.0, "started_at": now_iso(), "ended_at": None}
@@ -130,8 +139,24 @@ class TrialRecorder(Callback):
         if trial.error_file and os.path.exists(trial.error_file):
             with open(trial.error_file) as f:
                 text = f.read()
-        record.update(status="failed", error=error_summary(text), error_detail=text[-4000:], ended_at=now_iso())
+        diverged = find_divergence(_pickled_error(trial))
+        record.update(status="failed", error=str(diverged) if diverged else error_summary(text),
+                      diverged=diverged_field(diverged) if diverged else None, error_detail=text[-4000:], ended_at=now_iso())
         self._save(trial, record)
         self._started.pop(trial.trial_id, None)
         if self.verbose:
             print(f"[{self.protocol} {self.kind}] trial {trial.trial_id} FAILED: {record['error']}", flush=True)
+
+
+def _pickled_error(trial) -> BaseException | None:
+    """The exception Tune kept for a failed trial, in the file beside its error text (None when it
+    kept none or it cannot be read)."""
+    path = getattr(trial, "pickled_error_file", None)
+    if not path or not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            return cloudpickle.load(f)
+    except Exception:  # noqa: BLE001 -- an unpicklable error leaves its text only
+        return None
+

@@ -1,15 +1,18 @@
 """What the study searches and which fixed configurations the ablation table needs.
 
-A trial's point is flat: w_sup, w_pixel, lambda_semantic, lambda_region, confidence_threshold.
-The define-by-run space is a module-level function so the searcher can be pickled and restored.
+A trial's point is a `SearchPoint`: the four loss weights and the pseudo-label confidence threshold.
+In a Tune config, a trial record and the report it is flat, under the names of schema.POINT_KEYS
+(w_sup, w_pixel, lambda_semantic, lambda_region, confidence_threshold); `from_tune` / `to_tune` are
+the only places that spell that out. The define-by-run space is a module-level function so the
+searcher can be pickled and restored.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
-from ..config import LossWeights
-from ..schema import ABLATION_VARIANTS, POINT_KEYS
-
+from ..config import LossWeights, check_confidence_threshold
+from ..schema import ABLATION_VARIANTS, LOSS_TERMS, POINT_KEYS
 
 # Search bounds: two decades either side of the paper's lambda_I / lambda_R, a factor 4 either
 # side of w_P = 1, and the pseudo-label confidence threshold in [0, 0.99] (0 is the paper).
@@ -19,6 +22,9 @@ BOUNDS = {
     "lambda_region": (1.0, 1e4),
     "confidence_threshold": (0.0, 0.99),
 }
+# Point key of each loss term's weight: "sup" -> "w_sup", ..., "region" -> "lambda_region".
+WEIGHT_KEYS = dict(zip(LOSS_TERMS, POINT_KEYS))
+THRESHOLD_KEY = POINT_KEYS[len(LOSS_TERMS)]
 
 
 def search_space(trial) -> None:
@@ -29,38 +35,49 @@ def search_space(trial) -> None:
     trial.suggest_float("confidence_threshold", *BOUNDS["confidence_threshold"])
 
 
-def point_from_weights(weights: LossWeights, confidence_threshold: float = 0.0) -> dict[str, float]:
-    return {"w_sup": weights.sup, "w_pixel": weights.pixel, "lambda_semantic": weights.semantic,
-            "lambda_region": weights.region, "confidence_threshold": float(confidence_threshold)}
+@dataclass(frozen=True)
+class SearchPoint:
+    """One trial's loss weights and confidence threshold, both checked when the point is made."""
+
+    weights: LossWeights = field(default_factory=LossWeights)
+    confidence_threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_confidence_threshold(self.confidence_threshold)
+
+    @classmethod
+    def from_tune(cls, config: Mapping[str, Any]) -> "SearchPoint":
+        """The point of a flat dict keyed by POINT_KEYS (a Tune config, a record's "config");
+        w_sup, which the search leaves out, is 1."""
+        weights = {term: float(config.get(key, 1.0) if term == "sup" else config[key])
+                   for term, key in WEIGHT_KEYS.items()}
+        return cls(LossWeights(**weights), float(config[THRESHOLD_KEY]))
+
+    def to_tune(self) -> dict[str, float]:
+        """The flat dict of every POINT_KEYS key (trial records, ablation rows)."""
+        flat = {WEIGHT_KEYS[term]: weight for term, weight in self.weights.as_dict().items()}
+        return {**flat, THRESHOLD_KEY: float(self.confidence_threshold)}
+
+    def searched(self) -> dict[str, float]:
+        """The keys the search space suggests (a point the searcher evaluates must have those only)."""
+        return {key: value for key, value in self.to_tune().items() if key in BOUNDS}
 
 
-def paper_search_point(paper: LossWeights) -> dict[str, float]:
-    """The paper's defaults as the searcher's first point (searched keys only)."""
-    point = point_from_weights(paper)
-    del point["w_sup"]
-    return point
-
-
-def weights_from_point(point: dict[str, Any]) -> LossWeights:
-    return LossWeights(sup=float(point.get("w_sup", 1.0)), pixel=float(point["w_pixel"]),
-                       semantic=float(point["lambda_semantic"]), region=float(point["lambda_region"]))
-
-
-def ablation_point(variant: str, paper: LossWeights, best: dict[str, float] | None) -> dict[str, float]:
+def ablation_point(variant: str, paper: SearchPoint, best: SearchPoint | None) -> SearchPoint:
     """The fixed point of one ablation row; the paper's threshold (0) except for the best found."""
     if variant == "mgd_best":
         if best is None:
             raise ValueError("ablation variant mgd_best needs a finished search (no completed trial)")
-        return {k: float(best[k]) for k in POINT_KEYS}
+        return best
+    w = paper.weights
     terms = {
         "supervised": (0.0, 0.0, 0.0),
-        "pixel": (paper.pixel, 0.0, 0.0),
-        "pixel_semantic": (paper.pixel, paper.semantic, 0.0),
-        "pixel_region": (paper.pixel, 0.0, paper.region),
-        "mgd_paper": (paper.pixel, paper.semantic, paper.region),
+        "pixel": (w.pixel, 0.0, 0.0),
+        "pixel_semantic": (w.pixel, w.semantic, 0.0),
+        "pixel_region": (w.pixel, 0.0, w.region),
+        "mgd_paper": (w.pixel, w.semantic, w.region),
     }
     if variant not in terms:
         raise ValueError(f"ablation variant {variant!r}: expected one of {', '.join(ABLATION_VARIANTS)}")
     pixel, semantic, region = terms[variant]
-    return {"w_sup": paper.sup, "w_pixel": pixel, "lambda_semantic": semantic, "lambda_region": region,
-            "confidence_threshold": 0.0}
+    return SearchPoint(LossWeights(sup=w.sup, pixel=pixel, semantic=semantic, region=region), 0.0)

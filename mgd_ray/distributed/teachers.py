@@ -14,6 +14,7 @@ from ..config import TeacherConfig, protocol_slug
 from ..models import NETWORK_VERSION
 from ..models.pretrained import checkpoint_file_name, resolve_pretrained
 from . import storage
+from .spec import TrainRun
 from .trial import scaling_config, train_run_config
 from .worker import teacher_loop
 
@@ -34,12 +35,13 @@ def teacher_name(cfg: TeacherConfig) -> str:
 
 
 def stage_pretrained(regime: str, archs: list[str], storage_root: str, pretrained_dir: str | None = None,
-                     log=print) -> dict[str, str | None]:
+                     log=print, copy: bool = True) -> dict[str, str | None]:
     """{arch: file every worker can read} for the regime "imagenet" ({arch: None} for "none").
 
     Resolved on the driver (a user folder, torch hub's cache, or a download with the hash checked),
     then copied once to <storage_root>/pretrained/, next to the cached teachers, so workers without
-    internet read them the way they read teachers."""
+    internet read them the way they read teachers. copy=False: the files are found (or downloaded)
+    and their future places returned, nothing is copied (a study checks before it writes)."""
     local = resolve_pretrained(archs, regime, pretrained_dir)
     staged = {}
     for arch, path in local.items():
@@ -47,7 +49,7 @@ def stage_pretrained(regime: str, archs: list[str], storage_root: str, pretraine
             staged[arch] = None
             continue
         uri = storage.join(storage_root, "pretrained", checkpoint_file_name(arch))
-        if not storage.exists(uri):
+        if copy and not storage.exists(uri):
             log(f"ImageNet weights {os.path.basename(path)}: copying to {uri}")
             storage.upload(path, uri)
         staged[arch] = uri
@@ -68,14 +70,14 @@ def read_teacher_metrics(uri: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def ensure_teacher(cfg: TeacherConfig, run: dict[str, Any], teachers_root: str, log=print) -> str:
-    """The storage URI of the teacher's model.pt, training it first unless it is already there;
-    its val scores go to <name>.json beside it."""
+def ensure_teacher(cfg: TeacherConfig, run: TrainRun, teachers_root: str, log=print) -> tuple[str, bool]:
+    """(the storage URI of the teacher's model.pt, whether it was cached), training it first unless
+    it is already there; its val scores go to <name>.json beside it."""
     name = teacher_name(cfg)
     uri = storage.join(teachers_root, f"{name}.pt")
     if storage.exists(uri):
         log(f"teacher {name}: cached at {uri}")
-        return uri
+        return uri, True
     log(f"teacher {name}: training {cfg.iterations} iterations (CPS) ...")
     run_name = f"teacher-{name}"
     trainer = TorchTrainer(teacher_loop, train_loop_config=cfg.to_dict(), scaling_config=scaling_config(run),
@@ -93,6 +95,6 @@ def ensure_teacher(cfg: TeacherConfig, run: dict[str, Any], teachers_root: str, 
         storage.upload(os.path.join(folder, "model.pt"), uri)
     # The run's checkpoints (both CPS branches and their optimizer state, ~6x the cached file) only
     # served to resume an interrupted training; the cached model.pt is what trials read.
-    storage.remove_tree(storage.join(run["storage_path"], run_name))
+    storage.remove_tree(storage.join(run.storage_path, run_name))
     log(f"teacher {name}: val mIoU {result.metrics.get('miou')}, saved to {uri}")
-    return uri
+    return uri, False

@@ -5,6 +5,8 @@ checkpoints); the training itself is `mgd_ray.engine`.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import tempfile
@@ -16,11 +18,12 @@ import torch
 from ray.tune.integration.ray_train import TuneReportCallback
 from torch.utils.data import DataLoader, Subset
 
-from ..config import DistillConfig, TeacherConfig
+from ..config import TeacherConfig
 from ..engine import DivergedError, distill_student, train_teacher
 from ..engine.context import rank, world_size
 from ..models import convert_sync_batchnorm
 from . import storage
+from .spec import from_tune
 
 DIVERGED_KEY = "diverged"
 
@@ -89,28 +92,30 @@ def teacher_loop(config: dict[str, Any]) -> None:
 
 
 def student_loop(config: dict[str, Any]) -> None:
-    """train_loop_per_worker for one MGD student run. Teacher files and the student's ImageNet file
-    on the study's storage are fetched to this node first. A diverged run reports its error and stops cleanly: retrying it
-    from the last checkpoint (FailureConfig) would only diverge again."""
+    """train_loop_per_worker for one MGD student run; `config` is the trial's Tune config
+    (spec.from_tune). Teacher files and the student's ImageNet file on the study's storage are
+    fetched to this node first. A diverged run reports where and how it diverged, and stops cleanly:
+    retrying it from the last checkpoint (FailureConfig) would only diverge again."""
     follow_train_log_level()
-    config = dict(config)
-    for key in ("teacher_deep_checkpoint", "teacher_wide_checkpoint", "backbone_weights"):
-        if config.get(key):
-            config[key] = storage.download(config[key])
-    cfg = DistillConfig.from_dict(config)
+    cfg = from_tune(config).distill
+    cfg = dataclasses.replace(cfg, **{key: storage.download(getattr(cfg, key)) for key in
+                                      ("teacher_deep_checkpoint", "teacher_wide_checkpoint", "backbone_weights")
+                                      if getattr(cfg, key)})
     try:
         distill_student(cfg, RayContext())
     except DivergedError as error:
         # Every rank gets here at the same iteration (the engine decides on rank-averaged losses).
-        # The message travels as the run's last checkpoint, the only report Result.metrics keeps;
-        # ForwardToTune keeps it from Tune, so ASHA and Optuna never see a made-up mIoU.
+        # The divergence travels as the run's last report, with a checkpoint because Result.metrics
+        # keeps only reports that have one; ForwardToTune keeps it from Tune, so ASHA and Optuna
+        # never see a made-up mIoU. run_trial raises it again from these fields.
+        diverged = {"iteration": error.iteration, "losses": error.losses}
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank() == 0:
-                with open(os.path.join(folder, "diverged.txt"), "w") as f:
-                    f.write(str(error))
+                with open(os.path.join(folder, "diverged.json"), "w") as f:
+                    json.dump(diverged, f)
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report({DIVERGED_KEY: str(error)}, checkpoint=checkpoint)
+            ray.train.report({DIVERGED_KEY: diverged}, checkpoint=checkpoint)
 
 
 class ForwardToTune(TuneReportCallback):

@@ -32,7 +32,8 @@ TEACHERS = (TEACHER_DEEP, TEACHER_WIDE)
 DEFAULT_WEIGHT_DECAY = 1e-4
 
 
-def _read(dataset: str) -> tuple[dict, Path]:
+def read_preset(dataset: str) -> tuple[dict, Path]:
+    """(the raw YAML of a dataset's preset, its path)."""
     if dataset not in DATASETS:
         raise ValueError(f"preset {dataset!r}: expected one of {', '.join(DATASETS)}")
     path = PRESET_DIR / f"{dataset}.yaml"
@@ -75,7 +76,7 @@ def load_preset(dataset: str, protocol: str = "1/8", student: str = "deeplabv3pl
     "ohem_min_kept" / "teacher_ohem_min_kept" (50,000 x images per device, what supervised_loss uses
     by default); "student_iterations", "teacher_iterations", "eval_every", "teacher_eval_every";
     "weights" (the paper's LossWeights for the student)."""
-    raw, path = _read(dataset)
+    raw, path = read_preset(dataset)
     check_protocol(protocol)
     if int(num_devices) < 1:
         raise ValueError(f"num_devices={num_devices!r}: expected a positive integer")
@@ -153,9 +154,3 @@ def preset_optim(preset: dict, role: str, iterations: int, arch: str | None = No
     return OptimConfig(lr=lr, weight_decay=preset.get("weight_decay", DEFAULT_WEIGHT_DECAY),
                        warmup_iterations=round(preset["warmup_fraction"] * iterations))
 
-
-def study_budget(dataset: str) -> dict:
-    """{"search_trials", "ablation_seeds"}: the default study size for a dataset (16 trials and 2
-    seeds unless its preset says otherwise)."""
-    raw, _ = _read(dataset)
-    return {"search_trials": int(raw.get("search_trials", 16)), "ablation_seeds": int(raw.get("ablation_seeds", 2))}

@@ -22,7 +22,7 @@ TEXT = TEXT_FIELDS
 # Every column a trials frame has after `normalize_trials`, in this order.
 TRIAL_COLUMNS = TEXT[:5] + ("seed",) + CONFIG_KEYS + (
     "miou", "best_miou", "kept_fraction", "iteration", "max_iterations", "device", "num_devices",
-    "wall_s", "device_hours", "started_at", "ended_at", "error", "history")
+    "wall_s", "device_hours", "started_at", "ended_at", "error", "diverged", "history")
 REQUIRED = ("trial_id", "protocol", "kind", "status")
 
 
@@ -81,6 +81,7 @@ def normalize_trials(trials: pd.DataFrame) -> pd.DataFrame:
             raise ReportInputError(f"trials column {column!r} has {bad or ['missing values']}; "
                                    f"expected one of {list(allowed)}")
     frame["history"] = [h if isinstance(h, list) else [] for h in frame["history"]]
+    frame["diverged"] = [d if isinstance(d, dict) else None for d in frame["diverged"]]
     return frame[list(TRIAL_COLUMNS)].reset_index(drop=True)
 
 

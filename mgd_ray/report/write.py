@@ -129,6 +129,9 @@ def report_index(study: dict[str, Any], trials: pd.DataFrame, protocols: list[st
     counts = trials["status"].value_counts()
     state = ", ".join(f"{int(counts[s])} {s.replace('_', '-')}" for s in
                       ("completed", "early_stopped", "failed", "running") if s in counts)
+    diverged = [d["iteration"] for d in trials.get("diverged", ()) if isinstance(d, dict)]
+    if diverged:  # of the failed ones: the loss stopped being finite (the record's "diverged" field)
+        state += f"; {len(diverged)} diverged, at iteration(s) {', '.join(map(str, sorted(diverged)))}"
     lines = ["# MGD study report", "", *what_the_run_was(study, ablation), "", "## Study", "",
              f"- Dataset: {study.get('dataset', fmt.MISSING)}"
              + (f" ({study['num_classes']} classes)" if study.get("num_classes") else ""),
