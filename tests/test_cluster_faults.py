@@ -149,8 +149,9 @@ def test_a_killed_driver_resumes_on_the_cluster_without_repeating_a_trial(cluste
                       "--iterations", "12", "--eval-every", "4")
     driver = subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=study_env(cluster),
                               start_new_session=True)
-    try:
-        wait_for(lambda: any(r["status"] == "completed" for r in records(out)), 360, driver, log)
+    try:  # killed once the first trial is done and the second has started
+        wait_for(lambda: len(records(out)) == 2 and any(r["status"] == "completed" for r in records(out)),
+                 360, driver, log)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
@@ -170,9 +171,13 @@ def test_a_killed_driver_resumes_on_the_cluster_without_repeating_a_trial(cluste
     finally:
         if resumed.poll() is None:
             os.killpg(resumed.pid, signal.SIGKILL)
-    print(f"driver killed with {len(before)} trial records; the resumed study reported again after "
+    second = [r for r in before.values() if r["status"] == "running"]
+    print(f"driver killed with the second trial at iteration {second[0]['iteration'] if second else None}; "
+          f"the resumed study reported again after "
           f"{continued - started:.0f} s and finished after {time.time() - started:.0f} s")
     after = {r["trial_id"]: r for r in records(out)}
+    print("after the resume: " + ", ".join(f"{r['status']} at {iterations(r)}, {r.get('restarts')} restarts"
+                                           for r in after.values()))
     assert len(after) == 2 and all(r["status"] in ("completed", "early_stopped") for r in after.values())
     for trial_id, record in before.items():
         if record["status"] == "completed":
