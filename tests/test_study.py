@@ -155,6 +155,23 @@ def test_a_failure_that_is_no_divergence_keeps_its_error_line_and_no_diverged_fi
     assert e["error"] == "ValueError: diverged at iteration 3 is only text here" and e["diverged"] is None
 
 
+def test_records_count_restarts_of_the_worker_group_and_list_its_nodes(tmp_path):
+    recorder = TrialRecorder(str(tmp_path), "1/8", "search", max_iterations=12, device="cpu", num_devices=1,
+                             verbose=False)
+    trial = fake_trial("a")
+    recorder.on_trial_start(0, [], trial)
+    # Two reports from the first start on node n1, then the run restarted on n2 from the checkpoint at 8.
+    for it, start, node in ((4, "s1", "n1"), (8, "s1", "n1"), (12, "s2", "n2")):
+        recorder.on_trial_result(0, [], trial, {"iteration": it, "miou": 0.1, "kept_fraction": 1.0, "loss": 1.0,
+                                                "run_start": start, "node_id": node})
+        if it == 8:
+            assert read_record(tmp_path, "a")["restarts"] == 0
+    recorder.on_trial_complete(0, [], trial)
+    a = read_record(tmp_path, "a")
+    assert (a["restarts"], a["nodes"], a["status"]) == (1, ["n1", "n2"], "completed")
+    assert [h["iteration"] for h in a["history"]] == [4, 8, 12]
+
+
 def test_error_summary_without_divergence_takes_the_last_error_line():
     text = "Traceback\nValueError: inner\nThe above exception...\nRuntimeError: outer problem\n  detail\n"
     assert error_summary(text) == "RuntimeError: outer problem"

@@ -3,13 +3,17 @@ provider), for rehearsing a cluster study before paying for GPUs.
 
     python -m mgd_ray.distributed.local_cluster up [--config cluster-local.yaml] [--port 6390]
     python -m mgd_ray.distributed.local_cluster status
+    python -m mgd_ray.distributed.local_cluster kill-node NODE_ID   # rehearse losing a machine
     python -m mgd_ray.distributed.local_cluster down
 
 `up` starts `RAY_FAKE_CLUSTER=1 ray start --head --block --autoscaling-config=...` in the
 background and returns once the head answers; worker nodes of cluster-local.yaml's types start
 when trials wait for them and stop when idle. `down` ends that head and every process under it
 (the fake worker nodes are its descendants) by process id, touching no other Ray instance.
-The state (head pid, address, temp dir) is kept in a small JSON file, ~/.mgd-ray-local-cluster.json
+`kill-node` kills every process of one worker node at once (SIGKILL: its raylet, object store,
+agents and the Train workers on it), as when a machine disappears. The dashboard and job API listen
+on http://127.0.0.1:DASHBOARD_PORT (loopback only, as on cluster.yaml's head). The state (head pid,
+address, dashboard, temp dir) is kept in a small JSON file, ~/.mgd-ray-local-cluster.json
 by default.
 """
 from __future__ import annotations
@@ -27,11 +31,14 @@ import time
 import yaml
 
 from .cluster import AUTOSCALING_CONFIG_ENV
+from .local_provider import MODULE as LOCAL_PROVIDER
 
 REPO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "cluster-local.yaml")
 DEFAULT_STATE = os.path.expanduser("~/.mgd-ray-local-cluster.json")
 DEFAULT_PORT = 6390
+DEFAULT_DASHBOARD_PORT = 8265
+NODE_ID_ENV = "RAY_OVERRIDE_NODE_ID_FOR_TESTING"  # how the fake provider names each node's processes
 FAKE_HEAD_NODE_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"  # the fake provider's head
 
 
@@ -100,6 +107,8 @@ def autoscaling_config(config_path: str, address: str, idle_timeout_minutes: flo
     if not isinstance(config, dict) or config.get("provider", {}).get("type") != "fake_multinode":
         raise ValueError(f"--config {config_path}: expected an autoscaler config with provider type fake_multinode")
     config["provider"]["gcs_address"] = address  # where the fake nodes join (default: port 6379)
+    # fake_multinode plus a lost node reported terminated, so that the autoscaler replaces it.
+    config["provider"].update(type="external", module=LOCAL_PROVIDER)
     if idle_timeout_minutes is not None:
         config["idle_timeout_minutes"] = idle_timeout_minutes
     return config
@@ -107,8 +116,8 @@ def autoscaling_config(config_path: str, address: str, idle_timeout_minutes: flo
 
 def up(config_path: str = REPO_CONFIG, port: int = DEFAULT_PORT, state_path: str = DEFAULT_STATE,
        temp_dir: str | None = None, idle_timeout_minutes: float | None = None, timeout_s: float = 120,
-       env: dict | None = None) -> dict:
-    """Start the head; return the state {pid, address, temp_dir, config}."""
+       env: dict | None = None, dashboard_port: int = DEFAULT_DASHBOARD_PORT) -> dict:
+    """Start the head; return the state {pid, address, dashboard, temp_dir, config}."""
     if os.path.exists(state_path):
         with open(state_path) as f:
             old = json.load(f)
@@ -126,16 +135,18 @@ def up(config_path: str = REPO_CONFIG, port: int = DEFAULT_PORT, state_path: str
     command = [_ray_cli(), "start", "--head", "--block", f"--port={port}", f"--temp-dir={temp_dir}",
                f"--autoscaling-config={config_file}", f"--num-cpus={int(head.get('CPU', 0))}",
                f"--num-gpus={int(head.get('GPU', 0))}", "--object-store-memory=200000000",
+               f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1",
                "--disable-usage-stats"]
     # Token auth as Ray 2.60 sets it up for any new cluster (a token in ~/.ray/auth_token, generated
     # when missing), but said explicitly, so that `ray status` and other clients send the token.
     process_env = {"RAY_AUTH_MODE": "token", **os.environ, **(env or {}), "RAY_FAKE_CLUSTER": "1",
-                   "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID}
+                   "AUTOSCALER_UPDATE_INTERVAL_S": "1", NODE_ID_ENV: FAKE_HEAD_NODE_ID}
     process_env.pop("RAY_ADDRESS", None)
     log = open(os.path.join(temp_dir, "head.log"), "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=process_env,
                                start_new_session=True)
-    state = {"pid": process.pid, "address": address, "temp_dir": temp_dir, "config": config_file}
+    state = {"pid": process.pid, "address": address, "dashboard": f"http://127.0.0.1:{dashboard_port}",
+             "temp_dir": temp_dir, "config": config_file}
     with open(state_path, "w") as f:
         json.dump(state, f)
     deadline = time.time() + timeout_s
@@ -170,22 +181,50 @@ def down(state_path: str = DEFAULT_STATE, keep_temp_dir: bool = False) -> bool:
     return True
 
 
+def kill_node(node_id: str, state_path: str = DEFAULT_STATE) -> list[int]:
+    """SIGKILL every process of one fake worker node (found by the node id in its environment);
+    return their ids. The head cannot be killed this way: `down` stops it."""
+    if node_id == FAKE_HEAD_NODE_ID:
+        raise ValueError(f"{node_id} is the head node: use `down` to stop the cluster")
+    if not os.path.exists(state_path):
+        raise FileNotFoundError(f"no local cluster recorded in {state_path}: run `up` first")
+    with open(state_path) as f:
+        state = json.load(f)
+    # The raylet and the node's own processes carry the node id; its workers and agents are their children.
+    pids = [p for p in descendants(state["pid"]) if process_env(p).get(NODE_ID_ENV) == node_id]
+    pids = sorted({q for p in pids for q in [p, *descendants(p)]})
+    if not pids:
+        raise ValueError(f"no process of node {node_id} under the local cluster's head (pid {state['pid']})")
+    _signal_all(pids, signal.SIGKILL)
+    return pids
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("action", choices=["up", "down", "status", "kill-node"])
+    p.add_argument("node_id", nargs="?", help="kill-node: the worker node to kill (as `ray status -v` or a trial record's `nodes` name it)")
     p.add_argument("--config", default=REPO_CONFIG, help="fake_multinode autoscaler config (default: %(default)s)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="GCS port of the head (default: %(default)s)")
     p.add_argument("--state", default=DEFAULT_STATE, help="where up records the head (default: %(default)s)")
+    p.add_argument("--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT,
+                   help="dashboard and job API port, on 127.0.0.1 (default: %(default)s)")
     p.add_argument("--idle-timeout-minutes", type=float, default=None, help="override the config's")
     args = p.parse_args(argv)
     if args.action == "up":
-        state = up(args.config, args.port, args.state, idle_timeout_minutes=args.idle_timeout_minutes)
+        state = up(args.config, args.port, args.state, idle_timeout_minutes=args.idle_timeout_minutes,
+                   dashboard_port=args.dashboard_port)
         print(f"local cluster up: --address {state['address']} (head pid {state['pid']}, logs in {state['temp_dir']})")
+        print(f"dashboard and job API: {state['dashboard']} (clients need RAY_AUTH_MODE=token and the token)")
         print(f"for the study's resource check: export {AUTOSCALING_CONFIG_ENV}={state['config']}")
         print("worker nodes start when trials wait for them; `python -m mgd_ray.distributed.local_cluster down` stops all")
         return 0
     if args.action == "down":
         print("local cluster stopped" if down(args.state) else f"no local cluster recorded in {args.state}")
+        return 0
+    if args.action == "kill-node":
+        if not args.node_id:
+            p.error("kill-node: expected the node id of a worker node")
+        print(f"killed {len(kill_node(args.node_id, args.state))} processes of node {args.node_id}")
         return 0
     if not os.path.exists(args.state):
         print(f"no local cluster recorded in {args.state}")

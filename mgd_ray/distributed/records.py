@@ -119,6 +119,10 @@ class TrialRecorder(Callback):
                       checkpoint_path=result.get("checkpoint_path") or record.get("checkpoint_path"))
         if result.get("node_id") and result["node_id"] not in record.setdefault("nodes", []):
             record["nodes"].append(result["node_id"])  # a run restarted on another node adds one
+        if result.get("run_start") and result["run_start"] != record.get("run_start"):
+            # The worker group started again (Ray Train after a lost worker, or --resume) from the last checkpoint.
+            record["restarts"] = int(record.get("restarts") or 0) + (1 if record.get("run_start") else 0)
+            record["run_start"] = result["run_start"]
         self._save(trial, record)
 
     def on_trial_complete(self, iteration, trials, trial, **info):

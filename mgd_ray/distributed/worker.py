@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import tempfile
+import uuid
 from typing import Any
 
 import ray.train
@@ -35,6 +36,8 @@ class RayContext:
         self.device = ray.train.torch.get_device()
         self._checkpoint = ray.train.get_checkpoint()
         self._checkpoint_dir: str | None = None
+        # One id per start of the worker group: a restart (lost node, resumed driver) reports a new one.
+        self._run_start = uuid.uuid4().hex
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.device.type == "cuda" and world_size() > 1:
@@ -54,7 +57,8 @@ class RayContext:
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         # node_id: which node rank 0 ran on; a trial record lists every node its run used.
-        ray.train.report({**metrics, "world_size": world_size(), "node_id": ray.get_runtime_context().get_node_id()},
+        ray.train.report({**metrics, "world_size": world_size(), "node_id": ray.get_runtime_context().get_node_id(),
+                          "run_start": self._run_start},
                          checkpoint=checkpoint)
 
     def latest_checkpoint(self) -> str | None:
