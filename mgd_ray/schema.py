@@ -23,15 +23,17 @@ ABLATION_VARIANTS = ("supervised", "pixel", "pixel_semantic", "pixel_region", "m
 
 # A trial record (RESULTS_DIR/trials/<protocol_slug>/<trial_id>.json): its status and kind values,
 # and its fields ("config" holds the POINT_KEYS, "history" the reported results, "diverged" is None
-# or {"iteration": int, "losses": {"loss" / "loss_<term>": number, or "nan" / "inf" when not finite}}).
+# or {"iteration": int, "losses": {"loss" / "loss_<term>": number, or "nan" / "inf" when not finite}},
+# "restarts" counts Ray Train restarts of the run after a worker failure, "nodes" the nodes it ran on).
 STATUSES = ("running", "completed", "early_stopped", "failed")
 KINDS = ("search", "ablation")
 RECORD_FIELDS = ("trial_id", "protocol", "kind", "variant", "seed", "status", "error", "diverged", "config",
                  "miou", "best_miou", "kept_fraction", "iteration", "max_iterations", "history",
-                 "device", "num_devices", "wall_s", "device_hours", "started_at", "ended_at")
+                 "device", "num_devices", "wall_s", "device_hours", "restarts", "nodes", "started_at",
+                 "ended_at")
 # The record's fields by type, as a trials frame holds them (the point keys as columns).
 NUMERIC_FIELDS = POINT_KEYS + ("seed", "miou", "best_miou", "kept_fraction", "iteration",
-                               "max_iterations", "num_devices", "wall_s", "device_hours")
+                               "max_iterations", "num_devices", "wall_s", "device_hours", "restarts")
 TEXT_FIELDS = ("trial_id", "protocol", "kind", "variant", "status", "error", "device",
                "started_at", "ended_at")
 

@@ -83,7 +83,7 @@ class TrialRecorder(Callback):
                     "diverged": None, "config": this.point.to_tune(), "miou": None, "best_miou": None, "kept_fraction": None,
                     "iteration": None, "max_iterations": self.max_iterations, "history": [],
                     "device": self.device, "num_devices": self.num_devices, "wall_s": 0.0,
-                    "device_hours": 0.0, "started_at": now_iso(), "ended_at": None}
+                    "device_hours": 0.0, "restarts": 0, "nodes": [], "started_at": now_iso(), "ended_at": None}
 
     def _save(self, trial, record: dict[str, Any]) -> None:
         # Wall time accumulates over driver sessions (a resumed trial keeps its earlier time).

@@ -22,7 +22,7 @@ TEXT = TEXT_FIELDS
 # Every column a trials frame has after `normalize_trials`, in this order.
 TRIAL_COLUMNS = TEXT[:5] + ("seed",) + CONFIG_KEYS + (
     "miou", "best_miou", "kept_fraction", "iteration", "max_iterations", "device", "num_devices",
-    "wall_s", "device_hours", "started_at", "ended_at", "error", "diverged", "history")
+    "wall_s", "device_hours", "restarts", "nodes", "started_at", "ended_at", "error", "diverged", "history")
 REQUIRED = ("trial_id", "protocol", "kind", "status")
 
 
