@@ -68,6 +68,8 @@ def test_a_study_on_s3_storage_survives_a_killed_driver_and_reports(s3_env, tmp_
     teachers = [k for k in keys(client, "studies/teachers/") if k.endswith(".pt")]
     assert len(teachers) == 2, teachers  # trained once, kept on S3 for the trials to fetch
     assert not os.path.exists(out / "ray")  # nothing of Ray's storage landed locally
+    # The search's Tune run did not finish: its finished trials' checkpoints are still on S3.
+    assert any("/train-" in k and "/checkpoint_" in k for k in keys(client, f"studies/{out.name}/"))
 
     resumed = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=600, env=env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -78,7 +80,10 @@ def test_a_study_on_s3_storage_survives_a_killed_driver_and_reports(s3_env, tmp_
         assert after[trial_id]["history"] == record["history"]
     study_keys = keys(client, f"studies/{out.name}/")
     assert any("/search-1_8/" in k for k in study_keys)  # Tune's experiment state, restored from S3
-    assert any("/train-" in k and "/checkpoint_" in k for k in study_keys)  # trial checkpoints on S3
+    # Once the search finished, its best student was exported and the trials' Train folders were
+    # deleted from S3 (no --keep-trial-weights).
+    assert (out / "models" / "1_8" / "best_student.pt").exists()
+    assert not any("/train-" in k and "/checkpoint_" in k for k in study_keys), study_keys
 
     report = subprocess.run([sys.executable, "-m", "mgd_ray.report", str(out)], capture_output=True, text=True,
                             timeout=300, env=env, cwd=REPO)

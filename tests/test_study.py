@@ -322,3 +322,29 @@ def test_trials_sharing_a_gpu_ask_ray_for_a_fraction_of_it(tmp_path):
         StudyConfig(output_dir=str(tmp_path), gpus_per_trial=2, workers_per_trial=2, trials_per_gpu=2)
     with pytest.raises(ValueError, match="--trials-per-gpu=0"):
         StudyConfig(output_dir=str(tmp_path), trials_per_gpu=0)
+
+
+def test_checkpoint_paths_ray_reports_become_uris_on_the_studys_storage():
+    from mgd_ray.distributed.storage import as_uri
+    # Ray reports an s3:// checkpoint as a path on its pyarrow filesystem, without the scheme.
+    assert as_uri("bucket/studies/s/train-1/checkpoint_0", "s3://bucket/studies/s") == \
+        "s3://bucket/studies/s/train-1/checkpoint_0"
+    assert as_uri("/tmp/r/train-1/checkpoint_0", "/tmp/r") == "/tmp/r/train-1/checkpoint_0"
+    assert as_uri("s3://b/x", "s3://b") == "s3://b/x"
+
+
+def test_trial_weights_are_kept_when_no_best_student_could_be_exported(tmp_path, monkeypatch):
+    import mgd_ray.distributed.study as study
+    from mgd_ray.distributed.options import StudyConfig
+    from mgd_ray.schema import write_json_atomic
+    cfg = StudyConfig(output_dir=str(tmp_path), protocols=("1/8",))
+    write_json_atomic(str(tmp_path / "trials" / "1_8" / "t1.json"),
+                      {"trial_id": "t1", "kind": "search", "status": "completed", "miou": 0.3,
+                       "checkpoint_path": "bucket/without/scheme"})
+    pruned = []
+    monkeypatch.setattr(study, "prune_trial_weights", lambda *a: pruned.append(a))
+    monkeypatch.setattr(study, "_study_json", lambda cfg: {})
+    monkeypatch.setattr(study, "_teachers_json", lambda cfg: {})
+    spec = types.SimpleNamespace(protocol="1/8", run=types.SimpleNamespace(storage_path=str(tmp_path / "ray")))
+    study.keep_best_drop_the_rest(cfg, spec, "search")  # the weights are not where the record says
+    assert pruned == [] and not (tmp_path / "models" / "1_8" / "best_student.pt").exists()

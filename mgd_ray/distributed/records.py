@@ -19,6 +19,7 @@ from ..config import protocol_slug
 from ..engine import DivergedError
 from ..report.load import finite_or_none
 from ..schema import write_json_atomic
+from . import storage
 from .spec import from_tune
 
 
@@ -112,11 +113,14 @@ class TrialRecorder(Callback):
                 "kept_fraction": finite_or_none(result.get("kept_fraction")), "loss": finite_or_none(result.get("loss"))}
         # A trial resumed from an earlier checkpoint reports some iterations again: keep the new ones.
         record["history"] = [h for h in record["history"] if h["iteration"] < step["iteration"]] + [step]
+        checkpoint = result.get("checkpoint_path")
+        if checkpoint:
+            checkpoint = storage.as_uri(checkpoint, from_tune(trial.config).spec.run.storage_path)
         record.update(miou=miou, iteration=step["iteration"], kept_fraction=step["kept_fraction"],
                       best_miou=max(miou, record.get("best_miou") or -math.inf),
                       world_size=result.get("world_size"),
                       # where the weights that scored `miou` are (models/ exports the best from it)
-                      checkpoint_path=result.get("checkpoint_path") or record.get("checkpoint_path"))
+                      checkpoint_path=checkpoint or record.get("checkpoint_path"))
         if result.get("node_id") and result["node_id"] not in record.setdefault("nodes", []):
             record["nodes"].append(result["node_id"])  # a run restarted on another node adds one
         if result.get("run_start") and result["run_start"] != record.get("run_start"):

@@ -18,6 +18,15 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
+def as_uri(path: str, storage_root: str) -> str:
+    """A path as Ray reports it for a run under `storage_root`, as a URI these functions open: Ray
+    gives checkpoint paths on its pyarrow filesystem, without the scheme (s3://bucket/a is
+    "bucket/a"), so the root's scheme is put back; local paths are unchanged."""
+    if "://" in path or "://" not in storage_root:
+        return path
+    return f"{storage_root.split('://', 1)[0]}://{path}"
+
+
 def exists(uri: str) -> bool:
     fs, path = _resolve(uri)
     return fs.get_file_info(path).type == pafs.FileType.File

@@ -153,7 +153,12 @@ def keep_best_drop_the_rest(cfg: StudyConfig, spec: TrialSpec, kind: str) -> Non
                        teachers=_teachers_json(cfg).get(spec.protocol))
     if best:
         print(f"[{spec.protocol}] best student so far: {best}", flush=True)
-    if not cfg.keep_trial_weights:  # only finished trials: an unfinished one resumes from its folder
+    scored = [r for r in protocol_records(cfg.output_dir, spec.protocol)
+              if r.get("status") == "completed" and isinstance(r.get("miou"), (int, float))]
+    if scored and not best:  # never delete the only copies of the weights
+        print(f"[{spec.protocol}] WARNING: no trial's weights could be exported; keeping every trial's "
+              f"Train folder under {spec.run.storage_path}", flush=True)
+    elif not cfg.keep_trial_weights:  # only finished trials: an unfinished one resumes from its folder
         prune_trial_weights(cfg.output_dir, spec.protocol, kind, spec.run.storage_path)
     unfinished = [r["trial_id"] for r in protocol_records(cfg.output_dir, spec.protocol)
                   if r.get("kind") == kind and r.get("status") == "running"]
