@@ -3,6 +3,8 @@ import glob
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import torch
 
@@ -54,3 +56,13 @@ def random_teacher_files(folder) -> dict[str, str]:
         torch.save(build_model(arch, NUM_CLASSES["synthetic"]).state_dict(), out[option])
     return out
 
+
+
+def alive_nodes(address: str, env: dict[str, str]) -> dict[str, dict]:
+    """{node id: resources} of the live nodes of the cluster at `address`, asked by a separate client
+    process (the test process itself never joins a Ray cluster)."""
+    code = ("import json, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
+            "print(json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))")
+    done = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -19,7 +19,7 @@ import pytest
 
 from mgd_ray.distributed import local_cluster
 from mgd_ray.distributed.cluster import AUTOSCALING_CONFIG_ENV
-from tests.study_helpers import free_port, random_teacher_files, records
+from tests.study_helpers import alive_nodes, free_port, random_teacher_files, records
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,15 +56,6 @@ def study_argv(cluster, out, teachers, *extra):
 
 def study_env(cluster):
     return {**ENV, AUTOSCALING_CONFIG_ENV: cluster["config"]}
-
-
-def alive_nodes(address):
-    """Ids of the live nodes, asked by a separate client process."""
-    code = ("import json, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
-            "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))")
-    done = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, timeout=120, env=ENV)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def wait_for(condition, timeout, driver=None, log=None, step=1.0):
@@ -126,7 +117,7 @@ def test_a_worker_node_lost_mid_trial_costs_a_restart_from_the_checkpoint_not_th
         [node] = first["nodes"]
         killed_at = time.time()
         assert local_cluster.kill_node(node, cluster["state_path"])
-        gone = wait_for(lambda: node not in alive_nodes(cluster["address"]), 120, step=0) and time.time()
+        gone = wait_for(lambda: node not in alive_nodes(cluster["address"], ENV), 120, step=0) and time.time()
         moved = wait_for(lambda: [r for r in records(out) if len(r.get("nodes", [])) == 2], 300, driver, log)
         restarted = time.time()
         assert driver.wait(timeout=300) == 0, log.read_text()[-3000:]

@@ -1,7 +1,6 @@
 """Studies on the local autoscaled cluster (cluster-local.yaml, Ray's fake_multinode provider):
 worker nodes started from zero for waiting trials and removed when idle, and a worker node lost in
 the middle of a trial. Marked `cluster` (and `ray`): each test brings a cluster up and down."""
-import json
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import pytest
 
 from mgd_ray.distributed import local_cluster
 from mgd_ray.distributed.cluster import AUTOSCALING_CONFIG_ENV
-from tests.study_helpers import random_teacher_files, records
+from tests.study_helpers import alive_nodes, random_teacher_files, records
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,17 +37,8 @@ def teachers(tmp_path_factory):
     return [x for option, path in files.items() for x in (option, path)]
 
 
-def alive_nodes(address):
-    """{node id: resources} of the live nodes, asked by a separate client process."""
-    code = ("import json, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
-            "print(json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))")
-    done = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, timeout=120, env=ENV)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def test_trials_wait_the_autoscaler_starts_workers_from_zero_and_removes_them_when_idle(cluster, teachers, tmp_path):
-    assert list(alive_nodes(cluster["address"])) == [HEAD_NODE_ID]  # head only, and it has no CPU
+    assert list(alive_nodes(cluster["address"], ENV)) == [HEAD_NODE_ID]  # head only, and it has no CPU
     out = tmp_path / "study"
     started = time.time()
     done = subprocess.run(CLI + ["--smoke", "--no-ablation", "--num-samples", "2", "--address", cluster["address"],
@@ -64,7 +54,7 @@ def test_trials_wait_the_autoscaler_starts_workers_from_zero_and_removes_them_wh
     # (AUTOSCALING_REQUESTS_EXPIRE_TIME_S in Ray 2.60): until then they keep a worker node up.
     # Measured: the nodes went 234 s after the study started, 180 s after it ended.
     deadline = time.time() + 300
-    while time.time() < deadline and list(alive_nodes(cluster["address"])) != [HEAD_NODE_ID]:
+    while time.time() < deadline and list(alive_nodes(cluster["address"], ENV)) != [HEAD_NODE_ID]:
         time.sleep(5)
     print(f"idle worker nodes removed {time.time() - started:.0f} s after the study started")
-    assert list(alive_nodes(cluster["address"])) == [HEAD_NODE_ID]
+    assert list(alive_nodes(cluster["address"], ENV)) == [HEAD_NODE_ID]

@@ -33,7 +33,7 @@ class TrainRun:
     worker_start_retries: int = 2  # ... this many times, then the run fails (cluster.py)
     log_level: str = "WARNING"  # Ray Train's console level
 
-    def scaling(self) -> dict[str, int]:
+    def scaling(self) -> dict[str, float]:
         """{"workers", "cpus_per_worker", "gpus_per_worker"} (cluster.check_trial_fits)."""
         return {"workers": self.workers, "cpus_per_worker": self.cpus_per_worker,
                 "gpus_per_worker": self.gpus_per_worker}
