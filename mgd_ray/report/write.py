@@ -103,7 +103,7 @@ def _verdict(ablation: pd.DataFrame | None, command: str | None, note: str = "")
                 if ablation is not None else pd.DataFrame())
     weak_teachers = bool(len(teachers)) and bool(teachers["background"].any())
     separated = bool(len(measured)) and bool(measured["best"].any())
-    run = f" For results that separate the rows, run `{command}`{note}." if command else ""
+    run = f" A larger budget may separate the rows (not measured to do so): run `{command}`{note}." if command else ""
     if not len(measured):
         return "**No ablation row has finished yet.**" + run
     if separated and not weak_teachers:
