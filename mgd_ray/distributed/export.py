@@ -37,6 +37,11 @@ def protocol_records(results_dir: str, protocol: str) -> list[dict[str, Any]]:
     return records
 
 
+def is_scored(record: dict[str, Any]) -> bool:
+    """A completed trial with a final mIoU: a candidate for the protocol's best student."""
+    return record.get("status") == "completed" and isinstance(record.get("miou"), (int, float))
+
+
 def _read_json(path: str) -> dict[str, Any] | None:
     try:
         with open(path) as f:
@@ -69,8 +74,7 @@ def export_best(results_dir: str, protocol: str, study: dict[str, Any], name: st
     target = os.path.join(folder, f"{name}.pt")
     current = _read_json(target[:-3] + ".json") if os.path.exists(target) else None
     candidates = [r for r in protocol_records(results_dir, protocol)
-                  if r.get("status") == "completed" and isinstance(r.get("miou"), (int, float))
-                  and (variant is None or r.get("variant") == variant)]
+                  if is_scored(r) and (variant is None or r.get("variant") == variant)]
     candidates.sort(key=lambda r: r["miou"], reverse=True)
     for record in candidates:
         if current is not None and current.get("miou", -1.0) >= record["miou"]:

@@ -121,13 +121,13 @@ class StudyConfig:
     def devices_per_trial(self) -> float:
         """Devices one trial holds (a fraction of a GPU when trials share one): device-hours count these."""
         if self.gpus_per_trial:
-            return self.gpus_per_trial / self.trials_per_gpu if self.trials_per_gpu > 1 else self.gpus_per_trial
+            return self.gpus_per_worker * self.workers_per_trial
         return self.workers_per_trial * self.cpus_per_worker
 
     @property
     def gpus_per_worker(self) -> float:
-        return self.gpus_per_trial // self.workers_per_trial / self.trials_per_gpu if self.trials_per_gpu > 1 \
-            else self.gpus_per_trial // self.workers_per_trial
+        whole = self.gpus_per_trial // self.workers_per_trial  # an int unless trials share a GPU
+        return whole / self.trials_per_gpu if self.trials_per_gpu > 1 else whole
 
     def resolved_storage(self) -> str:
         path = self.storage_path or os.path.join(self.output_dir, "ray")

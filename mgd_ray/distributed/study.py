@@ -22,7 +22,7 @@ from ..schema import write_json_atomic
 from . import storage
 from .baseline import background_miou, separating_command
 from .cluster import check_trial_fits, connect, node_shapes
-from .export import export_best, folder_size, protocol_records, prune_trial_weights
+from .export import export_best, folder_size, is_scored, protocol_records, prune_trial_weights
 from .options import StudyConfig, check_study_folder, study_identity, study_name
 from .plan import ProtocolPlan, max_concurrent_trials, plan_study, planned_runs
 from .progress import ProgressCallback, StudyProgress, register
@@ -153,14 +153,13 @@ def keep_best_drop_the_rest(cfg: StudyConfig, spec: TrialSpec, kind: str) -> Non
                        teachers=_teachers_json(cfg).get(spec.protocol))
     if best:
         print(f"[{spec.protocol}] best student so far: {best}", flush=True)
-    scored = [r for r in protocol_records(cfg.output_dir, spec.protocol)
-              if r.get("status") == "completed" and isinstance(r.get("miou"), (int, float))]
-    if scored and not best:  # never delete the only copies of the weights
+    records = protocol_records(cfg.output_dir, spec.protocol)
+    if not best and any(is_scored(r) for r in records):  # never delete the only copies of the weights
         print(f"[{spec.protocol}] WARNING: no trial's weights could be exported; keeping every trial's "
               f"Train folder under {spec.run.storage_path}", flush=True)
     elif not cfg.keep_trial_weights:  # only finished trials: an unfinished one resumes from its folder
         prune_trial_weights(cfg.output_dir, spec.protocol, kind, spec.run.storage_path)
-    unfinished = [r["trial_id"] for r in protocol_records(cfg.output_dir, spec.protocol)
+    unfinished = [r["trial_id"] for r in records
                   if r.get("kind") == kind and r.get("status") == "running"]
     if unfinished:
         raise StudyInterrupted(f"[{spec.protocol} {kind}] interrupted with trial(s) {unfinished} unfinished; "
