@@ -7,6 +7,7 @@ of this shared machine falls on all variants alike; figures are medians.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import statistics
@@ -22,10 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmarks/x.py` from a checkout without the editable install
     sys.path.insert(0, str(REPO))
 
-from mgd_ray.config import DataConfig, DistillConfig, OptimConfig, TeacherConfig  # noqa: E402
+from mgd_ray.config import DistillConfig, TeacherConfig  # noqa: E402
 from mgd_ray.data import NUM_CLASSES  # noqa: E402
 from mgd_ray.engine.checkpoint import atomic_save  # noqa: E402
-from mgd_ray.engine.presets import load_preset  # noqa: E402
+from mgd_ray.engine.presets import preset_configs  # noqa: E402
 from mgd_ray.models import build_model  # noqa: E402
 
 CACHE = Path(os.environ.get("MGD_BENCH_CACHE", Path.home() / ".cache" / "mgd_ray" / "benchmarks"))
@@ -87,18 +88,16 @@ def matmul_call(n: int, device: torch.device, dtype: torch.dtype = torch.float32
     return lambda: a @ b
 
 
-def synthetic_distill_config(student: str = "deeplabv3plus_resnet18", protocol: str = "1/8", **overrides) -> DistillConfig:
-    """The default synthetic study's student run (preset crop, batch, lr, paper weights), with
-    `overrides` (DistillConfig fields; "data" may be a dict of DataConfig fields to change)."""
-    preset = load_preset("synthetic", protocol, student)
-    data = {"dataset": "synthetic", "protocol": protocol, "crop_size": preset["crop_size"],
-            "batch_size": preset["batch_size"], "split_out_dir": str(CACHE / "splits")}
-    data.update(overrides.pop("data", {}))
-    fields = {"student": student, "data": DataConfig(**data), "optim": OptimConfig(lr=preset["lr"]),
-              "weights": preset["weights"], "iterations": preset["student_iterations"],
-              "eval_every": preset["eval_every"], "ohem": preset["ohem"]}
-    fields.update(overrides)
-    return DistillConfig(**fields)
+def synthetic_distill_config(student: str = "deeplabv3plus_resnet18", protocol: str = "1/8",
+                             data: dict | None = None, iterations: int | None = None,
+                             eval_every: int | None = None) -> DistillConfig:
+    """The default synthetic study's student run, built as the study builds it
+    (engine.presets.preset_configs: crop, batch, lr with warm-up, paper weights); `data` changes
+    DataConfig fields, `iterations` / `eval_every` the schedule."""
+    data = {"split_out_dir": str(CACHE / "splits"), **(data or {})}
+    distill, _ = preset_configs("synthetic", protocol, student, data=data, iterations=iterations,
+                                eval_every=eval_every)
+    return distill
 
 
 def random_teachers(cfg: DistillConfig) -> dict[str, str]:
@@ -117,9 +116,12 @@ def random_teachers(cfg: DistillConfig) -> dict[str, str]:
 
 
 def teacher_config(cfg: DistillConfig, arch: str, iterations: int) -> TeacherConfig:
-    """A CPS teacher run on the same data as the student run `cfg`."""
-    return TeacherConfig(arch=arch, data=cfg.data, optim=OptimConfig(lr=cfg.optim.lr), iterations=iterations,
-                         eval_every=iterations, ohem=cfg.ohem, seed=cfg.seed)
+    """A CPS teacher run of `iterations` on the same data as the student run `cfg`, built as the
+    study builds it (the preset's teacher recipe), evaluated once at its end."""
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("dataset", "protocol", "seed")}
+    _, teachers = preset_configs(cfg.data.dataset, cfg.data.protocol, cfg.student, data=data,
+                                 teacher_iterations=iterations, teacher_eval_every=iterations, seed=cfg.data.seed)
+    return teachers[arch]
 
 
 def table(header: list[str], rows: list[list[object]]) -> str:

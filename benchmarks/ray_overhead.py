@@ -35,19 +35,19 @@ from ray.train.torch import TorchTrainer
 
 from mgd_ray.distributed.options import StudyConfig
 from mgd_ray.distributed.plan import plan_protocol
-from mgd_ray.distributed.spec import TrainRun, TrialSpec, param_space
+from mgd_ray.distributed.spec import param_space
 from mgd_ray.distributed.study import TRIAL_DRIVER_RESOURCES, prepare_teachers
-from mgd_ray.distributed.trial import run_trial
-from mgd_ray.distributed.worker import student_loop
+from mgd_ray.distributed.trial import DISTILL_KEY, run_trial, student_loop
 
 
 def bench_loop(config: dict) -> None:
-    """train_loop_per_worker: the study's student_loop (on config["trial"], a trial's Tune config) at
-    a fixed torch thread count; the thread count Ray gave the worker is written to config["probe"] first."""
+    """train_loop_per_worker: the study's student_loop (on config[DISTILL_KEY], a trial's
+    DistillConfig) at a fixed torch thread count; the thread count Ray gave the worker is written to
+    config["probe"] first."""
     with open(config["probe"], "w") as f:
         json.dump({"default_threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")}, f)
     torch.set_num_threads(config["threads"])
-    student_loop(config["trial"])
+    student_loop(config)
 
 
 def run_bare(cfg: DistillConfig, threads: int) -> tuple[float, float]:
@@ -61,9 +61,7 @@ def run_bare(cfg: DistillConfig, threads: int) -> tuple[float, float]:
 
 
 def run_ray(cfg: DistillConfig, threads: int, storage: str, probe: str) -> tuple[float, float]:
-    spec = TrialSpec(cfg, TrainRun(storage_path=storage))
-    trial = {**param_space(spec), **spec.paper_point.to_tune()}
-    trainer = TorchTrainer(bench_loop, train_loop_config={"trial": trial, "threads": threads, "probe": probe},
+    trainer = TorchTrainer(bench_loop, train_loop_config={DISTILL_KEY: cfg, "threads": threads, "probe": probe},
                            scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 2}),
                            run_config=ray.train.RunConfig(name=f"bench-{time.time_ns()}", storage_path=storage))
     start = time.perf_counter()
@@ -95,7 +93,7 @@ def trial_startup(storage: str) -> dict:
                         teacher_wide_checkpoint=teachers["teacher_wide_checkpoint"], verbose=False)
     plan = plan_protocol(study, "1/8")
     data = dataclasses.replace(plan.distill.data, split_out_dir=str(CACHE / "splits"))
-    spec, = prepare_teachers(study, [dataclasses.replace(plan, distill=dataclasses.replace(plan.distill, data=data))], 1)
+    spec, = prepare_teachers(study, [dataclasses.replace(plan, distill=dataclasses.replace(plan.distill, data=data))])
     callback = FirstResults()
     tuner = tune.Tuner(tune.with_resources(run_trial, TRIAL_DRIVER_RESOURCES),
                        param_space={**param_space(spec), **spec.paper_point.searched()},

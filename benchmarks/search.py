@@ -15,10 +15,8 @@ saving; it cannot rank the two searchers' quality.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
-from pathlib import Path
 
 import optuna
 import ray
@@ -31,9 +29,10 @@ from mgd_ray.distributed.records import TrialRecorder
 from mgd_ray.distributed.search import HonestOptunaSearch
 from mgd_ray.distributed.options import StudyConfig
 from mgd_ray.distributed.plan import plan_protocol
-from mgd_ray.distributed.space import search_space
+from mgd_ray.distributed.spec import search_space
 from mgd_ray.distributed.spec import TrialSpec, param_space
 from mgd_ray.distributed.study import prepare_teachers, run_search, tune_run
+from mgd_ray.schema import best_trial, read_records
 from mgd_ray.engine import LocalContext, train_teacher
 
 
@@ -44,7 +43,8 @@ def trained_teachers(crop: int, batch: int, iterations: int) -> dict[str, str]:
         return random_teachers(cfg)
     paths = {}
     for key, arch in (("teacher_deep_checkpoint", TEACHER_DEEP), ("teacher_wide_checkpoint", TEACHER_WIDE)):
-        folder = CACHE / f"cps-{arch}-crop{crop}-batch{batch}-it{iterations}"
+        # "preset": trained with the study's teacher recipe (its warm-up included; earlier caches were not)
+        folder = CACHE / f"cps-{arch}-crop{crop}-batch{batch}-it{iterations}-preset"
         model = folder / "checkpoint" / "model.pt"
         if not model.exists():
             print(f"training teacher {arch}: {iterations} CPS iterations", flush=True)
@@ -53,7 +53,7 @@ def trained_teachers(crop: int, batch: int, iterations: int) -> dict[str, str]:
     return paths
 
 
-def random_search(study: StudyConfig, spec: TrialSpec, concurrency: int) -> None:
+def random_search(study: StudyConfig, spec: TrialSpec) -> None:
     """run_search's twin with the searcher and scheduler swapped: random points, no early stopping."""
     slug = protocol_slug(spec.protocol)
     searcher = HonestOptunaSearch(space=search_space, metric="miou", mode="max",
@@ -63,7 +63,7 @@ def random_search(study: StudyConfig, spec: TrialSpec, concurrency: int) -> None
                                   storage=optuna.storages.RDBStorage(study.resolved_optuna_storage()),
                                   study_name=f"mgd-{slug}")
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=FIFOScheduler(), num_samples=study.num_samples,
-                                  max_concurrent_trials=concurrency)
+                                  max_concurrent_trials=study.max_concurrent_trials)
     recorder = TrialRecorder(study.output_dir, spec.protocol, "search", spec.distill.iterations, study.device,
                              study.devices_per_trial, study.verbose)
     tune_run(study, f"search-{slug}", param_space(spec), tune_config, recorder)
@@ -72,16 +72,13 @@ def random_search(study: StudyConfig, spec: TrialSpec, concurrency: int) -> None
 def summarise(output_dir: str, protocol: str) -> list:
     """[best final mIoU, its trial's iterations, device-hours to reach it, device-hours in all,
     completed / early-stopped / failed trial counts]."""
-    folder = Path(output_dir) / "trials" / protocol_slug(protocol)
-    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    ended = sorted((r for r in records if r["ended_at"]), key=lambda r: r["ended_at"])
-    # As the study's best_search_point: an early-stopped trial's mIoU is from fewer iterations.
-    scored = [r for r in ended if r["miou"] is not None and r["status"] == "completed"]
-    best = max(scored, key=lambda r: r["miou"]) if scored else None
-    to_best = sum(r["device_hours"] for r in ended[: ended.index(best) + 1]) if best else float("nan")
-    counts = {s: sum(r["status"] == s for r in records) for s in ("completed", "early_stopped", "failed")}
-    return [best["miou"] if best else float("nan"), best["iteration"] if best else "-", to_best * 3600,
-            sum(r["device_hours"] for r in records) * 3600,
+    records = read_records(output_dir, protocol)
+    best = best_trial(records)  # the study's rule: an early-stopped trial's mIoU is from fewer iterations
+    ended = sorted((r for r in records if r.ended_at), key=lambda r: r.ended_at)
+    to_best = sum(r.device_hours for r in ended[: ended.index(best) + 1]) if best else float("nan")
+    counts = {s: sum(r.status == s for r in records) for s in ("completed", "early_stopped", "failed")}
+    return [best.miou if best else float("nan"), best.iteration if best else "-", to_best * 3600,
+            sum(r.device_hours for r in records) * 3600,
             f"{counts['completed']} / {counts['early_stopped']} / {counts['failed']}"]
 
 
@@ -105,12 +102,9 @@ def main(args: argparse.Namespace) -> None:
         args.trials, args.iterations = 4, 4
     print(f"machine: {machine()}")
     teachers = trained_teachers(args.crop_size, args.batch_size, args.teacher_iterations)
-    # 2 trials in flight on the 2 cores. Logical CPUs are padded by one per trial: when another Ray
-    # instance runs on the same machine (other users' tests here), Ray Train's PlacementGroupCleaner
-    # cannot tell which one is its own ("Found multiple active Ray instances") and every finished
-    # trial leaks its worker's 1-CPU placement group; without the padding the third trial waits forever.
-    ray.init(num_cpus=2 + 2 * args.trials, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    concurrency = 2
+    # 2 trials in flight on the 2 cores; every trial gives its reservation back as it ends, with or
+    # without the dashboard (mgd_ray.distributed.cluster).
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     root = tempfile.mkdtemp(prefix="bench-search-")
     rows = []
     for name in ("TPE + ASHA (the study)", "random, no early stopping"):
@@ -118,11 +112,12 @@ def main(args: argparse.Namespace) -> None:
                             protocols=(args.protocol,), num_samples=args.trials, iterations=args.iterations,
                             eval_every=args.eval_every, crop_size=args.crop_size, batch_size=args.batch_size,
                             loader_workers=0, ablation=False, seed=args.seed, verbose=False,
+                            max_concurrent_trials=2,
                             teacher_deep_checkpoint=teachers["teacher_deep_checkpoint"],
                             teacher_wide_checkpoint=teachers["teacher_wide_checkpoint"])
         os.makedirs(study.output_dir)  # the Optuna SQLite file lives there
-        spec, = prepare_teachers(study, [plan_protocol(study, args.protocol)], 1)
-        (run_search(study, spec, concurrency) if name.startswith("TPE") else random_search(study, spec, concurrency))
+        spec, = prepare_teachers(study, [plan_protocol(study, args.protocol)])
+        (run_search(study, spec) if name.startswith("TPE") else random_search(study, spec))
         rows.append([name, *summarise(study.output_dir, args.protocol)])
     ray.shutdown()
     print(f"\nbudget: {args.trials} trials each, {args.iterations} iterations per trial (evaluated every "

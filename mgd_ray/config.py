@@ -10,9 +10,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .schema import LOSS_TERMS
+from .schema import LOSS_TERMS, PROTOCOLS, check_protocol, protocol_slug
 
-PROTOCOLS = ("1/16", "1/8", "1/4", "1/2", "full")
+__all__ = ["DATASETS", "PROTOCOLS", "STUDENTS", "TEACHER_DEEP", "TEACHER_WIDE", "DataConfig", "DistillConfig",
+           "LossWeights", "OptimConfig", "TeacherConfig", "check_confidence_threshold", "check_protocol",
+           "paper_weights", "protocol_slug"]
+
 DATASETS = ("synthetic", "voc", "cityscapes")
 
 STUDENTS = ("deeplabv3plus_resnet18", "deeplabv3plus_mobilenetv2")
@@ -26,18 +29,6 @@ PAPER_WEIGHTS = {
     ("cityscapes", "deeplabv3plus_resnet18"): (0.001, 100.0),
     ("cityscapes", "deeplabv3plus_mobilenetv2"): (0.0005, 50.0),
 }
-
-
-def protocol_slug(protocol: str) -> str:
-    """"1/8" -> "1_8" (file and study names); "full" stays "full"."""
-    check_protocol(protocol)
-    return protocol.replace("/", "_")
-
-
-def check_protocol(protocol: str) -> str:
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
-    return protocol
 
 
 def paper_weights(dataset: str, student: str) -> "LossWeights":

@@ -1,41 +1,170 @@
-"""Names two layers must agree on, and the one atomic file writer; plain Python, no torch/ray/pandas.
+"""What the layers must agree on, and the one atomic file writer; plain Python, no torch/ray/pandas.
 
-`distributed/` writes trial records with these fields and points with these keys; `report/` reads
-them back by the same names. Losses, data and metrics share IGNORE_INDEX.
+The protocols and their file names, the loss terms and a trial's point, and the trial record with
+its one reader and the rules every consumer applies to it (completed, best); losses, data and
+metrics share IGNORE_INDEX.
 """
 from __future__ import annotations
 
+import glob
 import json
+import math
 import os
 import secrets
-from typing import IO, Any, Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import IO, Any, Callable, Iterable
 
 # The label value no loss or metric counts (VOC's object boundaries, Cityscapes' void classes).
 IGNORE_INDEX = 255
 
-# Loss-term names: LossWeights' fields, the keys of a step's loss dict, "loss_<term>" in reports.
-LOSS_TERMS = ("sup", "pixel", "semantic", "region")
-
-# A trial's flat point: the four loss weights and the confidence threshold.
-POINT_KEYS = ("w_sup", "w_pixel", "lambda_semantic", "lambda_region", "confidence_threshold")
+# Each loss term by name (LossWeights' fields, a step's loss dict, "loss_<term>" in reports) and
+# the key of its weight in a trial's flat point (a Tune config, a record's "config", the report).
+WEIGHT_KEYS = {"sup": "w_sup", "pixel": "w_pixel", "semantic": "lambda_semantic", "region": "lambda_region"}
+LOSS_TERMS = tuple(WEIGHT_KEYS)
+THRESHOLD_KEY = "confidence_threshold"
+# A trial's flat point: the four loss weights and the pseudo-label confidence threshold.
+POINT_KEYS = (*WEIGHT_KEYS.values(), THRESHOLD_KEY)
+# The point keys the search samples on a log scale (their weights span orders of magnitude; the
+# report's importance analysis reads them on the same scale).
+LOG_SCALE = ("w_pixel", "lambda_semantic", "lambda_region")
 # Rows of the ablation table, in the order the table shows them.
 ABLATION_VARIANTS = ("supervised", "pixel", "pixel_semantic", "pixel_region", "mgd_paper", "mgd_best")
 
-# A trial record (RESULTS_DIR/trials/<protocol_slug>/<trial_id>.json): its status and kind values,
-# and its fields ("config" holds the POINT_KEYS, "history" the reported results, "diverged" is None
-# or {"iteration": int, "losses": {"loss" / "loss_<term>": number, or "nan" / "inf" when not finite}},
-# "restarts" counts Ray Train restarts of the run after a worker failure, "nodes" the nodes it ran on).
+# The partition protocols a study can run: the labeled share of the training set.
+PROTOCOLS = ("1/16", "1/8", "1/4", "1/2", "full")
+
+
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    return protocol
+
+
+def protocol_slug(protocol: str) -> str:
+    """"1/8" -> "1_8" (file and study names); "full" stays "full"."""
+    check_protocol(protocol)
+    return protocol.replace("/", "_")
+
+
+def finite_or_none(value: Any) -> float | None:
+    """float(value) when it is a finite number, else None (missing, NaN, inf, not a number)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 STATUSES = ("running", "completed", "early_stopped", "failed")
 KINDS = ("search", "ablation")
-RECORD_FIELDS = ("trial_id", "protocol", "kind", "variant", "seed", "status", "error", "diverged", "config",
-                 "miou", "best_miou", "kept_fraction", "iteration", "max_iterations", "history",
-                 "device", "num_devices", "wall_s", "device_hours", "restarts", "nodes", "started_at",
-                 "ended_at")
-# The record's fields by type, as a trials frame holds them (the point keys as columns).
-NUMERIC_FIELDS = POINT_KEYS + ("seed", "miou", "best_miou", "kept_fraction", "iteration",
-                               "max_iterations", "num_devices", "wall_s", "device_hours", "restarts")
-TEXT_FIELDS = ("trial_id", "protocol", "kind", "variant", "status", "error", "device",
-               "started_at", "ended_at")
+FINISHED = ("completed", "early_stopped", "failed")  # a trial that will not run again
+
+
+@dataclass
+class TrialRecord:
+    """One trial, as RESULTS_DIR/trials/<protocol_slug>/<trial_id>.json holds it: written by the
+    study as the trial starts, reports and ends (distributed/records.py), read by `read_records`
+    for everything else (export, the study's next phase, the report, the benchmarks)."""
+
+    trial_id: str
+    protocol: str
+    kind: str  # KINDS
+    variant: str  # "search", or the ablation row (ABLATION_VARIANTS)
+    seed: int
+    config: dict[str, float]  # the trial's point, by POINT_KEYS
+    max_iterations: int
+    device: str  # "cpu" | "gpu"
+    num_devices: float  # devices the trial holds (a fraction when trials share a GPU)
+    status: str = "running"  # STATUSES
+    error: str | None = None  # the line that says what went wrong
+    error_detail: str | None = None  # the end of the traceback
+    # None, or {"iteration": int, "losses": {"loss" / "loss_<term>": number, or "nan" / "inf"}}
+    diverged: dict[str, Any] | None = None
+    miou: float | None = None  # of the last evaluation
+    best_miou: float | None = None
+    kept_fraction: float | None = None
+    iteration: int | None = None  # of the last evaluation
+    history: list[dict[str, Any]] = field(default_factory=list)  # {"iteration", "miou", ...}
+    wall_s: float = 0.0  # over every driver session that ran it
+    device_hours: float = 0.0
+    restarts: int = 0  # Ray Train restarts of its run (a lost worker, a resumed driver)
+    nodes: list[str] = field(default_factory=list)  # the nodes its rank 0 ran on
+    world_size: int | None = None
+    checkpoint_path: str | None = None  # where the weights that scored `miou` are
+    run_start: str | None = None  # the id of its worker group's latest start
+    started_at: str | None = None
+    ended_at: str | None = None
+
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> "TrialRecord":
+        """The record of a JSON object; ValueError naming what is missing or not allowed."""
+        required = ("trial_id", "protocol", "kind", "status")
+        missing = [key for key in required if payload.get(key) in (None, "")]
+        if missing:
+            raise ValueError(f"missing key(s) {missing}; expected {list(required)}")
+        for key, allowed in (("status", STATUSES), ("kind", KINDS), ("protocol", PROTOCOLS)):
+            if payload[key] not in allowed:
+                raise ValueError(f"{key} {payload[key]!r}: expected one of {list(allowed)}")
+        if not isinstance(payload.get("config") or {}, dict):
+            raise ValueError(f"config {payload['config']!r}: expected an object with {list(POINT_KEYS)}")
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in payload.items() if key in known and value is not None}
+        values.setdefault("variant", payload["kind"])
+        for key in ("seed", "max_iterations", "device", "num_devices", "config"):
+            values.setdefault(key, None)
+        record = cls(**values)
+        if finite_or_none(record.miou) is None:  # a trial stopped between writes may have its history only
+            scored = [h.get("miou") for h in record.history if isinstance(h, dict)]
+            scored = [m for m in scored if finite_or_none(m) is not None]
+            record.miou = scored[-1] if scored else None
+        return record
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+RECORD_FIELDS = tuple(f.name for f in fields(TrialRecord))
+
+
+def read_records(results_dir: str | os.PathLike, protocol: str | None = None,
+                 on_skip: Callable[[str, Exception], None] | None = None) -> list[TrialRecord]:
+    """The trial records of a results folder (of one protocol when given), in file-name order.
+    A file that is half-written, unreadable or not a record is skipped (a running study has
+    such files); `on_skip(path, error)` hears of each."""
+    folder = protocol_slug(protocol) if protocol is not None else "*"
+    records = []
+    for path in sorted(glob.glob(os.path.join(os.fspath(results_dir), "trials", folder, "*.json"))):
+        try:
+            records.append(TrialRecord.from_json(read_json_object(path)))
+        except (OSError, ValueError, TypeError) as error:
+            if on_skip is not None:
+                on_skip(path, error)
+    return records
+
+
+def reached_the_end(iteration: Any, max_iterations: int) -> bool:
+    """Whether a run reported from its last iteration: what tells a finished trial from one that
+    was stopped early."""
+    return iteration is not None and int(iteration) >= int(max_iterations)
+
+
+def is_completed(record) -> bool:
+    """A trial that ran its whole budget and has a final mIoU: the only kind whose score ranks.
+    `record`: a TrialRecord, or anything with its attributes (a trials frame's itertuples())."""
+    return record.status == "completed" and finite_or_none(record.miou) is not None
+
+
+def ranked_trials(records: Iterable, kind: str | None = None, variant: str | None = None) -> list:
+    """The completed trials (of `kind` / `variant` when given), best final mIoU first; on a tie
+    the first by trial id."""
+    chosen = [r for r in records if is_completed(r) and kind in (None, r.kind) and variant in (None, r.variant)]
+    return sorted(sorted(chosen, key=lambda r: r.trial_id), key=lambda r: -float(r.miou))
+
+
+def best_trial(records: Iterable, kind: str | None = None, variant: str | None = None):
+    """The best trial of `ranked_trials`, or None when no trial completed."""
+    ranked = ranked_trials(records, kind, variant)
+    return ranked[0] if ranked else None
 
 
 def read_json_object(path: str | os.PathLike) -> dict[str, Any]:

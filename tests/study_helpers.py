@@ -1,11 +1,18 @@
-"""What the study tests share: the CLI module, the trial records a study left, random teachers."""
+"""What the study tests share: the CLI module, the trial records a study left, random teachers,
+Ray heads of their own, and waiting on a condition with a bound."""
 import glob
 import importlib.util
 import json
 import os
+import signal
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 
+import pytest
+import ray
 import torch
 
 from mgd_ray.data import NUM_CLASSES
@@ -68,3 +75,78 @@ def alive_nodes(address: str, env: dict[str, str]) -> dict[str, dict]:
     # Ray may print to stdout too (e.g. a just-killed node's "lagging heartbeats" notice), after the line
     [line] = [line for line in done.stdout.splitlines() if line.startswith("NODES ")]
     return json.loads(line.removeprefix("NODES "))
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+# The environment of every Ray process the tests start: this checkout importable, no inherited
+# cluster address. Ray 2.60 turns token auth on for every new cluster (generating
+# ~/.ray/auth_token when missing); clients that do not say so explicitly (`ray status`) would then
+# be refused.
+RAY_ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+RAY_ENV.pop("RAY_ADDRESS", None)
+RAY_ENV.setdefault("RAY_AUTH_MODE", "token")
+
+
+class Head:
+    """A `ray start --head --block` of the tests' own, in a new session and a short temp dir, so
+    that stopping it (killing that session) touches no other Ray instance on the machine and
+    Ray's default /tmp/ray/ray_current_cluster is never written."""
+
+    def __init__(self, num_cpus: int, dashboard: bool = False, token_auth: bool = True) -> None:
+        # Without token auth, this process itself can join the head (its Ray read RAY_AUTH_MODE
+        # when it was imported).
+        env = {**RAY_ENV, "RAY_AUTH_MODE": "token" if token_auth else "disabled"}
+        self.temp_dir = tempfile.mkdtemp(prefix="mgdr-", dir="/tmp")
+        port = free_port()
+        self.address = f"{ray.util.get_node_ip_address()}:{port}"
+        self.process = subprocess.Popen(
+            [RAY, "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}",
+             f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
+             f"--include-dashboard={'true' if dashboard else 'false'}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            probe = subprocess.run([RAY, "status", f"--address={self.address}"], capture_output=True, env=env)
+            if probe.returncode == 0:
+                return
+            time.sleep(2)
+        self.stop()
+        raise RuntimeError("ray start --head did not come up in 90 s")
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:  # `ray start --block` takes up to 30 s to stop its processes one by one: they go with the session
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        time.sleep(1)
+        for pid in subprocess.run(["pgrep", "-s", str(self.process.pid)], capture_output=True,
+                                  text=True).stdout.split():
+            os.kill(int(pid), signal.SIGKILL)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def wait_for(condition, timeout, what, driver=None, log=None, step=1.0):
+    """Poll `condition()` until it returns something true and return that; fail, saying `what`
+    was awaited, after `timeout` s or as soon as the `driver` process has ended (with its log)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        if driver is not None and driver.poll() is not None:
+            pytest.fail(f"the study ended ({driver.returncode}) while waiting for {what}:\n"
+                        f"{log.read_text()[-3000:] if log else ''}")
+        time.sleep(step)
+    pytest.fail(f"waited {timeout} s for {what}:\n{log.read_text()[-3000:] if log else ''}")
+
+
+def cluster_is_idle(timeout=60):
+    """Wait until the connected cluster has every CPU free again: a Ray test starts from an idle
+    cluster whatever the test before it left running (it fails, saying so, after `timeout` s)."""
+    total = ray.cluster_resources().get("CPU", 0)
+    wait_for(lambda: ray.available_resources().get("CPU", 0) >= total, timeout,
+             f"all {total:g} CPUs of the cluster to be free", step=0.5)
+

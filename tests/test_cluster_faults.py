@@ -19,7 +19,7 @@ import pytest
 
 from mgd_ray.distributed import local_cluster
 from mgd_ray.distributed.cluster import AUTOSCALING_CONFIG_ENV
-from tests.study_helpers import alive_nodes, free_port, random_teacher_files, records
+from tests.study_helpers import alive_nodes, free_port, random_teacher_files, records, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,19 +56,6 @@ def study_argv(cluster, out, teachers, *extra):
 
 def study_env(cluster):
     return {**ENV, AUTOSCALING_CONFIG_ENV: cluster["config"]}
-
-
-def wait_for(condition, timeout, driver=None, log=None, step=1.0):
-    """Poll `condition()` until it returns something true; fail after `timeout` s or when the driver ends."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        if driver is not None and driver.poll() is not None:
-            pytest.fail(f"the study ended ({driver.returncode}) while waiting:\n{log.read_text()[-3000:]}")
-        time.sleep(step)
-    pytest.fail(f"waited {timeout} s:\n{log.read_text()[-3000:] if log else ''}")
 
 
 def iterations(record):
@@ -113,12 +100,14 @@ def test_a_worker_node_lost_mid_trial_costs_a_restart_from_the_checkpoint_not_th
                               start_new_session=True)
     try:
         # The first checkpoint (iteration 4) is in: kill the node the run trains on.
-        first = wait_for(lambda: [r for r in records(out) if r["history"]], 300, driver, log)[0]
+        first = wait_for(lambda: [r for r in records(out) if r["history"]], 300, "the first report", driver, log)[0]
         [node] = first["nodes"]
         killed_at = time.time()
         assert local_cluster.kill_node(node, cluster["state_path"])
-        gone = wait_for(lambda: node not in alive_nodes(cluster["address"], ENV), 120, step=0) and time.time()
-        moved = wait_for(lambda: [r for r in records(out) if len(r.get("nodes", [])) == 2], 300, driver, log)
+        gone = wait_for(lambda: node not in alive_nodes(cluster["address"], ENV), 120, "the node to be seen dead",
+                        step=0) and time.time()
+        moved = wait_for(lambda: [r for r in records(out) if len(r.get("nodes", [])) == 2], 300,
+                         "a report from a second node", driver, log)
         restarted = time.time()
         assert driver.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
@@ -141,7 +130,7 @@ def test_a_killed_driver_resumes_on_the_cluster_without_repeating_a_trial(cluste
                               start_new_session=True)
     try:  # killed once the first trial is done and the second has started
         wait_for(lambda: len(records(out)) == 2 and any(r["status"] == "completed" for r in records(out)),
-                 360, driver, log)
+                 360, "the first trial to complete and the second to start", driver, log)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
@@ -155,7 +144,7 @@ def test_a_killed_driver_resumes_on_the_cluster_without_repeating_a_trial(cluste
             now = {r["trial_id"]: r for r in records(out)}
             return now.keys() != before.keys() or any(now[t]["history"] != before[t]["history"] or
                                                       now[t]["status"] != before[t]["status"] for t in before)
-        wait_for(moved_on, 300, resumed, resumed_log)
+        wait_for(moved_on, 300, "the resumed study to move on", resumed, resumed_log)
         continued = time.time()
         assert resumed.wait(timeout=360) == 0, resumed_log.read_text()[-3000:]
     finally:

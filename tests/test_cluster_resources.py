@@ -54,16 +54,30 @@ def test_resources_no_node_offers_are_refused_before_anything_is_written(tmp_pat
     class PastTheChecks(Exception):
         pass
 
-    def stop_after_the_writes(cfg):
+    def stop_after_the_writes(cfg, run):
         assert (tmp_path / "out" / "study.json").exists()
         raise PastTheChecks
 
     monkeypatch.setattr(study, "connect", lambda address, timeout: "127.0.0.1:1")
     monkeypatch.setattr(study, "node_shapes", lambda: [HEAD])  # a CPU-only cluster
-    monkeypatch.setattr(study, "max_concurrent_trials", stop_after_the_writes)
+    monkeypatch.setattr(study, "concurrency", stop_after_the_writes)
     argv = ["--smoke", "--no-ablation", "--output-dir", str(tmp_path / "out")]
     code, err = run_cli(argv + ["--gpus-per-trial", "1"], capsys)
     assert code == 2 and "--gpus-per-trial" in err and "no node of this cluster" in err
     assert not (tmp_path / "out").exists()  # not even the folder: the rerun needs no --resume
     with pytest.raises(PastTheChecks):
         run_cli(argv + ["--gpus-per-trial", "0"], capsys)
+
+
+def test_trial_slots_count_what_is_free_now_or_what_an_autoscaler_may_start():
+    from mgd_ray.distributed.cluster import trial_slots
+    # 8 CPUs, 3 held by another job: 5 free -> two 2-worker trials, not the four the totals allow.
+    assert trial_slots(scaling(2), [HEAD], [{"CPU": 5.0, "GPU": 0.0}]) == 2
+    # No GPU node yet: the autoscaler may start 8 gpu_1x nodes, one 1-GPU worker each.
+    assert trial_slots(scaling(1, cpus=4, gpus=1), [HEAD, GPU_1X], [{"CPU": 8.0}]) == 8
+    # Four trials share each GPU (1/4 GPU per worker): 2 gpu_4x nodes x 4 GPUs x 4.
+    assert trial_slots(scaling(1, cpus=1, gpus=0.25), [HEAD, GPU_4X], [{"CPU": 8.0}]) == 32
+    # CPU-only trials on a cluster of GPU node types: no slot on them (the autoscaler keeps them for GPUs).
+    assert trial_slots(scaling(1), [HEAD, GPU_1X], [{"CPU": 3.0}]) == 3
+    # Nothing fits now and no autoscaler: one trial in flight, which waits (and is said to wait).
+    assert trial_slots(scaling(2), [HEAD], [{"CPU": 1.0}]) == 1

@@ -461,7 +461,7 @@ def test_runner_plan_pairs_students_on_one_split_and_summarises_seeds(tmp_path):
 
 
 def test_runner_end_to_end_one_iteration(tmp_path, capsys):
-    from mgd_ray.engine.runner import ensure_teacher, get_args_parser, main, plan
+    from mgd_ray.engine.runner import get_args_parser, main, plan, train_or_reuse_teacher
     out = tmp_path / "runner"
     args = get_args_parser().parse_args(["--teacher-iterations", "1", "--iterations", "1", "--student-seeds", "0",
                                          "--output-dir", str(out), "--quiet"])
@@ -477,7 +477,7 @@ def test_runner_end_to_end_one_iteration(tmp_path, capsys):
     assert "deeplabv3plus_resnet18       mgd             0" in capsys.readouterr().out
     # A second run reuses a saved teacher instead of training it again.
     teachers, _ = plan(args)
-    ensure_teacher("deep", teachers["deep"], args, torch.device("cpu"))
+    train_or_reuse_teacher("deep", teachers["deep"], args, torch.device("cpu"))
     assert "reusing teacher_deep" in capsys.readouterr().out
 
 

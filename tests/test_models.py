@@ -316,7 +316,7 @@ def test_head_macs_and_params_by_hand(arch, output_stride):
 
 def test_complexity_table_reports_computed_ratios(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["complexity", "--size", "256"])
-    runpy.run_module("mgd_ray.models.complexity", run_name="__main__")
+    runpy.run_module("mgd_ray.models.compression", run_name="__main__")
     text = capsys.readouterr().out
     r18 = complexity("deeplabv3plus_resnet18", size=256)["backbone_gmacs"]
     for teacher in ("deeplabv3plus_resnet101", "deeplabv3plus_wide_resnet50_2"):
@@ -446,7 +446,7 @@ def test_feature_contract_is_checked_when_built():
                                                      ("deeplabv3plus_resnet101", 64, True)])
 def test_official_deep_stem_macs_by_counting(arch, width, bottleneck):
     # the complexity verdict's deep-stem correction against a deep stem built and counted here
-    from mgd_ray.models.complexity import official_stem_extra_gmacs
+    from mgd_ray.models.compression import official_stem_extra_gmacs
     from mgd_ray.models.flops import count_macs
     size = 96
     with torch.device("meta"):

@@ -166,7 +166,8 @@ def served_archs(server, monkeypatch):
 def test_study_option_reaches_student_and_both_cps_teachers(tmp_path, hub, served_archs, monkeypatch):
     from mgd_ray.distributed import study
     cfg = study.StudyConfig(output_dir=str(tmp_path / "out"), storage_path=str(tmp_path / "storage"),
-                            protocols=("1/8",), pretrained="imagenet", crop_size=32, batch_size=2)
+                            protocols=("1/8",), pretrained="imagenet", crop_size=32, batch_size=2,
+                            max_concurrent_trials=1)
     plans = study.prepare_study(cfg)
     staged = {arch: str(tmp_path / "storage" / "pretrained" / name) for arch, name in served_archs.items()}
     for path in staged.values():  # copied next to the cached teachers, for workers without internet
@@ -174,7 +175,7 @@ def test_study_option_reaches_student_and_both_cps_teachers(tmp_path, hub, serve
     assert plans[0].distill.backbone_weights == staged[R18]
     teachers = []
     monkeypatch.setattr(study, "ensure_teacher", lambda tcfg, run, root: teachers.append(tcfg) or (f"{root}/t.pt", False))
-    study.prepare_teachers(cfg, plans, concurrency=1)
+    study.prepare_teachers(cfg, plans)
     assert {t.arch: t.backbone_weights for t in teachers} == {TEACHER_DEEP: staged[TEACHER_DEEP],
                                                               TEACHER_WIDE: staged[TEACHER_WIDE]}
     with open(tmp_path / "out" / "study.json") as f:
@@ -182,9 +183,9 @@ def test_study_option_reaches_student_and_both_cps_teachers(tmp_path, hub, serve
 
 
 def test_study_defaults_and_offline_failure_before_ray(tmp_path, hub, monkeypatch, capsys):
-    from mgd_ray.distributed.options import StudyConfig
-    assert StudyConfig().pretrained == "none"  # synthetic trains from scratch
-    assert StudyConfig(dataset="voc", data_root=str(tmp_path)).pretrained == "imagenet"
+    from mgd_ray.distributed.options import StudyConfig, resolve_study
+    assert resolve_study(gpus=lambda address: 0)[0].pretrained == "none"  # synthetic trains from scratch
+    assert resolve_study(gpus=lambda address: 0, dataset="voc", data_root=str(tmp_path))[0].pretrained == "imagenet"
     with pytest.raises(ValueError, match="--pretrained 'imagenet1k'"):
         StudyConfig(pretrained="imagenet1k")
     url = _closed_port_url("resnet18-f37072fd.pth")
@@ -210,7 +211,7 @@ def test_teacher_and_student_names_key_the_file_not_its_folder():
 
 
 def test_worker_loops_fetch_the_imagenet_file(monkeypatch):
-    from mgd_ray.distributed import worker
+    from mgd_ray.distributed import trial as worker
     seen = {}
     monkeypatch.setattr(worker.storage, "download", lambda uri: "/local/" + os.path.basename(uri))
     monkeypatch.setattr(worker, "RayContext", lambda: None)
@@ -218,10 +219,11 @@ def test_worker_loops_fetch_the_imagenet_file(monkeypatch):
     monkeypatch.setattr(worker, "distill_student", lambda cfg, ctx: seen.__setitem__("student", cfg))
     worker.teacher_loop({"backbone_weights": "s3://b/pretrained/resnet101-63fe2227.pth"})
     from mgd_ray.config import DistillConfig
-    from mgd_ray.distributed.spec import TrainRun, TrialSpec, param_space
+    from mgd_ray.distributed.spec import TrainRun, TrialSpec, from_tune, param_space
     spec = TrialSpec(DistillConfig(backbone_weights="s3://b/pretrained/resnet18-f37072fd.pth",
                                    teacher_deep_checkpoint="s3://b/teachers/d.pt"), TrainRun(storage_path="s3://b/r"))
-    worker.student_loop({**param_space(spec), **spec.paper_point.searched()})  # a search trial's Tune config
+    trial = from_tune({**param_space(spec), **spec.paper_point.searched()})  # a search trial's Tune config
+    worker.student_loop({worker.DISTILL_KEY: trial.distill})
     assert seen["teacher"].backbone_weights == "/local/resnet101-63fe2227.pth"
     assert seen["student"].backbone_weights == "/local/resnet18-f37072fd.pth"
     assert seen["student"].teacher_deep_checkpoint == "/local/d.pt"

@@ -213,7 +213,8 @@ def test_importance_rebuilds_study_with_log_bounds_from_data():
     table = importance_table(pd.DataFrame(rows), ["1/8"], evaluator=evaluator)
     dist = evaluator.distributions
     assert set(dist) == {"w_pixel", "lambda_semantic", "lambda_region"}  # constant ones dropped
-    assert (dist["w_pixel"].low, dist["w_pixel"].high, dist["w_pixel"].log) == (0.5, 2.5, False)
+    # w_pixel on the log scale the search samples it on (spec.search_space); the threshold is linear.
+    assert (dist["w_pixel"].low, dist["w_pixel"].high, dist["w_pixel"].log) == (0.5, 2.5, True)
     assert dist["lambda_semantic"].log and dist["lambda_semantic"].low == pytest.approx(1e-4)
     assert dist["lambda_region"].log and (dist["lambda_region"].low, dist["lambda_region"].high) == (10.0, 30.0)
     assert evaluator.values == pytest.approx([0.40, 0.41, 0.42])

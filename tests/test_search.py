@@ -5,7 +5,7 @@ import pytest
 from optuna.trial import TrialState
 
 from mgd_ray.distributed.search import TRIAL_ID_ATTR, HonestOptunaSearch
-from mgd_ray.distributed.space import search_space
+from mgd_ray.distributed.spec import search_space
 
 PAPER = {"w_pixel": 1.0, "lambda_semantic": 0.002, "lambda_region": 100.0, "confidence_threshold": 0.0}
 

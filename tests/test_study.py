@@ -13,7 +13,7 @@ from mgd_ray.config import LossWeights
 from mgd_ray.engine import DivergedError
 from mgd_ray.distributed.options import StudyConfig
 from mgd_ray.distributed.records import TrialRecorder, error_summary
-from mgd_ray.distributed.space import SearchPoint, ablation_point
+from mgd_ray.distributed.spec import SearchPoint, ablation_point
 from mgd_ray.distributed.spec import from_tune
 from mgd_ray.distributed.study import open_study_folder
 from tests.study_helpers import run_cli, search_config, trial_spec, tune_loss_weights
@@ -184,39 +184,44 @@ def test_error_summary_keeps_the_cause_a_ray_wrapper_gives_on_the_next_line():
                                    "The worker group startup timed out after 3.0 seconds waiting for 2 workers.")
 
 
-def test_device_choice_explicit_options_win_over_detected_gpus():
-    from mgd_ray.distributed.devices import choose_devices, gpu_budget
+def test_every_default_is_resolved_once_and_explicit_options_win():
+    from mgd_ray.distributed.options import SMOKE, gpu_budget, resolve_study, study_budget
     budget = gpu_budget("synthetic")
     assert budget["iterations"] > 16 and budget["teacher_iterations"] > 8  # bigger than the CPU first run
     assert budget["trials_per_gpu"] > 1  # tiny synthetic runs leave a GPU mostly idle
-    unset = {"iterations": None, "teacher_iterations": None, "seeds": None, "num_samples": None,
-             "batch_size": None, "eval_every": None, "crop_size": None}
-    # No GPU: the CPU, and the CPU preset (nothing filled in).
-    values, said = choose_devices(unset, None, 0, budget)
-    assert values["gpus_per_trial"] == 0 and values["iterations"] is None and "CPU" in said
+    # No GPU: the CPU, the preset's study size, the synthetic set's regime and folder.
+    cfg, said = resolve_study(gpus=lambda address: 0)
+    assert (cfg.gpus_per_trial, cfg.iterations, cfg.pretrained, cfg.output_dir) == (0, None, "none", "results/synthetic")
+    assert (cfg.num_samples, cfg.seeds) == tuple(study_budget("synthetic").values()) and "CPU" in said
     # 4 GPUs found, nothing given: one GPU per trial and the GPU budget; a given option stays.
-    values, said = choose_devices({**unset, "seeds": 5}, None, 4, budget)
-    assert values["gpus_per_trial"] == 1 and values["iterations"] == budget["iterations"]
-    assert values["teacher_iterations"] == budget["teacher_iterations"] and values["seeds"] == 5
-    assert "4 GPU(s)" in said
-    # --gpus-per-trial given (even 0 on a GPU machine): used as given, no GPU budget.
+    cfg, said = resolve_study(gpus=lambda address: 4, seeds=5)
+    assert (cfg.gpus_per_trial, cfg.iterations, cfg.teacher_iterations) == (1, budget["iterations"],
+                                                                           budget["teacher_iterations"])
+    assert cfg.seeds == 5 and cfg.trials_per_gpu == budget["trials_per_gpu"] and "4 GPU(s)" in said
+    # --gpus-per-trial given (even 0 on a GPU machine): used as given, no GPU budget, nothing detected.
     for given in (0, 2):
-        values, _ = choose_devices(unset, given, 4, budget)
-        assert values["gpus_per_trial"] == given and values["iterations"] is None
+        cfg, _ = resolve_study(gpus=lambda address: pytest.fail("detected"), gpus_per_trial=given, workers_per_trial=1)
+        assert cfg.gpus_per_trial == given and cfg.iterations is None
+    # --smoke's values unless given; VOC defaults to the paper's regime.
+    cfg, _ = resolve_study(smoke=True, gpus=lambda address: 4, iterations=3)
+    assert (cfg.iterations, cfg.num_samples, cfg.gpus_per_trial) == (3, SMOKE["num_samples"], 1)
+    assert cfg.output_dir == "results/smoke" and cfg.crop_size == SMOKE["crop_size"]
+    cfg, _ = resolve_study(gpus=lambda address: 0, dataset="voc", data_root=".")
+    assert (cfg.pretrained, cfg.num_samples) == ("imagenet", 16)
 
 
 def test_cli_without_gpus_option_uses_the_gpu_when_there_is_one(monkeypatch, tmp_path):
-    import mgd_ray.distributed.devices as devices
-    monkeypatch.setattr(tune_loss_weights, "detect_gpus", lambda address: 2)
+    from mgd_ray.distributed import options
+    monkeypatch.setattr(options, "detect_gpus", lambda address: 2)
     args = tune_loss_weights.get_args_parser().parse_args(["--output-dir", str(tmp_path)])
-    cfg = tune_loss_weights.study_config(args)
-    budget = devices.gpu_budget("synthetic")
+    cfg, _ = options.resolve_study(**vars(args))
+    budget = options.gpu_budget("synthetic")
     assert (cfg.gpus_per_trial, cfg.workers_per_trial, cfg.device) == (1, 1, "gpu")
     assert (cfg.iterations, cfg.seeds, cfg.num_samples) == (budget["iterations"], budget["seeds"],
                                                             budget["num_samples"])
     args = tune_loss_weights.get_args_parser().parse_args(["--output-dir", str(tmp_path), "--gpus-per-trial", "0",
                                                            "--iterations", "7"])
-    cfg = tune_loss_weights.study_config(args)
+    cfg, _ = options.resolve_study(**vars(args))
     assert (cfg.gpus_per_trial, cfg.iterations, cfg.device) == (0, 7, "cpu")
 
 
@@ -244,18 +249,14 @@ def test_progress_line_counts_phases_and_estimates_what_is_left():
                          "elapsed 3m40s | left ~11m40s (estimate) ==")
 
 
-def test_background_score_is_the_background_share_over_classes_present():
+def test_background_score_is_the_background_share_over_classes_present(monkeypatch):
     import types
-    from mgd_ray.distributed import baseline
+    from mgd_ray.data import dataset
     labels = {"a": np.array([[0, 0, 1], [2, 255, 0]]), "b": np.array([[0, 1, 0], [0, 0, 255]])}
     # 10 labelled pixels (two are 255), 7 of them background; classes 1 and 2 present (IoU 0),
     # classes 3-5 absent (not counted): mIoU = (7/10 + 0 + 0) / 3
-    original = baseline.load_label
-    baseline.load_label = lambda sample: labels[sample]
-    try:
-        score = baseline.background_miou(types.SimpleNamespace(samples=["a", "b"]), num_classes=6)
-    finally:
-        baseline.load_label = original
+    monkeypatch.setattr(dataset, "load_label", lambda sample: labels[sample])
+    score = dataset.background_miou(types.SimpleNamespace(samples=["a", "b"]), num_classes=6)
     assert score == pytest.approx((7 / 10) / 3)
 
 
@@ -271,8 +272,8 @@ def test_export_keeps_the_best_student_and_prune_drops_finished_trials(tmp_path)
         checkpoint.mkdir(parents=True)
         torch.save({"w": torch.tensor([weight])}, checkpoint / "model.pt")
         (trials / f"{trial_id}.json").write_text(json.dumps(
-            {"trial_id": trial_id, "kind": "search", "variant": "search", "status": status, "miou": miou,
-             "checkpoint_path": str(checkpoint), "config": {"w_pixel": weight}}))
+            {"trial_id": trial_id, "protocol": "1/8", "kind": "search", "variant": "search", "status": status,
+             "miou": miou, "checkpoint_path": str(checkpoint), "config": {"w_pixel": weight}}))
     study = {"student": "deeplabv3plus_resnet18", "num_classes": 6, "dataset": "synthetic"}
     path = export_best(str(results), "1/8", study)
     assert path == str(results / "models" / "1_8" / "best_student.pt")
@@ -299,7 +300,8 @@ def test_a_tune_run_left_with_running_trials_stops_the_study(tmp_path):
     for trial_id, status in (("done", "completed"), ("mid", "running")):
         (runs / f"train-{trial_id}").mkdir(parents=True)
         (folder / f"{trial_id}.json").write_text(json.dumps(
-            {"trial_id": trial_id, "kind": "ablation", "variant": "pixel", "status": status, "miou": None}))
+            {"trial_id": trial_id, "protocol": "1/8", "kind": "ablation", "variant": "pixel", "status": status,
+             "miou": None}))
     spec = types.SimpleNamespace(protocol="1/8", run=types.SimpleNamespace(storage_path=str(runs)))
     with pytest.raises(StudyInterrupted, match="mid.*--resume"):
         keep_best_drop_the_rest(cfg, spec, "ablation")
@@ -339,8 +341,8 @@ def test_trial_weights_are_kept_when_no_best_student_could_be_exported(tmp_path,
     from mgd_ray.schema import write_json_atomic
     cfg = StudyConfig(output_dir=str(tmp_path), protocols=("1/8",))
     write_json_atomic(str(tmp_path / "trials" / "1_8" / "t1.json"),
-                      {"trial_id": "t1", "kind": "search", "status": "completed", "miou": 0.3,
-                       "checkpoint_path": "bucket/without/scheme"})
+                      {"trial_id": "t1", "protocol": "1/8", "kind": "search", "status": "completed",
+                       "miou": 0.3, "checkpoint_path": "bucket/without/scheme"})
     pruned = []
     monkeypatch.setattr(study, "prune_trial_weights", lambda *a: pruned.append(a))
     monkeypatch.setattr(study, "_study_json", lambda cfg: {})
@@ -348,3 +350,25 @@ def test_trial_weights_are_kept_when_no_best_student_could_be_exported(tmp_path,
     spec = types.SimpleNamespace(protocol="1/8", run=types.SimpleNamespace(storage_path=str(tmp_path / "ray")))
     study.keep_best_drop_the_rest(cfg, spec, "search")  # the weights are not where the record says
     assert pruned == [] and not (tmp_path / "models" / "1_8" / "best_student.pt").exists()
+
+
+def test_holders_names_the_trial_whose_train_run_holds_a_group(monkeypatch):
+    """The owner chain cluster.holders follows, on a hand-built cluster state: a trial's actor
+    owns its Train controller, which created the group; another job's group is named by its job."""
+    from mgd_ray.distributed import cluster, ray_private
+    group = ray_private.Reservation("g1", "CREATED", ({"CPU": 1.0}, {"CPU": 1.0}), "01000000", "ctrl", False, False)
+    other = ray_private.Reservation("g2", "CREATED", ({"GPU": 1.0},), "02000000", "x", False, False)
+    actors = [ray_private.Actor("ctrl", "TrainController", "ALIVE", "01000000", "w-ctrl", "w-trial", None, False, {}),
+              ray_private.Actor("trial", "ImplicitFunc", "ALIVE", "01000000", "w-trial", "w-driver", "tg", False, {}),
+              ray_private.Actor("h", "Holder", "ALIVE", "03000000", "w-h", "w-x", None, False, {"CPU": 1.0})]
+
+    class Trial:
+        trial_id = "abc_00001"
+
+        class temporary_state:
+            ray_actor = object()
+
+    monkeypatch.setattr(ray_private, "actors", lambda: actors)
+    monkeypatch.setattr(ray_private, "trial_actor_id", lambda trial: "trial")
+    assert (cluster.holders([group, other], [Trial], "01000000")
+            == "trial abc_00001: 2 x {CPU: 1}; job 02000000: 1 x {GPU: 1}; actor Holder of job 03000000: {CPU: 1}")

@@ -1,6 +1,9 @@
-"""End-to-end studies on a local Ray cluster (CPU): DDP over gloo with two Train workers per trial,
-a diverging trial recorded as failed while the others finish, and a driver killed mid-study then
-resumed. One `ray.init` is shared by the module; each Tune trial costs ~20 s of Ray start-up here."""
+"""End-to-end studies on a local Ray cluster (CPU) without the dashboard and beside a second Ray
+instance: DDP over gloo with two Train workers per trial, a diverging trial recorded as failed
+while the others finish, and a driver killed mid-study then resumed. One `ray.init` is shared by
+the module; each Tune trial costs ~20 s of Ray start-up here. There Ray Train's own placement-group
+cleaner cannot work: the study gives its trials' reservations back itself (each 2-worker trial
+takes both CPUs, so a single leak would stall the next one)."""
 import glob
 import json
 import os
@@ -8,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pandas as pd
@@ -20,7 +22,7 @@ from mgd_ray.data import NUM_CLASSES
 from mgd_ray.distributed.search import RECORD_TO_OPTUNA_STATE, TRIAL_ID_ATTR
 from mgd_ray.distributed.study import StudyConfig, run_study
 from mgd_ray.models import build_model
-from tests.study_helpers import records
+from tests.study_helpers import Head, cluster_is_idle, records, wait_for
 
 pytestmark = pytest.mark.ray
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,12 +32,18 @@ TINY = dict(protocols=("1/8",), iterations=4, eval_every=2, teacher_iterations=2
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    """The study's own local instance, without the dashboard, beside a second instance on the
+    machine (a `ray start` head of 1 CPU): the setups in which Ray Train's own placement-group
+    cleaner fails (it needs the state API, and scans the machine for its cluster)."""
+    other = Head(num_cpus=1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+    other.stop()
 
 
 def test_ddp_study_records_a_diverging_trial_and_finishes_the_rest(cluster, tmp_path):
+    cluster_is_idle()
     teachers = {}
     for key, arch in (("teacher_deep_checkpoint", "deeplabv3plus_resnet101"),
                       ("teacher_wide_checkpoint", "deeplabv3plus_wide_resnet50_2")):
@@ -115,21 +123,21 @@ def results_bytes(out, exclude):
 
 
 def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_path):
+    cluster_is_idle()
     out = tmp_path / "study"
     argv = [sys.executable, os.path.join(REPO, "experiments", "tune_loss_weights.py"), "--smoke",
             "--num-samples", "2", "--ablation-variants", "supervised", "mgd_paper", "mgd_best",
             "--max-concurrent-trials", "1", "--address", cluster, "--output-dir", str(out), "--quiet"]
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 420
-    # Killed once an ablation trial has finished: after the search's best was exported and its
-    # finished trials' weights were pruned, the riskiest point for --resume.
-    while time.time() < deadline and not any(r["status"] == "completed" and r["kind"] == "ablation"
-                                             for r in records(out)):
-        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-        time.sleep(2)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-study, with no chance to clean up
-    driver.wait()
+    log = tmp_path / "driver.log"
+    driver = subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:  # killed once an ablation trial has finished: after the search's best was exported and its
+        # finished trials' weights were pruned, the riskiest point for --resume. The bound only
+        # catches a study that never gets there (about 4 minutes on 2 cores; allow a slower machine).
+        wait_for(lambda: any(r["status"] == "completed" and r["kind"] == "ablation" for r in records(out)),
+                 1200, "an ablation trial to complete", driver, log, step=2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-study, with no chance to clean up
+        driver.wait()
     finished = {r["trial_id"]: r for r in records(out) if r["status"] == "completed"}
     assert finished, (tmp_path / "driver.log").read_text()[-3000:]
     assert len(glob.glob(str(out / "ray" / "teachers" / "*.pt"))) == 2

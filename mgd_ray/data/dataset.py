@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..metrics import mean_iou
+from ..schema import IGNORE_INDEX
 from . import transforms
 from .cityscapes_labels import cityscapes_label_to_train_id
 from .io import read_image, read_label
@@ -68,3 +70,18 @@ class SegmentationDataset(Dataset):
             return transforms.to_tensor(image)
         image, label = transforms.augment(image, load_label(sample), self.crop_size)
         return transforms.to_tensor(image), torch.from_numpy(label.astype(np.int64))
+
+
+def background_miou(val: SegmentationDataset, num_classes: int, background: int = 0) -> float:
+    """mIoU of predicting class `background` at every labelled pixel of a val dataset (its samples'
+    labels are read, no image): IoU(background) = its pixel share, every other class present in the
+    labels scores 0, absent ones do not count (as `mean_iou` treats them). A row of a study at this
+    level learned nothing beyond the class prior."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for sample in val.samples:
+        label = np.asarray(load_label(sample)).reshape(-1)
+        label = label[label != IGNORE_INDEX]
+        counts += np.bincount(label, minlength=num_classes)[:num_classes]
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    confusion[:, background] = counts  # rows: truth, columns: prediction
+    return float(mean_iou(confusion)["miou"])

@@ -12,40 +12,19 @@ an export at least as good.
 """
 from __future__ import annotations
 
-import glob
-import json
 import os
 import shutil
 from typing import Any
 
-from ..config import protocol_slug
-from ..schema import atomic_write, write_json_atomic
+from ..schema import (FINISHED, TrialRecord, atomic_write, protocol_slug, ranked_trials, read_json_object,
+                      read_records, write_json_atomic)
 from . import storage
 from .records import now_iso
-
-FINISHED = ("completed", "early_stopped", "failed")
-
-
-def protocol_records(results_dir: str, protocol: str) -> list[dict[str, Any]]:
-    records = []
-    for path in sorted(glob.glob(os.path.join(results_dir, "trials", protocol_slug(protocol), "*.json"))):
-        try:
-            with open(path) as f:
-                records.append(json.load(f))
-        except (OSError, ValueError):
-            continue  # a half-written record belongs to a running trial: never a candidate
-    return records
-
-
-def is_scored(record: dict[str, Any]) -> bool:
-    """A completed trial with a final mIoU: a candidate for the protocol's best student."""
-    return record.get("status") == "completed" and isinstance(record.get("miou"), (int, float))
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
     try:
-        with open(path) as f:
-            return json.load(f)
+        return read_json_object(path)
     except (OSError, ValueError):
         return None
 
@@ -66,28 +45,28 @@ def _copy_weights(checkpoint_path: str | None, destination: str) -> bool:
 
 
 def export_best(results_dir: str, protocol: str, study: dict[str, Any], name: str = "best_student",
-                variant: str | None = None, teachers: dict[str, Any] | None = None) -> str | None:
-    """Write models/<slug>/<name>.pt + .json from the protocol's completed trial (of `variant`
-    when given) with the highest final mIoU whose weights still exist, unless the file already
-    there scores at least as much. Returns the .pt path, or None when there is nothing to export."""
+                variant: str | None = None, teachers: dict[str, Any] | None = None,
+                records: list[TrialRecord] | None = None) -> str | None:
+    """Write models/<slug>/<name>.pt + .json from the protocol's best trial (schema.ranked_trials;
+    of `variant` when given) whose weights still exist, unless the file already there scores at
+    least as much. Returns the .pt path, or None when there is nothing to export. `records`: the
+    protocol's records when the caller has read them already."""
     folder = os.path.join(results_dir, "models", protocol_slug(protocol))
     target = os.path.join(folder, f"{name}.pt")
     current = _read_json(target[:-3] + ".json") if os.path.exists(target) else None
-    candidates = [r for r in protocol_records(results_dir, protocol)
-                  if is_scored(r) and (variant is None or r.get("variant") == variant)]
-    candidates.sort(key=lambda r: r["miou"], reverse=True)
-    for record in candidates:
-        if current is not None and current.get("miou", -1.0) >= record["miou"]:
+    records = read_records(results_dir, protocol) if records is None else records
+    for record in ranked_trials(records, variant=variant):
+        if current is not None and current.get("miou", -1.0) >= record.miou:
             return target  # what is there is already the best (its Train folder may be pruned)
         os.makedirs(folder, exist_ok=True)
-        if not _copy_weights(record.get("checkpoint_path"), target):
+        if not _copy_weights(record.checkpoint_path, target):
             continue  # pruned earlier, after an export at least as good, or --keep-trial-weights off
         info = {"arch": study.get("student"), "num_classes": study.get("num_classes"),
-                "dataset": study.get("dataset"), "protocol": protocol, "trial_id": record["trial_id"],
-                "kind": record.get("kind"), "variant": record.get("variant"), "seed": record.get("seed"),
-                "config": record.get("config"), "miou": record["miou"], "iteration": record.get("iteration"),
-                "history": record.get("history"), "teachers": teachers or {},
-                "source_checkpoint": record.get("checkpoint_path"), "exported_at": now_iso(),
+                "dataset": study.get("dataset"), "protocol": protocol, "trial_id": record.trial_id,
+                "kind": record.kind, "variant": record.variant, "seed": record.seed,
+                "config": record.config, "miou": record.miou, "iteration": record.iteration,
+                "history": record.history, "teachers": teachers or {},
+                "source_checkpoint": record.checkpoint_path, "exported_at": now_iso(),
                 "load": "m = build_model(arch, num_classes); m.load_state_dict(torch.load(path))"}
         write_json_atomic(target[:-3] + ".json", info)
         return target
@@ -99,11 +78,10 @@ def prune_trial_weights(results_dir: str, protocol: str, kind: str, run_root: st
     of `kind`; returns the trial ids pruned. Call only once that Tune run has finished and the
     protocol's best has been exported."""
     pruned = []
-    for record in protocol_records(results_dir, protocol):
-        if record.get("kind") == kind and record.get("status") in FINISHED:
-            folder = storage.join(run_root, f"train-{record['trial_id']}")
-            storage.remove_tree(folder)
-            pruned.append(record["trial_id"])
+    for record in read_records(results_dir, protocol):
+        if record.kind == kind and record.status in FINISHED:
+            storage.remove_tree(storage.join(run_root, f"train-{record.trial_id}"))
+            pruned.append(record.trial_id)
     return pruned
 
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from ray._private import ray_constants
-from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
+from mgd_ray.distributed.ray_private import PROCESS_TYPE_RAYLET, FakeMultiNodeProvider
 
 logger = logging.getLogger(__name__)
 MODULE = f"{__name__}.LocalNodeProvider"
@@ -24,7 +23,7 @@ def raylet_exited(node) -> bool:
     """True when a fake node's raylet process has exited (None: the head, whose processes are not ours)."""
     if node is None:
         return False
-    raylets = node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET) or []
+    raylets = node.all_processes.get(PROCESS_TYPE_RAYLET) or []
     return bool(raylets) and raylets[0].process.poll() is not None
 
 

@@ -1,43 +1,56 @@
-"""A study's options: `StudyConfig`, every option checked when it is made (before Ray starts and
-before anything is written), with the dataset's default study size (`study_budget`), and whether
-they match the study an --output-dir already holds (`check_study_folder`)."""
+"""A study's options: `resolve_study` turns what the user gave into one frozen `StudyConfig`,
+resolving every default once (--smoke, the GPUs found and the preset's GPU budget, the preset's
+study size, the regime, the results folder) and checking every value before Ray starts and before
+anything is written. What stays open is what the dataset preset decides per protocol and per run
+role (schedules, crop, batch): `engine.presets.preset_configs` resolves those, in one place.
+
+Also here: whether the options match the study an --output-dir already holds
+(`check_study_folder`), the given teacher files (`check_teachers`) and the command REPORT.md
+suggests for a budget that separates the rows (`separating_command`).
+"""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from ..config import DATASETS, STUDENTS, check_protocol
+import torch
+
+from ..config import DATASETS, STUDENTS, TEACHER_DEEP, TEACHER_WIDE, check_protocol
+from ..data import NUM_CLASSES
+from ..engine.distill import load_teacher
 from ..engine.presets import read_preset
 from ..models.pretrained import check_regime, default_regime
-from ..schema import ABLATION_VARIANTS
-from .checks import check_protocols_unique
+from ..schema import ABLATION_VARIANTS, read_json_object
 
-
-def study_budget(dataset: str) -> dict:
-    """{"search_trials", "ablation_seeds"}: the default study size for a dataset (16 trials and 2
-    seeds unless its preset says otherwise)."""
-    raw, _ = read_preset(dataset)
-    return {"search_trials": int(raw.get("search_trials", 16)), "ablation_seeds": int(raw.get("ablation_seeds", 2))}
+# --smoke: one protocol, two search trials, one ablation seed, a few iterations of everything.
+SMOKE = dict(protocols=("1/8",), num_samples=2, seeds=1, iterations=8, teacher_iterations=8, eval_every=4,
+             crop_size=48, batch_size=2, loader_workers=0)
+# study option <- key of a preset's gpu_budget section
+GPU_BUDGET_KEYS = {"iterations": "student_iterations", "teacher_iterations": "teacher_iterations",
+                   "batch_size": "batch_size", "crop_size": "crop_size", "eval_every": "eval_every",
+                   "num_samples": "search_trials", "seeds": "ablation_seeds", "trials_per_gpu": "trials_per_gpu"}
 
 
 @dataclass(frozen=True)
 class StudyConfig:
+    """Every option of a study, resolved (`resolve_study`) and checked; None only where the
+    dataset preset decides per protocol or per run role."""
+
     output_dir: str = "results/synthetic"
     dataset: str = "synthetic"
     data_root: str | None = None
     split_dir: str | None = None
     protocols: tuple[str, ...] = ("1/8", "1/4")
     student: str = "deeplabv3plus_resnet18"
-    num_samples: int | None = None  # search trials per protocol, the paper's point included; None: preset's
-    seeds: int | None = None  # seeds per ablation row; None: the preset's
-    iterations: int | None = None  # student iterations; None = the dataset preset's
+    num_samples: int = 16  # search trials per protocol, the paper's point included
+    seeds: int = 2  # seeds per ablation row
+    iterations: int | None = None  # student iterations; None: each protocol's preset schedule
     teacher_iterations: int | None = None
     eval_every: int | None = None
-    crop_size: int | None = None
-    batch_size: int | None = None
+    crop_size: int | None = None  # None: the preset's
+    batch_size: int | None = None  # images per device; None: the preset's, per run role
     loader_workers: int = 1
     gpus_per_trial: int = 0
     # >1: that many single-worker trials share each GPU (each asks Ray for 1/N GPU). Small models are
@@ -45,7 +58,7 @@ class StudyConfig:
     trials_per_gpu: int = 1
     workers_per_trial: int = 1
     cpus_per_worker: int = 1
-    max_concurrent_trials: int | None = None
+    max_concurrent_trials: int | None = None  # None: what the cluster holds, asked before each phase
     max_failures: int = 1  # Ray Train restarts of a run after a worker failure
     worker_start_timeout_s: float = 600.0  # a Train worker group not started by then is retried ...
     worker_start_retries: int = 2  # ... this many times, then its trial fails (cluster.py)
@@ -58,7 +71,7 @@ class StudyConfig:
     seed: int = 0
     teacher_deep_checkpoint: str | None = None
     teacher_wide_checkpoint: str | None = None
-    pretrained: str | None = None  # "imagenet" | "none" (from scratch); None: the dataset's default
+    pretrained: str = "none"  # "imagenet" | "none" (from scratch)
     pretrained_dir: str | None = None  # a folder holding torchvision's ImageNet files (offline machines)
     verbose: bool = True
     verbose_ray: bool = False  # Ray Train's per-report INFO lines on the console (else: log files)
@@ -77,15 +90,13 @@ class StudyConfig:
             raise ValueError("--protocols: give at least one protocol")
         for protocol in self.protocols:
             check_protocol(protocol)
-        check_protocols_unique(self.protocols)
+        repeated = sorted({p for p in self.protocols if self.protocols.count(p) > 1})
+        if repeated:
+            raise ValueError(f"--protocols {' '.join(self.protocols)}: {', '.join(repeated)} given more than "
+                             f"once (one study per protocol)")
         unknown = sorted(set(self.ablation_variants) - set(ABLATION_VARIANTS))
         if unknown:
             raise ValueError(f"--ablation-variants {unknown}: expected some of {', '.join(ABLATION_VARIANTS)}")
-        budget = study_budget(self.dataset)
-        if self.num_samples is None:
-            object.__setattr__(self, "num_samples", budget["search_trials"])
-        if self.seeds is None:
-            object.__setattr__(self, "seeds", budget["ablation_seeds"])
         if self.student not in STUDENTS:
             raise ValueError(f"--student {self.student!r}: expected one of {', '.join(STUDENTS)}")
         for name in ("num_samples", "seeds", "workers_per_trial", "cpus_per_worker", "trials_per_gpu"):
@@ -96,8 +107,9 @@ class StudyConfig:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={value}: expected an integer >= 1")
-        if self.gpus_per_trial < 0 or self.loader_workers < 0 or self.max_failures < 0 or self.worker_start_retries < 0:
-            raise ValueError("--gpus-per-trial, --loader-workers, --max-failures and --worker-start-retries must be >= 0")
+        for name in ("gpus_per_trial", "loader_workers", "max_failures", "worker_start_retries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)}: expected an integer >= 0")
         if not self.worker_start_timeout_s > 0:
             raise ValueError(f"--worker-start-timeout={self.worker_start_timeout_s}: expected seconds > 0")
         if self.gpus_per_trial and self.gpus_per_trial % self.workers_per_trial:
@@ -107,7 +119,7 @@ class StudyConfig:
             raise ValueError(f"--trials-per-gpu={self.trials_per_gpu} shares one GPU between single-worker trials: "
                              f"it needs --gpus-per-trial 1 and --workers-per-trial 1 (got {self.gpus_per_trial} "
                              f"and {self.workers_per_trial})")
-        object.__setattr__(self, "pretrained", check_regime(self.pretrained or default_regime(self.dataset)))
+        check_regime(self.pretrained)
         for name in ("teacher_deep_checkpoint", "teacher_wide_checkpoint", "split_dir", "pretrained_dir"):
             path = getattr(self, name)
             if path and "://" not in path and not os.path.exists(path):
@@ -137,6 +149,68 @@ class StudyConfig:
         return self.optuna_storage or f"sqlite:///{os.path.abspath(os.path.join(self.output_dir, 'optuna.db'))}"
 
 
+def detect_gpus(address: str | None) -> int:
+    """GPUs of this machine (no --address) or of the running cluster at `address`."""
+    if address is None:
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    import ray
+    if not ray.is_initialized():
+        ray.init(address=address)
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def gpu_budget(dataset: str) -> dict[str, int]:
+    """The preset's `gpu_budget` section ({} when it has none), as study option names."""
+    raw = read_preset(dataset)[0].get("gpu_budget") or {}
+    unknown = sorted(set(raw) - set(GPU_BUDGET_KEYS.values()))
+    if unknown:
+        raise ValueError(f"preset {dataset}.yaml: gpu_budget has unknown key(s) {unknown}; "
+                         f"expected some of {sorted(GPU_BUDGET_KEYS.values())}")
+    return {option: int(raw[key]) for option, key in GPU_BUDGET_KEYS.items() if key in raw}
+
+
+def study_budget(dataset: str) -> dict[str, int]:
+    """{"num_samples", "seeds"}: a dataset's default study size (16 search trials and 2 seeds per
+    ablation row unless its preset says otherwise)."""
+    raw = read_preset(dataset)[0]
+    return {"num_samples": int(raw.get("search_trials", StudyConfig.num_samples)),
+            "seeds": int(raw.get("ablation_seeds", StudyConfig.seeds))}
+
+
+def resolve_study(smoke: bool = False, gpus: Callable[[str | None], int] | None = None,
+                  **given: Any) -> tuple[StudyConfig, str]:
+    """The study's config from the options a user gave (keyword arguments named as StudyConfig's
+    fields; None means not given), and a sentence saying where its trials run.
+
+    Explicit options always win; then --smoke's values; then, when --gpus-per-trial is not given and
+    `gpus(address)` (default: detect_gpus) finds GPUs, one GPU per trial with the preset's GPU budget; then the preset's
+    study size, the dataset's regime and results folder, and StudyConfig's own defaults."""
+    values = {key: value for key, value in given.items() if value is not None}
+    dataset = values.get("dataset", StudyConfig.dataset)
+    if smoke:
+        values = {**SMOKE, **values}
+    if "gpus_per_trial" in values:
+        devices = f"--gpus-per-trial {values['gpus_per_trial']} (given)"
+    elif (found := (gpus or detect_gpus)(values.get("address"))) > 0:
+        applied = {key: value for key, value in gpu_budget(dataset).items() if key not in values}
+        values.update(applied, gpus_per_trial=1)
+        shared = values.get("trials_per_gpu", 1)
+        per_gpu = "one GPU per trial" if shared == 1 else f"{shared} trials share each GPU"
+        devices = (f"{found} GPU(s) found: {per_gpu}, up to {found * shared} trial(s) at a time; GPU budget "
+                   f"applied: {', '.join(f'{k}={v}' for k, v in applied.items()) or 'none (all given)'} "
+                   "(--gpus-per-trial 0 trains on the CPU)")
+    else:
+        values["gpus_per_trial"] = 0
+        devices = "no GPU found: training on the CPU"
+    values = {**study_budget(dataset), **values}
+    values.setdefault("workers_per_trial", max(1, values["gpus_per_trial"]))
+    values.setdefault("pretrained", default_regime(dataset))
+    values.setdefault("output_dir", "results/smoke" if smoke else f"results/{dataset}")
+    for name in ("protocols", "ablation_variants"):
+        if name in values:
+            values[name] = tuple(values[name])
+    return StudyConfig(**values), devices
+
 
 # What must match for --resume to continue a study rather than start a different one.
 _IDENTITY = ("dataset", "data_root", "protocols", "student", "num_samples", "seeds", "iterations",
@@ -165,10 +239,42 @@ def check_study_folder(cfg: StudyConfig) -> dict[str, Any] | None:
     if not cfg.resume:
         raise FileExistsError(f"{cfg.output_dir} already holds a study (study.json): pass --resume to "
                               f"continue it, or choose another --output-dir")
-    with open(path) as f:
-        study = json.load(f)
+    study = read_json_object(path)
     changed = {k: (study["identity"].get(k), v) for k, v in study_identity(cfg).items()
                if study["identity"].get(k) != v}
     if changed:
         raise ValueError(f"--resume: {path} was started with different options (option: (study, now)): {changed}")
     return study
+
+
+def check_teachers(cfg: StudyConfig) -> None:
+    """Both teacher files given on the command line, loaded (weights only) here on the driver: a
+    corrupt file would otherwise fail every trial in its worker. Remote (s3://) files are left to
+    the workers."""
+    num_classes = NUM_CLASSES[cfg.dataset]
+    for option, arch, path in (("--teacher-deep-checkpoint", TEACHER_DEEP, cfg.teacher_deep_checkpoint),
+                               ("--teacher-wide-checkpoint", TEACHER_WIDE, cfg.teacher_wide_checkpoint)):
+        if not path or "://" in path:
+            continue
+        try:
+            load_teacher(arch, num_classes, path, option.lstrip("-").replace("-", "_"), torch.device("cpu"),
+                         train_mode=False)
+        except FileNotFoundError:
+            raise
+        except Exception as error:  # a corrupt file: torch's unpickler errors say "please file an issue"
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"{option} {path}: expected a {arch} state dict with {num_classes} classes "
+                             f"(a model.pt from a teacher run); could not load it: {detail}") from error
+
+
+def separating_command(cfg: StudyConfig) -> tuple[str, str]:
+    """(command, note): what REPORT.md tells a user to run for results whose rows may be told
+    apart (more iterations and seeds than the first-run budget), and where it runs."""
+    base = "python experiments/tune_loss_weights.py"
+    if cfg.dataset == "synthetic":
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in gpu_budget("synthetic").items())
+        return (f"{base} --output-dir results/synthetic-gpu",
+                f" on a machine with a GPU (it then uses the preset's GPU budget: {flags}; on a CPU "
+                f"those flags take hours)")
+    return (f"{base} --dataset {cfg.dataset} --data-root {cfg.data_root} --protocols {' '.join(cfg.protocols)} "
+            f"--gpus-per-trial 1 --seeds 3", " (the paper's schedule, three seeds per row)")

@@ -8,13 +8,11 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-import ray
-
-from ..config import TEACHER_DEEP, TEACHER_WIDE, DataConfig, DistillConfig, TeacherConfig
+from ..config import TEACHER_DEEP, TEACHER_WIDE, DistillConfig, TeacherConfig
 from ..data import build_datasets
-from ..engine.presets import load_preset, preset_optim
-from .checks import check_teachers
-from .options import StudyConfig, check_study_folder, study_name
+from ..engine.presets import preset_configs
+from .cluster import free_resources_per_node, node_shapes, trial_slots
+from .options import StudyConfig, check_study_folder, check_teachers, study_name
 from .spec import TrainRun, TrialSpec
 from .teachers import stage_pretrained
 
@@ -50,29 +48,14 @@ def train_run(cfg: StudyConfig) -> TrainRun:
 
 
 def plan_protocol(cfg: StudyConfig, protocol: str, imagenet: dict[str, str | None] | None = None) -> ProtocolPlan:
-    """The plan of one protocol; `imagenet`: {arch: ImageNet file} (None: from scratch)."""
-    imagenet = imagenet or {}
-    preset = load_preset(cfg.dataset, protocol, cfg.student, num_devices=cfg.workers_per_trial)
-    data = DataConfig(dataset=cfg.dataset, root=cfg.data_root, protocol=protocol, split_dir=cfg.split_dir,
-                      split_out_dir=os.path.abspath(os.path.join(cfg.output_dir, "splits")),
-                      crop_size=cfg.crop_size or preset["crop_size"],
-                      batch_size=cfg.batch_size or preset["batch_size"], num_workers=cfg.loader_workers,
-                      seed=cfg.seed)
-    iterations = cfg.iterations or preset["student_iterations"]
-    eval_every = min(cfg.eval_every or preset["eval_every"], iterations)
-    teacher_iterations = cfg.teacher_iterations or preset["teacher_iterations"]
-    distill = DistillConfig(student=cfg.student, data=data, optim=preset_optim(preset, "student", iterations),
-                            weights=preset["weights"], iterations=iterations, eval_every=eval_every,
-                            ohem=preset["ohem"], backbone_weights=imagenet.get(cfg.student), seed=cfg.seed)
-    # Teachers have their own official total batch (Cityscapes: 8 against the students' 16).
-    teacher_data = dataclasses.replace(data, batch_size=cfg.batch_size or preset["teacher_batch_size"])
-    teacher_eval_every = min(cfg.eval_every or preset["teacher_eval_every"], teacher_iterations)
-    teachers = {arch: TeacherConfig(arch=arch, data=teacher_data,
-                                    optim=preset_optim(preset, "teacher", teacher_iterations, arch),
-                                    cps_weight=preset["cps_weight"], iterations=teacher_iterations,
-                                    eval_every=teacher_eval_every, ohem=preset["ohem"],
-                                    backbone_weights=imagenet.get(arch), seed=cfg.seed)
-                for arch in (TEACHER_DEEP, TEACHER_WIDE)}
+    """The plan of one protocol (engine.presets.preset_configs with the study's options);
+    `imagenet`: {arch: ImageNet file} (None: from scratch)."""
+    data = {"root": cfg.data_root, "split_dir": cfg.split_dir, "num_workers": cfg.loader_workers,
+            "split_out_dir": os.path.abspath(os.path.join(cfg.output_dir, "splits")),
+            "crop_size": cfg.crop_size, "batch_size": cfg.batch_size}
+    distill, teachers = preset_configs(cfg.dataset, protocol, cfg.student, cfg.workers_per_trial, data=data,
+                                       iterations=cfg.iterations, teacher_iterations=cfg.teacher_iterations,
+                                       eval_every=cfg.eval_every, imagenet=imagenet, seed=cfg.seed)
     return ProtocolPlan(protocol, distill, teachers, train_run(cfg))
 
 
@@ -98,13 +81,9 @@ def planned_runs(cfg: StudyConfig) -> dict[str, int]:
     return {"teacher": teachers * len(cfg.protocols), "trial": per_protocol * len(cfg.protocols)}
 
 
-def max_concurrent_trials(cfg: StudyConfig) -> int:
-    """Trials in flight: the limiting resource of the cluster over what one trial takes."""
+def concurrency(cfg: StudyConfig, run: TrainRun) -> int:
+    """Runs in flight in the next phase: --max-concurrent-trials, or what the cluster can hold
+    now (cluster.trial_slots: its free resources, or an autoscaler's maximum node counts)."""
     if cfg.max_concurrent_trials:
         return cfg.max_concurrent_trials
-    resources = ray.cluster_resources()
-    if cfg.gpus_per_trial:
-        gpus = int(resources.get("GPU", 0))
-        # An autoscaled cluster starts with no GPU worker: one trial in flight makes it scale up.
-        return max(1, gpus // cfg.gpus_per_trial) * cfg.trials_per_gpu
-    return max(1, int(resources.get("CPU", 1)) // (cfg.workers_per_trial * cfg.cpus_per_worker))
+    return trial_slots(run.scaling(), node_shapes(), free_resources_per_node())

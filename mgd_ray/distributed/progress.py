@@ -12,7 +12,7 @@ import time
 
 from ray.tune import Callback
 
-KINDS = ("teacher", "trial")
+RUN_KINDS = ("teacher", "trial")  # what the study runs: teacher runs and student trials
 
 
 def format_duration(seconds: float) -> str:
@@ -27,14 +27,15 @@ class StudyProgress:
 
     def __init__(self, protocols: list[str], planned: dict[str, int], clock=time.monotonic,
                  print_fn=print) -> None:
-        self.protocols, self.planned = list(protocols), {k: int(planned.get(k, 0)) for k in KINDS}
-        self.done = {k: 0 for k in KINDS}
-        self._session = {k: 0 for k in KINDS}  # finished in this session: what the rates use
-        self._spent = {k: 0.0 for k in KINDS}
+        self.protocols, self.planned = list(protocols), {k: int(planned.get(k, 0)) for k in RUN_KINDS}
+        self.done = {k: 0 for k in RUN_KINDS}
+        self._session = {k: 0 for k in RUN_KINDS}  # finished in this session: what the rates use
+        self._spent = {k: 0.0 for k in RUN_KINDS}
         self._clock, self._print = clock, print_fn
         self._start = self._mark = clock()
-        self._kind_started = {k: None for k in KINDS}
+        self._kind_started = {k: None for k in RUN_KINDS}
         self.phase, self.protocol = "teachers", None
+        self.waiting = ""  # trials whose Train workers wait for resources (cluster.ReservationWatch)
         self._lock = threading.Lock()  # teachers finish on a thread pool
 
     def already_done(self, kind: str, count: int) -> None:
@@ -59,10 +60,16 @@ class StudyProgress:
             self._spent[kind] = now - started
         self.show()
 
+    def set_waiting(self, text: str) -> None:
+        """What the study's running trials wait for ("" when none waits); shows the line."""
+        with self._lock:
+            self.waiting = text
+        self.show()
+
     def left_seconds(self) -> float | None:
         """Estimated seconds left, or None while a kind with runs to go has no finished run to time."""
         left = 0.0
-        for kind in KINDS:
+        for kind in RUN_KINDS:
             remaining = max(0, self.planned[kind] - self.done[kind])
             if not remaining:
                 continue
@@ -83,7 +90,8 @@ class StudyProgress:
         estimate = "unknown yet" if left is None else f"~{format_duration(left)} (estimate)"
         return (f"== study: {self.phase}{where} | teachers {self.done['teacher']}/{self.planned['teacher']}, "
                 f"trials {self.done['trial']}/{self.planned['trial']} finished | elapsed "
-                f"{format_duration(self._clock() - self._start)} | left {estimate} ==")
+                f"{format_duration(self._clock() - self._start)} | left {estimate}"
+                + (f" | {self.waiting}" if self.waiting else "") + " ==")
 
     def show(self) -> None:
         self._print(self.line(), flush=True)
@@ -97,6 +105,16 @@ _LIVE: dict[str, StudyProgress] = {}
 
 def register(key: str, progress: StudyProgress) -> None:
     _LIVE[key] = progress
+
+
+def say_waiting(key: str, text: str) -> None:
+    """What the study `key`'s trials wait for, into its progress line (printed when the study
+    has none registered, as in a benchmark)."""
+    progress = _LIVE.get(key)
+    if progress is not None:
+        progress.set_waiting(text)
+    elif text:
+        print(f"== {text} ==", flush=True)
 
 
 class ProgressCallback(Callback):

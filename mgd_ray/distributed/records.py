@@ -6,7 +6,6 @@ study killed at any point leaves readable records of everything so far; `mgd_ray
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import os
 import time
@@ -15,10 +14,9 @@ from typing import Any
 from ray import cloudpickle
 from ray.tune import Callback
 
-from ..config import protocol_slug
 from ..engine import DivergedError
-from ..report.load import finite_or_none
-from ..schema import write_json_atomic
+from ..schema import (TrialRecord, finite_or_none, protocol_slug, reached_the_end, read_json_object,
+                      write_json_atomic)
 from . import storage
 from .spec import from_tune
 
@@ -64,7 +62,7 @@ class TrialRecorder(Callback):
     """Tune callback writing the per-trial records of one Tune run (one protocol, one kind)."""
 
     def __init__(self, results_dir: str, protocol: str, kind: str, max_iterations: int,
-                 device: str, num_devices: int, verbose: bool = True) -> None:
+                 device: str, num_devices: float, verbose: bool = True) -> None:
         self.folder = os.path.join(results_dir, "trials", protocol_slug(protocol))
         self.protocol, self.kind, self.max_iterations = protocol, kind, max_iterations
         self.device, self.num_devices, self.verbose = device, num_devices, verbose
@@ -73,33 +71,30 @@ class TrialRecorder(Callback):
     def _path(self, trial) -> str:
         return os.path.join(self.folder, f"{trial.trial_id}.json")
 
-    def _load(self, trial) -> dict[str, Any]:
+    def _load(self, trial) -> TrialRecord:
         try:
-            with open(self._path(trial)) as f:
-                return json.load(f)
+            return TrialRecord.from_json(read_json_object(self._path(trial)))
         except (OSError, ValueError):
             this = from_tune(trial.config)
-            return {"trial_id": trial.trial_id, "protocol": self.protocol, "kind": self.kind,
-                    "variant": this.variant, "seed": this.seed, "status": "running", "error": None,
-                    "diverged": None, "config": this.point.to_tune(), "miou": None, "best_miou": None, "kept_fraction": None,
-                    "iteration": None, "max_iterations": self.max_iterations, "history": [],
-                    "device": self.device, "num_devices": self.num_devices, "wall_s": 0.0,
-                    "device_hours": 0.0, "restarts": 0, "nodes": [], "started_at": now_iso(), "ended_at": None}
+            return TrialRecord(trial_id=trial.trial_id, protocol=self.protocol, kind=self.kind,
+                               variant=this.variant, seed=this.seed, config=this.point.to_tune(),
+                               max_iterations=self.max_iterations, device=self.device,
+                               num_devices=self.num_devices, started_at=now_iso())
 
-    def _save(self, trial, record: dict[str, Any]) -> None:
+    def _save(self, trial, record: TrialRecord) -> None:
         # Wall time accumulates over driver sessions (a resumed trial keeps its earlier time).
         start = self._started.get(trial.trial_id)
         if start is not None:
             now = time.time()
-            record["wall_s"] = float(record.get("wall_s") or 0.0) + now - start
+            record.wall_s += now - start
             self._started[trial.trial_id] = now
-        record["device_hours"] = record["wall_s"] * self.num_devices / 3600.0
-        write_json_atomic(self._path(trial), record)
+        record.device_hours = record.wall_s * self.num_devices / 3600.0
+        write_json_atomic(self._path(trial), record.to_json())
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._started[trial.trial_id] = time.time()
         record = self._load(trial)
-        record["status"], record["error"], record["ended_at"] = "running", None, None
+        record.status, record.error, record.ended_at = "running", None, None
         self._save(trial, record)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -110,36 +105,34 @@ class TrialRecorder(Callback):
             self._save(trial, record)
             return
         step = {"iteration": int(result.get("iteration", 0)), "miou": miou,
-                "kept_fraction": finite_or_none(result.get("kept_fraction")), "loss": finite_or_none(result.get("loss"))}
+                "kept_fraction": finite_or_none(result.get("kept_fraction")),
+                "loss": finite_or_none(result.get("loss"))}
         # A trial resumed from an earlier checkpoint reports some iterations again: keep the new ones.
-        record["history"] = [h for h in record["history"] if h["iteration"] < step["iteration"]] + [step]
+        record.history = [h for h in record.history if h["iteration"] < step["iteration"]] + [step]
         checkpoint = result.get("checkpoint_path")
-        if checkpoint:
-            checkpoint = storage.as_uri(checkpoint, from_tune(trial.config).spec.run.storage_path)
-        record.update(miou=miou, iteration=step["iteration"], kept_fraction=step["kept_fraction"],
-                      best_miou=max(miou, record.get("best_miou") or -math.inf),
-                      world_size=result.get("world_size"),
-                      # where the weights that scored `miou` are (models/ exports the best from it)
-                      checkpoint_path=checkpoint or record.get("checkpoint_path"))
-        if result.get("node_id") and result["node_id"] not in record.setdefault("nodes", []):
-            record["nodes"].append(result["node_id"])  # a run restarted on another node adds one
-        if result.get("run_start") and result["run_start"] != record.get("run_start"):
+        if checkpoint:  # where the weights that scored `miou` are (models/ exports the best from it)
+            record.checkpoint_path = storage.as_uri(checkpoint, from_tune(trial.config).spec.run.storage_path)
+        record.miou, record.iteration, record.kept_fraction = miou, step["iteration"], step["kept_fraction"]
+        record.best_miou = max(miou, record.best_miou if record.best_miou is not None else -math.inf)
+        record.world_size = result.get("world_size")
+        if result.get("node_id") and result["node_id"] not in record.nodes:
+            record.nodes.append(result["node_id"])  # a run restarted on another node adds one
+        if result.get("run_start") and result["run_start"] != record.run_start:
             # The worker group started again (Ray Train after a lost worker, or --resume) from the last checkpoint.
-            record["restarts"] = int(record.get("restarts") or 0) + (1 if record.get("run_start") else 0)
-            record["run_start"] = result["run_start"]
+            record.restarts += 1 if record.run_start else 0
+            record.run_start = result["run_start"]
         self._save(trial, record)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         record = self._load(trial)
-        finished = (record.get("iteration") or 0) >= self.max_iterations
-        record["status"] = "completed" if finished else "early_stopped"
-        record["ended_at"] = now_iso()
+        record.status = "completed" if reached_the_end(record.iteration, self.max_iterations) else "early_stopped"
+        record.ended_at = now_iso()
         self._save(trial, record)
         self._started.pop(trial.trial_id, None)
         if self.verbose:
-            print(f"[{self.protocol} {self.kind}] trial {trial.trial_id} ({record['variant']}, seed "
-                  f"{record['seed']}) {record['status']}: mIoU {record['miou']} at iteration "
-                  f"{record['iteration']}", flush=True)
+            print(f"[{self.protocol} {self.kind}] trial {trial.trial_id} ({record.variant}, seed "
+                  f"{record.seed}) {record.status}: mIoU {record.miou} at iteration "
+                  f"{record.iteration}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         record = self._load(trial)
@@ -148,12 +141,13 @@ class TrialRecorder(Callback):
             with open(trial.error_file) as f:
                 text = f.read()
         diverged = find_divergence(_pickled_error(trial))
-        record.update(status="failed", error=str(diverged) if diverged else error_summary(text),
-                      diverged=diverged_field(diverged) if diverged else None, error_detail=text[-4000:], ended_at=now_iso())
+        record.status, record.ended_at, record.error_detail = "failed", now_iso(), text[-4000:]
+        record.error = str(diverged) if diverged else error_summary(text)
+        record.diverged = diverged_field(diverged) if diverged else None
         self._save(trial, record)
         self._started.pop(trial.trial_id, None)
         if self.verbose:
-            print(f"[{self.protocol} {self.kind}] trial {trial.trial_id} FAILED: {record['error']}", flush=True)
+            print(f"[{self.protocol} {self.kind}] trial {trial.trial_id} FAILED: {record.error}", flush=True)
 
 
 def _pickled_error(trial) -> BaseException | None:

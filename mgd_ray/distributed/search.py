@@ -21,6 +21,8 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from .ray_private import optuna_trials
+
 logger = logging.getLogger(__name__)
 
 TRIAL_ID_ATTR = "ray_trial_id"
@@ -47,13 +49,14 @@ class HonestOptunaSearch(OptunaSearch):
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
-        ot_trial = self._ot_trials.get(trial_id)
+        ot_trial = optuna_trials(self)[0].get(trial_id)
         if ot_trial is not None:
             ot_trial.set_user_attr(TRIAL_ID_ATTR, trial_id)
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        trials, _, told = optuna_trials(self)
+        if trial_id in told or trial_id not in trials:
             return
         value, step = result.get(self.metric), result.get(self.iteration_key)
         if value is None or step is None or not math.isfinite(float(value)):
@@ -62,19 +65,19 @@ class HonestOptunaSearch(OptunaSearch):
         # the first value of a step and warns about the repeat, so skip it here.
         steps = self.__dict__.setdefault("_reported_steps", {}).setdefault(trial_id, set())
         if int(step) not in steps:
-            self._ot_trials[trial_id].report(float(value), int(step))
+            trials[trial_id].report(float(value), int(step))
             steps.add(int(step))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        trials, study, told = optuna_trials(self)
+        if trial_id in told or trial_id not in trials:
             return
-        ot_trial = self._ot_trials[trial_id]
         state, value = ending(result, error, self.metric, self.iteration_key, self.max_iterations)
         try:
-            self._ot_study.tell(ot_trial, value, state=state)
+            study.tell(trials[trial_id], value, state=state)
         except Exception as exc:  # e.g. the trial was already finished in the storage
             logger.warning("Optuna tell for trial %s (%s) failed: %s", trial_id, state.name, exc)
-        self._completed_trials.add(trial_id)
+        told.add(trial_id)
 
 
 def ending(result: dict | None, error: bool, metric: str, iteration_key: str,

@@ -1,23 +1,88 @@
-"""What one trial is, typed: what it trains, where it stores, how it scales.
+"""What one trial is, typed: what it trains (a point of the search space, or an ablation row),
+where it stores, how it scales.
+
+A trial's point is a `SearchPoint`: the four loss weights and the pseudo-label confidence
+threshold. In a Tune config, a trial record and the report it is flat, keyed by schema.POINT_KEYS
+(each weight paired with its loss term by name: schema.WEIGHT_KEYS); `SearchPoint.from_tune` /
+`to_tune` are the only places that read and write that form. The define-by-run space is a
+module-level function so the searcher can be pickled and restored.
 
 The study builds one `TrialSpec` per protocol once its teachers exist, and never changes it. Tune
 hands a trial a plain dict: `param_space` makes that dict (the spec under "run", plus the searcher's
 point or the ablation row), and `from_tune` is the one place that reads it back, for the trial's
-driver (trial.py), the Train workers (worker.py) and the trial records (records.py).
+driver (trial.py) and the trial records (records.py).
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ray import tune
 
-from ..config import DistillConfig
-from .space import SearchPoint
+from ..config import DistillConfig, LossWeights, check_confidence_threshold
+from ..schema import ABLATION_VARIANTS, LOG_SCALE, THRESHOLD_KEY, WEIGHT_KEYS
 
 SPEC_KEY = "run"  # a trial config's spec
 ABLATION_KEY = "ablation"  # an ablation trial's row: {"variant", "seed", POINT_KEYS...}
+# Search bounds: two decades either side of the paper's lambda_I / lambda_R, a factor 4 either
+# side of w_P = 1, and the pseudo-label confidence threshold in [0, 0.99] (0 is the paper).
+BOUNDS = {
+    "w_pixel": (0.25, 4.0),
+    "lambda_semantic": (1e-5, 1e-1),
+    "lambda_region": (1.0, 1e4),
+    "confidence_threshold": (0.0, 0.99),
+}
+
+
+def search_space(trial) -> None:
+    """Optuna define-by-run space (TPE, multivariate); w_sup stays 1 as in the paper."""
+    for key, (low, high) in BOUNDS.items():
+        trial.suggest_float(key, low, high, log=key in LOG_SCALE)
+
+
+@dataclass(frozen=True)
+class SearchPoint:
+    """One trial's loss weights and confidence threshold, both checked when the point is made."""
+
+    weights: LossWeights = field(default_factory=LossWeights)
+    confidence_threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_confidence_threshold(self.confidence_threshold)
+
+    @classmethod
+    def from_tune(cls, config: Mapping[str, Any]) -> "SearchPoint":
+        """The point of a flat dict keyed by POINT_KEYS (a Tune config, a record's "config");
+        w_sup, which the search leaves out, is 1."""
+        weights = {term: float(config.get(key, 1.0) if term == "sup" else config[key])
+                   for term, key in WEIGHT_KEYS.items()}
+        return cls(LossWeights(**weights), float(config[THRESHOLD_KEY]))
+
+    def to_tune(self) -> dict[str, float]:
+        """The flat dict of every POINT_KEYS key (trial records, ablation rows)."""
+        flat = {WEIGHT_KEYS[term]: weight for term, weight in self.weights.as_dict().items()}
+        return {**flat, THRESHOLD_KEY: float(self.confidence_threshold)}
+
+    def searched(self) -> dict[str, float]:
+        """The keys the search space suggests (a point the searcher evaluates must have those only)."""
+        return {key: value for key, value in self.to_tune().items() if key in BOUNDS}
+
+
+def ablation_point(variant: str, paper: SearchPoint, best: SearchPoint | None) -> SearchPoint:
+    """The fixed point of one ablation row: the paper's weights with terms switched off, at the
+    paper's threshold; the best point found for "mgd_best"."""
+    if variant == "mgd_best":
+        if best is None:
+            raise ValueError("ablation variant mgd_best needs a finished search (no completed trial)")
+        return best
+    on = {"supervised": (), "pixel": ("pixel",), "pixel_semantic": ("pixel", "semantic"),
+          "pixel_region": ("pixel", "region"), "mgd_paper": ("pixel", "semantic", "region")}
+    if variant not in on:
+        raise ValueError(f"ablation variant {variant!r}: expected one of {', '.join(ABLATION_VARIANTS)}")
+    weights = {term: weight if term == "sup" or term in on[variant] else 0.0
+               for term, weight in paper.weights.as_dict().items()}
+    return SearchPoint(LossWeights(**weights), paper.confidence_threshold)
 
 
 @dataclass(frozen=True)
@@ -70,18 +135,14 @@ class TrialSpec:
 
 @dataclass(frozen=True)
 class Trial:
-    """One trial as its Tune config says: the spec, the point it trains, its variant and seed."""
+    """One trial as its Tune config says: the spec, the point it trains, its variant and seed, and
+    the DistillConfig it trains (the spec's with the point and seed)."""
 
     spec: TrialSpec
     point: SearchPoint
     variant: str  # "search", or the ablation row
     seed: int
-
-    @property
-    def distill(self) -> DistillConfig:
-        """The DistillConfig this trial trains: the spec's with the trial's point and seed."""
-        return dataclasses.replace(self.spec.distill, weights=self.point.weights,
-                                   confidence_threshold=self.point.confidence_threshold, seed=self.seed)
+    distill: DistillConfig
 
 
 def param_space(spec: TrialSpec, ablation: list[tuple[str, int, SearchPoint]] | None = None) -> dict[str, Any]:
@@ -97,7 +158,9 @@ def param_space(spec: TrialSpec, ablation: list[tuple[str, int, SearchPoint]] | 
 def from_tune(config: Mapping[str, Any]) -> Trial:
     """The Trial of a Tune config made from `param_space` (search or ablation)."""
     spec = TrialSpec.from_tune(config[SPEC_KEY])
-    if ABLATION_KEY in config:
-        row = config[ABLATION_KEY]
-        return Trial(spec, SearchPoint.from_tune(row), row["variant"], int(row["seed"]))
-    return Trial(spec, SearchPoint.from_tune(config), "search", spec.distill.seed)
+    row = config.get(ABLATION_KEY)
+    point = SearchPoint.from_tune(row if row is not None else config)
+    variant, seed = (row["variant"], int(row["seed"])) if row is not None else ("search", spec.distill.seed)
+    distill = dataclasses.replace(spec.distill, weights=point.weights,
+                                  confidence_threshold=point.confidence_threshold, seed=seed)
+    return Trial(spec, point, variant, seed, distill)

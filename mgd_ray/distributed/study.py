@@ -9,27 +9,27 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import optuna
+import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from ..config import TEACHER_DEEP, TEACHER_WIDE, protocol_slug
-from ..data import NUM_CLASSES, build_datasets
+from ..data import NUM_CLASSES, background_miou, build_datasets
 from ..report import generate_report
-from ..schema import write_json_atomic
+from ..schema import FINISHED, best_trial, is_completed, read_records, write_json_atomic
 from . import storage
-from .baseline import background_miou, separating_command
-from .cluster import check_trial_fits, connect, node_shapes
-from .export import export_best, folder_size, is_scored, protocol_records, prune_trial_weights
-from .options import StudyConfig, check_study_folder, study_identity, study_name
-from .plan import ProtocolPlan, max_concurrent_trials, plan_study, planned_runs
-from .progress import ProgressCallback, StudyProgress, register
+from .cluster import ReservationWatch, check_trial_fits, connect, node_shapes, wait_released
+from .export import export_best, folder_size, prune_trial_weights
+from .options import StudyConfig, check_study_folder, separating_command, study_identity, study_name
+from .plan import ProtocolPlan, concurrency, plan_study, planned_runs
+from .progress import ProgressCallback, StudyProgress, register, say_waiting
 from .records import TrialRecorder, now_iso
 from .search import HonestOptunaSearch
-from .space import SearchPoint, ablation_point, search_space
-from .spec import TrialSpec, param_space
+from .spec import SearchPoint, TrialSpec, ablation_point, param_space, search_space
 from .teachers import ensure_teacher, read_teacher_metrics, stage_pretrained
 from .trial import run_trial
 
@@ -57,10 +57,11 @@ def open_study_folder(cfg: StudyConfig, iterations: dict[str, int] | None = None
 
 
 def tune_run(cfg: StudyConfig, name: str, param_space: dict, tune_config: tune.TuneConfig,
-             recorder: TrialRecorder) -> tune.ResultGrid:
-    """Fit one Tune run, or restore and finish it when --resume finds it in storage."""
+             recorder: TrialRecorder, trainable=run_trial) -> tune.ResultGrid:
+    """Fit one Tune run of `trainable` (the MGD student trial), or restore and finish it when
+    --resume finds it in storage. Returns once every trial's reservations are given back."""
     storage_path = os.path.join(cfg.resolved_storage(), study_name(cfg))
-    trainable = tune.with_resources(run_trial, TRIAL_DRIVER_RESOURCES)
+    trainable = tune.with_resources(trainable, TRIAL_DRIVER_RESOURCES)
     # Tune saves its experiment state every >= 10 s by default: a driver killed in that window
     # would run trials that had already finished again on restore. A study has tens of trials, so
     # saving at every step of Tune's loop costs little.
@@ -71,14 +72,19 @@ def tune_run(cfg: StudyConfig, name: str, param_space: dict, tune_config: tune.T
         tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
                                    resume_unfinished=True, resume_errored=False, restart_errored=False)
     else:
+        watch = ReservationWatch(partial(say_waiting, study_name(cfg)), cfg.worker_start_timeout_s)
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                            run_config=tune.RunConfig(name=name, storage_path=storage_path,
-                                                     callbacks=[recorder, ProgressCallback(study_name(cfg))],
+                                                     callbacks=[recorder, ProgressCallback(study_name(cfg)), watch],
                                                      failure_config=tune.FailureConfig(fail_fast=False)))
-    return tuner.fit()
+    try:
+        return tuner.fit()
+    finally:  # however the run ended, its trials' reservations are given back before the next phase
+        wait_released(ray.get_runtime_context().get_job_id())
+        say_waiting(study_name(cfg), "")
 
 
-def run_search(cfg: StudyConfig, spec: TrialSpec, concurrency: int, extra_points: list[SearchPoint] = ()) -> None:
+def run_search(cfg: StudyConfig, spec: TrialSpec, extra_points: list[SearchPoint] = ()) -> None:
     """The protocol's Tune + Optuna search: the paper's point first, then `extra_points`, then TPE's."""
     slug, iterations = protocol_slug(spec.protocol), spec.distill.iterations
     # ASHA-stopped trials reach Optuna as PRUNED, failed ones as FAIL (search.py).
@@ -87,10 +93,13 @@ def run_search(cfg: StudyConfig, spec: TrialSpec, concurrency: int, extra_points
         points_to_evaluate=[point.searched() for point in (spec.paper_point, *extra_points)],
         max_iterations=iterations, sampler=optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True),
         storage=optuna.storages.RDBStorage(cfg.resolved_optuna_storage()), study_name=f"mgd-{slug}")
+    # stop_last_trials=False: a trial that reaches max_t ends as its Train run returns, having given
+    # back its workers itself, rather than being stopped at its last report (cluster.py).
     scheduler = ASHAScheduler(time_attr="iteration", metric="miou", mode="max", max_t=iterations,
-                              grace_period=min(iterations, 2 * spec.distill.eval_every), reduction_factor=2)
+                              grace_period=min(iterations, 2 * spec.distill.eval_every), reduction_factor=2,
+                              stop_last_trials=False)
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=cfg.num_samples,
-                                  max_concurrent_trials=concurrency)
+                                  max_concurrent_trials=concurrency(cfg, spec.run))
     recorder = TrialRecorder(cfg.output_dir, spec.protocol, "search", iterations, cfg.device,
                              cfg.devices_per_trial, cfg.verbose)
     tune_run(cfg, f"search-{slug}", param_space(spec), tune_config, recorder)
@@ -98,16 +107,12 @@ def run_search(cfg: StudyConfig, spec: TrialSpec, concurrency: int, extra_points
 
 
 def best_search_point(cfg: StudyConfig, protocol: str) -> SearchPoint | None:
-    """The completed search trial with the highest final mIoU (early-stopped ones ran less)."""
-    best = None
-    for record in protocol_records(cfg.output_dir, protocol):
-        if record["kind"] == "search" and record["status"] == "completed" and record["miou"] is not None:
-            if best is None or record["miou"] > best["miou"]:
-                best = record
-    return None if best is None else SearchPoint.from_tune(best["config"])
+    """The point of the protocol's best search trial (early-stopped ones ran less: never it)."""
+    best = best_trial(read_records(cfg.output_dir, protocol), kind="search")
+    return None if best is None else SearchPoint.from_tune(best.config)
 
 
-def run_ablation(cfg: StudyConfig, spec: TrialSpec, concurrency: int) -> None:
+def run_ablation(cfg: StudyConfig, spec: TrialSpec) -> None:
     slug = protocol_slug(spec.protocol)
     best = best_search_point(cfg, spec.protocol)
     variants = [v for v in cfg.ablation_variants if v != "mgd_best" or best is not None]
@@ -116,7 +121,7 @@ def run_ablation(cfg: StudyConfig, spec: TrialSpec, concurrency: int) -> None:
     rows = [(v, cfg.seed + s, ablation_point(v, spec.paper_point, best)) for v in variants for s in range(cfg.seeds)]
     recorder = TrialRecorder(cfg.output_dir, spec.protocol, "ablation", spec.distill.iterations, cfg.device,
                              cfg.devices_per_trial, cfg.verbose)
-    tune_config = tune.TuneConfig(max_concurrent_trials=concurrency)
+    tune_config = tune.TuneConfig(max_concurrent_trials=concurrency(cfg, spec.run))
     tune_run(cfg, f"ablation-{slug}", param_space(spec, rows), tune_config, recorder)
     if cfg.export_ablation_students:
         study = _study_json(cfg)
@@ -149,26 +154,26 @@ def keep_best_drop_the_rest(cfg: StudyConfig, spec: TrialSpec, kind: str) -> Non
     --keep-trial-weights) delete the Train folders of that run's finished trials. In this order a
     kill at any point leaves either the weights or an export at least as good (see export.py).
     Raises StudyInterrupted (after the export) when the run stopped with trials unfinished."""
+    records = read_records(cfg.output_dir, spec.protocol)
     best = export_best(cfg.output_dir, spec.protocol, _study_json(cfg),
-                       teachers=_teachers_json(cfg).get(spec.protocol))
+                       teachers=_teachers_json(cfg).get(spec.protocol), records=records)
     if best:
         print(f"[{spec.protocol}] best student so far: {best}", flush=True)
-    records = protocol_records(cfg.output_dir, spec.protocol)
-    if not best and any(is_scored(r) for r in records):  # never delete the only copies of the weights
+    if not best and any(is_completed(r) for r in records):  # never delete the only copies of the weights
         print(f"[{spec.protocol}] WARNING: no trial's weights could be exported; keeping every trial's "
               f"Train folder under {spec.run.storage_path}", flush=True)
     elif not cfg.keep_trial_weights:  # only finished trials: an unfinished one resumes from its folder
         prune_trial_weights(cfg.output_dir, spec.protocol, kind, spec.run.storage_path)
-    unfinished = [r["trial_id"] for r in records
-                  if r.get("kind") == kind and r.get("status") == "running"]
+    unfinished = [r.trial_id for r in records if r.kind == kind and r.status == "running"]
     if unfinished:
         raise StudyInterrupted(f"[{spec.protocol} {kind}] interrupted with trial(s) {unfinished} unfinished; "
                                f"continue with --resume --output-dir {cfg.output_dir}")
 
 
-def prepare_teachers(cfg: StudyConfig, plans: list[ProtocolPlan], concurrency: int,
+def prepare_teachers(cfg: StudyConfig, plans: list[ProtocolPlan],
                      progress: StudyProgress | None = None) -> list[TrialSpec]:
-    """Train (or find cached) both teachers of every protocol, `concurrency` runs at a time, write
+    """Train (or find cached) both teachers of every protocol, as many runs at a time as the
+    cluster holds, write
     RESULTS_DIR/teachers.json (where each teacher is, its size and its val mIoU) for the report, and
     return each protocol's TrialSpec (with its teachers' storage URIs)."""
     teachers_root = storage.join(cfg.resolved_storage(), "teachers")
@@ -182,7 +187,7 @@ def prepare_teachers(cfg: StudyConfig, plans: list[ProtocolPlan], concurrency: i
             progress.already_done("teacher", 1) if cached else progress.finished("teacher")
         return uri
 
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+    with ThreadPoolExecutor(max_workers=concurrency(cfg, plans[0].run)) as pool:
         trained = {(plan.protocol, arch): uri for (plan, arch), uri in zip(jobs, pool.map(ensure, jobs))}
     listing: dict[str, dict[str, Any]] = {}
     specs = []
@@ -235,8 +240,7 @@ def prepare_study(cfg: StudyConfig, plans: list[ProtocolPlan] | None = None) -> 
 
 def finished_trials(cfg: StudyConfig) -> int:
     """Trials already finished in RESULTS_DIR (before a --resume)."""
-    return sum(r.get("status") in ("completed", "early_stopped", "failed")
-               for protocol in cfg.protocols for r in protocol_records(cfg.output_dir, protocol))
+    return sum(r.status in FINISHED for protocol in cfg.protocols for r in read_records(cfg.output_dir, protocol))
 
 
 def run_study(cfg: StudyConfig, plans: list[ProtocolPlan] | None = None,
@@ -251,18 +255,18 @@ def run_study(cfg: StudyConfig, plans: list[ProtocolPlan] | None = None,
     connect(cfg.address, cfg.worker_start_timeout_s)  # every process told which cluster (cluster.py)
     check_trial_fits(plans[0].run.scaling(), node_shapes())  # resources no node can ever offer
     prepare_study(cfg, plans)
-    concurrency = max_concurrent_trials(cfg)
-    print(f"{concurrency} trial(s) in flight, {cfg.devices_per_trial} {cfg.device.upper()}(s) each", flush=True)
+    print(f"{concurrency(cfg, plans[0].run)} trial(s) in flight (asked again before each phase), "
+          f"{cfg.devices_per_trial} {cfg.device.upper()}(s) each", flush=True)
     progress = StudyProgress(list(cfg.protocols), planned_runs(cfg))  # extra points count in num_samples
     progress.already_done("trial", finished_trials(cfg))
     register(study_name(cfg), progress)
     progress.set_phase("teachers")
-    for spec in prepare_teachers(cfg, plans, concurrency, progress):
+    for spec in prepare_teachers(cfg, plans, progress):
         progress.set_phase("search", spec.protocol)
-        run_search(cfg, spec, concurrency, points)
+        run_search(cfg, spec, points)
         if cfg.ablation:
             progress.set_phase("ablation", spec.protocol)
-            run_ablation(cfg, spec, concurrency)
+            run_ablation(cfg, spec)
     progress.set_phase("report")
     paths = generate_report(cfg.output_dir)
     teachers_root = os.path.join(cfg.resolved_storage(), "teachers")

@@ -8,15 +8,13 @@ import os
 import tempfile
 from typing import Any
 
-from ray.train.torch import TorchTrainer
-
 from ..config import TeacherConfig, protocol_slug
 from ..models import NETWORK_VERSION
 from ..models.pretrained import checkpoint_file_name, resolve_pretrained
 from . import storage
+from .ray_private import trainer_without_ray_cleaner
 from .spec import TrainRun
-from .trial import scaling_config, train_run_config
-from .worker import teacher_loop
+from .trial import scaling_config, teacher_loop, train_run_config
 
 # Options that do not change the trained weights stay out of the cache key.
 _NOT_IN_KEY = ("num_workers", "split_out_dir", "split_dir")
@@ -80,7 +78,7 @@ def ensure_teacher(cfg: TeacherConfig, run: TrainRun, teachers_root: str, log=pr
         return uri, True
     log(f"teacher {name}: training {cfg.iterations} iterations (CPS) ...")
     run_name = f"teacher-{name}"
-    trainer = TorchTrainer(teacher_loop, train_loop_config=cfg.to_dict(), scaling_config=scaling_config(run),
+    trainer = trainer_without_ray_cleaner(teacher_loop, train_loop_config=cfg.to_dict(), scaling_config=scaling_config(run),
                            run_config=train_run_config(run, run_name))
     result = trainer.fit()
     if result.checkpoint is None:

@@ -1,23 +1,39 @@
-"""The Tune trainable: one trial = one Ray Train (DDP) run of the MGD student.
+"""What runs inside a trial: the Tune trainable (`run_trial`), the Ray Train per-worker loops of
+the student and teacher runs, and the RunContext they give the engine.
 
 Train V2 pattern (Ray 2.60): a Tune function trainable builds a TorchTrainer whose RunConfig has a
 stable name (so `Tuner.restore` resumes the trial from its last checkpoint) and a
 TuneReportCallback (so ASHA and Optuna see rank 0's intermediate results; `ForwardToTune` is that
-callback minus the divergence report).
+callback minus the divergence report and the "done" flag). This module only adds what Ray Train
+needs (prepare_model / report / checkpoints); the training itself is `mgd_ray.engine`.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
-from typing import Any
+import tempfile
+import uuid
+from typing import Any, Callable
 
 import ray.train
+import ray.train.torch
 import ray.tune
-from ray.train.torch import TorchTrainer
+import torch
+from ray.tune.integration.ray_train import TuneReportCallback
+from torch.utils.data import DataLoader, Subset
 
-from ..engine import DivergedError
+from ..config import DistillConfig, TeacherConfig
+from ..engine import DivergedError, distill_student, train_teacher
+from ..engine.context import rank, world_size
+from ..models import convert_sync_batchnorm
+from . import storage
 from .cluster import WORKER_START_TIMEOUT_ENV
+from .ray_private import follow_train_log_level, trainer_without_ray_cleaner
 from .spec import TrainRun, from_tune
-from .worker import DIVERGED_KEY, ForwardToTune, student_loop
+
+DIVERGED_KEY = "diverged"
+DISTILL_KEY = "distill"  # a student run's train_loop_config: {DISTILL_KEY: the trial's DistillConfig}
 
 
 def scaling_config(run: TrainRun) -> ray.train.ScalingConfig:
@@ -43,17 +59,117 @@ def train_run_config(run: TrainRun, name: str, callbacks=()) -> ray.train.RunCon
         logging_config=ray.train.LoggingConfig(log_level=run.log_level))
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    run = from_tune(config).spec.run  # checked here, on the trial's driver, before any worker starts
+def run_trial(config: dict[str, Any], loop: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """The study's Tune trainable: one Ray Train run of `loop` (the MGD student's) for the trial
+    of this Tune config, its reports forwarded to Tune, returning once the run has ended and
+    given back its workers (cluster.py)."""
+    trial = from_tune(config)  # checked here, on the trial's driver, before any worker starts
     # read by TorchTrainer here, passed on to its controller
-    os.environ[WORKER_START_TIMEOUT_ENV] = f"{float(run.worker_start_timeout_s):g}"
-    trial_id = ray.tune.get_context().get_trial_id()
-    trainer = TorchTrainer(
-        student_loop, train_loop_config=config, scaling_config=scaling_config(run),
-        run_config=train_run_config(run, f"train-{trial_id}", callbacks=[ForwardToTune()]))
-    result = trainer.fit()
-    diverged = (result.metrics or {}).get(DIVERGED_KEY)
+    os.environ[WORKER_START_TIMEOUT_ENV] = f"{float(trial.spec.run.worker_start_timeout_s):g}"
+    trainer = trainer_without_ray_cleaner(
+        loop or student_loop, train_loop_config={DISTILL_KEY: trial.distill},
+        scaling_config=scaling_config(trial.spec.run),
+        run_config=train_run_config(trial.spec.run, f"train-{ray.tune.get_context().get_trial_id()}",
+                                    callbacks=[ForwardToTune()]))
+    diverged = (trainer.fit().metrics or {}).get(DIVERGED_KEY)
     if diverged:
         # Raising marks the trial as failed in Tune and Optuna; Tune keeps the exception (pickled,
         # with its fields), from which the trial record takes its "diverged" field (records.py).
         raise DivergedError(diverged["iteration"], diverged["losses"])
+
+
+class RayContext:
+    """RunContext for a Ray Train worker (gloo on CPU, nccl on GPU, set up by TorchTrainer)."""
+
+    def __init__(self) -> None:
+        self.device = ray.train.torch.get_device()
+        self._checkpoint = ray.train.get_checkpoint()
+        self._checkpoint_dir: str | None = None
+        # One id per start of the worker group: a restart (lost node, resumed driver) reports a new one.
+        self._run_start = uuid.uuid4().hex
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.device.type == "cuda" and world_size() > 1:
+            model = convert_sync_batchnorm(model)
+        return ray.train.torch.prepare_model(model)
+
+    def prepare_loader(self, loader: DataLoader) -> DataLoader:
+        if _is_shuffled(loader):
+            return ray.train.torch.prepare_data_loader(loader)
+        # Evaluation: a DistributedSampler would pad the set with repeated images to an equal
+        # share per rank, and the summed confusion matrix would count those twice. Each rank takes
+        # every world_size-th image instead, so every image is counted exactly once.
+        shard = Subset(loader.dataset, range(rank(), len(loader.dataset), world_size()))
+        return DataLoader(shard, batch_size=loader.batch_size, shuffle=False,
+                          num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        # node_id: which node rank 0 ran on; a trial record lists every node its run used.
+        ray.train.report({**metrics, "world_size": world_size(), "node_id": ray.get_runtime_context().get_node_id(),
+                          "run_start": self._run_start},
+                         checkpoint=checkpoint)
+
+    def latest_checkpoint(self) -> str | None:
+        if self._checkpoint is None:
+            return None
+        if self._checkpoint_dir is None:
+            # Downloads a remote (s3://) checkpoint; a local one is copied to a temporary folder.
+            self._checkpoint_dir = self._checkpoint.to_directory()
+        return self._checkpoint_dir
+
+
+def _is_shuffled(loader: DataLoader) -> bool:
+    return isinstance(loader.sampler, torch.utils.data.RandomSampler)
+
+
+def teacher_loop(config: dict[str, Any]) -> None:
+    """train_loop_per_worker for one teacher (CPS) run; its ImageNet file is fetched to this node first."""
+    config = dict(config)
+    if config.get("backbone_weights"):
+        config["backbone_weights"] = storage.download(config["backbone_weights"])
+    follow_train_log_level()
+    train_teacher(TeacherConfig.from_dict(config), RayContext())
+
+
+def student_loop(config: dict[str, Any]) -> None:
+    """train_loop_per_worker for one MGD student run: config[DISTILL_KEY] is the trial's
+    DistillConfig. Teacher files and the student's ImageNet file on the study's storage are fetched
+    to this node first. A diverged run reports where and how it diverged, and stops cleanly:
+    retrying it from the last checkpoint (FailureConfig) would only diverge again."""
+    follow_train_log_level()
+    cfg: DistillConfig = config[DISTILL_KEY]
+    cfg = dataclasses.replace(cfg, **{key: storage.download(getattr(cfg, key)) for key in
+                                      ("teacher_deep_checkpoint", "teacher_wide_checkpoint", "backbone_weights")
+                                      if getattr(cfg, key)})
+    try:
+        distill_student(cfg, RayContext())
+    except DivergedError as error:
+        report_divergence(error)
+
+
+def report_divergence(error: DivergedError) -> None:
+    """End a diverged run with its divergence as the last report. Every rank gets here at the same
+    iteration (the engine decides on rank-averaged losses). The report has a checkpoint because
+    Result.metrics keeps only reports that have one; ForwardToTune keeps it from Tune, so ASHA and
+    Optuna never see a made-up mIoU; run_trial raises it again from these fields."""
+    diverged = {"iteration": error.iteration, "losses": error.losses}
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if ray.train.get_context().get_world_rank() == 0:
+            with open(os.path.join(folder, "diverged.json"), "w") as f:
+                json.dump(diverged, f)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report({DIVERGED_KEY: diverged}, checkpoint=checkpoint)
+
+
+class ForwardToTune(TuneReportCallback):
+    """TuneReportCallback that forwards every report except a diverged run's marker, and without
+    the engine's "done": Tune ends a trial at a report saying done by ending the trial's actor,
+    before the Train run has given back its workers' placement group (cluster.py). Without it the
+    trial ends as its Train run returns, having given back everything itself."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if DIVERGED_KEY not in metrics[0]:
+            forwarded = [{k: v for k, v in metrics[0].items() if k != "done"}, *metrics[1:]]
+            super().after_report(run_context, forwarded, checkpoint)

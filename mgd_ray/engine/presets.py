@@ -17,14 +17,15 @@ available under "official".
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import yaml
 
-from ..config import DATASETS, TEACHER_DEEP, TEACHER_WIDE, LossWeights, OptimConfig, TeacherConfig, check_protocol
+from ..config import (DATASETS, TEACHER_DEEP, TEACHER_WIDE, DataConfig, DistillConfig, LossWeights, OptimConfig,
+                      TeacherConfig, check_protocol)
 from ..data import labeled_count
-from ..losses import OHEM_MIN_KEPT_PER_IMAGE
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 _REQUIRED = ("dataset", "crop_size", "train_images", "lr", "teacher_lr", "ohem")
@@ -71,11 +72,10 @@ def load_preset(dataset: str, protocol: str = "1/8", student: str = "deeplabv3pl
 
     "crop_size"; "batch_size" and "teacher_batch_size" (images per device per batch: the total batch
     / num_devices); "lr" (the student's) and "teacher_lr" ({teacher arch: lr}) and "weight_decay",
-    in our gradient convention (module docstring); "official" ({"lr", "teacher_lr", "weight_decay",
-    "gpus"}: the official code's values); "warmup_fraction"; "cps_weight"; "ohem" and
-    "ohem_min_kept" / "teacher_ohem_min_kept" (50,000 x images per device, what supervised_loss uses
-    by default); "student_iterations", "teacher_iterations", "eval_every", "teacher_eval_every";
-    "weights" (the paper's LossWeights for the student)."""
+    in our gradient convention (module docstring: the preset's own values are the official code's);
+    "warmup_fraction"; "cps_weight"; "ohem" (OHEM keeps at least 50,000 pixels per image of a
+    device's batch: losses.supervised_loss); "student_iterations", "teacher_iterations",
+    "eval_every", "teacher_eval_every"; "weights" (the paper's LossWeights for the student)."""
     raw, path = read_preset(dataset)
     check_protocol(protocol)
     if int(num_devices) < 1:
@@ -121,13 +121,9 @@ def load_preset(dataset: str, protocol: str = "1/8", student: str = "deeplabv3pl
             "lr": official_lr / gpus,
             "teacher_lr": {arch: lr / gpus for arch, lr in official_teacher_lr.items()},
             "weight_decay": official_wd * gpus,
-            "official": {"lr": official_lr, "teacher_lr": official_teacher_lr, "weight_decay": official_wd,
-                         "gpus": gpus},
             "warmup_fraction": float(raw.get("warmup_fraction", 0.0)),
             "cps_weight": float(raw.get("cps_weight", TeacherConfig.cps_weight)),
             "ohem": bool(raw["ohem"]),
-            "ohem_min_kept": OHEM_MIN_KEPT_PER_IMAGE * batch["student"],
-            "teacher_ohem_min_kept": OHEM_MIN_KEPT_PER_IMAGE * batch["teacher"],
             "student_iterations": iterations("student"), "teacher_iterations": iterations("teacher"),
             "eval_every": eval_every("student"), "teacher_eval_every": eval_every("teacher"),
             "weights": LossWeights(**raw[weights_key])}
@@ -154,3 +150,38 @@ def preset_optim(preset: dict, role: str, iterations: int, arch: str | None = No
     return OptimConfig(lr=lr, weight_decay=preset.get("weight_decay", DEFAULT_WEIGHT_DECAY),
                        warmup_iterations=round(preset["warmup_fraction"] * iterations))
 
+
+
+def preset_configs(dataset: str, protocol: str, student: str = "deeplabv3plus_resnet18", num_devices: int = 1,
+                   *, data: dict | None = None, iterations: int | None = None,
+                   teacher_iterations: int | None = None, eval_every: int | None = None,
+                   teacher_eval_every: int | None = None, imagenet: dict[str, str | None] | None = None,
+                   seed: int = 0) -> tuple[DistillConfig, dict[str, TeacherConfig]]:
+    """The one step from a dataset preset to runs: the student's DistillConfig (no teacher files
+    yet) and each teacher's TeacherConfig by architecture, for one protocol on `num_devices`
+    devices, with the preset's whole recipe (crop, batch per device and role, learning rates with
+    warm-up, weight decay, CPS weight, OHEM, schedules, the paper's weights). What is given (not
+    None) wins: `data`, DataConfig fields (root, split_dir, split_out_dir, num_workers,
+    crop_size, batch_size: the latter for both roles); the schedules (eval_every for both roles
+    unless teacher_eval_every is given); `imagenet`, {arch: ImageNet file} (None: from scratch)."""
+    preset = load_preset(dataset, protocol, student, num_devices)
+    given = {key: value for key, value in (data or {}).items() if value is not None}
+    data_cfg = DataConfig(**{"dataset": dataset, "protocol": protocol, "seed": seed,
+                             "crop_size": preset["crop_size"], "batch_size": preset["batch_size"], **given})
+    imagenet = imagenet or {}
+    iterations = iterations or preset["student_iterations"]
+    distill = DistillConfig(student=student, data=data_cfg, optim=preset_optim(preset, "student", iterations),
+                            weights=preset["weights"], iterations=iterations,
+                            eval_every=min(eval_every or preset["eval_every"], iterations), ohem=preset["ohem"],
+                            backbone_weights=imagenet.get(student), seed=seed)
+    teacher_iterations = teacher_iterations or preset["teacher_iterations"]
+    # Teachers have their own official total batch (Cityscapes: 8 against the students' 16).
+    teacher_data = dataclasses.replace(data_cfg, batch_size=given.get("batch_size", preset["teacher_batch_size"]))
+    teacher_eval = min(teacher_eval_every or eval_every or preset["teacher_eval_every"], teacher_iterations)
+    teachers = {arch: TeacherConfig(arch=arch, data=teacher_data,
+                                    optim=preset_optim(preset, "teacher", teacher_iterations, arch),
+                                    cps_weight=preset["cps_weight"], iterations=teacher_iterations,
+                                    eval_every=teacher_eval, ohem=preset["ohem"],
+                                    backbone_weights=imagenet.get(arch), seed=seed)
+                for arch in TEACHERS}
+    return distill, teachers

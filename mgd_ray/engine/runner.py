@@ -10,18 +10,19 @@ the mean of each variant over the seeds and the per-seed MGD gain.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import statistics
 
 import torch
 
-from ..config import TEACHER_DEEP, TEACHER_WIDE, DataConfig, DistillConfig, LossWeights, TeacherConfig
+from ..config import TEACHER_DEEP, TEACHER_WIDE, DistillConfig, LossWeights, TeacherConfig
 from ..models.pretrained import resolve_pretrained
 from .checkpoint import atomic_save, load_model_state
 from .context import LocalContext
 from .distill import distill_student
-from .presets import load_preset, preset_optim
+from .presets import preset_configs
 from .teacher import train_teacher
 
 
@@ -62,34 +63,25 @@ def teacher_model_path(output_dir: str, role: str) -> str:
 
 
 def plan(args: argparse.Namespace) -> tuple[dict[str, TeacherConfig], dict[tuple[str, int], DistillConfig]]:
-    """The teachers' configs by role and the students' by (variant, seed), built (hence validated) before any training, so a
-    bad option fails in a second rather than after the teachers' half hour. With --pretrained imagenet
-    the ImageNet files are found (or downloaded) here too."""
+    """The teachers' configs by role and the students' by (variant, seed), built (hence validated)
+    before any training, so a bad option fails in a second rather than after the teachers' half
+    hour. With --pretrained imagenet the ImageNet files are found (or downloaded) here too."""
     imagenet = resolve_pretrained([args.student, TEACHER_DEEP, TEACHER_WIDE], args.pretrained, args.pretrained_dir)
-    preset = load_preset("synthetic", args.protocol, args.student)
-    data = DataConfig(dataset="synthetic", protocol=args.protocol, crop_size=preset["crop_size"],
-                      batch_size=preset["batch_size"], num_workers=args.num_workers, seed=args.seed,
-                      split_out_dir=os.path.join(args.output_dir, "split"))
-    teachers = {role: TeacherConfig(arch=arch, data=data, optim=preset_optim(preset, "teacher", args.teacher_iterations, arch),
-                                    cps_weight=preset["cps_weight"], iterations=args.teacher_iterations,
-                                    eval_every=max(1, args.teacher_iterations // 4), ohem=preset["ohem"],
-                                    backbone_weights=imagenet[arch], seed=args.seed)
-                for role, arch in (("deep", TEACHER_DEEP), ("wide", TEACHER_WIDE))}
-    variants = {"supervised": LossWeights(sup=1.0, pixel=0.0, semantic=0.0, region=0.0), "mgd": preset["weights"]}
-    students = {(variant, seed): DistillConfig(student=args.student,
-                                               teacher_deep_checkpoint=teacher_model_path(args.output_dir, "deep"),
-                                               teacher_wide_checkpoint=teacher_model_path(args.output_dir, "wide"),
-                                               weights=weights, data=data,
-                                               optim=preset_optim(preset, "student", args.iterations),
-                                               iterations=args.iterations,
-                                               eval_every=min(preset["eval_every"], args.iterations),
-                                               ohem=preset["ohem"], backbone_weights=imagenet[args.student],
-                                               seed=seed)
+    distill, by_arch = preset_configs(
+        "synthetic", args.protocol, args.student,
+        data={"num_workers": args.num_workers, "split_out_dir": os.path.join(args.output_dir, "split")},
+        iterations=args.iterations, teacher_iterations=args.teacher_iterations,
+        teacher_eval_every=max(1, args.teacher_iterations // 4), imagenet=imagenet, seed=args.seed)
+    teachers = {"deep": by_arch[TEACHER_DEEP], "wide": by_arch[TEACHER_WIDE]}
+    distill = dataclasses.replace(distill, teacher_deep_checkpoint=teacher_model_path(args.output_dir, "deep"),
+                                  teacher_wide_checkpoint=teacher_model_path(args.output_dir, "wide"))
+    variants = {"supervised": LossWeights(sup=1.0, pixel=0.0, semantic=0.0, region=0.0), "mgd": distill.weights}
+    students = {(variant, seed): dataclasses.replace(distill, weights=weights, seed=seed)
                 for seed in dict.fromkeys(args.student_seeds) for variant, weights in variants.items()}
     return teachers, students
 
 
-def ensure_teacher(role: str, cfg: TeacherConfig, args: argparse.Namespace, device: torch.device) -> None:
+def train_or_reuse_teacher(role: str, cfg: TeacherConfig, args: argparse.Namespace, device: torch.device) -> None:
     """Train the teacher into teacher_<role>.pt unless it is already there (an interrupted run resumes)."""
     path = teacher_model_path(args.output_dir, role)
     if os.path.isfile(path):
@@ -110,7 +102,7 @@ def main(args: argparse.Namespace, configs: tuple | None = None) -> list[dict]:
     device = torch.device(args.device)
     os.makedirs(args.output_dir, exist_ok=True)
     for role, cfg in teachers.items():
-        ensure_teacher(role, cfg, args, device)
+        train_or_reuse_teacher(role, cfg, args, device)
     rows = []
     for (variant, seed), cfg in students.items():
         run_dir = os.path.join(args.output_dir, f"student_{variant}-seed{seed}")

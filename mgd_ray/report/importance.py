@@ -12,9 +12,10 @@ import optuna
 import pandas as pd
 
 from mgd_ray.report.load import CONFIG_KEYS, normalize_trials
+from mgd_ray.schema import LOG_SCALE
 
-# The loss weights on these terms span orders of magnitude (paper: 5e-4 .. 100).
-LOG_PARAMS = ("lambda_semantic", "lambda_region")
+# The keys the search samples on a log scale (the loss weights span orders of magnitude).
+LOG_PARAMS = LOG_SCALE
 NOT_ENOUGH = "not enough trials"
 
 

@@ -5,7 +5,6 @@ every table needs is skipped with a warning naming it, so the report shows what 
 """
 from __future__ import annotations
 
-import glob
 import math
 import os
 import warnings
@@ -13,54 +12,27 @@ from typing import Any
 
 import pandas as pd
 
-from mgd_ray.config import PROTOCOLS
-from mgd_ray.schema import KINDS, NUMERIC_FIELDS, POINT_KEYS, STATUSES, TEXT_FIELDS, read_json_object
+from mgd_ray.schema import (KINDS, POINT_KEYS, PROTOCOLS, RECORD_FIELDS, STATUSES, TrialRecord,
+                            finite_or_none, read_json_object, read_records)
 
 CONFIG_KEYS = POINT_KEYS  # a trial's config: its point, one column per key
-NUMERIC = NUMERIC_FIELDS
-TEXT = TEXT_FIELDS
-# Every column a trials frame has after `normalize_trials`, in this order.
-TRIAL_COLUMNS = TEXT[:5] + ("seed",) + CONFIG_KEYS + (
-    "miou", "best_miou", "kept_fraction", "iteration", "max_iterations", "device", "num_devices",
-    "wall_s", "device_hours", "restarts", "nodes", "started_at", "ended_at", "error", "diverged", "history")
-REQUIRED = ("trial_id", "protocol", "kind", "status")
+# Every column a trials frame has after `normalize_trials`, in this order: the record's fields
+# with its config spread into one column per point key.
+TRIAL_COLUMNS = ("trial_id", "protocol", "kind", "variant", "status", "seed", *CONFIG_KEYS) + tuple(
+    f for f in RECORD_FIELDS if f not in ("trial_id", "protocol", "kind", "variant", "status", "seed", "config"))
+NUMERIC = CONFIG_KEYS + ("seed", "miou", "best_miou", "kept_fraction", "iteration", "max_iterations",
+                         "num_devices", "wall_s", "device_hours", "restarts", "world_size")
 
 
 class ReportInputError(ValueError):
     """A results folder or trials frame that cannot be reported on (names what was expected)."""
 
 
-def finite_or_none(value: Any) -> float | None:
-    """float(value) when it is a finite number, else None (missing, NaN, inf, not a number)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def trial_row(record: dict[str, Any]) -> dict[str, Any]:
-    """Flatten one trial JSON record (its "config" dict inlined) into a frame row."""
-    missing = [key for key in REQUIRED if record.get(key) in (None, "")]
-    if missing:
-        raise ReportInputError(f"missing key(s) {missing}; expected {list(REQUIRED)}")
-    if record["status"] not in STATUSES:
-        raise ReportInputError(f"status {record['status']!r}: expected one of {list(STATUSES)}")
-    if record["kind"] not in KINDS:
-        raise ReportInputError(f"kind {record['kind']!r}: expected one of {list(KINDS)}")
-    row = {key: record.get(key) for key in TRIAL_COLUMNS if key not in CONFIG_KEYS}
-    config = record.get("config") or {}
-    if not isinstance(config, dict):
-        raise ReportInputError(f"config {config!r}: expected an object with {list(CONFIG_KEYS)}")
-    for key in CONFIG_KEYS:
-        row[key] = config.get(key)
-    history = record.get("history") or []
-    row["history"] = history if isinstance(history, list) else []
-    # "miou" is the last evaluation's; a trial stopped between writes may only have its history.
-    if finite_or_none(row.get("miou")) is None:
-        last = [h.get("miou") for h in row["history"] if isinstance(h, dict)]
-        last = [m for m in last if finite_or_none(m) is not None]
-        row["miou"] = last[-1] if last else None
+def trial_row(record: TrialRecord) -> dict[str, Any]:
+    """One trial record as a frame row: its fields, with its "config" spread into the point keys."""
+    row = {key: value for key, value in record.to_json().items() if key != "config"}
+    config = record.config or {}
+    row.update({key: config.get(key) for key in CONFIG_KEYS})
     return row
 
 
@@ -86,15 +58,12 @@ def normalize_trials(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_trials(results_dir: str) -> pd.DataFrame:
-    """All RESULTS_DIR/trials/*/*.json files as a normalised frame (empty frame when none)."""
-    rows = []
-    for path in sorted(glob.glob(os.path.join(results_dir, "trials", "*", "*.json"))):
-        try:
-            rows.append(trial_row(read_json_object(path)))
-        except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
-            warnings.warn(f"skipping trial file {path}: {err}", stacklevel=2)
-    frame = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
-    return normalize_trials(frame)
+    """All RESULTS_DIR/trials/*/*.json records as a normalised frame (empty frame when none); a
+    file that is not a readable record is skipped with a warning naming it."""
+    def warn(path: str, error: Exception) -> None:
+        warnings.warn(f"skipping trial file {path}: {error}", stacklevel=3)
+    rows = [trial_row(record) for record in read_records(results_dir, on_skip=warn)]
+    return normalize_trials(pd.DataFrame(rows, columns=list(TRIAL_COLUMNS)))
 
 
 def load_study(results_dir: str) -> dict[str, Any]:

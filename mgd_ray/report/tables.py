@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from mgd_ray.report.load import CONFIG_KEYS, normalize_trials
-from mgd_ray.schema import ABLATION_VARIANTS
+from mgd_ray.schema import ABLATION_VARIANTS, best_trial
 
 ABLATION_LABELS = {
     "supervised": "Supervised only",
@@ -126,13 +126,12 @@ def search_table(trials: pd.DataFrame, protocols: list[str], default_device: str
     rows = []
     for protocol in protocols:
         search = frame[(frame["kind"] == "search") & (frame["protocol"] == protocol)]
-        done = search[(search["status"] == "completed") & search["miou"].notna()]
         row = dict(protocol=protocol, best_trial=None, **{key: math.nan for key in CONFIG_KEYS},
                    miou=math.nan)
-        if len(done):
-            best = done.loc[done["miou"].idxmax()]
-            row.update(best_trial=best["trial_id"], miou=float(best["miou"]),
-                       **{key: float(best[key]) for key in CONFIG_KEYS})
+        best = best_trial(search.itertuples(index=False))  # the study's own rule (mgd_ray.schema)
+        if best is not None:
+            row.update(best_trial=best.trial_id, miou=float(best.miou),
+                       **{key: float(getattr(best, key)) for key in CONFIG_KEYS})
         counts = search["status"].value_counts()
         row.update(trials=len(search), completed=int(counts.get("completed", 0)),
                    early_stopped=int(counts.get("early_stopped", 0)),

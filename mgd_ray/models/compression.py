@@ -1,8 +1,8 @@
-"""`python -m mgd_ray.models.complexity [--size 512] [--num-classes 21]`: how much lighter the MGD
+"""`python -m mgd_ray.models.compression [--size 512] [--num-classes 21]`: how much lighter the MGD
 students are than the two complementary teachers, beside the paper's claims.
 
-Every figure is computed here (see flops.py for what is counted). Run this module, do not import it:
-the package attribute `mgd_ray.models.complexity` is the function from flops.py.
+Every figure is computed here (flops.py's `complexity`, the package's `mgd_ray.models.complexity`,
+says what is counted).
 """
 from __future__ import annotations
 
