@@ -18,6 +18,7 @@ Two implementations (`impl`), the same numbers:
 - "one_pass": one reduction for every group's statistics (float32 or wider, whatever the autocast
   dtype), then one fused scale-and-shift: a fixed number of kernels per BN layer, as a joint BN.
 "joint" (one BN over the whole batch: not the paper's statistics) is there to measure their cost.
+Unless told, a compiled forward takes "one_pass" and an eager one "calls" (`default_impl`).
 """
 from __future__ import annotations
 
@@ -171,10 +172,11 @@ def _update_running_stats(bn, mean: torch.Tensor, var: torch.Tensor, count: int)
 
 
 class _GroupedBatchNorm:
-    """Mixed in before a BN class, once, by `batch_groups`: train-mode forwards read how to group
-    from three attributes that `batch_groups` sets for its block. With the class defaults (no
-    block active) the BN is the plain BN. Keeping the forward fixed (no closures installed per
-    call) is what lets torch.compile trace a model once and reuse it, block after block."""
+    """Mixed in before a BN class, once (its instances' class is swapped): train-mode forwards
+    read how to group from three attributes that `batch_groups` sets for its block. With the class
+    defaults (no block active) the BN is the plain BN. Keeping the forward fixed (no closures
+    installed per call) is what lets torch.compile trace a model once and reuse it, block after
+    block."""
 
     bn_groups: int = 1
     bn_groups_sync: bool = False
@@ -229,7 +231,7 @@ def _batch_norms(model: nn.Module) -> list[nn.Module]:
 
 
 def set_batch_norm_impl(model: nn.Module, impl: str | None) -> nn.Module:
-    """Make `impl` (one of IMPLS; None: the device's default) the per-batch BN implementation of
+    """Make `impl` (one of IMPLS; None: `default_impl()`) the per-batch BN implementation of
     every BN of `model` in later `batch_groups` blocks that name none (benchmarks compare them)."""
     if impl is not None and impl not in IMPLS:
         raise ValueError(f"batch_groups: impl={impl!r}, expected one of {IMPLS}")
