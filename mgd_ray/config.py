@@ -129,6 +129,7 @@ class TeacherConfig:
     backbone_weights: str | None = None  # torchvision ImageNet checkpoint file
     ohem: bool = False
     amp: bool = True  # bf16 autocast on GPU only
+    compile: bool | None = None  # compiled branches (engine/device.py); None = on CUDA only
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -163,6 +164,7 @@ class DistillConfig:
     backbone_weights: str | None = None
     ohem: bool = False
     amp: bool = True
+    compile: bool | None = None  # compiled student, captured teachers; None = on CUDA only
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -125,3 +125,192 @@ def test_synced_groups_normalise_each_batch_over_all_ranks(tmp_path):
         for r in range(2):
             got = ranks[r]["out"][2 * g: 2 * g + 2]
             assert torch.allclose(got, expected[2 * r: 2 * r + 2], atol=1e-5), (g, r)
+
+
+# One pass and per call: the same numbers as separate forwards (the official way), whichever runs.
+
+def separate_forwards(net: nn.Module, xs: list[torch.Tensor],
+                      weights: torch.Tensor) -> torch.Tensor:
+    out = torch.cat([net(x) for x in xs])
+    (out * weights).sum().backward()
+    return out
+
+
+def grouped_forward(net: nn.Module, xs: list[torch.Tensor], weights: torch.Tensor, impl: str,
+                    memory_format=torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.cat(xs).contiguous(memory_format=memory_format).requires_grad_(True)
+    with batch_groups(net, len(xs), impl=impl):
+        out = net(x)
+    (out * weights).sum().backward()
+    return out, x.grad
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])  # None: cumulative average, as PyTorch's
+@pytest.mark.parametrize("impl", ["calls", "one_pass"])
+def test_each_impl_equals_separate_forwards_outputs_gradients_and_running_stats(impl, momentum):
+    separate, grouped = small_net(), small_net()
+    for net in (separate, grouped):
+        for bn in (net[1], net[4]):
+            bn.momentum = momentum
+    xs = batches(3)
+    weights = torch.randn(9, 4, 6, 6, generator=torch.Generator().manual_seed(5))
+    inputs = [x.clone().requires_grad_(True) for x in xs]
+    expected = separate_forwards(separate, inputs, weights)
+    for step in range(2):  # twice: the second momentum steps start from moved statistics
+        out, x_grad = grouped_forward(grouped, xs, weights, impl)
+        if step == 0:
+            assert torch.allclose(out, expected, atol=1e-5)
+            assert torch.allclose(x_grad, torch.cat([x.grad for x in inputs]), atol=1e-5)
+            for p_sep, p_grp in zip(separate.parameters(), grouped.parameters()):
+                assert torch.allclose(p_grp.grad, p_sep.grad, atol=1e-4)
+        else:
+            separate_forwards(separate, xs, weights)
+    for name in ("1", "4"):
+        bn_sep, bn_grp = separate.get_submodule(name), grouped.get_submodule(name)
+        assert torch.allclose(bn_grp.running_mean, bn_sep.running_mean, atol=1e-6)
+        assert torch.allclose(bn_grp.running_var, bn_sep.running_var, atol=1e-5)
+        assert bn_grp.num_batches_tracked.item() == bn_sep.num_batches_tracked.item() == 6
+
+
+@pytest.mark.parametrize("impl", ["calls", "one_pass"])
+def test_frozen_train_mode_teacher_writes_no_state(impl):
+    teacher, reference = freeze(small_net(), train_mode=True), freeze(small_net(), train_mode=True)
+    before = copy.deepcopy(teacher.state_dict())
+    xs = batches(4, b=2)
+    with torch.no_grad(), batch_groups(teacher, 4, impl=impl):
+        out = teacher(torch.cat(xs))
+        expected = torch.cat([reference(x) for x in xs])
+    assert torch.allclose(out, expected, atol=1e-5)
+    for key, value in teacher.state_dict().items():  # num_batches_tracked too: not even counted
+        assert torch.equal(value, before[key]), key
+
+
+def test_one_pass_keeps_channels_last_and_equals_separate_forwards():
+    separate, grouped = small_net(), small_net().to(memory_format=torch.channels_last)
+    xs = batches(2)
+    weights = torch.randn(6, 4, 6, 6, generator=torch.Generator().manual_seed(6))
+    inputs = [x.clone().requires_grad_(True) for x in xs]
+    expected = separate_forwards(separate, inputs, weights)
+    out, x_grad = grouped_forward(grouped, xs, weights, "one_pass", torch.channels_last)
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(x_grad, torch.cat([x.grad for x in inputs]), atol=1e-5)
+    for p_sep, p_grp in zip(separate.parameters(), grouped.parameters()):
+        assert torch.allclose(p_grp.grad, p_sep.grad, atol=1e-4)
+    bn = nn.BatchNorm2d(3)
+    with batch_groups(bn, 2, impl="one_pass"):
+        y = bn(torch.cat(xs).contiguous(memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last)  # the next conv needs no copy
+
+
+def test_one_pass_float64_is_exact_and_float32_agrees():
+    xs = batches(2, seed=7)
+    net64 = small_net().double()
+    with torch.no_grad():
+        expected = torch.cat([net64(x.double()) for x in xs])
+        with batch_groups(small_net().double(), 2, impl="one_pass") as grouped:
+            out64 = grouped(torch.cat(xs).double())
+        with batch_groups(small_net(), 2, impl="one_pass") as grouped:
+            out32 = grouped(torch.cat(xs))
+    assert out64.dtype == torch.float64  # statistics in the input's precision when wider than fp32
+    assert torch.allclose(out64, expected, atol=1e-12)
+    assert torch.allclose(out32.double(), expected, atol=1e-5)
+
+
+def test_one_pass_statistics_of_bfloat16_input_are_float32():
+    """Far from zero, bf16 cannot hold a variance: sums in bf16 would be wrong by far more than the
+    output's own bf16 rounding."""
+    g = torch.Generator().manual_seed(8)
+    xs = [(torch.randn(4, 5, 8, 8, generator=g) * 0.5 + 30 * (i + 1)).bfloat16() for i in range(2)]
+    bn, reference = nn.BatchNorm2d(5), nn.BatchNorm2d(5)
+    with torch.no_grad(), batch_groups(bn, 2, impl="one_pass"):
+        out = bn(torch.cat(xs))
+        expected = torch.cat([reference(x.float()) for x in xs])
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), expected, atol=0.05)
+    assert torch.allclose(bn.running_var, reference.running_var, rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["calls", "one_pass", "joint"])
+def test_uneven_groups_are_an_error_in_every_impl(impl):
+    with batch_groups(small_net(), 2, impl=impl) as net:
+        with pytest.raises(ValueError, match="cannot be split"):
+            net(torch.randn(3, 3, 8, 8))
+
+
+def test_unknown_impl_is_an_error():
+    with pytest.raises(ValueError, match="impl='fused'"):
+        with batch_groups(small_net(), 2, impl="fused"):
+            pass
+
+
+def test_joint_is_the_plain_forward_over_the_whole_batch():
+    grouped, plain = small_net(), small_net()
+    x = torch.cat(batches(2))
+    with batch_groups(grouped, 2, impl="joint"):
+        out = grouped(x)
+    assert torch.equal(out, plain(x))
+    assert torch.equal(grouped[1].running_mean, plain[1].running_mean)
+
+
+def test_outside_the_block_a_batch_norm_is_the_plain_one_and_blocks_nest():
+    grouped, plain = small_net(), small_net()
+    xs = batches(2)
+    with batch_groups(grouped, 2, impl="one_pass"):
+        grouped(torch.cat(xs))
+    plain(xs[0])
+    plain(xs[1])
+    out, expected = grouped(torch.cat(xs)), plain(torch.cat(xs))  # one batch: joint statistics
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.allclose(grouped[1].running_mean, plain[1].running_mean, atol=1e-6)
+    assert grouped[1].num_batches_tracked.item() == plain[1].num_batches_tracked.item() == 3
+    assert isinstance(grouped[1], nn.BatchNorm2d) and "forward" not in grouped[1].__dict__
+    with batch_groups(grouped, 2, impl="calls"):
+        with batch_groups(grouped, 4, impl="one_pass"):
+            assert (grouped[1].bn_groups, grouped[1].bn_groups_impl) == (4, "one_pass")
+        assert (grouped[1].bn_groups, grouped[1].bn_groups_impl) == (2, "calls")
+    assert (grouped[1].bn_groups, grouped[1].bn_groups_impl) == (1, None)
+
+
+def test_a_model_that_ran_in_a_block_still_pickles(tmp_path):
+    net = small_net()
+    with batch_groups(net, 2):
+        net(torch.cat(batches(2)))
+    torch.save(net, tmp_path / "net.pt")
+    loaded = torch.load(tmp_path / "net.pt", weights_only=False)
+    x = torch.cat(batches(2, seed=3))
+    assert torch.equal(loaded.eval()(x), net.eval()(x))
+
+
+def _synced_one_pass_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        net = small_net()
+        xs = batches(2, b=2, seed=20 + rank)
+        with batch_groups(net, 2, sync=True, impl="calls"):  # on several ranks: one pass anyway
+            out = net(torch.cat(xs))
+        out.sum().backward()
+        bn = net[1]
+        torch.save({"grads": [p.grad for p in net.parameters()], "xs": xs,
+                    "running": [bn.running_mean, bn.running_var, bn.num_batches_tracked]},
+                   f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_synced_groups_give_the_gradients_and_running_stats_of_one_batch_over_all_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_synced_one_pass_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    reference = small_net()
+    for g in range(2):  # each named batch over both ranks, as one SyncBatchNorm forward
+        reference(torch.cat([ranks[0]["xs"][g], ranks[1]["xs"][g]])).sum().backward()
+    for i, p in enumerate(reference.parameters()):  # DDP sums (then averages) the ranks' gradients
+        assert torch.allclose(ranks[0]["grads"][i] + ranks[1]["grads"][i], p.grad, atol=1e-3), i
+    for r in range(2):
+        mean, var, count = ranks[r]["running"]
+        assert torch.allclose(mean, reference[1].running_mean, atol=1e-6)
+        assert torch.allclose(var, reference[1].running_var, atol=1e-5)
+        assert count.item() == 2
