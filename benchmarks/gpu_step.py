@@ -32,6 +32,7 @@ the rate of a bf16 n x n matmul timed in the same process.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from contextlib import nullcontext
@@ -42,7 +43,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import machine, matmul_call, matmul_macs, median, table
-from mgd_ray.config import (STUDENTS, TEACHER_DEEP, TEACHER_WIDE, DataConfig, DistillConfig, TeacherConfig)
+from mgd_ray.config import STUDENTS, TEACHER_DEEP, TEACHER_WIDE
 from mgd_ray.data import cutmix_mask
 from mgd_ray.engine.batch_groups import IMPLS, set_batch_norm_impl
 from mgd_ray.engine.checkpoint import atomic_save
@@ -51,7 +52,7 @@ from mgd_ray.engine.device import autocast, compile_for_device, to_device
 from mgd_ray.engine.distill import MGDTask
 from mgd_ray.engine.loop import optimizer_step
 from mgd_ray.engine.optim import build_optimizer
-from mgd_ray.engine.presets import load_preset, preset_optim
+from mgd_ray.engine.presets import preset_configs
 from mgd_ray.engine.teacher import CPSTask
 from mgd_ray.models import build_model
 
@@ -77,18 +78,16 @@ def teacher_files(folder: str) -> dict[str, str]:
 
 
 def build_run(name: str, images: int, device: torch.device, teachers: dict[str, str]):
-    """(task, cfg) of one run of a VOC 1/8 study with `images` per device."""
+    """(task, cfg) of one run of a VOC 1/8 study with `images` per device, built as the study
+    builds it (engine.presets.preset_configs)."""
     student = name if name in STUDENTS else STUDENTS[0]
-    preset = load_preset("voc", "1/8", student, num_devices=8 // images)
-    data = DataConfig(dataset="voc", root="/nonexistent", crop_size=preset["crop_size"], batch_size=images)
+    distill, by_arch = preset_configs("voc", "1/8", student, num_devices=8 // images,
+                                      data={"root": "/nonexistent"})
     ctx = LocalContext(tempfile.mkdtemp(prefix="gpu-step-"), device=device, verbose=False)
     if name in STUDENTS:
-        cfg = DistillConfig(student=name, weights=preset["weights"], data=data, **teachers,
-                            optim=preset_optim(preset, "student", preset["student_iterations"]),
-                            ohem=preset["ohem"], iterations=preset["student_iterations"])
+        cfg = dataclasses.replace(distill, **teachers)
         return MGDTask(cfg, SimpleNamespace(num_classes=NUM_CLASSES), ctx), cfg
-    cfg = TeacherConfig(arch=name, data=data, optim=preset_optim(preset, "teacher", 1, name),
-                        cps_weight=preset["cps_weight"], ohem=preset["ohem"])
+    cfg = by_arch[name]
     return CPSTask(cfg, SimpleNamespace(num_classes=NUM_CLASSES), ctx), cfg
 
 
