@@ -30,7 +30,7 @@ TORCHVISION_GMACS = {
     "deeplabv3plus_wide_resnet50_2": (11.398, 2048 * 1000),
     "deeplabv3plus_mobilenetv2": (0.301, 1280 * 1000 + 320 * 1280 * 7 * 7),
 }
-# Parameter totals of the official MGD networks at 21 classes (DESIGN.md; the official ResNet-18 and
+# Parameter totals of the official MGD networks at 21 classes (docs/design.md; the official ResNet-18 and
 # ResNet-101 have deep stems, ours torchvision's 7x7 stems: < 0.3% apart).
 OFFICIAL_TOTAL_PARAMS = {
     "deeplabv3plus_resnet18": 16.627e6,

@@ -1,4 +1,4 @@
-"""The VOC and Cityscapes presets against the official recipe (DESIGN.md "Recipe", from
+"""The VOC and Cityscapes presets against the official recipe (docs/design.md, "The recipe", from
 exp.voc/voc8.*/ and exp.city/city8.* config.py + script.sh), and how a preset reaches the study."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from mgd_ray.engine.presets import load_preset, preset_optim, read_preset
 
 R18, MBV2 = "deeplabv3plus_resnet18", "deeplabv3plus_mobilenetv2"
 
-# DESIGN.md "Recipe": official lr / total batch, CPS weight, epochs (1/16, 1/8, 1/4, 1/2).
-DESIGN = {
+# docs/design.md, "The recipe": official lr / total batch, CPS weight, epochs (1/16, 1/8, 1/4, 1/2).
+RECIPE = {
     "voc": {"student_lr": {R18: 0.01, MBV2: 0.014}, "student_batch": 8,
             "teacher_lr": {TEACHER_DEEP: 0.01, TEACHER_WIDE: 0.004}, "teacher_batch": 8, "cps": 1.0,
             "epochs": {"1/16": 32, "1/8": 34, "1/4": 40, "1/2": 60}, "gpus": 4},
@@ -22,9 +22,9 @@ DESIGN = {
 }
 
 
-@pytest.mark.parametrize("dataset", sorted(DESIGN))
+@pytest.mark.parametrize("dataset", sorted(RECIPE))
 def test_official_values_match_the_design_table(dataset):
-    table = DESIGN[dataset]
+    table = RECIPE[dataset]
     for student, lr in table["student_lr"].items():
         preset, raw = load_preset(dataset, "1/8", student), read_preset(dataset)[0]
         assert raw["lr"][student] == lr  # the preset file holds the official values

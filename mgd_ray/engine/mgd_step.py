@@ -1,4 +1,4 @@
-"""One MGD distillation iteration's losses (DESIGN.md, "The method"), computing only what trains the
+"""One MGD distillation iteration's losses (docs/design.md, "The method"), computing only what trains the
 student: a term whose weight is 0 is skipped together with every forward only it needs, so a
 supervised-only run never touches a teacher.
 

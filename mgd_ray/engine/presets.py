@@ -1,7 +1,7 @@
 """Flat per-dataset YAML presets (mgd_ray/presets/<dataset>.yaml) resolved for one protocol, one
 student and a run's number of devices.
 
-The VOC and Cityscapes presets hold the official recipe (DESIGN.md "Recipe"): a TOTAL batch per
+The VOC and Cityscapes presets hold the official recipe (docs/design.md, "The recipe"): a TOTAL batch per
 iteration, split over the devices of a run, so a 1-device and a 4-device run train the same recipe;
 the official learning rates per architecture; an epoch of ceil(max(labeled, unlabeled) / total
 batch) iterations. The synthetic preset gives a per-device batch and iterations instead.

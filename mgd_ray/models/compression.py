@@ -16,7 +16,7 @@ from .flops import complexity
 # The paper's backbone-FLOPs compression claims (student vs the two teachers, low-high).
 PAPER_BACKBONE_RATIO = {"deeplabv3plus_resnet18": (3.4, 5.3), "deeplabv3plus_mobilenetv2": (38.7, 59.6)}
 TEACHERS = {"teacher_deep": TEACHER_DEEP, "teacher_wide": TEACHER_WIDE}
-# Parameter totals of the official networks at 21 classes (DESIGN.md), printed beside ours.
+# Parameter totals of the official networks at 21 classes (docs/design.md), printed beside ours.
 OFFICIAL_TOTAL_PARAMS = {"deeplabv3plus_resnet18": 16.627e6, "deeplabv3plus_mobilenetv2": 5.760e6,
                          "deeplabv3plus_resnet101": 59.468e6, "deeplabv3plus_wide_resnet50_2": 83.678e6}
 OFFICIAL_STEM_WIDTH = {"deeplabv3plus_resnet18": 32, "deeplabv3plus_resnet101": 64}
