@@ -447,3 +447,28 @@ def test_report_counts_diverged_trials_from_their_records_field(tmp_path):
     with open(paths["index"]) as f:
         index = f.read()
     assert "- Trials: 4 (1 completed, 3 failed; 1 diverged, at iteration(s) 7)" in index
+
+
+def test_the_opening_says_whether_mgd_leads_supervised_and_if_not_why():
+    """Hand-built ablation tables, one per reason: the lead is measured against the report's own
+    margin (the larger seed std, or 2 points with one seed each)."""
+    from mgd_ray.report.write import mgd_against_supervised
+
+    def table(sup, mgd, teacher, sup_std=math.nan, mgd_std=math.nan, background=False):
+        frame = ablation_table(pd.DataFrame([trial("s", "1/8", "ablation", "supervised", "completed", sup),
+                                             trial("m", "1/8", "ablation", "mgd_paper", "completed", mgd)]),
+                               ["1/8"], teachers={"1/8": {"deep": teacher, "wide": teacher - 0.01}},
+                               background=teacher if background else None)
+        frame.loc[frame["variant"] == "supervised", "std"] = sup_std
+        frame.loc[frame["variant"] == "mgd_paper", "std"] = mgd_std
+        return frame
+
+    leads, = mgd_against_supervised(table(0.40, 0.43, 0.60))  # +3 points, one seed each: margin 2
+    assert "+3.00 points (margin 2.00)" in leads and "MGD leads by more than the margin" in leads
+    close, = mgd_against_supervised(table(0.40, 0.41, 0.415))  # the best teacher 1.5 points over
+    assert "teachers are too close to the students" in close and "+1.50 points over" in close
+    budget, = mgd_against_supervised(table(0.40, 0.43, 0.60, sup_std=0.04))  # the spread is 4 points
+    assert "margin 4.00" in budget and "at this budget" in budget
+    weak, = mgd_against_supervised(table(0.094, 0.094, 0.095, background=True))
+    assert "teachers score at the all-background level" in weak
+    assert mgd_against_supervised(table(0.40, math.nan, 0.6)) == []  # nothing to compare yet

@@ -8,6 +8,7 @@ missing as an empty field); Markdown and LaTeX hold the display text (percent, "
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 from typing import Any
 
@@ -91,6 +92,44 @@ def what_the_run_was(study: dict[str, Any], ablation: pd.DataFrame | None = None
         lines.append(f"- All-background score (predicting background everywhere on val): "
                      f"{100 * background:.2f} mIoU")
     lines += ["", _verdict(ablation, study.get("separating_command"), study.get("separating_note", ""))]
+    if ablation is not None:
+        lines += [f"- {line}" for line in mgd_against_supervised(ablation)]
+    return lines
+
+
+def mgd_against_supervised(ablation: pd.DataFrame) -> list[str]:
+    """Per protocol with both rows measured: whether MGD with the paper's weights leads supervised
+    only by more than the report's margin (the larger seed std of the two rows, or 2 points when
+    neither has a spread), and when not, why: teachers at the background level, teachers too close
+    to the supervised student (within the margin), or else the budget (too few iterations or
+    seeds for the gain to exceed the margin)."""
+    lines = []
+    for protocol, rows in ablation.groupby("protocol", sort=False):
+        by_variant = rows.set_index("variant")
+        if not {"supervised", "mgd_paper"} <= set(by_variant.index):
+            continue
+        sup, mgd = by_variant.loc["supervised"], by_variant.loc["mgd_paper"]
+        if not (sup["n"] and mgd["n"]) or pd.isna(sup["n"]) or pd.isna(mgd["n"]):
+            continue
+        spreads = [s for s in (sup["std"], mgd["std"]) if not math.isnan(s)]
+        margin = max(spreads) if spreads else SINGLE_SEED_MARGIN
+        gain = mgd["mean"] - sup["mean"]
+        said = (f"{protocol}: MGD with the paper's weights {100 * mgd['mean']:.2f} against supervised only "
+                f"{100 * sup['mean']:.2f}, {100 * gain:+.2f} points (margin {100 * margin:.2f})")
+        teachers = by_variant.loc[[v for v in ("teacher_deep", "teacher_wide") if v in by_variant.index]]
+        teachers = teachers[teachers["n"].fillna(0) > 0]
+        best_teacher = teachers["mean"].max() if len(teachers) else math.nan
+        if gain > margin:
+            lines.append(f"{said}: **MGD leads by more than the margin**.")
+        elif len(teachers) and teachers["background"].all():
+            lines.append(f"{said}: not ahead; the teachers score at the all-background level.")
+        elif not math.isnan(best_teacher) and best_teacher - sup["mean"] <= margin:
+            lines.append(f"{said}: not ahead; the teachers are too close to the students (best teacher "
+                         f"{100 * best_teacher:.2f}, {100 * (best_teacher - sup['mean']):+.2f} points over the "
+                         "supervised student: within the margin, they have little to teach).")
+        else:
+            lines.append(f"{said}: not ahead by more than the margin at this budget (more iterations or "
+                         "seeds per row would be needed to tell).")
     return lines
 
 
