@@ -82,8 +82,13 @@ def test_job_submission_with_the_token_runs_a_study_and_a_client_without_it_is_r
     # Inside a job RAY_ADDRESS names the cluster, so the study needs no --address.
     entrypoint = CLI + ["--smoke", "--no-ablation", "--num-samples", "1", "--output-dir", str(out), "--quiet", *teachers]
     started = time.time()
-    submitted = subprocess.run([RAY, "job", "submit", "--address", url, "--runtime-env-json", json.dumps(runtime_env),
-                                "--", *entrypoint], capture_output=True, text=True, env=ENV, timeout=480)
+    for attempt in range(6):  # the job agent answers 500 "No available agent" until it has started
+        submitted = subprocess.run([RAY, "job", "submit", "--address", url, "--runtime-env-json",
+                                    json.dumps(runtime_env), "--", *entrypoint],
+                                   capture_output=True, text=True, env=ENV, timeout=480)
+        if "No available agent to submit job" not in submitted.stdout + submitted.stderr:
+            break
+        time.sleep(10)
     print(f"token-auth job submission of a one-trial smoke study: {time.time() - started:.0f} s")
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert "succeeded" in submitted.stdout

@@ -132,7 +132,9 @@ def test_trials_give_back_their_workers_however_they_end(head, tmp_path):
         assert by_ending["diverges"]["status"] == "failed" and by_ending["diverges"]["diverged"]["iteration"] == 2
     # Nothing an ended trial reserved is left, and every CPU is free again within seconds.
     assert train_groups() == []
+    returned = time.time()
     wait_for(lambda: ray.available_resources().get("CPU", 0) == 2, 10, "both CPUs free again", step=0.2)
+    print(f"[{head}] both CPUs free {time.time() - returned:.1f} s after the run returned")
     assert not [a for a in ray_private.actors()
                 if a.class_name == "PlacementGroupCleaner" and a.state != "DEAD"]
 

@@ -10,11 +10,10 @@ from mgd_ray.distributed.spec import search_space
 PAPER = {"w_pixel": 1.0, "lambda_semantic": 0.002, "lambda_region": 100.0, "confidence_threshold": 0.0}
 
 
-def searcher(max_iterations=8):
-    s = HonestOptunaSearch(space=search_space, metric="miou", mode="max", points_to_evaluate=[PAPER],
-                           sampler=optuna.samplers.TPESampler(seed=0), max_iterations=max_iterations,
-                           storage=optuna.storages.InMemoryStorage(), study_name="unit")
-    return s
+def searcher(max_iterations=8, storage=None):
+    return HonestOptunaSearch(space=search_space, metric="miou", mode="max", points_to_evaluate=[PAPER],
+                              sampler=optuna.samplers.TPESampler(seed=0), max_iterations=max_iterations,
+                              storage=storage or optuna.storages.InMemoryStorage(), study_name="unit")
 
 
 def result(miou, iteration, training_iteration):
@@ -71,3 +70,26 @@ def test_a_nan_metric_is_not_a_result():
     s.on_trial_complete("t", result=result(float("nan"), 4, 2))
     (trial,) = s._ot_study.get_trials()
     assert trial.state == TrialState.PRUNED and trial.intermediate_values == {}
+
+
+def test_a_truncated_searcher_checkpoint_is_rebuilt_from_the_optuna_storage(tmp_path):
+    """A driver killed while Tune copied the searcher's checkpoint leaves an empty file; the
+    restored searcher (unpickled, as Tuner.restore does) rebuilds its trial map from Optuna."""
+    import pickle
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    s = searcher(max_iterations=8, storage=storage)
+    s.suggest("done")
+    s.suggest("running")
+    s.on_trial_result("done", result(0.4, 8, 1))
+    s.on_trial_complete("done", result=result(0.4, 8, 1))
+    s.on_trial_result("running", result(0.2, 4, 1))
+    restored = pickle.loads(pickle.dumps(s))  # the searcher as tuner.pkl kept it, before any trial
+    restored._ot_trials.clear()
+    restored._completed_trials.clear()
+    (tmp_path / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(b"")
+    restored.restore_from_dir(str(tmp_path))
+    assert set(restored._ot_trials) == {"done", "running"} and restored._completed_trials == {"done"}
+    restored.on_trial_complete("running", result=result(0.3, 8, 2))  # told once, to the same trial
+    trials = by_ray_id(restored)
+    assert trials["running"].state == TrialState.COMPLETE and trials["running"].value == pytest.approx(0.3)
+    assert trials["done"].value == pytest.approx(0.4) and len(trials) == 2

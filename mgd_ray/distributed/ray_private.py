@@ -19,7 +19,7 @@ from ray.core.generated import gcs_pb2
 
 __all__ = ["FakeMultiNodeProvider", "PROCESS_TYPE_RAYLET", "Actor", "Reservation",
            "actors", "cluster_config", "local_address",
-           "follow_train_log_level", "free_resources_per_node", "optuna_trials", "placement_groups",
+           "follow_train_log_level", "free_resources_per_node", "optuna_trial_id", "optuna_trials", "placement_groups",
            "remove_placement_group", "trainer_without_ray_cleaner", "trial_actor_id"]
 
 PROCESS_TYPE_RAYLET = ray_constants.PROCESS_TYPE_RAYLET
@@ -167,6 +167,11 @@ def trial_actor_id(trial) -> str | None:
     """The hex id of the actor running a Tune trial (None when it has none)."""
     handle = trial.temporary_state.ray_actor
     return handle._actor_id.hex() if handle is not None else None
+
+
+def optuna_trial_id(frozen) -> int:
+    """The storage id of an Optuna FrozenTrial (what optuna.trial.Trial(study, id) takes)."""
+    return frozen._trial_id
 
 
 def optuna_trials(searcher) -> tuple[dict[str, Any], Any, set[str]]:

@@ -11,6 +11,11 @@ if they had finished and drifts toward configurations that start fast. Here:
 Intermediate values are keyed by the engine's iteration (the step the trial records show), not by
 Tune's report counter, and every Optuna trial carries the Tune trial id as user attribute
 `ray_trial_id`, so the Optuna storage and OUTPUT_DIR/trials/ can be matched one to one.
+
+That attribute also makes the Optuna storage enough to restore the searcher: Tune copies its
+searcher checkpoint to the study's storage without renaming it into place, so a driver killed
+during that copy leaves a truncated file, and Tune then restarts the whole search. When the
+checkpoint cannot be read, the searcher rebuilds its trial map from the Optuna study instead.
 """
 from __future__ import annotations
 
@@ -18,10 +23,11 @@ import logging
 import math
 from typing import Any
 
+import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from .ray_private import optuna_trials
+from .ray_private import optuna_trial_id, optuna_trials
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +59,28 @@ class HonestOptunaSearch(OptunaSearch):
         if ot_trial is not None:
             ot_trial.set_user_attr(TRIAL_ID_ATTR, trial_id)
         return config
+
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        try:
+            super().restore_from_dir(checkpoint_dir)
+        except Exception as error:  # noqa: BLE001 -- a missing, empty or truncated pickle alike
+            logger.warning("searcher checkpoint in %s unreadable (%s: %s); its state is rebuilt from the "
+                           "Optuna storage", checkpoint_dir, type(error).__name__, error)
+            self.rebuild_from_storage()
+
+    def rebuild_from_storage(self) -> None:
+        """The Tune trial id -> Optuna trial map from the Optuna study itself: trials still running
+        are resumed by Tune and told later; finished ones are never told again."""
+        trials, study, told = optuna_trials(self)
+        trials.clear()
+        told.clear()
+        for frozen in study.get_trials(deepcopy=False):
+            tune_id = frozen.user_attrs.get(TRIAL_ID_ATTR)
+            if tune_id is None:
+                continue  # enqueued (the points to evaluate), never asked yet
+            trials[tune_id] = optuna.trial.Trial(study, optuna_trial_id(frozen))
+            if frozen.state.is_finished():
+                told.add(tune_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         trials, _, told = optuna_trials(self)
