@@ -18,9 +18,9 @@ import os
 import shutil
 from typing import Any
 
+from .. import storage
 from ..config import protocol_slug
 from ..schema import atomic_write, write_json_atomic
-from . import storage
 from .records import now_iso
 
 FINISHED = ("completed", "early_stopped", "failed")

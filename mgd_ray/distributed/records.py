@@ -15,11 +15,11 @@ from typing import Any
 from ray import cloudpickle
 from ray.tune import Callback
 
+from .. import storage
 from ..config import protocol_slug
 from ..engine import DivergedError
 from ..report.load import finite_or_none
 from ..schema import write_json_atomic
-from . import storage
 from .spec import from_tune
 
 

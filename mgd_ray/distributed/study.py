@@ -15,11 +15,11 @@ import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from .. import storage
 from ..config import TEACHER_DEEP, TEACHER_WIDE, protocol_slug
 from ..data import NUM_CLASSES, build_datasets
 from ..report import generate_report
 from ..schema import write_json_atomic
-from . import storage
 from .baseline import background_miou, separating_command
 from .cluster import check_trial_fits, connect, node_shapes
 from .export import export_best, folder_size, is_scored, protocol_records, prune_trial_weights

@@ -10,10 +10,10 @@ from typing import Any
 
 from ray.train.torch import TorchTrainer
 
+from .. import storage
 from ..config import TeacherConfig, protocol_slug
 from ..models import NETWORK_VERSION
 from ..models.pretrained import checkpoint_file_name, resolve_pretrained
-from . import storage
 from .spec import TrainRun
 from .trial import scaling_config, train_run_config
 from .worker import teacher_loop

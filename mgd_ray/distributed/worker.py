@@ -19,11 +19,11 @@ import torch
 from ray.tune.integration.ray_train import TuneReportCallback
 from torch.utils.data import DataLoader, Subset
 
+from .. import storage
 from ..config import TeacherConfig
 from ..engine import DivergedError, distill_student, train_teacher
 from ..engine.context import rank, world_size
 from ..models import convert_sync_batchnorm
-from . import storage
 from .spec import from_tune
 
 DIVERGED_KEY = "diverged"
