@@ -1,7 +1,7 @@
 """The Ray Train per-worker loops: the engine's teacher and student runs behind a RayContext.
 
-This file only adds what Ray Train needs (prepare_model / prepare_data_loader / report /
-checkpoints); the training itself is `mgd_ray.engine`.
+This file only adds what Ray Train needs (prepare_model / report / checkpoints); the training
+itself, and the sharding of its data by rank, is `mgd_ray.engine`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import ray.train
 import ray.train.torch
 import torch
 from ray.tune.integration.ray_train import TuneReportCallback
-from torch.utils.data import DataLoader, Subset
 
 from .. import storage
 from ..config import TeacherConfig
@@ -44,16 +43,6 @@ class RayContext:
             model = convert_sync_batchnorm(model)
         return ray.train.torch.prepare_model(model)
 
-    def prepare_loader(self, loader: DataLoader) -> DataLoader:
-        if _is_shuffled(loader):
-            return ray.train.torch.prepare_data_loader(loader)
-        # Evaluation: a DistributedSampler would pad the set with repeated images to an equal
-        # share per rank, and the summed confusion matrix would count those twice. Each rank takes
-        # every world_size-th image instead, so every image is counted exactly once.
-        shard = Subset(loader.dataset, range(rank(), len(loader.dataset), world_size()))
-        return DataLoader(shard, batch_size=loader.batch_size, shuffle=False,
-                          num_workers=loader.num_workers, pin_memory=loader.pin_memory)
-
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         # node_id: which node rank 0 ran on; a trial record lists every node its run used.
@@ -68,10 +57,6 @@ class RayContext:
             # Downloads a remote (s3://) checkpoint; a local one is copied to a temporary folder.
             self._checkpoint_dir = self._checkpoint.to_directory()
         return self._checkpoint_dir
-
-
-def _is_shuffled(loader: DataLoader) -> bool:
-    return isinstance(loader.sampler, torch.utils.data.RandomSampler)
 
 
 def follow_train_log_level() -> None:
