@@ -188,8 +188,8 @@ def write_targets(cfg: DistillConfig, streams: list[int], iterations: range, ctx
     if not streams:
         raise ValueError("write_targets: no mask stream (student seed) to write")
     if iterations.step != 1 or iterations.start < 0 or iterations.stop > cfg.iterations:
-        raise ValueError(f"write_targets: iterations {iterations} outside the store's range"
-                         f"(0, {cfg.iterations}) (DistillConfig.iterations)")
+        raise ValueError(f"write_targets: iterations {iterations} outside range(0, "
+                         f"{cfg.iterations}), the store's length (DistillConfig.iterations)")
     device, world, this_rank = ctx.device, world_size(), rank()
     data = build_datasets(cfg.data)
     manifest = {**describe(cfg, data, world, device), "streams": streams,
