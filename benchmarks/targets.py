@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -156,6 +157,7 @@ def read_seconds(reader: TargetReader, iterations: list[int], rounds: int) -> fl
 
 def synthetic_store(cfg: DistillConfig, iterations: int, streams: int) -> dict:
     """Compressed bytes and read time of a store written by write_targets at cfg's preset."""
+    cfg = dataclasses.replace(cfg, iterations=max(cfg.iterations, iterations))  # the store's length
     with tempfile.TemporaryDirectory(prefix="bench-store-") as folder:
         store = os.path.join(folder, "store")
         stats = write_targets(cfg, list(range(streams)), range(iterations),

@@ -10,6 +10,7 @@ are tested in test_batch_groups.py); the live run is the reference for the store
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from contextlib import contextmanager
@@ -263,6 +264,22 @@ def test_a_resumed_writer_writes_only_the_missing_iterations(world, monkeypatch,
     assert write(range(0, 4))["iterations"] == 0
     with pytest.raises(ValueError, match=r"streams: store has \[1, 2\], this run has \[1, 2, 3\]"):
         write(range(0, 4), STREAMS + [3])  # a store's streams are fixed when it is first written
+
+
+def test_codes_are_stored_as_their_2d_difference_and_read_back_exactly():
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (2, 9, 11), dtype=np.uint8)  # any values: the sums wrap mod 256
+    assert np.array_equal(store_module.undifference(store_module.difference(codes)), codes)
+    ramp = (np.arange(8)[:, None] * 3 + np.arange(10)[None, :] * 5 + 7).astype(np.uint8)[None]
+    diff = store_module.difference(ramp)  # a plane: only the first row and column are not 0
+    assert not diff[0, 1:, 1:].any() and diff[0, 0, 0] == 7
+    targets = {"wide.x_l.code": torch.from_numpy(codes), "wide.x_l.label": torch.from_numpy(codes)}
+    raw = store_module.encode(targets)
+    with np.load(io.BytesIO(raw)) as stored:
+        assert np.array_equal(stored["wide.x_l.code"], store_module.difference(codes))
+        assert np.array_equal(stored["wide.x_l.label"], codes)
+    back = store_module.decode(raw, {k: k for k in targets})
+    assert all(torch.equal(back[k], v) for k, v in targets.items())
 
 
 def test_labels_and_codes_of_a_mix_are_those_of_its_sources():

@@ -8,7 +8,9 @@ Layout, on a local folder or an s3:// URI (through mgd_ray.storage):
 
 Each .npz holds the keys of engine/targets.py for every stream the manifest lists: per teacher
 and named batch (u0, u1, x_l) "label" and "code" (uint8 B x S x S), "deep.x_m@s.pooled"
-(float32 B x C) and "wide.x_m@s.similarity" (float32 B x 49 x 49) per stream s. A file is written
+(float32 B x C) and "wide.x_m@s.similarity" (float32 B x 49 x 49) per stream s, deflated at level
+9; a "code" array is stored as its 2-D difference mod 256 (`difference`), which halves its
+compressed bytes (docs/benchmarks.md, section 9), and read back exactly. A file is written
 under a temporary name and renamed (or uploaded in one PUT), so a file that exists is complete: a
 writer that dies resumes by skipping the iterations whose files exist, and chunks of iterations can
 be written by separate runs with nothing shared but the files.
@@ -25,6 +27,7 @@ import hashlib
 import io
 import json
 import time
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -40,7 +43,7 @@ from .device import autocast, to_device
 from .mgd_step import TEACHERS, needed, required_keys
 from .targets import compute_targets, load_teacher
 
-FORMAT = "mgd_ray.teacher_targets/1"  # what a file holds and how (the keys, uint8 codes)
+FORMAT = "mgd_ray.teacher_targets/1"  # what a file holds and how (keys, uint8, differenced codes)
 MANIFEST = "manifest.json"
 MASK_STREAM = "student_cutmix"  # seeds.student_cutmix: a trial's CutMix masks
 
@@ -106,6 +109,41 @@ def refuse(store: str, problems: list[str]) -> None:
                          + "; ".join(problems))
 
 
+def difference(code: np.ndarray) -> np.ndarray:
+    """The 2-D mixed difference x[i, j] - x[i, j-1] - x[i-1, j] + x[i-1, j-1] of uint8 codes
+    (... x H x W, zeros outside), mod 256. Codes come from bilinearly upsampled logits, so they
+    are close to planar over a few pixels and the difference is mostly near 0: deflate then takes
+    about half the bytes of the codes themselves. `undifference` inverts it exactly."""
+    step = np.diff(code, axis=-1, prepend=np.zeros_like(code[..., :1]))
+    return np.diff(step, axis=-2, prepend=np.zeros_like(step[..., :1, :]))
+
+
+def undifference(diff: np.ndarray) -> np.ndarray:
+    """The codes whose `difference` is `diff`: two running sums, mod 256."""
+    return np.cumsum(np.cumsum(diff, axis=-2, dtype=np.uint8), axis=-1, dtype=np.uint8)
+
+
+def encode(targets: dict[str, torch.Tensor]) -> bytes:
+    """One iteration's targets as the bytes of an .npz (deflate level 9, codes differenced)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        for key, value in targets.items():
+            array = value.detach().cpu().numpy()
+            if key.endswith(".code"):
+                array = difference(array)
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode(raw: bytes, keys: dict[str, str]) -> dict[str, torch.Tensor]:
+    """{name: tensor} of the stored arrays keys[name] of an `encode`d file."""
+    with np.load(io.BytesIO(raw)) as stored:
+        arrays = {name: stored[key] for name, key in keys.items()}
+    return {name: torch.from_numpy(undifference(a) if name.endswith(".code") else a)
+            for name, a in arrays.items()}
+
+
 class TargetReader:
     """Reads one rank's targets of one mask stream, for the step: called with an iteration, returns
     `keys` (mgd_step.required_keys) as tensors. Picklable, so DataLoader workers read the files
@@ -127,8 +165,7 @@ class TargetReader:
             raise FileNotFoundError(f"teacher targets store {self.store}: no targets of "
                                     f"iteration {iteration} for rank {self.rank} ({uri}): was the "
                                     f"store written in full? ({err})") from err
-        with np.load(io.BytesIO(raw)) as stored:
-            return {key: torch.from_numpy(stored[self.stored_key(key)]) for key in self.keys}
+        return decode(raw, {key: self.stored_key(key) for key in self.keys})
 
 
 def open_store(cfg: DistillConfig, data, device: torch.device) -> TargetReader:
@@ -151,13 +188,6 @@ def open_store(cfg: DistillConfig, data, device: torch.device) -> TargetReader:
                         f"{cfg.iterations}")
     refuse(cfg.targets, problems)
     return TargetReader(cfg.targets, rank(), world_size(), cfg.seed, required_keys(weights))
-
-
-def encode(targets: dict[str, torch.Tensor]) -> bytes:
-    """One iteration's targets as the bytes of a compressed .npz."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{k: v.detach().cpu().numpy() for k, v in targets.items()})
-    return buffer.getvalue()
 
 
 def _ensure_manifest(store: str, manifest: dict[str, Any]) -> None:
@@ -224,4 +254,5 @@ def write_targets(cfg: DistillConfig, streams: list[int], iterations: range, ctx
             "bytes_written": int(totals[1]), "seconds": time.perf_counter() - started}
 
 
-__all__ = ["FORMAT", "MANIFEST", "TargetReader", "describe", "open_store", "write_targets"]
+__all__ = ["FORMAT", "MANIFEST", "TargetReader", "decode", "describe", "encode", "open_store",
+           "write_targets"]
