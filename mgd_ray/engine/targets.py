@@ -64,6 +64,7 @@ def compute_targets(teachers: dict[str, nn.Module | None], x_l: torch.Tensor, u0
         images = dict(zip(PIXEL_BATCHES, (u0, u1, x_l))) if pixel else {}
         if mixed:
             images.update({f"x_m@{s}": mix(mask, u0, u1) for s, mask in masks.items()})
+        # Looked up on the module: benchmarks/engine.py times teacher forwards by replacing it.
         outputs = mgd_step.teacher_forward(teacher, images)
         for batch in PIXEL_BATCHES if pixel else ():
             label, code, _ = label_and_code(outputs[batch]["logits"])
