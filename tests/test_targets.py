@@ -442,6 +442,7 @@ def _two_rank_worker(rank: int, world: int, folder: str) -> None:
                        os.path.join(folder, f"stored{rank}"), DDPContext)
         torch.save({"stats": stats, "live": live, "stored": stored, "built": list(BUILT)},
                    os.path.join(folder, f"rank{rank}.pt"))
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 
