@@ -1,7 +1,8 @@
 """Data pipeline (issue 8, item 4), in one process:
 
-a. Images/s the engine's loaders (build_loaders: labeled B + unlabeled 2B per iteration, the
-   synthetic preset's augmentation) deliver on their own, per number of loader workers.
+a. Images/s the engine's data stream (batches.IterationData: labeled B + unlabeled 2B per
+   iteration, the synthetic preset's augmentation) delivers on its own, per number of loader
+   workers.
 b. Images/s the distillation step consumes and the share of its time it waits on data, both as
    distill_student itself reports them ("iter_per_s", "data_wait_share" of its last report window,
    start-up and evaluation excluded), per number of loader workers; runs interleaved.
@@ -25,22 +26,19 @@ from common import machine, median, random_teachers, synthetic_distill_config, t
 from mgd_ray.config import DistillConfig
 from mgd_ray.data import build_datasets
 from mgd_ray.engine import LocalContext, distill_student
-from mgd_ray.engine.batches import BatchStream, build_loaders
+from mgd_ray.engine.batches import IterationData, iteration_loader
 
 
 def loader_rate(cfg: DistillConfig, batches: int) -> float:
-    """Images/s the labeled + unlabeled loaders deliver, after their first batch (worker start-up)."""
+    """Images/s the data stream delivers, after its first item (worker start-up)."""
     data = build_datasets(cfg.data)
-    labeled_loader, unlabeled_loader, _ = build_loaders(data, cfg.data, LocalContext("unused", verbose=False))
-    labeled, unlabeled = BatchStream(labeled_loader), BatchStream(unlabeled_loader)
-    labeled.next(), unlabeled.next()
+    items = IterationData(data.labeled, data.unlabeled, cfg.data, world=1, rank=0)
+    stream = iter(iteration_loader(items, range(batches + 1), cfg.data.num_workers,
+                                   torch.device("cpu")))
+    next(stream)
     start = time.perf_counter()
-    images = 0
-    for _ in range(batches):
-        images += len(labeled.next()[0]) + len(unlabeled.next())
-    seconds = time.perf_counter() - start
-    del labeled, unlabeled, labeled_loader, unlabeled_loader  # ends persistent workers
-    return images / seconds
+    images = sum(len(item["x_l"]) + len(item["u"]) for item in stream)
+    return images / (time.perf_counter() - start)
 
 
 def training_run(cfg: DistillConfig) -> dict:

@@ -36,7 +36,7 @@ from mgd_ray.config import STUDENTS
 from mgd_ray.data import build_datasets, cutmix_mask
 from mgd_ray.engine import mgd_step
 from mgd_ray.engine.batch_groups import batch_groups
-from mgd_ray.engine.distill import load_teacher
+from mgd_ray.engine.targets import live_targets, load_teacher
 from mgd_ray.engine.device import autocast, to_device
 from mgd_ray.engine.optim import build_optimizer
 from mgd_ray.losses import supervised_loss, weighted_total
@@ -135,9 +135,11 @@ class StudentBench:
     def step(self) -> None:
         """losses -> one host read (the engine's divergence check) -> backward -> SGD step."""
         with autocast(self.device, self.amp):
-            terms, stats = mgd_step.mgd_losses(self.student, self.deep, self.wide, self.x_l, self.y, self.u0,
-                                               self.u1, self.mask, self.weights, self.cfg.confidence_threshold,
-                                               supervised_loss)
+            targets = live_targets(self.deep, self.wide, self.x_l, self.u0, self.u1, self.mask,
+                                   self.weights)
+            terms, stats = mgd_step.mgd_losses(self.student, targets, self.x_l, self.y, self.u0,
+                                               self.u1, self.mask, self.weights,
+                                               self.cfg.confidence_threshold, supervised_loss)
             total = weighted_total(terms, self.weights)
         torch.stack([total.detach().float(), stats["kept_fraction"].float()]).tolist()
         self.optimizer.zero_grad(set_to_none=True)

@@ -166,10 +166,15 @@ class DistillConfig:
     amp: bool = True
     compile: bool | None = None  # compiled student, captured teachers; None = on CUDA only
     seed: int = 0
+    # A store of the teachers' targets (engine/target_store.py: a folder or s3:// URI) to read
+    # instead of running the teachers; None = the teachers run in the student's run.
+    targets: str | None = None
 
     def __post_init__(self) -> None:
         _check_iterations(self.iterations, self.eval_every)
         check_confidence_threshold(self.confidence_threshold)
+        if self.targets is not None and (not isinstance(self.targets, str) or not self.targets):
+            raise ValueError(f"targets={self.targets!r}: expected a store's path or URI, or None")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":

@@ -19,10 +19,13 @@ from torch.utils.data import Dataset
 from mgd_ray.config import DataConfig, DistillConfig, LossWeights, OptimConfig, TeacherConfig
 from mgd_ray.engine import DivergedError, LocalContext, distill_student, evaluate, train_teacher
 from mgd_ray.engine import distill as distill_module
+from mgd_ray.engine import targets as targets_module
 from mgd_ray.engine import teacher as teacher_module
 from mgd_ray.engine.checkpoint import atomic_save, load_checkpoint
 from mgd_ray.engine.evaluate import window_starts
-from mgd_ray.engine.mgd_step import freeze, mgd_losses, mix, teacher_forward
+from mgd_ray.engine.mgd_step import freeze, mix, teacher_forward
+from mgd_ray.engine.mgd_step import mgd_losses as mgd_losses_from_targets
+from mgd_ray.engine.targets import live_targets
 from mgd_ray.engine.optim import build_optimizer, param_groups, poly_lr
 from mgd_ray.losses import masked_cross_entropy, pseudo_label, weighted_total
 from mgd_ray.models import build_model
@@ -61,6 +64,13 @@ def _batch(b=2, s=16, seed=0):
     mask = torch.zeros(b, s, s)
     mask[:, : s // 2, : s // 2] = 1
     return x_l, y, u0, u1, mask
+
+
+def mgd_losses(student, deep, wide, x_l, y, u0, u1, mask, weights, confidence_threshold=0.0):
+    """The step with live teachers, as a run without a targets store computes it."""
+    targets = live_targets(deep, wide, x_l, u0, u1, mask, weights)
+    return mgd_losses_from_targets(student, targets, x_l, y, u0, u1, mask, weights,
+                                   confidence_threshold)
 
 
 def _teachers():
@@ -243,8 +253,13 @@ class TrainSet(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
+        return self.load(i)
+
+    def load(self, i, generator=None):
+        """As SegmentationDataset.load: the random part (here noise) drawn from `generator`."""
         label = self.labels[i]
-        image = F.one_hot(label, C).permute(2, 0, 1).float() + 0.1 * torch.randn(3, *label.shape)
+        noise = torch.randn(3, *label.shape, generator=generator)
+        image = F.one_hot(label, C).permute(2, 0, 1).float() + 0.1 * noise
         return (image, label) if self.labeled else image
 
 
@@ -264,6 +279,8 @@ def tiny_world(monkeypatch, tmp_path):
     for module in (distill_module, teacher_module):
         monkeypatch.setattr(module, "build_datasets", _fake_data)
     monkeypatch.setattr(distill_module, "build_model", lambda arch, num_classes, output_stride=None, backbone_weights=None: TinySeg(num_classes))
+    monkeypatch.setattr(targets_module, "build_model",
+                        lambda arch, num_classes: TinySeg(num_classes))
     monkeypatch.setattr(teacher_module, "build_model", lambda arch, num_classes, output_stride=None, backbone_weights=None: TinySeg(num_classes))
     teacher_path = str(tmp_path / "teacher.pt")
     torch.manual_seed(3)

@@ -4,7 +4,9 @@ import math
 import pytest
 import torch
 
-from mgd_ray.losses import (content_aware_loss, masked_cross_entropy, pixel_consistency_loss, pseudo_label,
+from mgd_ray.config import DistillConfig
+from mgd_ray.losses import (confidence_code, content_aware_loss, lowest_kept_code,
+                            masked_cross_entropy, pixel_consistency_loss, pseudo_label,
                             semantic_sensitive_loss, supervised_loss, weighted_total)
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
@@ -29,6 +31,19 @@ def test_pseudo_label_labels_and_confidence():
     assert torch.allclose(confidence, expected, atol=1e-6)
     label, _ = pseudo_label(TEACHER, threshold=0.7)
     assert label.tolist() == [[[0, 0], [1, 255]]]
+
+
+def test_confidence_is_rounded_to_a_code_before_the_threshold():
+    """A pixel is kept when round(255 * confidence) / 255 > tau: what stored targets hold, and the
+    live path compares too. At tau = 0.75 the lowest kept code is 192 (191 / 255 = 0.749), so a
+    confidence of 0.7505 (code 191) is dropped although above 0.75; 0.7512 (code 192) is kept."""
+    assert [lowest_kept_code(t) for t in (0.0, 0.5, 0.75, 0.8, 1.0)] == [1, 128, 192, 205, 256]
+    logit = lambda p: math.log(p / (1 - p))  # 2 classes: softmax of (logit(p), 0) is p
+    teacher = _pixels([(logit(0.7505), 0.0), (logit(0.7512), 0.0), (0.0, 9.0), (0.0, 0.0)])
+    label, confidence = pseudo_label(teacher, threshold=0.75)
+    assert confidence_code(confidence).tolist() == [[[191, 192], [255, 128]]]
+    assert label.tolist() == [[[255, 0], [1, 255]]]
+    assert pseudo_label(teacher, threshold=0.5)[0].tolist() == [[[0, 0], [1, 0]]]  # 128/255 > 0.5
 
 
 def test_pixel_consistency_hand_computed():
@@ -150,5 +165,8 @@ def test_bad_inputs_are_clear_errors():
         weighted_total({"sup": torch.tensor(1.0)}, {"sup": 0.0})
     with pytest.raises(ValueError, match="B x H x W"):
         supervised_loss(STUDENT, torch.zeros(1, 3, 3, dtype=torch.int64))
-    with pytest.raises(ValueError, match="threshold"):
-        pseudo_label(TEACHER, threshold=1.5)
+    with pytest.raises(ValueError, match="B x C x H x W"):
+        pseudo_label(TEACHER[0])
+    # The threshold is checked once, where a run's config is built (losses assume a valid one).
+    with pytest.raises(ValueError, match=r"confidence_threshold=1.5: expected a number in \[0, "):
+        DistillConfig(confidence_threshold=1.5)

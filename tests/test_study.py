@@ -327,7 +327,7 @@ def test_trials_sharing_a_gpu_ask_ray_for_a_fraction_of_it(tmp_path):
 
 
 def test_checkpoint_paths_ray_reports_become_uris_on_the_studys_storage():
-    from mgd_ray.distributed.storage import as_uri
+    from mgd_ray.storage import as_uri
     # Ray reports an s3:// checkpoint as a path on its pyarrow filesystem, without the scheme.
     assert as_uri("bucket/studies/s/train-1/checkpoint_0", "s3://bucket/studies/s") == \
         "s3://bucket/studies/s/train-1/checkpoint_0"

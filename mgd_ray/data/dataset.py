@@ -40,8 +40,10 @@ class SegmentationDataset(Dataset):
     unlabeled: image 3 x S x S with the same geometric augmentation;
     val: (image 3 x H x W, label H x W int64, id) at full resolution.
 
-    Random draws use torch's global generator, which DataLoader seeds differently in each worker,
-    so workers never repeat each other's crops."""
+    Indexing draws the augmentation from torch's global generator, which DataLoader seeds
+    differently in each worker, so workers never repeat each other's crops; `load(index,
+    generator)` draws it from `generator` instead (the engine's data stream, which must not depend
+    on the workers)."""
 
     def __init__(self, samples: list[Sample], mode: str, crop_size: int) -> None:
         if mode not in MODES:
@@ -60,15 +62,20 @@ class SegmentationDataset(Dataset):
         return [s.id for s in self.samples]
 
     def __getitem__(self, index: int):
+        return self.load(index)
+
+    def load(self, index: int, generator: torch.Generator | None = None):
+        """Item `index` (as indexing gives it), its augmentation drawn from `generator` (None:
+        torch's global generator)."""
         sample = self.samples[index]
         image = read_image(sample.image)
         if self.mode == "val":
             label = load_label(sample)
             return transforms.to_tensor(image), torch.from_numpy(label.astype(np.int64)), sample.id
         if self.mode == "unlabeled":
-            image, _ = transforms.augment(image, None, self.crop_size)
+            image, _ = transforms.augment(image, None, self.crop_size, generator)
             return transforms.to_tensor(image)
-        image, label = transforms.augment(image, load_label(sample), self.crop_size)
+        image, label = transforms.augment(image, load_label(sample), self.crop_size, generator)
         return transforms.to_tensor(image), torch.from_numpy(label.astype(np.int64))
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..schema import (FINISHED, TrialRecord, atomic_write, protocol_slug, ranked_trials, read_json_object,
                       read_records, write_json_atomic)
-from . import storage
+from .. import storage
 from .records import now_iso
 
 

@@ -17,7 +17,7 @@ from ray.tune import Callback
 from ..engine import DivergedError
 from ..schema import (TrialRecord, finite_or_none, protocol_slug, reached_the_end, read_json_object,
                       write_json_atomic)
-from . import storage
+from .. import storage
 from .spec import from_tune
 
 

@@ -21,7 +21,7 @@ from ..config import TEACHER_DEEP, TEACHER_WIDE, protocol_slug
 from ..data import NUM_CLASSES, background_miou, build_datasets
 from ..report import generate_report
 from ..schema import FINISHED, best_trial, is_completed, read_records, write_json_atomic
-from . import storage
+from .. import storage
 from .cluster import ReservationWatch, check_trial_fits, connect, node_shapes, wait_released
 from .export import export_best, folder_size, prune_trial_weights
 from .options import StudyConfig, check_study_folder, separating_command, study_identity, study_name

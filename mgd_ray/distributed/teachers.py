@@ -11,7 +11,7 @@ from typing import Any
 from ..config import TeacherConfig, protocol_slug
 from ..models import NETWORK_VERSION
 from ..models.pretrained import checkpoint_file_name, resolve_pretrained
-from . import storage
+from .. import storage
 from .ray_private import trainer_without_ray_cleaner
 from .spec import TrainRun
 from .trial import scaling_config, teacher_loop, train_run_config

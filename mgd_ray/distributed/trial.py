@@ -5,7 +5,8 @@ Train V2 pattern (Ray 2.60): a Tune function trainable builds a TorchTrainer who
 stable name (so `Tuner.restore` resumes the trial from its last checkpoint) and a
 TuneReportCallback (so ASHA and Optuna see rank 0's intermediate results; `ForwardToTune` is that
 callback minus the divergence report and the "done" flag). This module only adds what Ray Train
-needs (prepare_model / report / checkpoints); the training itself is `mgd_ray.engine`.
+needs (prepare_model / report / checkpoints); the training itself, and the sharding of its data by
+rank, is `mgd_ray.engine`.
 """
 from __future__ import annotations
 
@@ -21,13 +22,12 @@ import ray.train.torch
 import ray.tune
 import torch
 from ray.tune.integration.ray_train import TuneReportCallback
-from torch.utils.data import DataLoader, Subset
 
+from .. import storage
 from ..config import DistillConfig, TeacherConfig
 from ..engine import DivergedError, distill_student, train_teacher
-from ..engine.context import rank, world_size
+from ..engine.context import world_size
 from ..models import convert_sync_batchnorm
-from . import storage
 from .cluster import WORKER_START_TIMEOUT_ENV
 from .ray_private import follow_train_log_level, trainer_without_ray_cleaner
 from .spec import TrainRun, from_tune
@@ -93,16 +93,6 @@ class RayContext:
             model = convert_sync_batchnorm(model)
         return ray.train.torch.prepare_model(model)
 
-    def prepare_loader(self, loader: DataLoader) -> DataLoader:
-        if _is_shuffled(loader):
-            return ray.train.torch.prepare_data_loader(loader)
-        # Evaluation: a DistributedSampler would pad the set with repeated images to an equal
-        # share per rank, and the summed confusion matrix would count those twice. Each rank takes
-        # every world_size-th image instead, so every image is counted exactly once.
-        shard = Subset(loader.dataset, range(rank(), len(loader.dataset), world_size()))
-        return DataLoader(shard, batch_size=loader.batch_size, shuffle=False,
-                          num_workers=loader.num_workers, pin_memory=loader.pin_memory)
-
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         # node_id: which node rank 0 ran on; a trial record lists every node its run used.
@@ -117,10 +107,6 @@ class RayContext:
             # Downloads a remote (s3://) checkpoint; a local one is copied to a temporary folder.
             self._checkpoint_dir = self._checkpoint.to_directory()
         return self._checkpoint_dir
-
-
-def _is_shuffled(loader: DataLoader) -> bool:
-    return isinstance(loader.sampler, torch.utils.data.RandomSampler)
 
 
 def teacher_loop(config: dict[str, Any]) -> None:

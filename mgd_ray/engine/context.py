@@ -2,8 +2,9 @@
 
 The engine's loops take a `RunContext` and never ask who is behind it. `LocalContext` runs in one
 process (the debugging runner and the tests); the Ray Train worker loop provides its own
-(`mgd_ray.distributed.worker.RayContext`) that wraps `prepare_model`, `prepare_data_loader`,
-`ray.train.report` and `ray.train.get_checkpoint`.
+(`mgd_ray.distributed.worker.RayContext`) that wraps `prepare_model`, `ray.train.report` and
+`ray.train.get_checkpoint`. Data is the engine's own business: it shards its loaders by rank itself
+(engine/batches.py), so that the stream is the same whoever runs it.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from typing import Any, Callable, Protocol
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
 
 
 def is_distributed() -> bool:
@@ -51,10 +51,6 @@ class RunContext(Protocol):
         """Move to the device (and wrap in DDP when distributed)."""
         ...
 
-    def prepare_loader(self, loader: DataLoader) -> DataLoader:
-        """Shard a loader across ranks (identity in one process)."""
-        ...
-
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
         """Publish metrics (already reduced over ranks); every rank calls it, rank 0 may pass a
         checkpoint directory whose contents are kept as the run's latest checkpoint."""
@@ -78,9 +74,6 @@ class LocalContext:
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
-
-    def prepare_loader(self, loader: DataLoader) -> DataLoader:
-        return loader
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
         os.makedirs(self.output_dir, exist_ok=True)

@@ -1,4 +1,6 @@
-"""`distill_student`: train one student with MGD from two frozen teachers (one Tune trial's work)."""
+"""`distill_student`: train one student with MGD from two frozen teachers (one Tune trial's work),
+the teachers either in the run or read back from a store of their targets
+(DistillConfig.targets)."""
 from __future__ import annotations
 
 import os
@@ -18,49 +20,54 @@ from .context import RunContext, rank
 from .device import channels_last
 from .evaluate import evaluate
 from .loop import fit
-from .mgd_step import freeze, mgd_losses, needs_teachers
+from .mgd_step import mgd_losses, needs_teachers
+from .target_store import TargetReader, open_store
+from .targets import live_targets, load_teacher
 
-
-def load_teacher(arch: str, num_classes: int, path: str | None, option: str, device: torch.device,
-                 train_mode: bool) -> torch.nn.Module:
-    """A frozen teacher from a plain state-dict file (model.pt or a state.pt)."""
-    if path is None:
-        raise ValueError(f"DistillConfig.{option} is required: the loss weights use this teacher "
-                         f"(train one with train_teacher, or set its weight terms to 0)")
-    teacher = build_model(arch, num_classes)
-    try:
-        teacher.load_state_dict(load_model_state(path))
-    except RuntimeError as err:
-        raise ValueError(f"DistillConfig.{option}={path}: not a {arch} with {num_classes} classes ({err})") from err
-    return channels_last(freeze(teacher.to(device), train_mode), device)
+__all__ = ["MGDTask", "distill_student", "load_teacher"]
 
 
 class MGDTask:
-    """One student trained with MGD from frozen teachers, as a task for `fit`. A teacher is loaded
-    only when a term with a non-zero weight uses it; model.pt holds the student."""
+    """One student trained with MGD from frozen teachers, as a task for `fit`; model.pt holds the
+    student. With cfg.targets None, a teacher is loaded only when a term with a non-zero weight
+    uses it and runs every iteration; with a store, no teacher is built: the data stream's loader
+    reads this rank's targets of each iteration (target_store.open_store checks the store
+    first)."""
 
     logged = ("loss", *(f"loss_{name}" for name in LOSS_TERMS), "kept_fraction")
 
     def __init__(self, cfg: DistillConfig, data, ctx: RunContext) -> None:
         self.cfg, self.num_classes, self.device = cfg, data.num_classes, ctx.device
         self.loss_weights = cfg.weights.as_dict()
+        self.rank = rank()
         need_deep, need_wide = needs_teachers(self.loss_weights)
-        self.teacher_deep = (load_teacher(cfg.teacher_deep, data.num_classes, cfg.teacher_deep_checkpoint,
-                                          "teacher_deep_checkpoint", ctx.device, cfg.teacher_train_mode)
-                             if need_deep else None)
-        self.teacher_wide = (load_teacher(cfg.teacher_wide, data.num_classes, cfg.teacher_wide_checkpoint,
-                                          "teacher_wide_checkpoint", ctx.device, cfg.teacher_train_mode)
-                             if need_wide else None)
+        self.teacher_deep = self.teacher_wide = None
+        self.stored_inputs: TargetReader | None = None
+        if cfg.targets is not None and (need_deep or need_wide):
+            self.stored_inputs = open_store(cfg, data, ctx.device)
+        else:
+            teachers = {role: load_teacher(getattr(cfg, f"teacher_{role}"), data.num_classes,
+                                           getattr(cfg, f"teacher_{role}_checkpoint"),
+                                           f"teacher_{role}_checkpoint", ctx.device,
+                                           cfg.teacher_train_mode)
+                        for role, needed in (("deep", need_deep), ("wide", need_wide)) if needed}
+            self.teacher_deep, self.teacher_wide = teachers.get("deep"), teachers.get("wide")
         torch.manual_seed(seeds.student_init(cfg.seed))
         student = build_model(cfg.student, data.num_classes, cfg.student_output_stride, cfg.backbone_weights)
         self.student = ctx.prepare_model(channels_last(student, ctx.device))
         self.models = [self.student]
-        self.cutmix_seed = seeds.student_cutmix(cfg.seed, rank())
-        self.global_seed = seeds.student_global(cfg.seed, rank())
+        self.global_seed = seeds.student_global(cfg.seed, self.rank)
         self.sup_loss = partial(supervised_loss, ohem=cfg.ohem)
 
-    def losses(self, x_l, y, u0, u1, mask) -> dict[str, torch.Tensor]:
-        terms, stats = mgd_losses(self.student, self.teacher_deep, self.teacher_wide, x_l, y, u0, u1, mask,
+    def cutmix_seed(self, iteration: int) -> int:
+        return seeds.student_cutmix(self.cfg.seed, self.rank, iteration)
+
+    def losses(self, x_l, y, u0, u1, mask, targets: dict[str, torch.Tensor] | None = None
+               ) -> dict[str, torch.Tensor]:
+        if self.stored_inputs is None:
+            targets = live_targets(self.teacher_deep, self.teacher_wide, x_l, u0, u1, mask,
+                                   self.loss_weights)
+        terms, stats = mgd_losses(self.student, targets or {}, x_l, y, u0, u1, mask,
                                   self.loss_weights, self.cfg.confidence_threshold, self.sup_loss)
         return {"loss": weighted_total(terms, self.loss_weights), "kept_fraction": stats["kept_fraction"],
                 **{f"loss_{name}": term for name, term in terms.items()}}

@@ -1,10 +1,11 @@
 """`fit`: the one training loop of the engine, for teacher (CPS) and student (MGD) runs alike.
 
 A run is a `Task` (its models, its losses for one iteration's inputs, its evaluation and its part of
-the checkpoint); `fit` owns everything else: the optimizer and the lr of each iteration, the RNG
-streams, the divergence check, running means of the logged values, and every cfg.eval_every
-iterations an evaluation, a report and a checkpoint, and resuming from the last one. The loop knows
-nothing of what it trains (as detectron2's `run_step` and torchvision's `train_one_epoch`).
+the checkpoint); `fit` owns everything else: the optimizer and the lr of each iteration, the data
+stream and CutMix masks, the divergence check, running means of the logged values, and every
+cfg.eval_every iterations an evaluation, a report and a checkpoint, and resuming from the last one.
+The loop knows nothing of what it trains (as detectron2's `run_step` and torchvision's
+`train_one_epoch`).
 """
 from __future__ import annotations
 
@@ -49,13 +50,22 @@ class Task(Protocol):
 
     models: list[nn.Module]
     logged: tuple[str, ...]  # the scalars `losses` returns, reported as their running means
-    cutmix_seed: int  # this rank's CutMix stream (engine/seeds.py)
-    global_seed: int  # this rank's torch global stream
+    global_seed: int  # this rank's torch global stream (engine/seeds.py)
+    # What the data stream also loads for iteration t on this rank, in the loader's workers
+    # (stored teacher targets), or None: a picklable callable t -> {name: tensor}.
+    stored_inputs: Callable[[int], dict[str, torch.Tensor]] | None
+
+    def cutmix_seed(self, iteration: int) -> int:
+        """The seed of this rank's CutMix mask of `iteration` (a pure function of the run's seed,
+        the rank and the iteration: a resumed run draws the masks of an uninterrupted one)."""
+        ...
 
     def losses(self, x_l: torch.Tensor, y: torch.Tensor, u0: torch.Tensor, u1: torch.Tensor,
-               mask: torch.Tensor) -> dict[str, torch.Tensor]:
+               mask: torch.Tensor, targets: dict[str, torch.Tensor] | None = None
+               ) -> dict[str, torch.Tensor]:
         """Scalars of one iteration: "loss", the total to minimise, and the others of `logged`.
-        x_l, u0, u1: B x 3 x S x S; y and the CutMix mask: B x S x S."""
+        x_l, u0, u1: B x 3 x S x S; y and the CutMix mask: B x S x S; `targets`: what
+        stored_inputs loaded for the iteration (None without stored inputs)."""
         ...
 
     def evaluate(self, val_loader: DataLoader) -> dict[str, Any]:
@@ -80,15 +90,15 @@ def fit(task: Task, cfg: TeacherConfig | DistillConfig, data, ctx: RunContext) -
     if device.type == "cuda":  # fixed crop sizes: let cuDNN pick its fastest kernels, as the official train.py
         torch.backends.cudnn.benchmark = True
     optimizer = build_optimizer(task.models, cfg.optim)
-    mask_gen = torch.Generator().manual_seed(task.cutmix_seed)
     torch.manual_seed(task.global_seed)
-    start, epoch, final = resume(ctx, task, optimizer, mask_gen)
-    batches = Batches(data, cfg.data, ctx, epoch)
+    start, final = resume(ctx, task, optimizer)
+    # The data and the masks of iteration t are pure functions of t (engine/batches.py), so a
+    # resumed run starts the stream at `start` and sees what an uninterrupted run would.
+    batches = Batches(data, cfg.data, device, start, cfg.iterations, task.stored_inputs)
     meter = RunningMeans()
 
     def report(metrics: dict[str, Any]) -> dict[str, Any]:
-        report_with_checkpoint(ctx, metrics, partial(checkpoint_state, task, optimizer, metrics, batches.epoch,
-                                                     mask_gen))
+        report_with_checkpoint(ctx, metrics, partial(checkpoint_state, task, optimizer, metrics))
         return metrics
 
     def evaluate_and_report(iteration: int, lr: float, done: bool) -> dict[str, Any]:
@@ -107,9 +117,9 @@ def fit(task: Task, cfg: TeacherConfig | DistillConfig, data, ctx: RunContext) -
     for iteration in range(start, cfg.iterations):
         lr = lr_at(cfg.optim, iteration, cfg.iterations)
         set_lr(optimizer, lr)
-        inputs = batches.next_inputs(device, mask_gen)
+        inputs, stored = batches.next_inputs(device, iteration, task.cutmix_seed(iteration))
         with autocast(device, cfg.amp):
-            logged = task.losses(*inputs)
+            logged = task.losses(*inputs, stored or None)
         meter.add(optimizer_step(optimizer, logged, iteration + 1, cfg.optim.grad_clip))
         done = iteration + 1 == cfg.iterations
         if (iteration + 1) % cfg.eval_every == 0 or done:
@@ -157,15 +167,16 @@ class RunningMeans:
         return {k: packed[i].item() / count for i, k in enumerate(keys)}
 
 
-def checkpoint_state(task: Task, optimizer: torch.optim.Optimizer, metrics: dict[str, Any], epoch: int,
-                     mask_gen: torch.Generator) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def checkpoint_state(task: Task, optimizer: torch.optim.Optimizer, metrics: dict[str, Any]
+                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(state.pt, model.pt) of the run at the report `metrics`. state.pt holds what resuming needs
-    beside the weights: the task's entries, counters, RNG states, the reported metrics and, until the
-    run is done, the optimizer. A finished run keeps no optimizer state: nothing resumes its training
-    (a longer budget continues it with fresh momentum) and SGD's momentum is as large as the weights."""
+    beside the weights: the task's entries, the iteration, torch's global RNG states, the reported
+    metrics and, until the run is done, the optimizer. No data-stream or CutMix state: both are
+    pure functions of the iteration. A finished run keeps no optimizer state: nothing resumes its
+    training (a longer budget continues it with fresh momentum) and SGD's momentum is as large as
+    the weights."""
     entries, model_state = task.state()
-    state = {**entries, "iteration": metrics["iteration"], "epoch": epoch, "cutmix_rng": mask_gen.get_state(),
-             "rng": rng_state(), "metrics": metrics}
+    state = {**entries, "iteration": metrics["iteration"], "rng": rng_state(), "metrics": metrics}
     if not metrics["done"]:
         state["optimizer"] = optimizer.state_dict()
     return state, model_state
@@ -189,14 +200,16 @@ def report_with_checkpoint(ctx: RunContext, metrics: dict[str, Any],
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def resume(ctx: RunContext, task: Task, optimizer: torch.optim.Optimizer,
-           mask_gen: torch.Generator) -> tuple[int, int, dict[str, Any] | None]:
-    """Restore a run from ctx.latest_checkpoint(): the task's models, the optimizer (a finished run's
-    checkpoint has none), CutMix and global RNG states. Returns (iteration, epoch, the metrics
-    reported with the checkpoint) to continue from; (0, 0, None) when fresh."""
+def resume(ctx: RunContext, task: Task, optimizer: torch.optim.Optimizer
+           ) -> tuple[int, dict[str, Any] | None]:
+    """Restore a run from ctx.latest_checkpoint(): the task's models, the optimizer (a finished
+    run's checkpoint has none) and torch's global RNG state. Returns (iteration, the metrics
+    reported with the checkpoint) to continue from; (0, None) when fresh. A checkpoint written
+    before the data stream was a function of the iteration also holds "epoch" and "cutmix_rng":
+    nothing reads them now (such a run continues on the stream's batches of its iteration)."""
     folder = ctx.latest_checkpoint()
     if folder is None:
-        return 0, 0, None
+        return 0, None
     path = os.path.join(folder, "state.pt")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint folder {folder}: no state.pt to resume from")
@@ -204,6 +217,5 @@ def resume(ctx: RunContext, task: Task, optimizer: torch.optim.Optimizer,
     task.load_state(state, folder)
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
-    mask_gen.set_state(state["cutmix_rng"])
     set_rng_state(state["rng"])
-    return int(state["iteration"]), int(state["epoch"]), state.get("metrics")
+    return int(state["iteration"]), state.get("metrics")

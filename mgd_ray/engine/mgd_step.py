@@ -1,11 +1,13 @@
-"""One MGD distillation iteration's losses (docs/design.md, "The method"), computing only what trains the
-student: a term whose weight is 0 is skipped together with every forward only it needs, so a
-supervised-only run never touches a teacher.
+"""One MGD distillation iteration's losses (docs/design.md, "The method"), computed from the teachers'
+TARGETS (engine/targets.py), whether the teachers ran in this process or a store holds their
+outputs, and only what trains the student: a term whose weight is 0 is skipped together with
+everything only it needs, so a supervised-only run needs no teacher.
 
     x_m = (1 - M) * u0 + M * u1
-    Y_T = argmax[(1 - M) * T(u0) + M * T(u1)]     for T in (teacher_wide, teacher_deep)
+    Y_T = argmax[(1 - M) * T(u0) + M * T(u1)] = where(M, argmax T(u1), argmax T(u0))   (M binary)
     L_sup = CE(S(x_l), y)
     L_P   = CE(S(x_m), Y_TW) + CE(S(x_m), Y_TD) + CE(S(x_l), argmax T_W(x_l)) + CE(S(x_l), argmax T_D(x_l))
+            over the pixels whose rounded confidence is above the threshold (losses.pseudo_label)
     L_I   = 2 * mean_images sum_c |GAP S(x_m) - GAP T_D(x_m)|   (logits; the official 2-image sum)
     L_R   = MSE(sim(S_feat(x_m)), sim(T_W_feat(x_m)))
 """
@@ -17,24 +19,42 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..losses import (content_aware_loss, masked_cross_entropy, pseudo_label,
-                      semantic_sensitive_loss, supervised_loss)
-from ..schema import IGNORE_INDEX
+from ..losses import (content_aware_from_similarity, pixel_consistency_from_labels,
+                      semantic_sensitive_from_pooled, supervised_loss)
 from .batch_groups import batch_groups
 
-# Which images each teacher must see for each active term.
-_DEEP_INPUTS = {"pixel": ("u0", "u1", "x_l"), "semantic": ("x_m",)}
-_WIDE_INPUTS = {"pixel": ("u0", "u1", "x_l"), "region": ("x_m",)}
+
+TEACHERS = ("deep", "wide")
+PIXEL_BATCHES = ("u0", "u1", "x_l")  # what L_P needs of each teacher
+# What the mixed image x_m gives each teacher's term: (term, target name).
+MIXED = {"deep": ("semantic", "pooled"), "wide": ("region", "similarity")}
 
 
 def active_terms(weights: dict[str, float]) -> set[str]:
     return {name for name, weight in weights.items() if float(weight) > 0}
 
 
+def needed(weights: dict[str, float]) -> dict[str, dict[str, bool]]:
+    """{teacher: {"pixel": needs its (u0, u1, x_l) targets, "mixed": needs its x_m target}}."""
+    active = active_terms(weights)
+    return {t: {"pixel": "pixel" in active, "mixed": MIXED[t][0] in active} for t in TEACHERS}
+
+
 def needs_teachers(weights: dict[str, float]) -> tuple[bool, bool]:
     """(needs teacher_deep, needs teacher_wide) for these weights."""
-    active = active_terms(weights)
-    return bool(active & set(_DEEP_INPUTS)), bool(active & set(_WIDE_INPUTS))
+    need = needed(weights)
+    return any(need["deep"].values()), any(need["wide"].values())
+
+
+def required_keys(weights: dict[str, float]) -> list[str]:
+    """The teacher targets (engine/targets.py, one stream's keys) the step reads for `weights`."""
+    keys = []
+    for teacher, need in needed(weights).items():
+        if need["pixel"]:
+            keys += [f"{teacher}.{b}.{part}" for b in PIXEL_BATCHES for part in ("label", "code")]
+        if need["mixed"]:
+            keys.append(f"{teacher}.x_m.{MIXED[teacher][1]}")
+    return keys
 
 
 def freeze(teacher: nn.Module, train_mode: bool = False) -> nn.Module:
@@ -82,29 +102,27 @@ def mix(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (1 - m) * a + m * b
 
 
-def mgd_losses(student: nn.Module, teacher_deep: nn.Module | None, teacher_wide: nn.Module | None,
-               x_l: torch.Tensor, y: torch.Tensor, u0: torch.Tensor, u1: torch.Tensor, mask: torch.Tensor,
-               weights: dict[str, float], confidence_threshold: float = 0.0,
+def mgd_losses(student: nn.Module, targets: dict[str, torch.Tensor], x_l: torch.Tensor,
+               y: torch.Tensor, u0: torch.Tensor, u1: torch.Tensor, mask: torch.Tensor,
+               weights: dict[str, float],
+               confidence_threshold: float = 0.0,
                sup_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = supervised_loss,
                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The loss terms of one iteration, keyed "sup" / "pixel" / "semantic" / "region" (active ones
     only), and detached statistics {"kept_fraction"}: the share of pseudo-label pixels above the
     confidence threshold over the four L_P terms (0 when L_P is off).
 
-    x_l, u0, u1: B x 3 x S x S; y: B x S x S; mask: B x S x S CutMix mask. The student runs once, on
-    [x_m; x_l] concatenated (DDP's one-forward-per-backward rule), with BN statistics per batch."""
+    x_l, u0, u1: B x 3 x S x S; y: B x S x S; mask: B x S x S binary CutMix mask; `targets`: one
+    mask stream's teacher targets (targets.for_stream keys; live_targets or a store), at least
+    those targets.required_keys(weights) names. The student runs once, on [x_m; x_l] concatenated
+    (DDP's one-forward-per-backward rule), with BN statistics per batch."""
     active = active_terms(weights)
     if not active:
         raise ValueError(f"mgd_losses: every weight is 0 ({weights}); nothing would train the student")
-    need_deep, need_wide = needs_teachers(weights)
-    for needed, teacher, name in ((need_deep, teacher_deep, "teacher_deep"), (need_wide, teacher_wide, "teacher_wide")):
-        if needed and teacher is None:
-            raise ValueError(f"mgd_losses: weights {sorted(active)} need {name}, which is None")
+    missing = [key for key in required_keys(weights) if key not in targets]
+    if missing:
+        raise ValueError(f"mgd_losses: weights {sorted(active)} need teacher targets {missing}")
     x_m = mix(mask, u0, u1)
-    images = {"x_l": x_l, "u0": u0, "u1": u1, "x_m": x_m}
-    deep = _teacher_outputs(teacher_deep, active, _DEEP_INPUTS, images)
-    wide = _teacher_outputs(teacher_wide, active, _WIDE_INPUTS, images)
-
     use_labeled = bool(active & {"sup", "pixel"})
     use_mixed = bool(active & {"pixel", "semantic", "region"})
     # One forward (DDP's one forward per backward), but BN statistics per batch and running
@@ -122,23 +140,22 @@ def mgd_losses(student: nn.Module, teacher_deep: nn.Module | None, teacher_wide:
     if "sup" in active:
         terms["sup"] = sup_loss(s_l, y)
     if "pixel" in active:
+        shows_u1 = mask.bool()
         pixel = []
-        for t in (wide, deep):
-            label_m, _ = pseudo_label(mix(mask, t["u0"]["logits"], t["u1"]["logits"]), confidence_threshold)
-            label_l, _ = pseudo_label(t["x_l"]["logits"], confidence_threshold)
-            pixel += [masked_cross_entropy(s_m, label_m), masked_cross_entropy(s_l, label_l)]
-            kept = kept + (label_m != IGNORE_INDEX).sum() + (label_l != IGNORE_INDEX).sum()
+        for t in ("wide", "deep"):
+            label_m = torch.where(shows_u1, targets[f"{t}.u1.label"], targets[f"{t}.u0.label"])
+            code_m = torch.where(shows_u1, targets[f"{t}.u1.code"], targets[f"{t}.u0.code"])
+            label_l, code_l = targets[f"{t}.x_l.label"], targets[f"{t}.x_l.code"]
+            for logits, label, code in ((s_m, label_m, code_m), (s_l, label_l, code_l)):
+                loss, count = pixel_consistency_from_labels(logits, label, code,
+                                                            confidence_threshold)
+                pixel.append(loss)
+                kept = kept + count
         terms["pixel"] = torch.stack(pixel).sum()
         kept = kept / (2 * (y.numel() + mask.numel()))
     if "semantic" in active:
-        terms["semantic"] = semantic_sensitive_loss(s_m, deep["x_m"]["logits"])
+        terms["semantic"] = semantic_sensitive_from_pooled(s_m, targets["deep.x_m.pooled"])
     if "region" in active:
-        terms["region"] = content_aware_loss(s_m_features, wide["x_m"]["features"])
+        terms["region"] = content_aware_from_similarity(s_m_features,
+                                                        targets["wide.x_m.similarity"])
     return terms, {"kept_fraction": kept.detach()}
-
-
-def _teacher_outputs(teacher, active, inputs_per_term, images):
-    names = sorted({name for term in active & set(inputs_per_term) for name in inputs_per_term[term]})
-    if not names:
-        return {}
-    return teacher_forward(teacher, {name: images[name] for name in names})

@@ -66,11 +66,15 @@ class CPSTask:
             torch.manual_seed(seeds.teacher_branch_init(cfg.seed, index))
             model = build_model(cfg.arch, data.num_classes, cfg.output_stride, cfg.backbone_weights)
             self.models.append(ctx.prepare_model(channels_last(model, ctx.device)))
-        self.cutmix_seed = seeds.teacher_cutmix(cfg.seed, rank())
-        self.global_seed = seeds.teacher_global(cfg.seed, rank())
+        self.rank = rank()
+        self.global_seed = seeds.teacher_global(cfg.seed, self.rank)
+        self.stored_inputs = None
         self.best = 0
 
-    def losses(self, x_l, y, u0, u1, mask) -> dict[str, torch.Tensor]:
+    def cutmix_seed(self, iteration: int) -> int:
+        return seeds.teacher_cutmix(self.cfg.seed, self.rank, iteration)
+
+    def losses(self, x_l, y, u0, u1, mask, targets=None) -> dict[str, torch.Tensor]:
         terms = cps_losses(self.models, x_l, y, u0, u1, mask, self.cfg.ohem)
         return {"loss": terms["sup"] + self.cfg.cps_weight * terms["cps"], "loss_sup": terms["sup"],
                 "loss_cps": terms["cps"]}

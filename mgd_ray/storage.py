@@ -1,8 +1,11 @@
 """Files on the study's storage, local or remote (s3://, gs://), through pyarrow's filesystems,
-the same layer Ray Train uses for its checkpoints."""
+the same layer Ray Train uses for its checkpoints. No Ray import: the engine reads and writes
+stored teacher targets through it too."""
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import tempfile
 
 import pyarrow.fs as pafs
@@ -69,3 +72,49 @@ def download(uri: str, local_dir: str | None = None) -> str:
     local_path = os.path.join(local_dir, os.path.basename(path))
     pafs.copy_files(path, local_path, source_filesystem=fs)
     return local_path
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole content of the file `uri`."""
+    fs, path = _resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write `data` to `uri` so that a reader sees the previous file or the complete new one: on a
+    local filesystem under a unique temporary name renamed into place (two writers of the same
+    file never share a temporary), on an object store as one upload (a PUT is atomic)."""
+    fs, path = _resolve(uri)
+    fs.create_dir(os.path.dirname(path), recursive=True)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    partial = f"{path}.{secrets.token_hex(4)}.partial"
+    try:
+        with open(partial, "wb") as f:
+            f.write(data)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def list_files(uri: str) -> list[str]:
+    """The names of the files directly in the folder `uri` ([] when there is no such folder)."""
+    fs, path = _resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return [os.path.basename(i.path) for i in infos if i.type == pafs.FileType.File]
+
+
+def sha256(uri: str, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of the file `uri`'s bytes, streamed (a remote file is not kept locally)."""
+    fs, path = _resolve(uri)
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
