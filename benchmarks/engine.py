@@ -135,10 +135,10 @@ class StudentBench:
     def step(self) -> None:
         """losses -> one host read (the engine's divergence check) -> backward -> SGD step."""
         with autocast(self.device, self.amp):
-            targets = live_targets(self.deep, self.wide, self.x_l, self.u0, self.u1, self.mask,
-                                   self.weights)
+            active = mgd_step.active_terms(self.weights)
+            targets = live_targets(self.deep, self.wide, self.x_l, self.u0, self.u1, self.mask, active)
             terms, stats = mgd_step.mgd_losses(self.student, targets, self.x_l, self.y, self.u0,
-                                               self.u1, self.mask, self.weights,
+                                               self.u1, self.mask, active,
                                                self.cfg.confidence_threshold, supervised_loss)
             total = weighted_total(terms, self.weights)
         torch.stack([total.detach().float(), stats["kept_fraction"].float()]).tolist()

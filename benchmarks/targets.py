@@ -39,7 +39,7 @@ from mgd_ray.data.transforms import to_tensor
 from mgd_ray.engine import LocalContext, seeds, train_teacher
 from mgd_ray.engine.batches import IterationData, cutmix_mask_at, iteration_loader
 from mgd_ray.engine.checkpoint import atomic_save, load_model_state
-from mgd_ray.engine.mgd_step import freeze, required_keys, teacher_forward
+from mgd_ray.engine.mgd_step import active_terms, freeze, required_keys, teacher_forward
 from mgd_ray.engine.presets import preset_configs
 from mgd_ray.engine.target_store import TargetReader, encode, write_targets
 from mgd_ray.engine.targets import compute_targets, load_teacher
@@ -160,7 +160,7 @@ def synthetic_store(cfg: DistillConfig, iterations: int, streams: int) -> dict:
                               LocalContext(folder, verbose=False), store)
         sizes = file_sizes(os.path.join(store, "rank0of1"))
         one = dict(np.load(os.path.join(store, "rank0of1", "0000000.npz")))
-        reader = TargetReader(store, 0, 1, 0, required_keys(cfg.weights.as_dict()))
+        reader = TargetReader(store, 0, 1, 0, required_keys(active_terms(cfg.weights.as_dict())))
         seconds = read_seconds(reader, list(range(iterations)), 3)
     pixel = len(encode({k: torch.from_numpy(v) for k, v in one.items() if "@" not in k}))
     return {"mean": statistics.mean(sizes), "max": max(sizes), "pixel_part": pixel,
@@ -232,7 +232,7 @@ def voc_file(targets: dict[str, torch.Tensor], folder: str) -> dict:
     with open(os.path.join(store, "rank0of1", "0000000.npz"), "wb") as f:
         f.write(raw)
     weights = {"sup": 1.0, "pixel": 1.0, "semantic": 1.0, "region": 1.0}
-    seconds = read_seconds(TargetReader(store, 0, 1, 0, required_keys(weights)), [0], 5)
+    seconds = read_seconds(TargetReader(store, 0, 1, 0, required_keys(active_terms(weights))), [0], 5)
     pixel = len(encode({k: v for k, v in targets.items() if "@" not in k}))
     return {"bytes": len(raw), "pixel_part": pixel, "per_stream": len(raw) - pixel,
             "read_s": seconds}

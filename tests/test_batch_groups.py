@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mgd_ray.engine.batch_groups import batch_groups
-from mgd_ray.engine.mgd_step import freeze, mgd_losses, teacher_forward
+from mgd_ray.engine.mgd_step import active_terms, freeze, mgd_losses, teacher_forward
 from mgd_ray.engine.targets import live_targets
 from mgd_ray.config import LossWeights
 from mgd_ray.models import build_model
@@ -85,8 +85,8 @@ def test_student_bn_statistics_per_batch_as_in_two_official_forwards():
     mask[:, :16] = 1
     weights = LossWeights(sup=1.0, pixel=0.0, semantic=0.0, region=1.0).as_dict()
     teacher = freeze(build_model("deeplabv3plus_resnet18", 5))
-    targets = live_targets(None, teacher, x_l, u0, u1, mask, weights)
-    terms, _ = mgd_losses(student, targets, x_l, y, u0, u1, mask, weights)
+    targets = live_targets(None, teacher, x_l, u0, u1, mask, active_terms(weights))
+    terms, _ = mgd_losses(student, targets, x_l, y, u0, u1, mask, active_terms(weights))
     x_m = (1 - mask[:, None]) * u0 + mask[:, None] * u1
     reference(x_m)  # the official order: mixed first (it moves the running statistics), then labeled
     s_l = reference(x_l)

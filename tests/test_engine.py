@@ -23,7 +23,7 @@ from mgd_ray.engine import targets as targets_module
 from mgd_ray.engine import teacher as teacher_module
 from mgd_ray.engine.checkpoint import atomic_save, load_checkpoint
 from mgd_ray.engine.evaluate import window_starts
-from mgd_ray.engine.mgd_step import freeze, mix, teacher_forward
+from mgd_ray.engine.mgd_step import active_terms, freeze, mix, teacher_forward
 from mgd_ray.engine.mgd_step import mgd_losses as mgd_losses_from_targets
 from mgd_ray.engine.targets import live_targets
 from mgd_ray.engine.optim import build_optimizer, param_groups, poly_lr
@@ -68,8 +68,9 @@ def _batch(b=2, s=16, seed=0):
 
 def mgd_losses(student, deep, wide, x_l, y, u0, u1, mask, weights, confidence_threshold=0.0):
     """The step with live teachers, as a run without a targets store computes it."""
-    targets = live_targets(deep, wide, x_l, u0, u1, mask, weights)
-    return mgd_losses_from_targets(student, targets, x_l, y, u0, u1, mask, weights,
+    active = active_terms(weights)
+    targets = live_targets(deep, wide, x_l, u0, u1, mask, active)
+    return mgd_losses_from_targets(student, targets, x_l, y, u0, u1, mask, active,
                                    confidence_threshold)
 
 

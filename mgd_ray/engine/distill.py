@@ -20,7 +20,7 @@ from .context import RunContext, rank
 from .device import channels_last
 from .evaluate import evaluate
 from .loop import fit
-from .mgd_step import mgd_losses, needs_teachers
+from .mgd_step import active_terms, mgd_losses, needs_teachers
 from .target_store import TargetReader, open_store
 from .targets import live_targets, load_teacher
 
@@ -39,8 +39,9 @@ class MGDTask:
     def __init__(self, cfg: DistillConfig, data, ctx: RunContext) -> None:
         self.cfg, self.num_classes, self.device = cfg, data.num_classes, ctx.device
         self.loss_weights = cfg.weights.as_dict()
+        self.active = active_terms(self.loss_weights)
         self.rank = rank()
-        need_deep, need_wide = needs_teachers(self.loss_weights)
+        need_deep, need_wide = needs_teachers(self.active)
         self.teacher_deep = self.teacher_wide = None
         self.stored_inputs: TargetReader | None = None
         if cfg.targets is not None and (need_deep or need_wide):
@@ -66,9 +67,9 @@ class MGDTask:
                ) -> dict[str, torch.Tensor]:
         if self.stored_inputs is None:
             targets = live_targets(self.teacher_deep, self.teacher_wide, x_l, u0, u1, mask,
-                                   self.loss_weights)
+                                   self.active)
         terms, stats = mgd_losses(self.student, targets or {}, x_l, y, u0, u1, mask,
-                                  self.loss_weights, self.cfg.confidence_threshold, self.sup_loss)
+                                  self.active, self.cfg.confidence_threshold, self.sup_loss)
         return {"loss": weighted_total(terms, self.loss_weights), "kept_fraction": stats["kept_fraction"],
                 **{f"loss_{name}": term for name, term in terms.items()}}
 

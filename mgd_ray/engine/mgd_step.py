@@ -31,25 +31,28 @@ MIXED = {"deep": ("semantic", "pooled"), "wide": ("region", "similarity")}
 
 
 def active_terms(weights: dict[str, float]) -> set[str]:
+    """The terms a run trains with: those of non-zero weight. What the step computes depends on
+    this set only; the weights themselves reach nothing but the total (losses.weighted_total)."""
     return {name for name, weight in weights.items() if float(weight) > 0}
 
 
-def needed(weights: dict[str, float]) -> dict[str, dict[str, bool]]:
-    """{teacher: {"pixel": needs its (u0, u1, x_l) targets, "mixed": needs its x_m target}}."""
-    active = active_terms(weights)
+def needed(active: set[str]) -> dict[str, dict[str, bool]]:
+    """{teacher: {"pixel": needs its (u0, u1, x_l) targets, "mixed": needs its x_m target}} for
+    the `active` terms."""
     return {t: {"pixel": "pixel" in active, "mixed": MIXED[t][0] in active} for t in TEACHERS}
 
 
-def needs_teachers(weights: dict[str, float]) -> tuple[bool, bool]:
-    """(needs teacher_deep, needs teacher_wide) for these weights."""
-    need = needed(weights)
+def needs_teachers(active: set[str]) -> tuple[bool, bool]:
+    """(needs teacher_deep, needs teacher_wide) for the `active` terms."""
+    need = needed(active)
     return any(need["deep"].values()), any(need["wide"].values())
 
 
-def required_keys(weights: dict[str, float]) -> list[str]:
-    """The teacher targets (engine/targets.py, one stream's keys) the step reads for `weights`."""
+def required_keys(active: set[str]) -> list[str]:
+    """The teacher targets (engine/targets.py, one stream's keys) the step reads for the `active`
+    terms."""
     keys = []
-    for teacher, need in needed(weights).items():
+    for teacher, need in needed(active).items():
         if need["pixel"]:
             keys += [f"{teacher}.{b}.{part}" for b in PIXEL_BATCHES for part in ("label", "code")]
         if need["mixed"]:
@@ -104,7 +107,7 @@ def mix(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def mgd_losses(student: nn.Module, targets: dict[str, torch.Tensor], x_l: torch.Tensor,
                y: torch.Tensor, u0: torch.Tensor, u1: torch.Tensor, mask: torch.Tensor,
-               weights: dict[str, float],
+               active: set[str],
                confidence_threshold: float = 0.0,
                sup_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = supervised_loss,
                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -114,12 +117,12 @@ def mgd_losses(student: nn.Module, targets: dict[str, torch.Tensor], x_l: torch.
 
     x_l, u0, u1: B x 3 x S x S; y: B x S x S; mask: B x S x S binary CutMix mask; `targets`: one
     mask stream's teacher targets (targets.for_stream keys; live_targets or a store), at least
-    those targets.required_keys(weights) names. The student runs once, on [x_m; x_l] concatenated
-    (DDP's one-forward-per-backward rule), with BN statistics per batch."""
-    active = active_terms(weights)
+    those required_keys(active) names; `active`: the terms of non-zero weight (active_terms). The
+    student runs once, on [x_m; x_l] concatenated (DDP's one-forward-per-backward rule), with BN
+    statistics per batch."""
     if not active:
-        raise ValueError(f"mgd_losses: every weight is 0 ({weights}); nothing would train the student")
-    missing = [key for key in required_keys(weights) if key not in targets]
+        raise ValueError("mgd_losses: no active term (every weight is 0); nothing would train the student")
+    missing = [key for key in required_keys(active) if key not in targets]
     if missing:
         raise ValueError(f"mgd_losses: weights {sorted(active)} need teacher targets {missing}")
     x_m = mix(mask, u0, u1)

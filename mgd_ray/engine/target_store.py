@@ -40,7 +40,7 @@ from . import seeds
 from .batches import STREAM_VERSION, IterationData, cutmix_mask_at, iteration_loader
 from .context import RunContext, all_reduce_sum, is_distributed, rank, world_size
 from .device import autocast, to_device
-from .mgd_step import TEACHERS, needed, required_keys
+from .mgd_step import TEACHERS, active_terms, needed, required_keys
 from .targets import compute_targets, load_teacher
 
 FORMAT = "mgd_ray.teacher_targets/1"  # what a file holds and how (keys, uint8, differenced codes)
@@ -172,8 +172,8 @@ def open_store(cfg: DistillConfig, data, device: torch.device) -> TargetReader:
     """This rank's reader of cfg.targets for the run `cfg`, after checking that the store matches
     it (describe: only the teachers its weights use; this run's stream when it needs x_m targets;
     at least cfg.iterations iterations). Raises ValueError naming every mismatching field."""
-    weights = cfg.weights.as_dict()
-    need = needed(weights)
+    active = active_terms(cfg.weights.as_dict())
+    need = needed(active)
     used = tuple(t for t in TEACHERS if any(need[t].values()))
     manifest = read_manifest(cfg.targets)
     if manifest is None:
@@ -187,7 +187,7 @@ def open_store(cfg: DistillConfig, data, device: torch.device) -> TargetReader:
         problems.append(f"iterations: store has {manifest.get('iterations')!r}, this run needs "
                         f"{cfg.iterations}")
     refuse(cfg.targets, problems)
-    return TargetReader(cfg.targets, rank(), world_size(), cfg.seed, required_keys(weights))
+    return TargetReader(cfg.targets, rank(), world_size(), cfg.seed, required_keys(active))
 
 
 def _ensure_manifest(store: str, manifest: dict[str, Any]) -> None:

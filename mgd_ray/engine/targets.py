@@ -24,7 +24,7 @@ from ..models import build_model
 from . import mgd_step
 from .checkpoint import load_model_state
 from .device import channels_last
-from .mgd_step import MIXED, PIXEL_BATCHES, active_terms, freeze, mix, needed
+from .mgd_step import MIXED, PIXEL_BATCHES, freeze, mix, needed
 
 MAX_CLASSES = 255  # labels are uint8 targets, 0..254 (255 is the ignore index)
 
@@ -92,15 +92,15 @@ def for_stream(targets: dict[str, torch.Tensor], stream: int) -> dict[str, torch
 
 def live_targets(teacher_deep: nn.Module | None, teacher_wide: nn.Module | None, x_l: torch.Tensor,
                  u0: torch.Tensor, u1: torch.Tensor, mask: torch.Tensor,
-                 weights: dict[str, float]) -> dict[str, torch.Tensor]:
-    """One iteration's targets from teachers in the run, only those `weights` use (a
+                 active: set[str]) -> dict[str, torch.Tensor]:
+    """One iteration's targets from teachers in the run, only those the `active` terms use (a
     supervised-only run forwards no teacher): for_stream's keys, as a store gives them."""
-    need = needed(weights)
+    need = needed(active)
     targets: dict[str, torch.Tensor] = {}
     for name, teacher in (("deep", teacher_deep), ("wide", teacher_wide)):
         if any(need[name].values()):
             if teacher is None:
-                raise ValueError(f"weights {sorted(active_terms(weights))} need teacher_{name}, "
+                raise ValueError(f"terms {sorted(active)} need teacher_{name}, "
                                  "which is None")
             targets.update(compute_targets({name: teacher}, x_l, u0, u1, {0: mask}, **need[name]))
     return for_stream(targets, 0)
