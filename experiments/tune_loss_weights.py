@@ -88,6 +88,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--keep-trial-weights", action="store_true", help="keep every trial's Train run folder (weights and "
         "training state; 100+ MB per ResNet-18 trial); by default only each protocol's best student is kept, "
         "in OUTPUT_DIR/models/")
+    add("--teacher-targets", choices=["shared", "live"], help="shared (default): each protocol's teacher "
+        "outputs are computed once, before its search, into a store on the storage path that every trial "
+        "reads (no trial loads a teacher; the same training, ~3x less compute); live: every trial runs "
+        "both teachers itself")
+    add("--keep-targets", action="store_true", help="keep each protocol's store of teacher targets "
+        "(STORAGE_PATH/targets/) after its last phase; by default it is deleted")
     add("--export-ablation-students", action="store_true",
         help="also write each ablation row's best student to OUTPUT_DIR/models/<protocol>/<variant>.pt")
     return p

@@ -461,3 +461,20 @@ def test_training_from_the_store_equals_live_teachers_on_two_ddp_ranks(tmp_path)
     # The ranks trained on other images: their first-iteration files differ.
     first = [dict(np.load(tmp_path / "store" / f"rank{r}of2" / "0000000.npz")) for r in range(2)]
     assert not np.array_equal(first[0]["deep.u0.label"], first[1]["deep.u0.label"])
+
+
+def test_a_files_digest_is_kept_beside_it_while_the_file_is_unchanged(tmp_path):
+    """storage.sha256 reads `<file>.sha256` while the file's size and mtime match it, so trials
+    do not read a teacher's bytes to check a store; a rewritten file is hashed again."""
+    import hashlib
+    import os
+    from mgd_ray import storage
+    path = tmp_path / "teacher.pt"
+    path.write_bytes(b"weights one")
+    assert storage.sha256(str(path)) == hashlib.sha256(b"weights one").hexdigest()
+    stamp, digest = (tmp_path / "teacher.pt.sha256").read_text().rsplit(" ", 1)
+    (tmp_path / "teacher.pt.sha256").write_text(f"{stamp} {'0' * 64}")  # the sidecar is what is read
+    assert storage.sha256(str(path)) == "0" * 64
+    path.write_bytes(b"weights two")
+    os.utime(path, ns=(1, 1))  # a rewrite: another size and mtime
+    assert storage.sha256(str(path)) == hashlib.sha256(b"weights two").hexdigest()

@@ -27,6 +27,7 @@ from ..schema import ABLATION_VARIANTS, read_json_object
 # --smoke: one protocol, two search trials, one ablation seed, a few iterations of everything.
 SMOKE = dict(protocols=("1/8",), num_samples=2, seeds=1, iterations=8, teacher_iterations=8, eval_every=4,
              crop_size=48, batch_size=2, loader_workers=0)
+TEACHER_TARGETS = ("shared", "live")
 # study option <- key of a preset's gpu_budget section
 GPU_BUDGET_KEYS = {"iterations": "student_iterations", "teacher_iterations": "teacher_iterations",
                    "batch_size": "batch_size", "crop_size": "crop_size", "eval_every": "eval_every",
@@ -76,6 +77,10 @@ class StudyConfig:
     verbose: bool = True
     verbose_ray: bool = False  # Ray Train's per-report INFO lines on the console (else: log files)
     keep_trial_weights: bool = False  # keep every trial's Train run folder (weights + state)
+    # "shared": the teachers' targets computed once per protocol, read by every trial (study.py);
+    # "live": every trial runs the teachers itself (the same training, docs/benchmarks.md section 9)
+    teacher_targets: str = "shared"
+    keep_targets: bool = False  # keep each protocol's store of teacher targets after its last phase
     export_ablation_students: bool = False  # models/<protocol>/<variant>.pt per ablation row
 
     def __post_init__(self) -> None:
@@ -120,6 +125,9 @@ class StudyConfig:
                              f"it needs --gpus-per-trial 1 and --workers-per-trial 1 (got {self.gpus_per_trial} "
                              f"and {self.workers_per_trial})")
         check_regime(self.pretrained)
+        if self.teacher_targets not in TEACHER_TARGETS:
+            raise ValueError(f"--teacher-targets {self.teacher_targets!r}: expected one of "
+                             f"{', '.join(TEACHER_TARGETS)}")
         for name in ("teacher_deep_checkpoint", "teacher_wide_checkpoint", "split_dir", "pretrained_dir"):
             path = getattr(self, name)
             if path and "://" not in path and not os.path.exists(path):

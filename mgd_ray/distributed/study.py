@@ -6,8 +6,11 @@ trial is a TrialSpec (spec.py) at a SearchPoint (space.py).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -20,7 +23,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ..config import TEACHER_DEEP, TEACHER_WIDE, protocol_slug
 from ..data import NUM_CLASSES, background_miou, build_datasets
 from ..report import generate_report
-from ..schema import FINISHED, best_trial, is_completed, read_records, write_json_atomic
+from ..schema import FINISHED, best_trial, is_completed, read_json_object, read_records, write_json_atomic
 from .. import storage
 from .cluster import ReservationWatch, check_trial_fits, connect, node_shapes, wait_released
 from .export import export_best, folder_size, prune_trial_weights
@@ -31,12 +34,14 @@ from .records import TrialRecorder, now_iso
 from .search import HonestOptunaSearch
 from .spec import SearchPoint, TrialSpec, ablation_point, param_space, search_space
 from .teachers import ensure_teacher, read_teacher_metrics, stage_pretrained
-from .trial import run_trial
+from .ray_private import trainer_without_ray_cleaner
+from .trial import DISTILL_KEY, run_trial, scaling_config, targets_loop, train_run_config
 
 # The trial function only drives a TorchTrainer; its workers hold the CPUs and GPUs. Tune needs a
 # non-empty request, so the driver asks for memory only, and a sliver of the head's own resource:
 # trial drivers (and the Train controllers Ray places beside them) then live on the head, and losing
 # a worker node costs a Train restart, never the trial.
+TARGETS_JSON = "targets.json"  # RESULTS_DIR/targets.json: each protocol's store, its cost and size
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2, "node:__internal_head__": 0.001}
 
 
@@ -132,16 +137,11 @@ def run_ablation(cfg: StudyConfig, spec: TrialSpec) -> None:
 
 
 def _study_json(cfg: StudyConfig) -> dict[str, Any]:
-    with open(os.path.join(cfg.output_dir, "study.json")) as f:
-        return json.load(f)
+    return read_json_object(os.path.join(cfg.output_dir, "study.json"))
 
 
 def _teachers_json(cfg: StudyConfig) -> dict[str, Any]:
-    path = os.path.join(cfg.output_dir, "teachers.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+    return _json_or_empty(os.path.join(cfg.output_dir, "teachers.json"))
 
 
 class StudyInterrupted(RuntimeError):
@@ -168,6 +168,93 @@ def keep_best_drop_the_rest(cfg: StudyConfig, spec: TrialSpec, kind: str) -> Non
     if unfinished:
         raise StudyInterrupted(f"[{spec.protocol} {kind}] interrupted with trial(s) {unfinished} unfinished; "
                                f"continue with --resume --output-dir {cfg.output_dir}")
+
+
+def target_streams(cfg: StudyConfig) -> list[int]:
+    """The mask streams (student seeds) a protocol's trials draw: the search's (cfg.seed) and each
+    ablation seed's."""
+    return sorted({cfg.seed, *(cfg.seed + s for s in range(cfg.seeds if cfg.ablation else 0))})
+
+
+def targets_store(cfg: StudyConfig, spec: TrialSpec) -> str:
+    """Where a protocol's store of teacher targets lives: on the study's storage, named by
+    everything its targets depend on (the teacher files' contents, the data stream, the trials'
+    worker count, device and precision, the schedule and the streams), so that another study, a
+    resumed one or a changed option never picks up targets of something else (the engine checks
+    the store's manifest again in every trial)."""
+    distill = spec.distill
+    data = {k: v for k, v in dataclasses.asdict(distill.data).items() if k not in ("num_workers", "split_out_dir")}
+    identity = {"teachers": [storage.sha256(distill.teacher_deep_checkpoint),
+                             storage.sha256(distill.teacher_wide_checkpoint)],
+                "teacher_train_mode": distill.teacher_train_mode, "data": data, "workers": spec.run.workers,
+                "device": cfg.device, "amp": distill.amp, "iterations": distill.iterations,
+                "streams": target_streams(cfg)}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    return storage.join(cfg.resolved_storage(), "targets", f"{protocol_slug(spec.protocol)}-{digest}")
+
+
+def prepare_targets(cfg: StudyConfig, spec: TrialSpec) -> TrialSpec:
+    """Compute (or finish computing) the protocol's store of teacher targets and return the spec
+    whose trials read it and load no teacher (--teacher-targets live: the spec unchanged).
+
+    The store is written by Ray Train runs with the trials' worker count, each a chunk of the
+    iterations, as many side by side as the cluster holds trials, so every slot works and no trial
+    waits: the trials start once the store is whole. A chunk whose files exist is skipped, so a
+    study killed while writing goes on where it stopped. What it cost (wall and device seconds)
+    and its size go to RESULTS_DIR/targets.json."""
+    if cfg.teacher_targets == "live":
+        return spec
+    store = targets_store(cfg, spec)
+    streams, iterations = target_streams(cfg), spec.distill.iterations
+    distill = dataclasses.replace(spec.distill, targets=store)
+    chunks = max(1, min(concurrency(cfg, spec.run), iterations))
+    bounds = [round(i * iterations / chunks) for i in range(chunks + 1)]
+    name = store.rstrip("/").rsplit("/", 1)[-1]
+
+    def write(chunk: int) -> float:
+        run_name = f"targets-{name}-{chunk}"
+        trainer = trainer_without_ray_cleaner(
+            targets_loop, scaling_config=scaling_config(spec.run),
+            train_loop_config={DISTILL_KEY: distill, "streams": streams, "first": bounds[chunk],
+                               "last": bounds[chunk + 1]},
+            run_config=train_run_config(spec.run, run_name))
+        started = time.time()
+        trainer.fit()
+        storage.remove_tree(storage.join(spec.run.storage_path, run_name))  # nothing in it resumes anything
+        return time.time() - started
+
+    print(f"[{spec.protocol}] teacher targets: {iterations} iterations x {len(streams)} mask stream(s) "
+          f"into {store}, {chunks} writer(s) side by side", flush=True)
+    started = time.time()
+    with ThreadPoolExecutor(max_workers=chunks) as pool:
+        seconds = list(pool.map(write, range(chunks)))
+    listing = _json_or_empty(os.path.join(cfg.output_dir, TARGETS_JSON))
+    spent = listing.get(spec.protocol, {})
+    listing[spec.protocol] = {
+        "store": store, "iterations": iterations, "streams": streams, "writers": chunks,
+        "wall_s": spent.get("wall_s", 0.0) + time.time() - started,
+        "device_seconds": spent.get("device_seconds", 0.0) + sum(seconds) * cfg.devices_per_trial,
+        "bytes": storage.tree_bytes(store), "deleted": False}
+    write_json_atomic(os.path.join(cfg.output_dir, TARGETS_JSON), listing)
+    print(f"[{spec.protocol}] teacher targets ready: {listing[spec.protocol]['bytes'] / 1e6:.1f} MB, "
+          f"{listing[spec.protocol]['wall_s']:.0f} s", flush=True)
+    return dataclasses.replace(spec, distill=distill)
+
+
+def release_targets(cfg: StudyConfig, spec: TrialSpec) -> None:
+    """Delete a protocol's store once its last phase has ended (unless --keep-targets)."""
+    if spec.distill.targets is None or cfg.keep_targets:
+        return
+    storage.remove_tree(spec.distill.targets)
+    path = os.path.join(cfg.output_dir, TARGETS_JSON)
+    listing = _json_or_empty(path)
+    if spec.protocol in listing:
+        listing[spec.protocol]["deleted"] = True
+        write_json_atomic(path, listing)
+
+
+def _json_or_empty(path: str) -> dict[str, Any]:
+    return read_json_object(path) if os.path.exists(path) else {}
 
 
 def prepare_teachers(cfg: StudyConfig, plans: list[ProtocolPlan],
@@ -262,11 +349,14 @@ def run_study(cfg: StudyConfig, plans: list[ProtocolPlan] | None = None,
     register(study_name(cfg), progress)
     progress.set_phase("teachers")
     for spec in prepare_teachers(cfg, plans, progress):
+        progress.set_phase("targets", spec.protocol)
+        spec = prepare_targets(cfg, spec)
         progress.set_phase("search", spec.protocol)
         run_search(cfg, spec, points)
         if cfg.ablation:
             progress.set_phase("ablation", spec.protocol)
             run_ablation(cfg, spec)
+        release_targets(cfg, spec)
     progress.set_phase("report")
     paths = generate_report(cfg.output_dir)
     teachers_root = os.path.join(cfg.resolved_storage(), "teachers")

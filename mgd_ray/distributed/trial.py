@@ -25,7 +25,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from .. import storage
 from ..config import DistillConfig, TeacherConfig
-from ..engine import DivergedError, distill_student, train_teacher
+from ..engine import DivergedError, distill_student, train_teacher, write_targets
 from ..engine.context import world_size
 from ..models import convert_sync_batchnorm
 from .cluster import WORKER_START_TIMEOUT_ENV
@@ -118,20 +118,36 @@ def teacher_loop(config: dict[str, Any]) -> None:
     train_teacher(TeacherConfig.from_dict(config), RayContext())
 
 
+def fetched(cfg: DistillConfig, keys: tuple[str, ...]) -> DistillConfig:
+    """cfg with the files its `keys` name on the study's storage fetched to this node."""
+    return dataclasses.replace(cfg, **{key: storage.download(getattr(cfg, key)) for key in keys
+                                       if getattr(cfg, key)})
+
+
 def student_loop(config: dict[str, Any]) -> None:
     """train_loop_per_worker for one MGD student run: config[DISTILL_KEY] is the trial's
-    DistillConfig. Teacher files and the student's ImageNet file on the study's storage are fetched
-    to this node first. A diverged run reports where and how it diverged, and stops cleanly:
-    retrying it from the last checkpoint (FailureConfig) would only diverge again."""
+    DistillConfig. The student's ImageNet file, and the teacher files unless the trial reads a
+    store of their targets, are fetched to this node first. A diverged run reports where and how
+    it diverged, and stops cleanly: retrying it from the last checkpoint (FailureConfig) would
+    only diverge again."""
     follow_train_log_level()
     cfg: DistillConfig = config[DISTILL_KEY]
-    cfg = dataclasses.replace(cfg, **{key: storage.download(getattr(cfg, key)) for key in
-                                      ("teacher_deep_checkpoint", "teacher_wide_checkpoint", "backbone_weights")
-                                      if getattr(cfg, key)})
+    teachers = () if cfg.targets else ("teacher_deep_checkpoint", "teacher_wide_checkpoint")
+    cfg = fetched(cfg, (*teachers, "backbone_weights"))
     try:
         distill_student(cfg, RayContext())
     except DivergedError as error:
         report_divergence(error)
+
+
+def targets_loop(config: dict[str, Any]) -> None:
+    """train_loop_per_worker of one writer of a protocol's store of teacher targets: iterations
+    config["first"] to config["last"] of the store config[DISTILL_KEY].targets, for the mask
+    streams config["streams"], with as many workers as the protocol's trials (each rank writes
+    its own files). The teacher files are fetched to this node first."""
+    follow_train_log_level()
+    cfg = fetched(config[DISTILL_KEY], ("teacher_deep_checkpoint", "teacher_wide_checkpoint"))
+    write_targets(cfg, config["streams"], range(config["first"], config["last"]), RayContext(), cfg.targets)
 
 
 def report_divergence(error: DivergedError) -> None:
