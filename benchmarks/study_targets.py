@@ -1,0 +1,103 @@
+"""The synthetic study with shared teacher targets against the same study with live teachers
+(issue 21, item 4), one after the other on this machine, same options, same cached teachers.
+
+Each study runs as the user runs it (`experiments/tune_loss_weights.py`, its own Ray instance)
+with --teacher-targets shared or live, on one --storage-path so that the second study reuses the
+teachers the first trained (their training is the same for both and is left out). Figures, per
+study: device-seconds of its trials (records' wall_s x devices) plus, for shared targets, of the
+writers that computed them (targets.json); the wall time of its student phases (from its "targets"
+progress line to its end); and the results, which must agree (same seeds, same training).
+
+    python benchmarks/study_targets.py                          # 1/8, 200 iterations, 3 + 6 trials
+    python benchmarks/study_targets.py --iterations 16 --eval-every 16 --protocols 1/8 1/4   # the default study
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import REPO, machine, table
+from mgd_ray.schema import read_records
+
+
+def run_study(variant: str, out: str, storage: str, extra: list[str]) -> dict:
+    """Run one study; return its wall times (whole, student phases) and its printed lines."""
+    argv = [sys.executable, os.path.join(REPO, "experiments", "tune_loss_weights.py"), "--teacher-targets",
+            variant, "--output-dir", out, "--storage-path", storage, "--quiet", *extra]
+    started = time.monotonic()
+    phases = None
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if phases is None and line.startswith("== study: targets"):
+            phases = time.monotonic()
+    if process.wait() != 0:
+        raise SystemExit(f"{variant} study failed:\n{''.join(lines[-40:])}")
+    ended = time.monotonic()
+    return {"wall_s": ended - started, "phases_s": ended - (phases or started)}
+
+
+def device_seconds(out: str) -> dict:
+    """{"trials", "writers", "total"}: device-seconds of a finished study's trials and writers."""
+    trials = sum(r.wall_s * r.num_devices for r in read_records(out))
+    path = os.path.join(out, "targets.json")
+    writers = 0.0
+    if os.path.exists(path):
+        with open(path) as f:
+            writers = sum(entry["device_seconds"] for entry in json.load(f).values())
+    return {"trials": trials, "writers": writers, "total": trials + writers}
+
+
+def results(out: str) -> dict:
+    """{(kind, variant, seed, point): final mIoU} of a finished study's trials."""
+    return {(r.kind, r.variant, r.seed, json.dumps(r.config, sort_keys=True)): r.miou for r in read_records(out)}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--protocols", nargs="+", default=["1/8"])
+    p.add_argument("--iterations", type=int, default=200, help="student iterations per trial")
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--order", nargs=2, default=["live", "shared"], choices=["live", "shared"],
+                   help="which study runs first (it trains the teachers the second reuses)")
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
+    print(f"machine: {machine()}")
+    root = tempfile.mkdtemp(prefix="bench-study-targets-")
+    storage = os.path.join(root, "storage")
+    extra = ["--protocols", *args.protocols, "--iterations", str(args.iterations), "--eval-every",
+             str(args.eval_every)]
+    rows, found = [], {}
+    for variant in args.order:
+        out = os.path.join(root, variant)
+        timing = run_study(variant, out, storage, extra)
+        spent = device_seconds(out)
+        found[variant] = results(out)
+        rows.append([variant, round(spent["trials"]), round(spent["writers"]), round(spent["total"]),
+                     round(timing["phases_s"]), round(timing["wall_s"])])
+        print(f"  {rows[-1]}", flush=True)
+    live, shared = (next(r for r in rows if r[0] == v) for v in ("live", "shared"))
+    print(f"\nsynthetic study, protocols {' '.join(args.protocols)}, {args.iterations} student iterations, "
+          f"evaluated every {args.eval_every}; default study size (search trials, ablation rows, seeds)")
+    print(table(["teachers", "trial device-s", "writer device-s", "device-s in all",
+                 "wall s, student phases", "wall s, whole study"], rows))
+    print(f"device-seconds live / shared: {live[3] / shared[3]:.2f}x; student-phase wall: "
+          f"{live[4] / shared[4]:.2f}x")
+    common = [k for k in found["live"] if k in found["shared"] and found["live"][k] is not None
+              and found["shared"][k] is not None]
+    gap = max((abs(found["live"][k] - found["shared"][k]) for k in common), default=float("nan"))
+    print(f"trials run by both (same variant, seed and point; TPE's later points and ASHA's stops depend on "
+          f"timing): {len(common)}; largest final-mIoU difference among them: {gap:.2e}; results in {root}")
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
