@@ -18,16 +18,17 @@
 On CUDA the forwards run as the engine runs them there (bf16 autocast, channels_last); the GPU's
 whole-step figures (launch counts, captured teachers) are benchmarks/gpu_step.py's.
 """
+
 from __future__ import annotations
 
 import argparse
 from collections import Counter
 
 import torch
+from common import interleaved, machine, median, table
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from common import interleaved, machine, median, table
 from mgd_ray.engine.batch_groups import IMPLS, batch_groups
 from mgd_ray.engine.device import autocast, channels_last, to_device
 from mgd_ray.engine.mgd_step import freeze
@@ -51,9 +52,13 @@ def teacher_variants(args, device: torch.device) -> dict[str, callable]:
             with torch.no_grad(), autocast(device, True):
                 with batch_groups(teacher, 4, impl=impl or "calls"):
                     return teacher(x)["logits"]
+
         return run
-    return {"teacher R101, eval BN": forward(None),
-            **{f"teacher R101, {impl}": forward(impl) for impl in IMPLS}}
+
+    return {
+        "teacher R101, eval BN": forward(None),
+        **{f"teacher R101, {impl}": forward(impl) for impl in IMPLS},
+    }
 
 
 def student_variants(args, device: torch.device) -> dict[str, callable]:
@@ -67,7 +72,9 @@ def student_variants(args, device: torch.device) -> dict[str, callable]:
                 out = student(x)
             (out["logits"].float().square().mean() + out["features"].float().mean()).backward()
             student.zero_grad(set_to_none=True)
+
         return run
+
     return {f"student R18 fwd+bwd, {impl}": step(impl) for impl in IMPLS}
 
 
@@ -81,8 +88,11 @@ class ComputeOps(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
-        if not func.is_view and isinstance(out, (torch.Tensor, list, tuple)) \
-                and name not in ("detach", "empty", "empty_like", "empty_strided"):
+        if (
+            not func.is_view
+            and isinstance(out, (torch.Tensor, list, tuple))
+            and name not in ("detach", "empty", "empty_like", "empty_strided")
+        ):
             self.ops[name] += 1
         return out
 
@@ -108,8 +118,14 @@ def compiled_kernels(impl: str, grad: bool) -> int:
     torch._dynamo.reset()
     metrics.reset()
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+    )
     if not grad:
         freeze(net, train_mode=True)
     compiled = torch.compile(net)
@@ -122,27 +138,50 @@ def compiled_kernels(impl: str, grad: bool) -> int:
 
 def print_kernels() -> None:
     rows = []
-    for label, groups, grad in (("teacher, no grad, 4 groups", 4, False),
-                                ("student, forward + backward, 2 groups", 2, True)):
+    for label, groups, grad in (
+        ("teacher, no grad, 4 groups", 4, False),
+        ("student, forward + backward, 2 groups", 2, True),
+    ):
         for impl in IMPLS:
-            fp32, bf16 = (eager_ops(impl, groups, grad, dtype)
-                          for dtype in (torch.float32, torch.bfloat16))
-            rows.append([label, impl, sum(fp32.values()), sum(bf16.values()),
-                         " ".join(f"{k} {v}" for k, v in sorted(fp32.items())),
-                         compiled_kernels(impl, grad)])
-    print(table(["BN layer", "impl", "eager ops fp32", "eager ops bf16 input", "eager ops (fp32)",
-                 "compiled kernels, 2-BN net"], rows))
+            fp32, bf16 = (
+                eager_ops(impl, groups, grad, dtype) for dtype in (torch.float32, torch.bfloat16)
+            )
+            rows.append(
+                [
+                    label,
+                    impl,
+                    sum(fp32.values()),
+                    sum(bf16.values()),
+                    " ".join(f"{k} {v}" for k, v in sorted(fp32.items())),
+                    compiled_kernels(impl, grad),
+                ]
+            )
+    print(
+        table(
+            [
+                "BN layer",
+                "impl",
+                "eager ops fp32",
+                "eager ops bf16 input",
+                "eager ops (fp32)",
+                "compiled kernels, 2-BN net",
+            ],
+            rows,
+        )
+    )
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--crop-size", type=int, default=64)
     p.add_argument("--images", type=int, default=2, help="images per named batch")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
-    p.add_argument("--kernels", action="store_true",
-                   help="count kernels per BN layer instead of timing")
+    p.add_argument(
+        "--kernels", action="store_true", help="count kernels per BN layer instead of timing"
+    )
     return p
 
 
@@ -163,10 +202,19 @@ def main(args: argparse.Namespace) -> None:
         for name, seconds in times.items():
             if name.startswith(part):
                 spread = f"{min(seconds) * 1e3:.0f}-{max(seconds) * 1e3:.0f}"
-                rows.append([name, median(seconds) * 1e3, spread, median(seconds) / base,
-                             reference.split(", ")[-1]])
-    print(f"\ncrop {args.crop_size}, {args.images} images per named batch, {device.type}, "
-          f"median of {args.rounds} interleaved rounds")
+                rows.append(
+                    [
+                        name,
+                        median(seconds) * 1e3,
+                        spread,
+                        median(seconds) / base,
+                        reference.split(", ")[-1],
+                    ]
+                )
+    print(
+        f"\ncrop {args.crop_size}, {args.images} images per named batch, {device.type}, "
+        f"median of {args.rounds} interleaved rounds"
+    )
     print(table(["variant", "ms (median)", "min-max ms", "ratio", "ratio over"], rows))
 
 

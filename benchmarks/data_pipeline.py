@@ -13,6 +13,7 @@ own default is 2.
     python benchmarks/data_pipeline.py           # workers 0 / 1 / 2, 2 rounds, windows of 2 iterations
     python benchmarks/data_pipeline.py --quick   # 1 round
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,8 @@ import tempfile
 import time
 
 import torch
-
 from common import machine, median, random_teachers, synthetic_distill_config, table
+
 from mgd_ray.config import DistillConfig
 from mgd_ray.data import build_datasets
 from mgd_ray.engine import LocalContext, distill_student
@@ -33,8 +34,9 @@ def loader_rate(cfg: DistillConfig, batches: int) -> float:
     """Images/s the data stream delivers, after its first item (worker start-up)."""
     data = build_datasets(cfg.data)
     items = IterationData(data.labeled, data.unlabeled, cfg.data, world=1, rank=0)
-    stream = iter(iteration_loader(items, range(batches + 1), cfg.data.num_workers,
-                                   torch.device("cpu")))
+    stream = iter(
+        iteration_loader(items, range(batches + 1), cfg.data.num_workers, torch.device("cpu"))
+    )
     next(stream)
     start = time.perf_counter()
     images = sum(len(item["x_l"]) + len(item["u"]) for item in stream)
@@ -49,12 +51,19 @@ def training_run(cfg: DistillConfig) -> dict:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="loader worker counts to compare")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--workers", type=int, nargs="+", default=[0, 1, 2], help="loader worker counts to compare"
+    )
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--window", type=int, default=2, help="iterations per report window (each run does 2)")
-    p.add_argument("--loader-batches", type=int, default=15, help="batches timed per loader measurement")
+    p.add_argument(
+        "--window", type=int, default=2, help="iterations per report window (each run does 2)"
+    )
+    p.add_argument(
+        "--loader-batches", type=int, default=15, help="batches timed per loader measurement"
+    )
     p.add_argument("--quick", action="store_true", help="1 round")
     return p
 
@@ -68,10 +77,15 @@ def main(args: argparse.Namespace) -> None:
     base = synthetic_distill_config(iterations=2 * args.window, eval_every=args.window)
     base = DistillConfig.from_dict({**base.to_dict(), **random_teachers(base)})
     per_iteration = 3 * base.data.batch_size
-    print(f"run: {base.student}, crop {base.data.crop_size}, batch {base.data.batch_size} (+"
-          f"{2 * base.data.batch_size} unlabeled = {per_iteration} images per iteration), "
-          f"{torch.get_num_threads()} torch threads; {args.rounds} interleaved rounds, medians")
-    configs = {w: dataclasses.replace(base, data=dataclasses.replace(base.data, num_workers=w)) for w in args.workers}
+    print(
+        f"run: {base.student}, crop {base.data.crop_size}, batch {base.data.batch_size} (+"
+        f"{2 * base.data.batch_size} unlabeled = {per_iteration} images per iteration), "
+        f"{torch.get_num_threads()} torch threads; {args.rounds} interleaved rounds, medians"
+    )
+    configs = {
+        w: dataclasses.replace(base, data=dataclasses.replace(base.data, num_workers=w))
+        for w in args.workers
+    }
     delivered = {w: [] for w in args.workers}
     reports = {w: [] for w in args.workers}
     for _ in range(args.rounds):
@@ -82,9 +96,27 @@ def main(args: argparse.Namespace) -> None:
     for w in args.workers:
         consumed = median([r["iter_per_s"] for r in reports[w]]) * per_iteration
         supplied = median(delivered[w])
-        rows.append([w, supplied, consumed, supplied / consumed, median([r["data_wait_share"] for r in reports[w]])])
-    print(table(["loader workers", "loaders alone: images/s", "step consumes: images/s", "supply / demand",
-                 "data wait share (from the loop)"], rows))
+        rows.append(
+            [
+                w,
+                supplied,
+                consumed,
+                supplied / consumed,
+                median([r["data_wait_share"] for r in reports[w]]),
+            ]
+        )
+    print(
+        table(
+            [
+                "loader workers",
+                "loaders alone: images/s",
+                "step consumes: images/s",
+                "supply / demand",
+                "data wait share (from the loop)",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

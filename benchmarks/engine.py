@@ -20,6 +20,7 @@ backward, SGD step, one host read of the logged values); data loading is benchma
 On CUDA the step runs as the engine runs it there: bf16 autocast, channels_last, and the reference
 is a bf16 matmul.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,16 +30,25 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from common import (
+    interleaved,
+    machine,
+    matmul_call,
+    matmul_macs,
+    median,
+    random_teachers,
+    synthetic_distill_config,
+    table,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import interleaved, machine, matmul_call, matmul_macs, median, random_teachers, synthetic_distill_config, table
 from mgd_ray.config import STUDENTS
 from mgd_ray.data import build_datasets, cutmix_mask
 from mgd_ray.engine import mgd_step
 from mgd_ray.engine.batch_groups import batch_groups
-from mgd_ray.engine.targets import live_targets, load_teacher
 from mgd_ray.engine.device import autocast, to_device
 from mgd_ray.engine.optim import build_optimizer
+from mgd_ray.engine.targets import live_targets, load_teacher
 from mgd_ray.losses import supervised_loss, weighted_total
 from mgd_ray.models import build_model
 
@@ -54,16 +64,20 @@ def separate_forwards(teacher, images, autograd: bool):
     teacher.requires_grad_(True)
     try:
         with torch.enable_grad():
-            return {name: {k: v.detach() for k, v in teacher(x).items()} for name, x in images.items()}
+            return {
+                name: {k: v.detach() for k, v in teacher(x).items()} for name, x in images.items()
+            }
     finally:
         teacher.requires_grad_(False)
 
 
 def in_mode(train_bn: bool, way):
     """`way` with the teacher's BN in train mode (the paper's: batch statistics) or eval mode."""
+
     def run(teacher, images):
         mgd_step.freeze(teacher, train_bn)
         return way(teacher, images)
+
     return run
 
 
@@ -74,7 +88,9 @@ TEACHER_WAYS = {
     "eval BN, batched": in_mode(False, ENGINE_TEACHER_FORWARD),
     "train BN, separate": in_mode(True, partial(separate_forwards, autograd=False)),
     "train BN, batched (engine default)": in_mode(True, ENGINE_TEACHER_FORWARD),
-    "train BN, separate, autograd (official)": in_mode(True, partial(separate_forwards, autograd=True)),
+    "train BN, separate, autograd (official)": in_mode(
+        True, partial(separate_forwards, autograd=True)
+    ),
 }
 
 
@@ -95,6 +111,7 @@ class TeacherClock:
                 torch.cuda.synchronize(self.device)
             self.seconds += time.perf_counter() - start
             return out
+
         mgd_step.teacher_forward = timed
         try:
             yield
@@ -105,7 +122,9 @@ class TeacherClock:
 class StudentBench:
     """One student's MGD step on a fixed batch of the synthetic set, as distill_student runs it."""
 
-    def __init__(self, student: str, device: torch.device, crop: int | None, batch: int | None) -> None:
+    def __init__(
+        self, student: str, device: torch.device, crop: int | None, batch: int | None
+    ) -> None:
         data = {k: v for k, v in (("crop_size", crop), ("batch_size", batch)) if v}
         cfg = synthetic_distill_config(student, data=data)
         cfg = type(cfg).from_dict({**cfg.to_dict(), **random_teachers(cfg)})
@@ -117,12 +136,26 @@ class StudentBench:
         self.x_l = to_device(torch.stack(x_l), device, True)
         self.y = to_device(torch.stack(y), device)
         self.u0, self.u1 = to_device(u, device, True).chunk(2)
-        self.mask = cutmix_mask(b, cfg.data.crop_size, cfg.data.crop_size, torch.Generator().manual_seed(0)).to(device)
+        self.mask = cutmix_mask(
+            b, cfg.data.crop_size, cfg.data.crop_size, torch.Generator().manual_seed(0)
+        ).to(device)
         self.images_per_iteration = 3 * b  # B labeled + 2B unlabeled (u0, u1)
-        self.deep = load_teacher(cfg.teacher_deep, sets.num_classes, cfg.teacher_deep_checkpoint,
-                                 "teacher_deep_checkpoint", device, cfg.teacher_train_mode)
-        self.wide = load_teacher(cfg.teacher_wide, sets.num_classes, cfg.teacher_wide_checkpoint,
-                                 "teacher_wide_checkpoint", device, cfg.teacher_train_mode)
+        self.deep = load_teacher(
+            cfg.teacher_deep,
+            sets.num_classes,
+            cfg.teacher_deep_checkpoint,
+            "teacher_deep_checkpoint",
+            device,
+            cfg.teacher_train_mode,
+        )
+        self.wide = load_teacher(
+            cfg.teacher_wide,
+            sets.num_classes,
+            cfg.teacher_wide_checkpoint,
+            "teacher_wide_checkpoint",
+            device,
+            cfg.teacher_train_mode,
+        )
         torch.manual_seed(0)
         self.student = build_model(student, sets.num_classes, cfg.student_output_stride).to(device)
         if device.type == "cuda":
@@ -136,10 +169,21 @@ class StudentBench:
         """losses -> one host read (the engine's divergence check) -> backward -> SGD step."""
         with autocast(self.device, self.amp):
             active = mgd_step.active_terms(self.weights)
-            targets = live_targets(self.deep, self.wide, self.x_l, self.u0, self.u1, self.mask, active)
-            terms, stats = mgd_step.mgd_losses(self.student, targets, self.x_l, self.y, self.u0,
-                                               self.u1, self.mask, active,
-                                               self.cfg.confidence_threshold, supervised_loss)
+            targets = live_targets(
+                self.deep, self.wide, self.x_l, self.u0, self.u1, self.mask, active
+            )
+            terms, stats = mgd_step.mgd_losses(
+                self.student,
+                targets,
+                self.x_l,
+                self.y,
+                self.u0,
+                self.u1,
+                self.mask,
+                active,
+                self.cfg.confidence_threshold,
+                supervised_loss,
+            )
             total = weighted_total(terms, self.weights)
         torch.stack([total.detach().float(), stats["kept_fraction"].float()]).tolist()
         self.optimizer.zero_grad(set_to_none=True)
@@ -151,16 +195,25 @@ class StudentBench:
         statistics per batch as the engine computes them (or over the joint batch)."""
         with autocast(self.device, self.amp), batch_groups(self.student, 2 if per_batch_bn else 1):
             out = self.student(torch.cat([mgd_step.mix(self.mask, self.u0, self.u1), self.x_l]))
-            loss = F.cross_entropy(out["logits"][self.x_l.shape[0]:].float(), self.y, ignore_index=255)
+            loss = F.cross_entropy(
+                out["logits"][self.x_l.shape[0] :].float(), self.y, ignore_index=255
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
 
     def teacher_images(self) -> dict[str, torch.Tensor]:
-        return {"u0": self.u0, "u1": self.u1, "x_l": self.x_l, "x_m": mgd_step.mix(self.mask, self.u0, self.u1)}
+        return {
+            "u0": self.u0,
+            "u1": self.u1,
+            "x_l": self.x_l,
+            "x_m": mgd_step.mix(self.mask, self.u0, self.u1),
+        }
 
     def teacher_only(self, teacher) -> None:
-        mgd_step.freeze(teacher, train_mode=True)  # the engine's default; other variants switch modes
+        mgd_step.freeze(
+            teacher, train_mode=True
+        )  # the engine's default; other variants switch modes
         with autocast(self.device, self.amp):
             ENGINE_TEACHER_FORWARD(teacher, self.teacher_images())
 
@@ -173,14 +226,23 @@ class StudentBench:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds, each running every variant once")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--rounds", type=int, default=3, help="timed rounds, each running every variant once"
+    )
     p.add_argument("--students", nargs="+", default=list(STUDENTS), choices=STUDENTS)
     p.add_argument("--matmul-size", type=int, default=2048, help="side of the reference matmul")
-    p.add_argument("--crop-size", type=int, default=None, help="default: the synthetic preset's (64)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the synthetic preset's (4)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument(
+        "--crop-size", type=int, default=None, help="default: the synthetic preset's (64)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="default: the synthetic preset's (4)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
     p.add_argument("--quick", action="store_true", help="2 rounds, ResNet-18 only")
     return p
 
@@ -197,9 +259,11 @@ def main(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}")
     benches = {s: StudentBench(s, device, args.crop_size, args.batch_size) for s in args.students}
     any_bench = next(iter(benches.values()))
-    print(f"setup: synthetic, crop {any_bench.cfg.data.crop_size}, batch {any_bench.cfg.data.batch_size} "
-          f"(+{2 * any_bench.cfg.data.batch_size} unlabeled), weights {any_bench.weights}, device {device}, "
-          f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}; {args.rounds} interleaved rounds, medians")
+    print(
+        f"setup: synthetic, crop {any_bench.cfg.data.crop_size}, batch {any_bench.cfg.data.batch_size} "
+        f"(+{2 * any_bench.cfg.data.batch_size} unlabeled), weights {any_bench.weights}, device {device}, "
+        f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}; {args.rounds} interleaved rounds, medians"
+    )
 
     clock = TeacherClock(device)
     teacher_share: dict[tuple[str, str], list[float]] = {}
@@ -212,7 +276,10 @@ def main(args: argparse.Namespace) -> None:
                 bench.step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            teacher_share.setdefault((student, way_name), []).append(clock.seconds / (time.perf_counter() - start))
+            teacher_share.setdefault((student, way_name), []).append(
+                clock.seconds / (time.perf_counter() - start)
+            )
+
         return run
 
     variants = {"matmul": matmul_call(args.matmul_size, device, dtype)}
@@ -229,40 +296,96 @@ def main(args: argparse.Namespace) -> None:
         macs[(s, "teacher_deep")] = bench.count_macs(partial(bench.teacher_only, bench.deep))
         macs[(s, "teacher_wide")] = bench.count_macs(partial(bench.teacher_only, bench.wide))
     times = interleaved(variants, args.rounds, device)
-    teacher_share = {k: v[-args.rounds:] for k, v in teacher_share.items()}  # drop the warm-up round
+    teacher_share = {
+        k: v[-args.rounds :] for k, v in teacher_share.items()
+    }  # drop the warm-up round
 
     matmul_rate = macs["matmul"] / median(times["matmul"])
-    print(f"\nreference: {args.matmul_size}^2 {str(dtype).removeprefix('torch.')} matmul "
-          f"{matmul_rate / 1e9:.1f} GMAC/s (median of {args.rounds})\n")
+    print(
+        f"\nreference: {args.matmul_size}^2 {str(dtype).removeprefix('torch.')} matmul "
+        f"{matmul_rate / 1e9:.1f} GMAC/s (median of {args.rounds})\n"
+    )
     engine_way = "train BN, batched (engine default)"
     base_way = "eval BN, batched"
     rows, parts = [], []
     for s, bench in benches.items():
         step_s = median(times[(s, "step", engine_way)])
         rate = macs[(s, "step")] / step_s
-        rows.append([s.removeprefix("deeplabv3plus_"), 1 / step_s, bench.images_per_iteration / step_s,
-                     macs[(s, "step")] / 1e9, rate / 1e9, rate / matmul_rate])
+        rows.append(
+            [
+                s.removeprefix("deeplabv3plus_"),
+                1 / step_s,
+                bench.images_per_iteration / step_s,
+                macs[(s, "step")] / 1e9,
+                rate / 1e9,
+                rate / matmul_rate,
+            ]
+        )
         for part in ("student", "teacher_deep", "teacher_wide"):
             part_s = median(times[(s, part)])
-            parts.append([s.removeprefix("deeplabv3plus_"), part, part_s * 1e3, part_s / step_s,
-                          macs[(s, part)] / 1e9, macs[(s, part)] / part_s / 1e9, macs[(s, part)] / part_s / matmul_rate])
+            parts.append(
+                [
+                    s.removeprefix("deeplabv3plus_"),
+                    part,
+                    part_s * 1e3,
+                    part_s / step_s,
+                    macs[(s, part)] / 1e9,
+                    macs[(s, part)] / part_s / 1e9,
+                    macs[(s, part)] / part_s / matmul_rate,
+                ]
+            )
     print("1. MGD iteration (engine step)")
-    print(table(["student", "iter/s", "images/s", "GMACs/iter", "GMAC/s", "utilisation (/matmul)"], rows))
+    print(
+        table(
+            ["student", "iter/s", "images/s", "GMACs/iter", "GMAC/s", "utilisation (/matmul)"],
+            rows,
+        )
+    )
     print("\ncomponents, timed alone in the same rounds")
-    print(table(["student", "part", "ms", "share of step time", "GMACs", "GMAC/s", "utilisation"], parts))
+    print(
+        table(
+            ["student", "part", "ms", "share of step time", "GMACs", "GMAC/s", "utilisation"],
+            parts,
+        )
+    )
 
     rows = []
     for s in benches:
         base = median(times[(s, "step", base_way)])
         for way_name in TEACHER_WAYS:
             step_s = median(times[(s, "step", way_name)])
-            rows.append([s.removeprefix("deeplabv3plus_"), way_name, step_s * 1e3,
-                         median(teacher_share[(s, way_name)]), step_s / base])
+            rows.append(
+                [
+                    s.removeprefix("deeplabv3plus_"),
+                    way_name,
+                    step_s * 1e3,
+                    median(teacher_share[(s, way_name)]),
+                    step_s / base,
+                ]
+            )
         joint, grouped = median(times[(s, "student, joint BN")]), median(times[(s, "student")])
-        rows.append([s.removeprefix("deeplabv3plus_"), "(student alone: BN per batch / joint BN)", grouped * 1e3,
-                     float("nan"), grouped / joint])
+        rows.append(
+            [
+                s.removeprefix("deeplabv3plus_"),
+                "(student alone: BN per batch / joint BN)",
+                grouped * 1e3,
+                float("nan"),
+                grouped / joint,
+            ]
+        )
     print("\n2. teacher forwards: share of the iteration; step time over the eval-BN batched step")
-    print(table(["student", "teacher forwards", "step ms", "teacher share", "step time / eval batched"], rows))
+    print(
+        table(
+            [
+                "student",
+                "teacher forwards",
+                "step ms",
+                "teacher share",
+                "step time / eval batched",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ the rate of a bf16 n x n matmul timed in the same process.
     python benchmarks/gpu_step.py --runs deeplabv3plus_resnet101 deeplabv3plus_resnet18 \
         --bn calls one_pass joint --compile off on --profile 2     # issue 22: before and after
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,10 @@ from contextlib import nullcontext
 from types import SimpleNamespace
 
 import torch
+from common import machine, matmul_call, matmul_macs, median, table
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import machine, matmul_call, matmul_macs, median, table
 from mgd_ray.config import STUDENTS, TEACHER_DEEP, TEACHER_WIDE
 from mgd_ray.data import cutmix_mask
 from mgd_ray.engine.batch_groups import IMPLS, set_batch_norm_impl
@@ -63,7 +64,9 @@ A10G_USABLE_GIB = 22.0
 def inputs(images: int, crop: int, device: torch.device, seed: int = 0):
     """x_l, y, u0, u1, mask as the loop hands them to a task (images on the device, channels_last)."""
     g = torch.Generator().manual_seed(seed)
-    x_l, u0, u1 = (to_device(torch.randn(images, 3, crop, crop, generator=g), device, True) for _ in range(3))
+    x_l, u0, u1 = (
+        to_device(torch.randn(images, 3, crop, crop, generator=g), device, True) for _ in range(3)
+    )
     y = torch.randint(0, NUM_CLASSES, (images, crop, crop), generator=g)
     y[:, :8] = 255  # some ignored pixels, as VOC's borders
     return x_l, to_device(y, device), u0, u1, cutmix_mask(images, crop, crop, g).to(device)
@@ -71,7 +74,10 @@ def inputs(images: int, crop: int, device: torch.device, seed: int = 0):
 
 def teacher_files(folder: str) -> dict[str, str]:
     paths = {}
-    for key, arch in (("teacher_deep_checkpoint", TEACHER_DEEP), ("teacher_wide_checkpoint", TEACHER_WIDE)):
+    for key, arch in (
+        ("teacher_deep_checkpoint", TEACHER_DEEP),
+        ("teacher_wide_checkpoint", TEACHER_WIDE),
+    ):
         paths[key] = f"{folder}/{arch}.pt"
         atomic_save(build_model(arch, NUM_CLASSES).state_dict(), paths[key])
     return paths
@@ -81,8 +87,9 @@ def build_run(name: str, images: int, device: torch.device, teachers: dict[str, 
     """(task, cfg) of one run of a VOC 1/8 study with `images` per device, built as the study
     builds it (engine.presets.preset_configs)."""
     student = name if name in STUDENTS else STUDENTS[0]
-    distill, by_arch = preset_configs("voc", "1/8", student, num_devices=8 // images,
-                                      data={"root": "/nonexistent"})
+    distill, by_arch = preset_configs(
+        "voc", "1/8", student, num_devices=8 // images, data={"root": "/nonexistent"}
+    )
     ctx = LocalContext(tempfile.mkdtemp(prefix="gpu-step-"), device=device, verbose=False)
     if name in STUDENTS:
         cfg = dataclasses.replace(distill, **teachers)
@@ -109,9 +116,17 @@ def prepare(task, impl: str, compiled: bool, device: torch.device) -> None:
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
 
 
-def measure(name: str, images: int, steps: int, device: torch.device, teachers: dict[str, str],
-            bn: str = "calls", compiled: bool = False, profile_steps: int = 0,
-            warmup: int = 3) -> dict:
+def measure(
+    name: str,
+    images: int,
+    steps: int,
+    device: torch.device,
+    teachers: dict[str, str],
+    bn: str = "calls",
+    compiled: bool = False,
+    profile_steps: int = 0,
+    warmup: int = 3,
+) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     task, cfg = build_run(name, images, device, teachers)
@@ -146,47 +161,82 @@ def measure(name: str, images: int, steps: int, device: torch.device, teachers: 
     # Compiled code bypasses the counter's dispatch mode: count an eager step (same MACs).
     with torch.compiler.set_stance("force_eager") if compiled else nullcontext(), counter:
         step(steps + warmup + 1)
-    r = {"seconds": median(seconds), "spread": (min(seconds), max(seconds)), "alloc": peak_alloc,
-         "reserved": peak_reserved, "macs": counter.get_total_flops() // 2, "warmup_s": warmup_s,
-         "images": 3 * images}  # x_l, u0, u1
+    r = {
+        "seconds": median(seconds),
+        "spread": (min(seconds), max(seconds)),
+        "alloc": peak_alloc,
+        "reserved": peak_reserved,
+        "macs": counter.get_total_flops() // 2,
+        "warmup_s": warmup_s,
+        "images": 3 * images,
+    }  # x_l, u0, u1
     if profile_steps:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for i in range(profile_steps):
                 step(steps + warmup + 2 + i)
             torch.cuda.synchronize(device)
         events = prof.key_averages()
-        kernel_us = sum(e.self_device_time_total for e in events
-                        if e.device_type == torch.autograd.DeviceType.CUDA)
+        kernel_us = sum(
+            e.self_device_time_total
+            for e in events
+            if e.device_type == torch.autograd.DeviceType.CUDA
+        )
         r["launches"] = sum(e.count for e in events if e.key in LAUNCHES) / profile_steps
         graph_launches = sum(e.count for e in events if e.key == "cudaGraphLaunch")
         r["graph_launches"] = graph_launches / profile_steps
         r["kernel_ms"] = kernel_us / 1e3 / profile_steps
-        print(f"  profile {name} x{images} ({bn} BN, compile {'on' if compiled else 'off'}): GPU "
-              f"kernel time {r['kernel_ms']:.1f} ms/step of {r['seconds'] * 1e3:.1f} ms wall; "
-              f"{r['launches']:.0f} kernel launches + {r['graph_launches']:.0f} CUDA-graph "
-              f"launches per step")
+        print(
+            f"  profile {name} x{images} ({bn} BN, compile {'on' if compiled else 'off'}): GPU "
+            f"kernel time {r['kernel_ms']:.1f} ms/step of {r['seconds'] * 1e3:.1f} ms wall; "
+            f"{r['launches']:.0f} kernel launches + {r['graph_launches']:.0f} CUDA-graph "
+            f"launches per step"
+        )
         print(events.table(sort_by="self_cpu_time_total", row_limit=12))
     return r
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="+", default=[TEACHER_DEEP, TEACHER_WIDE, *STUDENTS],
-                   choices=[TEACHER_DEEP, TEACHER_WIDE, *STUDENTS])
-    p.add_argument("--images", nargs="+", type=int, default=[2, 8], choices=[1, 2, 4, 8],
-                   help="images per device per batch (the VOC total batch is 8)")
-    p.add_argument("--steps", type=int, default=10,
-                   help="timed steps per run (after the warm-up steps)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=[TEACHER_DEEP, TEACHER_WIDE, *STUDENTS],
+        choices=[TEACHER_DEEP, TEACHER_WIDE, *STUDENTS],
+    )
+    p.add_argument(
+        "--images",
+        nargs="+",
+        type=int,
+        default=[2, 8],
+        choices=[1, 2, 4, 8],
+        help="images per device per batch (the VOC total batch is 8)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=10, help="timed steps per run (after the warm-up steps)"
+    )
     p.add_argument("--matmul-size", type=int, default=8192)
-    p.add_argument("--bn", nargs="+", default=["calls"], choices=IMPLS,
-                   help="BN statistics: per named batch by one native call each ('calls', the "
-                        "eager engine's) or in one pass ('one_pass', the compiled engine's); "
-                        "'joint': one BN call over the whole batch (not the paper's)")
-    p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
-                   help="'on': trained networks compiled, frozen teachers captured (CUDA graphs)")
+    p.add_argument(
+        "--bn",
+        nargs="+",
+        default=["calls"],
+        choices=IMPLS,
+        help="BN statistics: per named batch by one native call each ('calls', the "
+        "eager engine's) or in one pass ('one_pass', the compiled engine's); "
+        "'joint': one BN call over the whole batch (not the paper's)",
+    )
+    p.add_argument(
+        "--compile",
+        nargs="+",
+        default=["off"],
+        choices=["off", "on"],
+        help="'on': trained networks compiled, frozen teachers captured (CUDA graphs)",
+    )
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, capture)")
-    p.add_argument("--profile", type=int, default=0, help="profile this many extra steps of each run")
+    p.add_argument(
+        "--profile", type=int, default=0, help="profile this many extra steps of each run"
+    )
     return p
 
 
@@ -198,8 +248,12 @@ def main(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}")
     torch.cuda.init()
     free, total = torch.cuda.mem_get_info(device)
-    context_gib = (total - free) / 2**30  # before any tensor: the CUDA context and the driver's share
-    print(f"GPU memory {total / 2**30:.1f} GiB; in use before any tensor (CUDA context): {context_gib:.2f} GiB")
+    context_gib = (
+        total - free
+    ) / 2**30  # before any tensor: the CUDA context and the driver's share
+    print(
+        f"GPU memory {total / 2**30:.1f} GiB; in use before any tensor (CUDA context): {context_gib:.2f} GiB"
+    )
     mm = matmul_call(args.matmul_size, device, torch.bfloat16)
     mm_times = []
     for _ in range(5):
@@ -210,8 +264,9 @@ def main(args: argparse.Namespace) -> None:
         mm_times.append(time.perf_counter() - start)
     rate = matmul_macs(args.matmul_size) / median(mm_times[1:])
     print(f"reference: {args.matmul_size}^2 bf16 matmul {2 * rate / 1e12:.0f} TFLOP/s")
-    variants = [(n, i, b, c) for n in args.runs for i in args.images for b in args.bn
-                for c in args.compile]
+    variants = [
+        (n, i, b, c) for n in args.runs for i in args.images for b in args.bn for c in args.compile
+    ]
     today = {}  # (run, images) -> ms/step of the engine before issue 22: "calls", compile off
     with tempfile.TemporaryDirectory() as folder:
         teachers = teacher_files(folder)
@@ -219,8 +274,17 @@ def main(args: argparse.Namespace) -> None:
         for name, images, bn, compiled in variants:
             run = name.removeprefix("deeplabv3plus_")
             try:
-                r = measure(name, images, args.steps, device, teachers, bn, compiled == "on",
-                            args.profile, args.warmup)
+                r = measure(
+                    name,
+                    images,
+                    args.steps,
+                    device,
+                    teachers,
+                    bn,
+                    compiled == "on",
+                    args.profile,
+                    args.warmup,
+                )
             except torch.cuda.OutOfMemoryError as err:
                 rows.append([run, images, bn, compiled, "OOM", str(err)[:40]])
                 continue
@@ -233,26 +297,60 @@ def main(args: argparse.Namespace) -> None:
             if (bn, compiled) == ("calls", "off"):
                 today[(run, images)] = ms
             fits = r["reserved"] + context_gib <= A10G_USABLE_GIB
-            launches = (f"{r['launches']:.0f} + {r['graph_launches']:.0f}" if "launches" in r
-                        else "-")
-            rows.append([run, images, bn, compiled, round(ms, 1),
-                         f"{r['spread'][0] * 1e3:.0f}-{r['spread'][1] * 1e3:.0f}",
-                         round(ms / today[(run, images)], 2) if (run, images) in today else "-",
-                         round(r["warmup_s"], 1), round(r["images"] / r["seconds"], 1),
-                         round(r["alloc"], 2), round(r["reserved"], 2), round(r["macs"] / 1e9, 1),
-                         round(r["macs"] / r["seconds"] / rate, 3),
-                         launches, round(r["kernel_ms"], 1) if "kernel_ms" in r else "-",
-                         "yes" if fits else "no"])
+            launches = (
+                f"{r['launches']:.0f} + {r['graph_launches']:.0f}" if "launches" in r else "-"
+            )
+            rows.append(
+                [
+                    run,
+                    images,
+                    bn,
+                    compiled,
+                    round(ms, 1),
+                    f"{r['spread'][0] * 1e3:.0f}-{r['spread'][1] * 1e3:.0f}",
+                    round(ms / today[(run, images)], 2) if (run, images) in today else "-",
+                    round(r["warmup_s"], 1),
+                    round(r["images"] / r["seconds"], 1),
+                    round(r["alloc"], 2),
+                    round(r["reserved"], 2),
+                    round(r["macs"] / 1e9, 1),
+                    round(r["macs"] / r["seconds"] / rate, 3),
+                    launches,
+                    round(r["kernel_ms"], 1) if "kernel_ms" in r else "-",
+                    "yes" if fits else "no",
+                ]
+            )
             print(f"  {rows[-1]}", flush=True)
     print("\nVOC 1/8, crop 512, bf16 autocast + channels_last, one GPU (a run's share per device)")
-    print(table(["run", "images/device", "BN statistics", "compile", "ms/step (median)",
-                 "min-max ms", "x calls/off", "warm-up s", "images/s", "peak alloc GiB",
-                 "peak reserved GiB",
-                 "GMACs/step", "utilisation (/bf16 matmul)", "launches/step (kernels + graphs)",
-                 "GPU kernel ms/step", "fits 24 GB A10G"], rows))
+    print(
+        table(
+            [
+                "run",
+                "images/device",
+                "BN statistics",
+                "compile",
+                "ms/step (median)",
+                "min-max ms",
+                "x calls/off",
+                "warm-up s",
+                "images/s",
+                "peak alloc GiB",
+                "peak reserved GiB",
+                "GMACs/step",
+                "utilisation (/bf16 matmul)",
+                "launches/step (kernels + graphs)",
+                "GPU kernel ms/step",
+                "fits 24 GB A10G",
+            ],
+            rows,
+        )
+    )
     print("images/s counts every image an iteration consumes: labeled + 2 unlabeled per slot.")
-    print("x calls/off: over the same run's ms/step with per-call BN and no compile (the engine "
-          "before issue 22), when measured earlier in this run.")
+    print(
+        "x calls/off: over the same run's ms/step with per-call BN and no compile (the engine "
+        "before issue 22), when measured earlier in this run."
+    )
+
 
 if __name__ == "__main__":
     main(get_args_parser().parse_args())

@@ -11,6 +11,7 @@ progress line to its end); and the results, which must agree (same seeds, same t
     python benchmarks/study_targets.py                          # 1/8, 200 iterations, 3 + 6 trials
     python benchmarks/study_targets.py --iterations 16 --eval-every 16 --protocols 1/8 1/4   # the default study
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,17 +23,33 @@ import tempfile
 import time
 
 from common import REPO, machine, table
+
 from mgd_ray.schema import read_records
 
 
 def run_study(variant: str, out: str, storage: str, extra: list[str]) -> dict:
     """Run one study; return its wall times (whole, student phases) and its printed lines."""
-    argv = [sys.executable, os.path.join(REPO, "experiments", "tune_loss_weights.py"), "--teacher-targets",
-            variant, "--output-dir", out, "--storage-path", storage, "--quiet", *extra]
+    argv = [
+        sys.executable,
+        os.path.join(REPO, "experiments", "tune_loss_weights.py"),
+        "--teacher-targets",
+        variant,
+        "--output-dir",
+        out,
+        "--storage-path",
+        storage,
+        "--quiet",
+        *extra,
+    ]
     started = time.monotonic()
     phases = None
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    process = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     lines = []
     for line in process.stdout:
         lines.append(line)
@@ -57,17 +74,26 @@ def device_seconds(out: str) -> dict:
 
 def results(out: str) -> dict:
     """{(kind, variant, seed, point): final mIoU} of a finished study's trials."""
-    return {(r.kind, r.variant, r.seed, json.dumps(r.config, sort_keys=True)): r.miou for r in read_records(out)}
+    return {
+        (r.kind, r.variant, r.seed, json.dumps(r.config, sort_keys=True)): r.miou
+        for r in read_records(out)
+    }
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--protocols", nargs="+", default=["1/8"])
     p.add_argument("--iterations", type=int, default=200, help="student iterations per trial")
     p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--order", nargs=2, default=["live", "shared"], choices=["live", "shared"],
-                   help="which study runs first (it trains the teachers the second reuses)")
+    p.add_argument(
+        "--order",
+        nargs=2,
+        default=["live", "shared"],
+        choices=["live", "shared"],
+        help="which study runs first (it trains the teachers the second reuses)",
+    )
     return p
 
 
@@ -75,29 +101,64 @@ def main(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}")
     root = tempfile.mkdtemp(prefix="bench-study-targets-")
     storage = os.path.join(root, "storage")
-    extra = ["--protocols", *args.protocols, "--iterations", str(args.iterations), "--eval-every",
-             str(args.eval_every)]
+    extra = [
+        "--protocols",
+        *args.protocols,
+        "--iterations",
+        str(args.iterations),
+        "--eval-every",
+        str(args.eval_every),
+    ]
     rows, found = [], {}
     for variant in args.order:
         out = os.path.join(root, variant)
         timing = run_study(variant, out, storage, extra)
         spent = device_seconds(out)
         found[variant] = results(out)
-        rows.append([variant, round(spent["trials"]), round(spent["writers"]), round(spent["total"]),
-                     round(timing["phases_s"]), round(timing["wall_s"])])
+        rows.append(
+            [
+                variant,
+                round(spent["trials"]),
+                round(spent["writers"]),
+                round(spent["total"]),
+                round(timing["phases_s"]),
+                round(timing["wall_s"]),
+            ]
+        )
         print(f"  {rows[-1]}", flush=True)
     live, shared = (next(r for r in rows if r[0] == v) for v in ("live", "shared"))
-    print(f"\nsynthetic study, protocols {' '.join(args.protocols)}, {args.iterations} student iterations, "
-          f"evaluated every {args.eval_every}; default study size (search trials, ablation rows, seeds)")
-    print(table(["teachers", "trial device-s", "writer device-s", "device-s in all",
-                 "wall s, student phases", "wall s, whole study"], rows))
-    print(f"device-seconds live / shared: {live[3] / shared[3]:.2f}x; student-phase wall: "
-          f"{live[4] / shared[4]:.2f}x")
-    common = [k for k in found["live"] if k in found["shared"] and found["live"][k] is not None
-              and found["shared"][k] is not None]
+    print(
+        f"\nsynthetic study, protocols {' '.join(args.protocols)}, {args.iterations} student iterations, "
+        f"evaluated every {args.eval_every}; default study size (search trials, ablation rows, seeds)"
+    )
+    print(
+        table(
+            [
+                "teachers",
+                "trial device-s",
+                "writer device-s",
+                "device-s in all",
+                "wall s, student phases",
+                "wall s, whole study",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"device-seconds live / shared: {live[3] / shared[3]:.2f}x; student-phase wall: "
+        f"{live[4] / shared[4]:.2f}x"
+    )
+    common = [
+        k
+        for k in found["live"]
+        if k in found["shared"] and found["live"][k] is not None and found["shared"][k] is not None
+    ]
     gap = max((abs(found["live"][k] - found["shared"][k]) for k in common), default=float("nan"))
-    print(f"trials run by both (same variant, seed and point; TPE's later points and ASHA's stops depend on "
-          f"timing): {len(common)}; largest final-mIoU difference among them: {gap:.2e}; results in {root}")
+    print(
+        f"trials run by both (same variant, seed and point; TPE's later points and ASHA's stops depend on "
+        f"timing): {len(common)}; largest final-mIoU difference among them: {gap:.2e}; results in {root}"
+    )
+
 
 if __name__ == "__main__":
     main(get_args_parser().parse_args())

@@ -17,6 +17,7 @@
     python benchmarks/targets.py                      # trained ResNet-18 teachers, 40 iterations
     python benchmarks/targets.py --random-teachers --quick
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,8 @@ import time
 import cv2
 import numpy as np
 import torch
-
 from common import CACHE, machine, random_teachers, synthetic_distill_config, table
+
 from mgd_ray.config import TEACHER_DEEP, DataConfig, DistillConfig
 from mgd_ray.data import build_datasets
 from mgd_ray.data.io import read_image
@@ -57,7 +58,7 @@ def raw_bytes(batch: int, crop: int, classes: int, streams: int) -> dict[str, in
     each named batch of both teachers; per stream float32 B x C pooled logits and B x 49 x 49
     similarities."""
     pixels = 2 * BATCHES * 2 * batch * crop * crop
-    per_stream = batch * (classes + REGION_GRID ** 4) * 4
+    per_stream = batch * (classes + REGION_GRID**4) * 4
     return {"pixel": pixels, "per_stream": per_stream, "total": pixels + streams * per_stream}
 
 
@@ -67,9 +68,16 @@ def trained_teacher(arch: str, iterations: int, seed: int) -> str:
     path = CACHE / f"cps-{arch}-synthetic-1_8-{iterations}it-seed{seed}.pt"
     if path.exists():
         return str(path)
-    _, teachers = preset_configs("synthetic", "1/8", data={"num_workers": 0, "split_out_dir": str(CACHE / "splits")},
-                                 teacher_iterations=iterations, teacher_eval_every=iterations)
-    cfg = dataclasses.replace(teachers[TEACHER_DEEP], arch=arch, seed=seed)  # the study's teacher recipe
+    _, teachers = preset_configs(
+        "synthetic",
+        "1/8",
+        data={"num_workers": 0, "split_out_dir": str(CACHE / "splits")},
+        teacher_iterations=iterations,
+        teacher_eval_every=iterations,
+    )
+    cfg = dataclasses.replace(
+        teachers[TEACHER_DEEP], arch=arch, seed=seed
+    )  # the study's teacher recipe
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-teacher-") as folder:
         ctx = LocalContext(folder, verbose=False)
@@ -77,8 +85,16 @@ def trained_teacher(arch: str, iterations: int, seed: int) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save(load_model_state(os.path.join(ctx.latest_checkpoint(), "model.pt")), str(path))
     with open(str(path)[:-3] + ".json", "w") as f:
-        json.dump({"arch": arch, "iterations": iterations, "seed": seed, "miou": metrics["miou"],
-                   "seconds": time.perf_counter() - started}, f)
+        json.dump(
+            {
+                "arch": arch,
+                "iterations": iterations,
+                "seed": seed,
+                "miou": metrics["miou"],
+                "seconds": time.perf_counter() - started,
+            },
+            f,
+        )
     return str(path)
 
 
@@ -87,19 +103,29 @@ def teachers_of(args) -> tuple[dict[str, str], str]:
     if args.random_teachers:
         arch = args.teacher_arch
         cfg = dataclasses.replace(synthetic_distill_config(), teacher_deep=arch, teacher_wide=arch)
-        return ({**random_teachers(cfg), "teacher_deep": args.teacher_arch,
-                 "teacher_wide": args.teacher_arch}, f"random-weight {args.teacher_arch}")
+        return (
+            {
+                **random_teachers(cfg),
+                "teacher_deep": args.teacher_arch,
+                "teacher_wide": args.teacher_arch,
+            },
+            f"random-weight {args.teacher_arch}",
+        )
     paths = {}
     for seed, role in enumerate(("deep", "wide")):
-        paths[f"teacher_{role}_checkpoint"] = trained_teacher(args.teacher_arch,
-                                                              args.teacher_iterations, seed)
+        paths[f"teacher_{role}_checkpoint"] = trained_teacher(
+            args.teacher_arch, args.teacher_iterations, seed
+        )
         paths[f"teacher_{role}"] = args.teacher_arch
-    scores = [json.load(open(paths[f"teacher_{r}_checkpoint"][:-3] + ".json"))
-              for r in ("deep", "wide")]
-    described = ", ".join(f"val mIoU {s['miou']:.3f} (trained in {s['seconds'] / 60:.1f} min)"
-                          for s in scores)
-    return paths, (f"CPS-trained {args.teacher_arch}, {args.teacher_iterations} iterations each: "
-                   f"{described}")
+    scores = [
+        json.load(open(paths[f"teacher_{r}_checkpoint"][:-3] + ".json")) for r in ("deep", "wide")
+    ]
+    described = ", ".join(
+        f"val mIoU {s['miou']:.3f} (trained in {s['seconds'] / 60:.1f} min)" for s in scores
+    )
+    return paths, (
+        f"CPS-trained {args.teacher_arch}, {args.teacher_iterations} iterations each: {described}"
+    )
 
 
 @torch.no_grad()
@@ -107,16 +133,27 @@ def confidences(cfg: DistillConfig, iterations: int) -> torch.Tensor:
     """fp32 max-softmax confidences of every pixel L_P reads (both teachers; x_m from u0 / u1 by
     the masks of stream cfg.seed, and x_l) over `iterations` iterations of the data stream."""
     data = build_datasets(cfg.data)
-    teachers = [load_teacher(getattr(cfg, f"teacher_{r}"), data.num_classes,
-                             getattr(cfg, f"teacher_{r}_checkpoint"), f"teacher_{r}_checkpoint",
-                             torch.device("cpu"), cfg.teacher_train_mode)
-                for r in ("deep", "wide")]
+    teachers = [
+        load_teacher(
+            getattr(cfg, f"teacher_{r}"),
+            data.num_classes,
+            getattr(cfg, f"teacher_{r}_checkpoint"),
+            f"teacher_{r}_checkpoint",
+            torch.device("cpu"),
+            cfg.teacher_train_mode,
+        )
+        for r in ("deep", "wide")
+    ]
     items = IterationData(data.labeled, data.unlabeled, cfg.data, 1, 0)
     found = []
     for item in iteration_loader(items, range(iterations), 0, torch.device("cpu")):
         u0, u1 = item["u"].chunk(2)
-        mask = cutmix_mask_at(seeds.student_cutmix(cfg.seed, 0, item["iteration"]), u0.shape[0],
-                              u0.shape[-2], u0.shape[-1]).bool()
+        mask = cutmix_mask_at(
+            seeds.student_cutmix(cfg.seed, 0, item["iteration"]),
+            u0.shape[0],
+            u0.shape[-2],
+            u0.shape[-1],
+        ).bool()
         for teacher in teachers:
             out = teacher_forward(teacher, {"u0": u0, "u1": u1, "x_l": item["x_l"]})
             conf = {name: label_and_code(o["logits"])[2] for name, o in out.items()}
@@ -131,8 +168,15 @@ def rounding_rows(conf: torch.Tensor) -> list[list]:
         fp32 = conf > tau
         rounded = code >= lowest_kept_code(tau)
         differ = int((fp32 != rounded).sum())
-        rows.append([tau, f"{differ / conf.numel():.2e}", differ, f"{fp32.float().mean():.4f}",
-                     f"{rounded.float().mean():.4f}"])
+        rows.append(
+            [
+                tau,
+                f"{differ / conf.numel():.2e}",
+                differ,
+                f"{fp32.float().mean():.4f}",
+                f"{rounded.float().mean():.4f}",
+            ]
+        )
     return rows
 
 
@@ -153,18 +197,30 @@ def read_seconds(reader: TargetReader, iterations: list[int], rounds: int) -> fl
 
 def synthetic_store(cfg: DistillConfig, iterations: int, streams: int) -> dict:
     """Compressed bytes and read time of a store written by write_targets at cfg's preset."""
-    cfg = dataclasses.replace(cfg, iterations=max(cfg.iterations, iterations))  # the store's length
+    cfg = dataclasses.replace(
+        cfg, iterations=max(cfg.iterations, iterations)
+    )  # the store's length
     with tempfile.TemporaryDirectory(prefix="bench-store-") as folder:
         store = os.path.join(folder, "store")
-        stats = write_targets(cfg, list(range(streams)), range(iterations),
-                              LocalContext(folder, verbose=False), store)
+        stats = write_targets(
+            cfg,
+            list(range(streams)),
+            range(iterations),
+            LocalContext(folder, verbose=False),
+            store,
+        )
         sizes = file_sizes(os.path.join(store, "rank0of1"))
         one = dict(np.load(os.path.join(store, "rank0of1", "0000000.npz")))
         reader = TargetReader(store, 0, 1, 0, required_keys(active_terms(cfg.weights.as_dict())))
         seconds = read_seconds(reader, list(range(iterations)), 3)
     pixel = len(encode({k: torch.from_numpy(v) for k, v in one.items() if "@" not in k}))
-    return {"mean": statistics.mean(sizes), "max": max(sizes), "pixel_part": pixel,
-            "write_s": stats["seconds"] / iterations, "read_s": seconds}
+    return {
+        "mean": statistics.mean(sizes),
+        "max": max(sizes),
+        "pixel_part": pixel,
+        "write_s": stats["seconds"] / iterations,
+        "read_s": seconds,
+    }
 
 
 def mosaic(images: list[np.ndarray], size: int) -> torch.Tensor:
@@ -174,16 +230,18 @@ def mosaic(images: list[np.ndarray], size: int) -> torch.Tensor:
     tile = 160
     canvas = np.zeros((size + tile, size + tile, 3), dtype=np.uint8)
     per_row = size // tile + 1
-    for i, image in enumerate(images[:per_row * per_row]):
+    for i, image in enumerate(images[: per_row * per_row]):
         r, c = divmod(i, per_row)
-        canvas[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = cv2.resize(
-            image, (tile, tile), interpolation=cv2.INTER_LINEAR)
+        canvas[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = cv2.resize(
+            image, (tile, tile), interpolation=cv2.INTER_LINEAR
+        )
     return to_tensor(canvas[:size, :size])
 
 
 @torch.no_grad()
-def voc_targets(kind: str, chunks: int, streams: int, teacher_fields: dict
-                ) -> dict[str, torch.Tensor]:
+def voc_targets(
+    kind: str, chunks: int, streams: int, teacher_fields: dict
+) -> dict[str, torch.Tensor]:
     """VOC-size targets (crop 512) for 2 * chunks images per named batch, synthesized, each chunk
     of 2 images per batch its own forward (a B = 8 file is 4 chunks side by side); train-mode BN:
     - "random": synthetic images upsampled bilinearly from 80 to 512 px, two random-weight
@@ -197,10 +255,17 @@ def voc_targets(kind: str, chunks: int, streams: int, teacher_fields: dict
     data = build_datasets(DataConfig(crop_size=48, split_out_dir=str(CACHE / "splits")))
     size, per_image = 512, 16 if kind == "trained" else 1
     if kind == "trained":
-        teachers = {r: load_teacher(teacher_fields[f"teacher_{r}"], 6,
-                                    teacher_fields[f"teacher_{r}_checkpoint"],
-                                    f"teacher_{r}_checkpoint", torch.device("cpu"), True)
-                    for r in ("deep", "wide")}
+        teachers = {
+            r: load_teacher(
+                teacher_fields[f"teacher_{r}"],
+                6,
+                teacher_fields[f"teacher_{r}_checkpoint"],
+                f"teacher_{r}_checkpoint",
+                torch.device("cpu"),
+                True,
+            )
+            for r in ("deep", "wide")
+        }
     else:
         teachers = {}
         for seed, role in enumerate(("deep", "wide")):
@@ -218,8 +283,10 @@ def voc_targets(kind: str, chunks: int, streams: int, teacher_fields: dict
             upsampled = cv2.resize(picked[0], (size, size), interpolation=cv2.INTER_LINEAR)
             images.append(mosaic(picked, size) if kind == "trained" else to_tensor(upsampled))
         x_l, u0, u1 = torch.stack(images).chunk(3)
-        masks = {s: cutmix_mask_at(seeds.student_cutmix(s, 0, chunk), 2, size, size)
-                 for s in range(streams)}
+        masks = {
+            s: cutmix_mask_at(seeds.student_cutmix(s, 0, chunk), 2, size, size)
+            for s in range(streams)
+        }
         parts.append(compute_targets(teachers, x_l, u0, u1, masks))
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
@@ -232,26 +299,45 @@ def voc_file(targets: dict[str, torch.Tensor], folder: str) -> dict:
     with open(os.path.join(store, "rank0of1", "0000000.npz"), "wb") as f:
         f.write(raw)
     weights = {"sup": 1.0, "pixel": 1.0, "semantic": 1.0, "region": 1.0}
-    seconds = read_seconds(TargetReader(store, 0, 1, 0, required_keys(active_terms(weights))), [0], 5)
+    seconds = read_seconds(
+        TargetReader(store, 0, 1, 0, required_keys(active_terms(weights))), [0], 5
+    )
     pixel = len(encode({k: v for k, v in targets.items() if "@" not in k}))
-    return {"bytes": len(raw), "pixel_part": pixel, "per_stream": len(raw) - pixel,
-            "read_s": seconds}
+    return {
+        "bytes": len(raw),
+        "pixel_part": pixel,
+        "per_stream": len(raw) - pixel,
+        "read_s": seconds,
+    }
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher-arch", default="deeplabv3plus_resnet18",
-                   help="teacher architecture for both roles (default ResNet-18: minutes to train "
-                        "on a CPU)")
-    p.add_argument("--teacher-iterations", type=int, default=300,
-                   help="CPS iterations of each trained teacher")
-    p.add_argument("--random-teachers", action="store_true",
-                   help="random-weight teachers, no training")
-    p.add_argument("--iterations", type=int, default=40,
-                   help="data-stream iterations measured (rounding, store)")
-    p.add_argument("--voc-chunks", type=int, default=4,
-                   help="2-image chunks of the VOC-size file (4: B = 8)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--teacher-arch",
+        default="deeplabv3plus_resnet18",
+        help="teacher architecture for both roles (default ResNet-18: minutes to train on a CPU)",
+    )
+    p.add_argument(
+        "--teacher-iterations",
+        type=int,
+        default=300,
+        help="CPS iterations of each trained teacher",
+    )
+    p.add_argument(
+        "--random-teachers", action="store_true", help="random-weight teachers, no training"
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=40,
+        help="data-stream iterations measured (rounding, store)",
+    )
+    p.add_argument(
+        "--voc-chunks", type=int, default=4, help="2-image chunks of the VOC-size file (4: B = 8)"
+    )
     p.add_argument("--quick", action="store_true", help="5 iterations, VOC size at B = 2 only")
     return p
 
@@ -264,28 +350,46 @@ def main(args: argparse.Namespace) -> None:
     teacher_fields, described = teachers_of(args)
     cfg = dataclasses.replace(synthetic_distill_config(data={"num_workers": 0}), **teacher_fields)
     b, s = cfg.data.batch_size, cfg.data.crop_size
-    print(f"teachers: {described}; stream: synthetic 1/8, crop {s}, batch {b}, "
-          f"{args.iterations} iterations")
+    print(
+        f"teachers: {described}; stream: synthetic 1/8, crop {s}, batch {b}, "
+        f"{args.iterations} iterations"
+    )
 
     conf = confidences(cfg, args.iterations)
     quantiles = torch.quantile(conf, torch.tensor([0.1, 0.5, 0.9]))
-    print(f"\n1. Rounding: {conf.numel()} L_P pixels, confidence deciles 10/50/90%: "
-          + " / ".join(f"{q:.3f}" for q in quantiles.tolist()))
-    print(table(["tau", "share decided otherwise", "pixels", "kept (fp32 conf > tau)",
-                 "kept (code / 255 > tau)"], rounding_rows(conf)))
+    print(
+        f"\n1. Rounding: {conf.numel()} L_P pixels, confidence deciles 10/50/90%: "
+        + " / ".join(f"{q:.3f}" for q in quantiles.tolist())
+    )
+    print(
+        table(
+            [
+                "tau",
+                "share decided otherwise",
+                "pixels",
+                "kept (fp32 conf > tau)",
+                "kept (code / 255 > tau)",
+            ],
+            rounding_rows(conf),
+        )
+    )
 
     print("\n2. Bytes per iteration per rank")
     rows = [[f"synthetic, crop {s}, B {b}, 6 classes", *raw_bytes(b, s, 6, 5).values()]]
-    rows += [[f"VOC, crop 512, B {vb}, 21 classes", *raw_bytes(vb, 512, 21, 5).values()]
-             for vb in (2, 8)]
+    rows += [
+        [f"VOC, crop 512, B {vb}, 21 classes", *raw_bytes(vb, 512, 21, 5).values()]
+        for vb in (2, 8)
+    ]
     print("raw (uint8 labels and codes; float32 per stream), 5 streams:")
     print(table(["preset", "labels + codes", "per stream", "total (5 streams)"], rows))
     store = synthetic_store(cfg, args.iterations, 5)
-    print(f"\nsynthetic store written by write_targets ({args.iterations} iterations, 5 streams): "
-          f"compressed {store['mean']:.0f} B per file (max {store['max']}), labels + codes alone "
-          f"{store['pixel_part']} B; raw {raw_bytes(b, s, 6, 5)['total']} B; write "
-          f"{store['write_s'] * 1e3:.0f} ms per iteration (both teachers' forwards included), "
-          f"read + decompress {store['read_s'] * 1e3:.2f} ms")
+    print(
+        f"\nsynthetic store written by write_targets ({args.iterations} iterations, 5 streams): "
+        f"compressed {store['mean']:.0f} B per file (max {store['max']}), labels + codes alone "
+        f"{store['pixel_part']} B; raw {raw_bytes(b, s, 6, 5)['total']} B; write "
+        f"{store['write_s'] * 1e3:.0f} ms per iteration (both teachers' forwards included), "
+        f"read + decompress {store['read_s'] * 1e3:.2f} ms"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-voc-") as folder:
         voc_rows = []
         kinds = ("random", "spread") if args.random_teachers else ("trained", "random", "spread")
@@ -294,24 +398,47 @@ def main(args: argparse.Namespace) -> None:
             full = voc_targets(kind, args.voc_chunks, 1, teacher_fields)
             synthesized = time.perf_counter() - started
             for chunks in sorted({1, args.voc_chunks}):
-                part = {k: v[:2 * chunks] for k, v in full.items()}
+                part = {k: v[: 2 * chunks] for k, v in full.items()}
                 measured = voc_file(part, folder)
                 per_stream = measured["per_stream"]
                 for streams in (1, 5):
                     ranks = 8 // (2 * chunks)
                     per_iteration = ranks * (measured["pixel_part"] + streams * per_stream)
                     projected = VOC_ITERATIONS * per_iteration / 1e9
-                    voc_rows.append([kind, 2 * chunks, streams, measured["pixel_part"], per_stream,
-                                     f"{measured['read_s'] * 1e3:.0f}", per_iteration,
-                                     f"{projected:.0f}",
-                                     "yes" if projected <= VOC_BUDGET_GB else "NO"])
+                    voc_rows.append(
+                        [
+                            kind,
+                            2 * chunks,
+                            streams,
+                            measured["pixel_part"],
+                            per_stream,
+                            f"{measured['read_s'] * 1e3:.0f}",
+                            per_iteration,
+                            f"{projected:.0f}",
+                            "yes" if projected <= VOC_BUDGET_GB else "NO",
+                        ]
+                    )
             print(f"({kind}: targets synthesized in {synthesized:.0f} s)")
-    print("\nVOC size, synthesized (see voc_targets): one rank's file, and the VOC 1/8 projection "
-          "at total batch 8 (8 / B ranks)")
-    print(table(["targets", "B per rank", "streams", "labels + codes (B)", "per stream (B)",
-                 "read ms", "bytes per iteration (all ranks)", "VOC 1/8 GB",
-                 f"<= {VOC_BUDGET_GB:.0f} GB"],
-                voc_rows))
+    print(
+        "\nVOC size, synthesized (see voc_targets): one rank's file, and the VOC 1/8 projection "
+        "at total batch 8 (8 / B ranks)"
+    )
+    print(
+        table(
+            [
+                "targets",
+                "B per rank",
+                "streams",
+                "labels + codes (B)",
+                "per stream (B)",
+                "read ms",
+                "bytes per iteration (all ranks)",
+                "VOC 1/8 GB",
+                f"<= {VOC_BUDGET_GB:.0f} GB",
+            ],
+            voc_rows,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 A Ray worker receives a plain dict (picklable, JSON-able); `from_dict` turns it into these
 dataclasses and validates every value before any expensive work starts.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,9 +13,22 @@ from typing import Any
 
 from .schema import LOSS_TERMS, PROTOCOLS, check_protocol, protocol_slug
 
-__all__ = ["DATASETS", "PROTOCOLS", "STUDENTS", "TEACHER_DEEP", "TEACHER_WIDE", "DataConfig", "DistillConfig",
-           "LossWeights", "OptimConfig", "TeacherConfig", "check_confidence_threshold", "check_protocol",
-           "paper_weights", "protocol_slug"]
+__all__ = [
+    "DATASETS",
+    "PROTOCOLS",
+    "STUDENTS",
+    "TEACHER_DEEP",
+    "TEACHER_WIDE",
+    "DataConfig",
+    "DistillConfig",
+    "LossWeights",
+    "OptimConfig",
+    "TeacherConfig",
+    "check_confidence_threshold",
+    "check_protocol",
+    "paper_weights",
+    "protocol_slug",
+]
 
 DATASETS = ("synthetic", "voc", "cityscapes")
 
@@ -101,7 +115,9 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4  # not applied to BN parameters and biases
     poly_power: float = 0.9
-    warmup_iterations: int = 0  # linear warm-up before the poly decay; 0 = the paper (ImageNet starts)
+    warmup_iterations: int = (
+        0  # linear warm-up before the poly decay; 0 = the paper (ImageNet starts)
+    )
     grad_clip: float | None = None  # max global grad norm; None = off
 
     def __post_init__(self) -> None:
@@ -154,7 +170,9 @@ class DistillConfig:
     teacher_wide: str = TEACHER_WIDE
     teacher_deep_checkpoint: str | None = None  # state-dict file of the trained, frozen teacher
     teacher_wide_checkpoint: str | None = None
-    teacher_train_mode: bool = True  # the paper's: BN with batch statistics per named batch; False = eval mode
+    teacher_train_mode: bool = (
+        True  # the paper's: BN with batch statistics per named batch; False = eval mode
+    )
     weights: LossWeights = field(default_factory=LossWeights)
     confidence_threshold: float = 0.0  # pseudo-label pixels below it are ignored; 0 = the paper
     data: DataConfig = field(default_factory=DataConfig)
@@ -199,7 +217,9 @@ def _from_dict(cls, d: dict[str, Any]):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}; expected some of {sorted(names)}")
+        raise ValueError(
+            f"{cls.__name__}: unknown option(s) {unknown}; expected some of {sorted(names)}"
+        )
     kwargs = {}
     for key, value in d.items():
         nested = _NESTED.get(key)
@@ -207,7 +227,9 @@ def _from_dict(cls, d: dict[str, Any]):
             allowed = {f.name for f in dataclasses.fields(nested)}
             bad = sorted(set(value) - allowed)
             if bad:
-                raise ValueError(f"{cls.__name__}.{key}: unknown option(s) {bad}; expected some of {sorted(allowed)}")
+                raise ValueError(
+                    f"{cls.__name__}.{key}: unknown option(s) {bad}; expected some of {sorted(allowed)}"
+                )
             value = nested(**value)
         kwargs[key] = value
     return cls(**kwargs)

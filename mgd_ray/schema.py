@@ -4,6 +4,7 @@ The protocols and their file names, the loss terms and a trial's point, and the 
 its one reader and the rules every consumer applies to it (completed, best); losses, data and
 metrics share IGNORE_INDEX.
 """
+
 from __future__ import annotations
 
 import glob
@@ -19,7 +20,12 @@ IGNORE_INDEX = 255
 
 # Each loss term by name (LossWeights' fields, a step's loss dict, "loss_<term>" in reports) and
 # the key of its weight in a trial's flat point (a Tune config, a record's "config", the report).
-WEIGHT_KEYS = {"sup": "w_sup", "pixel": "w_pixel", "semantic": "lambda_semantic", "region": "lambda_region"}
+WEIGHT_KEYS = {
+    "sup": "w_sup",
+    "pixel": "w_pixel",
+    "semantic": "lambda_semantic",
+    "region": "lambda_region",
+}
 LOSS_TERMS = tuple(WEIGHT_KEYS)
 THRESHOLD_KEY = "confidence_threshold"
 # A trial's flat point: the four loss weights and the pseudo-label confidence threshold.
@@ -28,7 +34,14 @@ POINT_KEYS = (*WEIGHT_KEYS.values(), THRESHOLD_KEY)
 # report's importance analysis reads them on the same scale).
 LOG_SCALE = ("w_pixel", "lambda_semantic", "lambda_region")
 # Rows of the ablation table, in the order the table shows them.
-ABLATION_VARIANTS = ("supervised", "pixel", "pixel_semantic", "pixel_region", "mgd_paper", "mgd_best")
+ABLATION_VARIANTS = (
+    "supervised",
+    "pixel",
+    "pixel_semantic",
+    "pixel_region",
+    "mgd_paper",
+    "mgd_best",
+)
 
 # The partition protocols a study can run: the labeled share of the training set.
 PROTOCOLS = ("1/16", "1/8", "1/4", "1/2", "full")
@@ -41,7 +54,7 @@ def check_protocol(protocol: str) -> str:
 
 
 def protocol_slug(protocol: str) -> str:
-    """"1/8" -> "1_8" (file and study names); "full" stays "full"."""
+    """ "1/8" -> "1_8" (file and study names); "full" stays "full"."""
     check_protocol(protocol)
     return protocol.replace("/", "_")
 
@@ -106,14 +119,20 @@ class TrialRecord:
             if payload[key] not in allowed:
                 raise ValueError(f"{key} {payload[key]!r}: expected one of {list(allowed)}")
         if not isinstance(payload.get("config") or {}, dict):
-            raise ValueError(f"config {payload['config']!r}: expected an object with {list(POINT_KEYS)}")
+            raise ValueError(
+                f"config {payload['config']!r}: expected an object with {list(POINT_KEYS)}"
+            )
         known = {f.name for f in fields(cls)}
-        values = {key: value for key, value in payload.items() if key in known and value is not None}
+        values = {
+            key: value for key, value in payload.items() if key in known and value is not None
+        }
         values.setdefault("variant", payload["kind"])
         for key in ("seed", "max_iterations", "device", "num_devices", "config"):
             values.setdefault(key, None)
         record = cls(**values)
-        if finite_or_none(record.miou) is None:  # a trial stopped between writes may have its history only
+        if (
+            finite_or_none(record.miou) is None
+        ):  # a trial stopped between writes may have its history only
             scored = [h.get("miou") for h in record.history if isinstance(h, dict)]
             scored = [m for m in scored if finite_or_none(m) is not None]
             record.miou = scored[-1] if scored else None
@@ -126,14 +145,19 @@ class TrialRecord:
 RECORD_FIELDS = tuple(f.name for f in fields(TrialRecord))
 
 
-def read_records(results_dir: str | os.PathLike, protocol: str | None = None,
-                 on_skip: Callable[[str, Exception], None] | None = None) -> list[TrialRecord]:
+def read_records(
+    results_dir: str | os.PathLike,
+    protocol: str | None = None,
+    on_skip: Callable[[str, Exception], None] | None = None,
+) -> list[TrialRecord]:
     """The trial records of a results folder (of one protocol when given), in file-name order.
     A file that is half-written, unreadable or not a record is skipped (a running study has
     such files); `on_skip(path, error)` hears of each."""
     folder = protocol_slug(protocol) if protocol is not None else "*"
     records = []
-    for path in sorted(glob.glob(os.path.join(os.fspath(results_dir), "trials", folder, "*.json"))):
+    for path in sorted(
+        glob.glob(os.path.join(os.fspath(results_dir), "trials", folder, "*.json"))
+    ):
         try:
             records.append(TrialRecord.from_json(read_json_object(path)))
         except (OSError, ValueError, TypeError) as error:
@@ -157,7 +181,11 @@ def is_completed(record) -> bool:
 def ranked_trials(records: Iterable, kind: str | None = None, variant: str | None = None) -> list:
     """The completed trials (of `kind` / `variant` when given), best final mIoU first; on a tie
     the first by trial id."""
-    chosen = [r for r in records if is_completed(r) and kind in (None, r.kind) and variant in (None, r.variant)]
+    chosen = [
+        r
+        for r in records
+        if is_completed(r) and kind in (None, r.kind) and variant in (None, r.variant)
+    ]
     return sorted(sorted(chosen, key=lambda r: r.trial_id), key=lambda r: -float(r.miou))
 
 
@@ -176,7 +204,9 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = True) -> None:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[IO], None], binary: bool = True
+) -> None:
     """Call `write(f)` on a temporary file in `path`'s folder (created if missing), fsync it and
     rename it over `path` (os.replace: atomic within one file system), so a reader, or a run killed
     mid-write, sees the old file or the complete new one; on any failure the temporary file is
@@ -185,10 +215,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     # os.open with 0o666 honours the umask as open() does (mkstemp would make every file 0600).
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = os.path.join(
+        folder, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    )
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

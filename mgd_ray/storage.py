@@ -1,6 +1,7 @@
 """Files on the study's storage, local or remote (s3://, gs://), through pyarrow's filesystems,
 the same layer Ray Train uses for its checkpoints. No Ray import: the engine reads and writes
 stored teacher targets through it too."""
+
 from __future__ import annotations
 
 import hashlib

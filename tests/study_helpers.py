@@ -1,11 +1,12 @@
 """What the study tests share: the CLI module, the trial records a study left, random teachers,
 Ray heads of their own, and waiting on a condition with a bound."""
+
 import glob
 import importlib.util
 import json
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,9 @@ from mgd_ray.distributed.cluster import free_port  # noqa: F401 -- the tests' po
 from mgd_ray.models import build_model
 
 _spec = importlib.util.spec_from_file_location(
-    "tune_loss_weights", os.path.join(os.path.dirname(__file__), "..", "experiments", "tune_loss_weights.py"))
+    "tune_loss_weights",
+    os.path.join(os.path.dirname(__file__), "..", "experiments", "tune_loss_weights.py"),
+)
 tune_loss_weights = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tune_loss_weights)
 
@@ -35,8 +38,11 @@ def trial_spec(seed=0, iterations=10):
     """A TrialSpec of the synthetic set (teacher files need not exist: nothing trains)."""
     from mgd_ray.config import DistillConfig
     from mgd_ray.distributed.spec import TrainRun, TrialSpec
-    return TrialSpec(DistillConfig(seed=seed, iterations=iterations, eval_every=min(5, iterations)),
-                     TrainRun(storage_path="/tmp/no-such-storage"))
+
+    return TrialSpec(
+        DistillConfig(seed=seed, iterations=iterations, eval_every=min(5, iterations)),
+        TrainRun(storage_path="/tmp/no-such-storage"),
+    )
 
 
 def search_config(point, seed=0):
@@ -57,20 +63,25 @@ def random_teacher_files(folder) -> dict[str, str]:
     """{"--teacher-deep-checkpoint": path, "--teacher-wide-checkpoint": path}: untrained synthetic
     teachers (no time spent training them; the tests are about the study, not the teachers)."""
     out = {}
-    for option, arch in (("--teacher-deep-checkpoint", "deeplabv3plus_resnet101"),
-                         ("--teacher-wide-checkpoint", "deeplabv3plus_wide_resnet50_2")):
+    for option, arch in (
+        ("--teacher-deep-checkpoint", "deeplabv3plus_resnet101"),
+        ("--teacher-wide-checkpoint", "deeplabv3plus_wide_resnet50_2"),
+    ):
         out[option] = str(folder / f"{arch}.pt")
         torch.save(build_model(arch, NUM_CLASSES["synthetic"]).state_dict(), out[option])
     return out
 
 
-
 def alive_nodes(address: str, env: dict[str, str]) -> dict[str, dict]:
     """{node id: resources} of the live nodes of the cluster at `address`, asked by a separate client
     process (the test process itself never joins a Ray cluster)."""
-    code = ("import json, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
-            "print('NODES', json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))")
-    done = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, timeout=120, env=env)
+    code = (
+        "import json, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
+        "print('NODES', json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, address], capture_output=True, text=True, timeout=120, env=env
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     # Ray may print to stdout too (e.g. a just-killed node's "lagging heartbeats" notice), after the line
     [line] = [line for line in done.stdout.splitlines() if line.startswith("NODES ")]
@@ -101,13 +112,27 @@ class Head:
         port = free_port()
         self.address = f"{ray.util.get_node_ip_address()}:{port}"
         self.process = subprocess.Popen(
-            [RAY, "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}",
-             f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
-             f"--include-dashboard={'true' if dashboard else 'false'}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+            [
+                RAY,
+                "start",
+                "--head",
+                "--block",
+                f"--port={port}",
+                f"--num-cpus={num_cpus}",
+                f"--temp-dir={self.temp_dir}",
+                "--disable-usage-stats",
+                f"--include-dashboard={'true' if dashboard else 'false'}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         deadline = time.time() + 90
         while time.time() < deadline:
-            probe = subprocess.run([RAY, "status", f"--address={self.address}"], capture_output=True, env=env)
+            probe = subprocess.run(
+                [RAY, "status", f"--address={self.address}"], capture_output=True, env=env
+            )
             if probe.returncode == 0:
                 return
             time.sleep(2)
@@ -122,8 +147,9 @@ class Head:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         time.sleep(1)
-        for pid in subprocess.run(["pgrep", "-s", str(self.process.pid)], capture_output=True,
-                                  text=True).stdout.split():
+        for pid in subprocess.run(
+            ["pgrep", "-s", str(self.process.pid)], capture_output=True, text=True
+        ).stdout.split():
             os.kill(int(pid), signal.SIGKILL)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
@@ -137,8 +163,10 @@ def wait_for(condition, timeout, what, driver=None, log=None, step=1.0):
         if value:
             return value
         if driver is not None and driver.poll() is not None:
-            pytest.fail(f"the study ended ({driver.returncode}) while waiting for {what}:\n"
-                        f"{log.read_text()[-3000:] if log else ''}")
+            pytest.fail(
+                f"the study ended ({driver.returncode}) while waiting for {what}:\n"
+                f"{log.read_text()[-3000:] if log else ''}"
+            )
         time.sleep(step)
     pytest.fail(f"waited {timeout} s for {what}:\n{log.read_text()[-3000:] if log else ''}")
 
@@ -147,6 +175,9 @@ def cluster_is_idle(timeout=60):
     """Wait until the connected cluster has every CPU free again: a Ray test starts from an idle
     cluster whatever the test before it left running (it fails, saying so, after `timeout` s)."""
     total = ray.cluster_resources().get("CPU", 0)
-    wait_for(lambda: ray.available_resources().get("CPU", 0) >= total, timeout,
-             f"all {total:g} CPUs of the cluster to be free", step=0.5)
-
+    wait_for(
+        lambda: ray.available_resources().get("CPU", 0) >= total,
+        timeout,
+        f"all {total:g} CPUs of the cluster to be free",
+        step=0.5,
+    )

@@ -1,5 +1,6 @@
 """BN per named batch inside one batched forward (mgd_ray.engine.batch_groups): the same outputs,
 gradients and running statistics as one forward per batch, the official way."""
+
 from __future__ import annotations
 
 import copy
@@ -8,17 +9,22 @@ import pytest
 import torch
 from torch import nn
 
+from mgd_ray.config import LossWeights
 from mgd_ray.engine.batch_groups import batch_groups
 from mgd_ray.engine.mgd_step import active_terms, freeze, mgd_losses, teacher_forward
 from mgd_ray.engine.targets import live_targets
-from mgd_ray.config import LossWeights
 from mgd_ray.models import build_model
 
 
 def small_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                         nn.Conv2d(6, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4))
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 4, 3, stride=2, padding=1),
+        nn.BatchNorm2d(4),
+    )
 
 
 def batches(count: int, b: int = 3, s: int = 12, seed: int = 0) -> list[torch.Tensor]:
@@ -51,7 +57,10 @@ def test_grouped_forward_equals_separate_forwards_outputs_gradients_and_running_
 
 
 def test_uneven_groups_are_an_error():
-    with batch_groups(small_net(), 2) as net, pytest.raises(ValueError, match="cannot be split into 2"):
+    with (
+        batch_groups(small_net(), 2) as net,
+        pytest.raises(ValueError, match="cannot be split into 2"),
+    ):
         net(torch.randn(3, 3, 8, 8))
 
 
@@ -77,7 +86,9 @@ def test_student_bn_statistics_per_batch_as_in_two_official_forwards():
     student = build_model("deeplabv3plus_resnet18", 5)
     for module in student.modules():
         if isinstance(module, nn.Dropout):
-            module.p = 0.0  # random drops would differ between the two ways (the official head has none)
+            module.p = (
+                0.0  # random drops would differ between the two ways (the official head has none)
+            )
     reference = copy.deepcopy(student)
     x_l, u0, u1 = batches(3, b=2, s=32, seed=2)
     y = torch.randint(0, 5, (2, 32, 32))
@@ -88,7 +99,9 @@ def test_student_bn_statistics_per_batch_as_in_two_official_forwards():
     targets = live_targets(None, teacher, x_l, u0, u1, mask, active_terms(weights))
     terms, _ = mgd_losses(student, targets, x_l, y, u0, u1, mask, active_terms(weights))
     x_m = (1 - mask[:, None]) * u0 + mask[:, None] * u1
-    reference(x_m)  # the official order: mixed first (it moves the running statistics), then labeled
+    reference(
+        x_m
+    )  # the official order: mixed first (it moves the running statistics), then labeled
     s_l = reference(x_l)
     expected_sup = nn.functional.cross_entropy(s_l["logits"], y)
     assert terms["sup"].item() == pytest.approx(expected_sup.item(), rel=1e-4)
@@ -123,23 +136,32 @@ def test_synced_groups_normalise_each_batch_over_all_ranks(tmp_path):
     net = small_net()
     for g in range(2):
         with torch.no_grad():
-            expected = net(torch.cat([ranks[0]["xs"][g], ranks[1]["xs"][g]]))  # one BN batch over both ranks
+            expected = net(
+                torch.cat([ranks[0]["xs"][g], ranks[1]["xs"][g]])
+            )  # one BN batch over both ranks
         for r in range(2):
-            got = ranks[r]["out"][2 * g: 2 * g + 2]
-            assert torch.allclose(got, expected[2 * r: 2 * r + 2], atol=1e-5), (g, r)
+            got = ranks[r]["out"][2 * g : 2 * g + 2]
+            assert torch.allclose(got, expected[2 * r : 2 * r + 2], atol=1e-5), (g, r)
 
 
 # One pass and per call: the same numbers as separate forwards (the official way), whichever runs.
 
-def separate_forwards(net: nn.Module, xs: list[torch.Tensor],
-                      weights: torch.Tensor) -> torch.Tensor:
+
+def separate_forwards(
+    net: nn.Module, xs: list[torch.Tensor], weights: torch.Tensor
+) -> torch.Tensor:
     out = torch.cat([net(x) for x in xs])
     (out * weights).sum().backward()
     return out
 
 
-def grouped_forward(net: nn.Module, xs: list[torch.Tensor], weights: torch.Tensor, impl: str,
-                    memory_format=torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
+def grouped_forward(
+    net: nn.Module,
+    xs: list[torch.Tensor],
+    weights: torch.Tensor,
+    impl: str,
+    memory_format=torch.contiguous_format,
+) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.cat(xs).contiguous(memory_format=memory_format).requires_grad_(True)
     with batch_groups(net, len(xs), impl=impl):
         out = net(x)
@@ -294,9 +316,14 @@ def _synced_one_pass_worker(rank: int, world: int, init_file: str, out_dir: str)
             out = net(torch.cat(xs))
         out.sum().backward()
         bn = net[1]
-        torch.save({"grads": [p.grad for p in net.parameters()], "xs": xs,
-                    "running": [bn.running_mean, bn.running_var, bn.num_batches_tracked]},
-                   f"{out_dir}/rank{rank}.pt")
+        torch.save(
+            {
+                "grads": [p.grad for p in net.parameters()],
+                "xs": xs,
+                "running": [bn.running_mean, bn.running_var, bn.num_batches_tracked],
+            },
+            f"{out_dir}/rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 

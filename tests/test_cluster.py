@@ -35,7 +35,9 @@ def _load(path=CLUSTER_YAML):
     with open(path) as f:
         config = yaml.safe_load(f)
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a YAML mapping at top level, got {type(config).__name__}")
+        raise ValueError(
+            f"{path}: expected a YAML mapping at top level, got {type(config).__name__}"
+        )
     return config
 
 
@@ -43,7 +45,9 @@ class _NoCloud:
     """Any use of a stand-in boto3/botocore object is a cloud call: fail loudly."""
 
     def __init__(self, *args, **kwargs):
-        raise RuntimeError("cluster.yaml test tried to create a boto3/botocore object (a cloud call)")
+        raise RuntimeError(
+            "cluster.yaml test tried to create a boto3/botocore object (a cloud call)"
+        )
 
 
 def _stub_module(name, **attrs):
@@ -146,7 +150,9 @@ def security_problems(config, aws_config):
         # Groups or templates made outside this file carry rules we cannot see offline.
         for key in ("SecurityGroupIds", "LaunchTemplate", "NetworkInterfaces"):
             if key in node_config:
-                problems.append(f"cluster.yaml node type {name}: {key} brings rules not checked here")
+                problems.append(
+                    f"cluster.yaml node type {name}: {key} brings rules not checked here"
+                )
     return problems
 
 
@@ -221,7 +227,9 @@ def test_only_ssh_is_open_to_the_world(prepared, aws_config):
     assert security_problems(prepared, aws_config) == []
     # Ray's defaults do open SSH to the world; the checker must accept exactly that.
     rules = effective_ingress(prepared, aws_config)
-    world = [r for r in rules if any(x.get("CidrIp") == "0.0.0.0/0" for x in r.get("IpRanges", []))]
+    world = [
+        r for r in rules if any(x.get("CidrIp") == "0.0.0.0/0" for x in r.get("IpRanges", []))
+    ]
     assert [(r["IpProtocol"], r["FromPort"], r["ToPort"]) for r in world] == [("tcp", 22, 22)]
 
 
@@ -259,8 +267,18 @@ def test_setup_installs_this_checkout(prepared):
 @pytest.mark.parametrize(
     "rule",
     [
-        {"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
-        {"IpProtocol": "tcp", "FromPort": 6379, "ToPort": 6379, "Ipv6Ranges": [{"CidrIpv6": "::/0"}]},
+        {
+            "IpProtocol": "tcp",
+            "FromPort": 8265,
+            "ToPort": 8265,
+            "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+        },
+        {
+            "IpProtocol": "tcp",
+            "FromPort": 6379,
+            "ToPort": 6379,
+            "Ipv6Ranges": [{"CidrIpv6": "::/0"}],
+        },
         {"IpProtocol": "-1", "FromPort": -1, "ToPort": -1, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
         {"IpProtocol": "tcp", "FromPort": 20, "ToPort": 30, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
     ],
@@ -296,7 +314,9 @@ def test_unseen_security_groups_are_rejected(prepared, aws_config):
 def test_node_type_checker_rejects_always_on_or_undeclared_workers(prepared):
     always_on = copy.deepcopy(prepared)
     always_on["available_node_types"]["gpu_4x"]["min_workers"] = 1
-    assert node_type_problems(always_on) == ["cluster.yaml node type gpu_4x: min_workers must be 0, got 1"]
+    assert node_type_problems(always_on) == [
+        "cluster.yaml node type gpu_4x: min_workers must be 0, got 1"
+    ]
     undeclared = copy.deepcopy(prepared)
     del undeclared["available_node_types"]["gpu_1x"]["resources"]
     problems = node_type_problems(undeclared)

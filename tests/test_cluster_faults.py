@@ -7,6 +7,7 @@ fake_multinode provider), one cluster for the module, started with token authent
   lost or repeated history;
 - the driver killed and the study resumed with `--resume`: no trial is lost or recorded twice.
 Each test prints how long the cluster took to notice and carry on (docs/cluster-faults.md)."""
+
 import json
 import os
 import secrets
@@ -28,8 +29,12 @@ RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 TOKEN = secrets.token_hex(16)
 # The cluster's own token, given to the head and every client here through the environment, so
 # the test neither reads nor writes ~/.ray/auth_token.
-ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-       "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    "RAY_AUTH_MODE": "token",
+    "RAY_AUTH_TOKEN": TOKEN,
+}
 ENV.pop("RAY_ADDRESS", None)
 ENV.pop("RAY_AUTH_TOKEN_PATH", None)
 
@@ -37,8 +42,13 @@ ENV.pop("RAY_AUTH_TOKEN_PATH", None)
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     state_path = str(tmp_path_factory.mktemp("cluster") / "cluster.json")
-    state = local_cluster.up(port=free_port(), dashboard_port=free_port("127.0.0.1"), state_path=state_path,
-                             idle_timeout_minutes=0.25, env=ENV)
+    state = local_cluster.up(
+        port=free_port(),
+        dashboard_port=free_port("127.0.0.1"),
+        state_path=state_path,
+        idle_timeout_minutes=0.25,
+        env=ENV,
+    )
     yield {**state, "state_path": state_path}
     local_cluster.down(state_path)
 
@@ -50,8 +60,17 @@ def teachers(tmp_path_factory):
 
 
 def study_argv(cluster, out, teachers, *extra):
-    return CLI + ["--smoke", "--no-ablation", "--address", cluster["address"], "--output-dir", str(out),
-                  "--quiet", *teachers, *extra]
+    return CLI + [
+        "--smoke",
+        "--no-ablation",
+        "--address",
+        cluster["address"],
+        "--output-dir",
+        str(out),
+        "--quiet",
+        *teachers,
+        *extra,
+    ]
 
 
 def study_env(cluster):
@@ -68,24 +87,60 @@ def client_without_token(tmp_path, **extra):
     return {**env, **extra}
 
 
-def test_job_submission_with_the_token_runs_a_study_and_a_client_without_it_is_refused(cluster, teachers, tmp_path):
+def test_job_submission_with_the_token_runs_a_study_and_a_client_without_it_is_refused(
+    cluster, teachers, tmp_path
+):
     url = cluster["dashboard"]
-    for env, says in ((client_without_token(tmp_path), "Missing authentication token"),
-                      (client_without_token(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32),
-                       "Invalid authentication token")):
-        refused = subprocess.run([RAY, "job", "list", "--address", url], capture_output=True, text=True,
-                                 env=env, timeout=120)
-        assert refused.returncode != 0 and says in refused.stdout + refused.stderr, refused.stderr[-2000:]
+    for env, says in (
+        (client_without_token(tmp_path), "Missing authentication token"),
+        (
+            client_without_token(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32),
+            "Invalid authentication token",
+        ),
+    ):
+        refused = subprocess.run(
+            [RAY, "job", "list", "--address", url],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert refused.returncode != 0 and says in refused.stdout + refused.stderr, refused.stderr[
+            -2000:
+        ]
 
     out = tmp_path / "study"
     runtime_env = {"env_vars": {"PYTHONPATH": REPO, AUTOSCALING_CONFIG_ENV: cluster["config"]}}
     # Inside a job RAY_ADDRESS names the cluster, so the study needs no --address.
-    entrypoint = CLI + ["--smoke", "--no-ablation", "--num-samples", "1", "--output-dir", str(out), "--quiet", *teachers]
+    entrypoint = CLI + [
+        "--smoke",
+        "--no-ablation",
+        "--num-samples",
+        "1",
+        "--output-dir",
+        str(out),
+        "--quiet",
+        *teachers,
+    ]
     started = time.time()
     for attempt in range(6):  # the job agent answers 500 "No available agent" until it has started
-        submitted = subprocess.run([RAY, "job", "submit", "--address", url, "--runtime-env-json",
-                                    json.dumps(runtime_env), "--", *entrypoint],
-                                   capture_output=True, text=True, env=ENV, timeout=480)
+        submitted = subprocess.run(
+            [
+                RAY,
+                "job",
+                "submit",
+                "--address",
+                url,
+                "--runtime-env-json",
+                json.dumps(runtime_env),
+                "--",
+                *entrypoint,
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=480,
+        )
         if "No available agent to submit job" not in submitted.stdout + submitted.stderr:
             break
         time.sleep(10)
@@ -97,58 +152,134 @@ def test_job_submission_with_the_token_runs_a_study_and_a_client_without_it_is_r
     assert local_cluster.FAKE_HEAD_NODE_ID not in trial["nodes"]  # trained on a worker node
 
 
-def test_a_worker_node_lost_mid_trial_costs_a_restart_from_the_checkpoint_not_the_trial(cluster, teachers, tmp_path):
+def test_a_worker_node_lost_mid_trial_costs_a_restart_from_the_checkpoint_not_the_trial(
+    cluster, teachers, tmp_path
+):
     out, log = tmp_path / "study", tmp_path / "driver.log"
-    argv = study_argv(cluster, out, teachers, "--num-samples", "1", "--iterations", "24", "--eval-every", "4",
-                      "--max-failures", "1")
-    driver = subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=study_env(cluster),
-                              start_new_session=True)
+    argv = study_argv(
+        cluster,
+        out,
+        teachers,
+        "--num-samples",
+        "1",
+        "--iterations",
+        "24",
+        "--eval-every",
+        "4",
+        "--max-failures",
+        "1",
+    )
+    driver = subprocess.Popen(
+        argv,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        env=study_env(cluster),
+        start_new_session=True,
+    )
     try:
         # The first checkpoint (iteration 4) is in: kill the node the run trains on.
-        first = wait_for(lambda: [r for r in records(out) if r["history"]], 300, "the first report", driver, log)[0]
+        first = wait_for(
+            lambda: [r for r in records(out) if r["history"]], 300, "the first report", driver, log
+        )[0]
         [node] = first["nodes"]
         killed_at = time.time()
         assert local_cluster.kill_node(node, cluster["state_path"])
-        gone = wait_for(lambda: node not in alive_nodes(cluster["address"], ENV), 120, "the node to be seen dead",
-                        step=0) and time.time()
-        moved = wait_for(lambda: [r for r in records(out) if len(r.get("nodes", [])) == 2], 300,
-                         "a report from a second node", driver, log)
+        gone = (
+            wait_for(
+                lambda: node not in alive_nodes(cluster["address"], ENV),
+                120,
+                "the node to be seen dead",
+                step=0,
+            )
+            and time.time()
+        )
+        moved = wait_for(
+            lambda: [r for r in records(out) if len(r.get("nodes", [])) == 2],
+            300,
+            "a report from a second node",
+            driver,
+            log,
+        )
         restarted = time.time()
         assert driver.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    print(f"node lost at iteration {first['iteration']}: seen dead by the cluster after {gone - killed_at:.0f} s, "
-          f"first report from the new node {restarted - killed_at:.0f} s after the kill "
-          f"(at iteration {moved[0]['iteration']})")
+    print(
+        f"node lost at iteration {first['iteration']}: seen dead by the cluster after {gone - killed_at:.0f} s, "
+        f"first report from the new node {restarted - killed_at:.0f} s after the kill "
+        f"(at iteration {moved[0]['iteration']})"
+    )
     [trial] = records(out)
     assert trial["status"] == "completed" and trial["restarts"] == 1
     assert trial["nodes"][0] == node and trial["nodes"][1] != node
-    assert iterations(trial) == [4, 8, 12, 16, 20, 24]  # every evaluation once, none lost or repeated
+    assert iterations(trial) == [
+        4,
+        8,
+        12,
+        16,
+        20,
+        24,
+    ]  # every evaluation once, none lost or repeated
 
 
-def test_a_killed_driver_resumes_on_the_cluster_without_repeating_a_trial(cluster, teachers, tmp_path):
+def test_a_killed_driver_resumes_on_the_cluster_without_repeating_a_trial(
+    cluster, teachers, tmp_path
+):
     out, log = tmp_path / "study", tmp_path / "driver.log"
-    argv = study_argv(cluster, out, teachers, "--num-samples", "2", "--max-concurrent-trials", "1",
-                      "--iterations", "12", "--eval-every", "4")
-    driver = subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=study_env(cluster),
-                              start_new_session=True)
+    argv = study_argv(
+        cluster,
+        out,
+        teachers,
+        "--num-samples",
+        "2",
+        "--max-concurrent-trials",
+        "1",
+        "--iterations",
+        "12",
+        "--eval-every",
+        "4",
+    )
+    driver = subprocess.Popen(
+        argv,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        env=study_env(cluster),
+        start_new_session=True,
+    )
     try:  # killed once the first trial is done and the second has started
-        wait_for(lambda: len(records(out)) == 2 and any(r["status"] == "completed" for r in records(out)),
-                 360, "the first trial to complete and the second to start", driver, log)
+        wait_for(
+            lambda: (
+                len(records(out)) == 2 and any(r["status"] == "completed" for r in records(out))
+            ),
+            360,
+            "the first trial to complete and the second to start",
+            driver,
+            log,
+        )
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     before = {r["trial_id"]: r for r in records(out)}
     resumed_log = tmp_path / "resumed.log"
     started = time.time()
-    resumed = subprocess.Popen(argv + ["--resume"], stdout=open(resumed_log, "w"), stderr=subprocess.STDOUT,
-                               env=study_env(cluster), start_new_session=True)
+    resumed = subprocess.Popen(
+        argv + ["--resume"],
+        stdout=open(resumed_log, "w"),
+        stderr=subprocess.STDOUT,
+        env=study_env(cluster),
+        start_new_session=True,
+    )
     try:
+
         def moved_on():
             now = {r["trial_id"]: r for r in records(out)}
-            return now.keys() != before.keys() or any(now[t]["history"] != before[t]["history"] or
-                                                      now[t]["status"] != before[t]["status"] for t in before)
+            return now.keys() != before.keys() or any(
+                now[t]["history"] != before[t]["history"]
+                or now[t]["status"] != before[t]["status"]
+                for t in before
+            )
+
         wait_for(moved_on, 300, "the resumed study to move on", resumed, resumed_log)
         continued = time.time()
         assert resumed.wait(timeout=360) == 0, resumed_log.read_text()[-3000:]
@@ -156,15 +287,26 @@ def test_a_killed_driver_resumes_on_the_cluster_without_repeating_a_trial(cluste
         if resumed.poll() is None:
             os.killpg(resumed.pid, signal.SIGKILL)
     second = [r for r in before.values() if r["status"] == "running"]
-    print(f"driver killed with the second trial at iteration {second[0]['iteration'] if second else None}; "
-          f"the resumed study reported again after "
-          f"{continued - started:.0f} s and finished after {time.time() - started:.0f} s")
+    print(
+        f"driver killed with the second trial at iteration {second[0]['iteration'] if second else None}; "
+        f"the resumed study reported again after "
+        f"{continued - started:.0f} s and finished after {time.time() - started:.0f} s"
+    )
     after = {r["trial_id"]: r for r in records(out)}
-    print("after the resume: " + ", ".join(f"{r['status']} at {iterations(r)}, {r.get('restarts')} restarts"
-                                           for r in after.values()))
-    assert len(after) == 2 and all(r["status"] in ("completed", "early_stopped") for r in after.values())
+    print(
+        "after the resume: "
+        + ", ".join(
+            f"{r['status']} at {iterations(r)}, {r.get('restarts')} restarts"
+            for r in after.values()
+        )
+    )
+    assert len(after) == 2 and all(
+        r["status"] in ("completed", "early_stopped") for r in after.values()
+    )
     for trial_id, record in before.items():
         if record["status"] == "completed":
             assert after[trial_id]["history"] == record["history"]
-    for record in after.values():  # an ASHA stop ends the history early; nothing is repeated or skipped
-        assert iterations(record) == [4, 8, 12][:len(record["history"])] and record["history"]
+    for (
+        record
+    ) in after.values():  # an ASHA stop ends the history early; nothing is repeated or skipped
+        assert iterations(record) == [4, 8, 12][: len(record["history"])] and record["history"]

@@ -1,5 +1,6 @@
 """Trial resources checked against the cluster's node shapes (running nodes and autoscaler node
 types), without Ray: what can never be met is refused naming the option."""
+
 import math
 
 import pytest
@@ -23,13 +24,17 @@ def test_workers_per_node_is_the_scarcest_resource():
 
 
 def test_trials_that_some_node_type_can_host_pass():
-    check_trial_fits(scaling(1, cpus=4, gpus=1), [HEAD, GPU_1X])  # no GPU node yet: the autoscaler starts one
+    check_trial_fits(
+        scaling(1, cpus=4, gpus=1), [HEAD, GPU_1X]
+    )  # no GPU node yet: the autoscaler starts one
     check_trial_fits(scaling(8, cpus=4, gpus=1), [HEAD, GPU_4X])  # two gpu_4x nodes
     check_trial_fits(scaling(2, cpus=4), [HEAD])
 
 
 def test_more_gpus_per_worker_than_any_node_type_names_the_gpu_option():
-    with pytest.raises(UnmeetableResources, match=r"--gpus-per-trial / --workers-per-trial \(8 GPU per worker\)"):
+    with pytest.raises(
+        UnmeetableResources, match=r"--gpus-per-trial / --workers-per-trial \(8 GPU per worker\)"
+    ):
         check_trial_fits(scaling(1, cpus=1, gpus=8), [HEAD, GPU_1X, GPU_4X])
     with pytest.raises(UnmeetableResources, match="--gpus-per-trial"):
         check_trial_fits(scaling(1, gpus=1), [HEAD])  # a CPU-only cluster
@@ -41,11 +46,15 @@ def test_more_cpus_per_worker_than_any_node_names_the_cpu_option():
 
 
 def test_more_workers_than_the_whole_cluster_can_host_names_the_worker_option():
-    with pytest.raises(UnmeetableResources, match=r"--workers-per-trial=9: the cluster can host at most 8"):
+    with pytest.raises(
+        UnmeetableResources, match=r"--workers-per-trial=9: the cluster can host at most 8"
+    ):
         check_trial_fits(scaling(9, cpus=4, gpus=1), [HEAD, GPU_1X])
 
 
-def test_resources_no_node_offers_are_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+def test_resources_no_node_offers_are_refused_before_anything_is_written(
+    tmp_path, capsys, monkeypatch
+):
     """The cluster's answer (node shapes) is faked: no Ray. A refused study leaves no output folder,
     so the corrected command runs without --resume; it gets past the check and writes study.json."""
     from mgd_ray.distributed import study
@@ -71,6 +80,7 @@ def test_resources_no_node_offers_are_refused_before_anything_is_written(tmp_pat
 
 def test_trial_slots_count_what_is_free_now_or_what_an_autoscaler_may_start():
     from mgd_ray.distributed.cluster import trial_slots
+
     # 8 CPUs, 3 held by another job: 5 free -> two 2-worker trials, not the four the totals allow.
     assert trial_slots(scaling(2), [HEAD], [{"CPU": 5.0, "GPU": 0.0}]) == 2
     # No GPU node yet: the autoscaler may start 8 gpu_1x nodes, one 1-GPU worker each.

@@ -5,6 +5,7 @@ CPU only. The frozen teacher is a real network traced by the "aot_eager" backend
 AOT autograd, no code generation): inductor's C++ code generation for a DeepLabv3+ takes ~40 s
 on 2 cores, and what this test guards is the tracing (no graph break, no recompile per block).
 Inductor itself compiles a small conv-BN net, forward and backward."""
+
 from __future__ import annotations
 
 import copy
@@ -66,8 +67,13 @@ class ConvBNNet(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.layers = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                    nn.Conv2d(8, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4))
+        self.layers = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 4, 3, stride=2, padding=1),
+            nn.BatchNorm2d(4),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -106,15 +112,19 @@ def compile_calls(module: nn.Module, monkeypatch) -> list[dict]:
     return calls
 
 
-@pytest.mark.parametrize("device, enabled, frozen, expected", [
-    ("cpu", None, True, None),  # off on CPU unless forced
-    ("cpu", True, True, {"backend": "inductor", "mode": None}),  # no CUDA graphs off CUDA
-    ("cuda", None, True, {"backend": "inductor", "mode": "reduce-overhead"}),
-    ("cuda", None, False, {"backend": "inductor", "mode": None}),
-    ("cuda", False, True, None),
-])
-def test_compile_is_on_for_cuda_and_captures_only_frozen_teachers(device, enabled, frozen,
-                                                                    expected, monkeypatch):
+@pytest.mark.parametrize(
+    "device, enabled, frozen, expected",
+    [
+        ("cpu", None, True, None),  # off on CPU unless forced
+        ("cpu", True, True, {"backend": "inductor", "mode": None}),  # no CUDA graphs off CUDA
+        ("cuda", None, True, {"backend": "inductor", "mode": "reduce-overhead"}),
+        ("cuda", None, False, {"backend": "inductor", "mode": None}),
+        ("cuda", False, True, None),
+    ],
+)
+def test_compile_is_on_for_cuda_and_captures_only_frozen_teachers(
+    device, enabled, frozen, expected, monkeypatch
+):
     module = nn.Linear(2, 2)
     calls = compile_calls(module, monkeypatch)  # the decision only: nothing compiles here
     assert compile_for_device(module, torch.device(device), enabled, frozen) is module

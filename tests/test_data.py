@@ -1,5 +1,6 @@
 """Data layer: loaders on small trees in the real layouts, splits, synthetic set, augmentation,
 CutMix masks and every kind of bad input."""
+
 from __future__ import annotations
 
 import math
@@ -11,15 +12,35 @@ import torch
 from torch.utils.data import DataLoader
 
 from mgd_ray.config import DataConfig
-from mgd_ray.data import (IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, DatasetError, Sample,
-                          SegmentationDataset, augment, build_datasets, cityscapes_label_to_train_id,
-                          cutmix_boxes, cutmix_mask, ensure_synthetic, generate_split, generate_synthetic,
-                          labeled_count, to_tensor)
+from mgd_ray.data import (
+    IGNORE_INDEX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NUM_CLASSES,
+    DatasetError,
+    Sample,
+    SegmentationDataset,
+    augment,
+    build_datasets,
+    cityscapes_label_to_train_id,
+    cutmix_boxes,
+    cutmix_mask,
+    ensure_synthetic,
+    generate_split,
+    generate_synthetic,
+    labeled_count,
+    to_tensor,
+)
 from mgd_ray.data.io import read_label
-from mgd_ray.data.transforms import PAD_COLOUR
 from mgd_ray.data.splits import write_split
-from tests.data_trees import (cityscapes_raw_label, write_cityscapes_tree, write_jpeg, write_png_label,
-                              write_voc_tree)
+from mgd_ray.data.transforms import PAD_COLOUR
+from tests.data_trees import (
+    cityscapes_raw_label,
+    write_cityscapes_tree,
+    write_jpeg,
+    write_png_label,
+    write_voc_tree,
+)
 
 VOC_TRAIN = [f"2007_{i:06d}" for i in range(17)]
 VOC_VAL = [f"2008_{i:06d}" for i in range(3)]
@@ -42,12 +63,17 @@ def voc_root(tmp_path):
 def voc_cfg(root, tmp_path, **kw):
     # A small tree: a seeded split, not the paper's lists (which name all 10,582 images).
     kw.setdefault("paper_split", False)
-    return DataConfig(dataset="voc", root=str(root), split_out_dir=str(tmp_path / "results" / "splits"), **kw)
+    return DataConfig(
+        dataset="voc", root=str(root), split_out_dir=str(tmp_path / "results" / "splits"), **kw
+    )
 
 
 # ---------------------------------------------------------------- splits
 
-@pytest.mark.parametrize("n, expected", [(10582, [662, 1323, 2646, 5291]), (2975, [186, 372, 744, 1488])])
+
+@pytest.mark.parametrize(
+    "n, expected", [(10582, [662, 1323, 2646, 5291]), (2975, [186, 372, 744, 1488])]
+)
 def test_labeled_counts_of_the_paper_protocols(n, expected):
     assert [labeled_count(n, p) for p in ("1/16", "1/8", "1/4", "1/2")] == expected
     assert labeled_count(n, "full") == n
@@ -61,7 +87,10 @@ def test_generated_split_is_disjoint_complete_and_seeded():
     assert generate_split(ids, "1/8", seed=3) == (labeled, unlabeled)
     assert generate_split(ids, "1/8", seed=4)[0] != labeled
     # Cityscapes-style pair rows split the same way.
-    pairs = [f"leftImg8bit/train/c/{i}_leftImg8bit.png\tgtFine/train/c/{i}_gtFine_labelIds.png" for i in range(2975)]
+    pairs = [
+        f"leftImg8bit/train/c/{i}_leftImg8bit.png\tgtFine/train/c/{i}_gtFine_labelIds.png"
+        for i in range(2975)
+    ]
     assert len(generate_split(pairs, "1/16", seed=0)[0]) == 186
 
 
@@ -82,6 +111,7 @@ def test_unknown_protocol_is_rejected():
 
 # ---------------------------------------------------------------- VOC
 
+
 def test_voc_loads_with_generated_split(voc_root, tmp_path):
     root, labels = voc_root
     data = build_datasets(voc_cfg(root, tmp_path, protocol="1/4", crop_size=32))
@@ -101,13 +131,22 @@ def test_voc_loads_with_generated_split(voc_root, tmp_path):
     assert image_id == VOC_VAL[1] and np.array_equal(label.numpy(), labels[image_id])
     assert image.shape[1:] == label.shape
     # Same config again: the same split is read back, not a new one.
-    assert build_datasets(voc_cfg(root, tmp_path, protocol="1/4", crop_size=32)).labeled_ids == data.labeled_ids
+    assert (
+        build_datasets(voc_cfg(root, tmp_path, protocol="1/4", crop_size=32)).labeled_ids
+        == data.labeled_ids
+    )
 
 
 def test_voc_palette_labels_in_segmentation_class_are_read_as_indices(tmp_path):
     root = tmp_path / "VOC"
-    labels = write_voc_tree(root, VOC_TRAIN[:4], VOC_VAL[:2], label_folder="SegmentationClass",
-                            palette=True, train_list="train.txt")
+    labels = write_voc_tree(
+        root,
+        VOC_TRAIN[:4],
+        VOC_VAL[:2],
+        label_folder="SegmentationClass",
+        palette=True,
+        train_list="train.txt",
+    )
     data = build_datasets(voc_cfg(root, tmp_path, protocol="1/2"))
     assert len(data.labeled_ids) == 2
     _, label, image_id = data.val[0]
@@ -120,7 +159,9 @@ def test_voc_user_split_lists(voc_root, tmp_path):
     split.mkdir(parents=True)
     (split / "labeled.txt").write_text(f"{VOC_TRAIN[0]}\n{VOC_TRAIN[1]}\n")
     # UniMatch-style pair lines are accepted too.
-    (split / "unlabeled.txt").write_text("".join(f"JPEGImages/{i}.jpg SegmentationClassAug/{i}.png\n" for i in VOC_TRAIN[2:]))
+    (split / "unlabeled.txt").write_text(
+        "".join(f"JPEGImages/{i}.jpg SegmentationClassAug/{i}.png\n" for i in VOC_TRAIN[2:])
+    )
     data = build_datasets(DataConfig(dataset="voc", root=str(root), split_dir=str(split.parent)))
     assert data.labeled_ids == VOC_TRAIN[:2] and data.unlabeled_ids == VOC_TRAIN[2:]
     assert data.split_dir == str(split)
@@ -132,11 +173,14 @@ def test_voc_user_split_lists(voc_root, tmp_path):
 def test_full_protocol_labels_everything_and_distils_on_all_images(voc_root, tmp_path):
     root, _ = voc_root
     data = build_datasets(voc_cfg(root, tmp_path, protocol="full"))
-    assert sorted(data.labeled_ids) == sorted(VOC_TRAIN) and sorted(data.unlabeled_ids) == sorted(VOC_TRAIN)
+    assert sorted(data.labeled_ids) == sorted(VOC_TRAIN) and sorted(data.unlabeled_ids) == sorted(
+        VOC_TRAIN
+    )
     assert (Path(data.split_dir) / "unlabeled.txt").read_text() == ""
 
 
 # ---------------------------------------------------------------- Cityscapes
+
 
 def test_cityscapes_official_mapping_subset():
     raw = np.array([[7, 8, 11, 26], [33, 0, 1, 9], [23, 24, 31, 34]], dtype=np.uint8)
@@ -147,17 +191,31 @@ def test_cityscapes_official_mapping_subset():
 
 def test_cityscapes_maps_raw_label_ids(tmp_path):
     root = tmp_path / "cityscapes"
-    raw = write_cityscapes_tree(root, {"train": {"aachen": 5, "bremen": 4}, "val": {"frankfurt": 2}})
-    data = build_datasets(DataConfig(dataset="cityscapes", root=str(root), protocol="1/4", paper_split=False,
-                                     split_out_dir=str(tmp_path / "out"), crop_size=24))
+    raw = write_cityscapes_tree(
+        root, {"train": {"aachen": 5, "bremen": 4}, "val": {"frankfurt": 2}}
+    )
+    data = build_datasets(
+        DataConfig(
+            dataset="cityscapes",
+            root=str(root),
+            protocol="1/4",
+            paper_split=False,
+            split_out_dir=str(tmp_path / "out"),
+            crop_size=24,
+        )
+    )
     assert data.num_classes == 19 and len(data.labeled_ids) == 3 and len(data.unlabeled_ids) == 6
     lines = (Path(data.split_dir) / "labeled.txt").read_text().splitlines()
     image_rel, label_rel = lines[0].split("\t")
-    assert image_rel.startswith("leftImg8bit/train/") and label_rel.endswith("_gtFine_labelIds.png")
+    assert image_rel.startswith("leftImg8bit/train/") and label_rel.endswith(
+        "_gtFine_labelIds.png"
+    )
     _, label, image_id = data.val[0]
     lookup = {7: 0, 26: 13, 23: 10, 1: 255, 9: 255, 33: 18}  # hand-copied from labels.py
     expected = np.vectorize(lookup.get)(raw[image_id])
-    assert image_id == "frankfurt/frankfurt_000000_000019" and np.array_equal(label.numpy(), expected)
+    assert image_id == "frankfurt/frankfurt_000000_000019" and np.array_equal(
+        label.numpy(), expected
+    )
     _, crop = data.labeled[0]
     assert crop.shape == (24, 24) and set(crop.unique().tolist()) <= {0, 13, 10, 18, 255}
 
@@ -170,7 +228,9 @@ def test_cityscapes_prefers_label_train_ids_and_reads_cps_lists(tmp_path):
     pair = "train/aachen/aachen_{:06d}_000019_leftImg8bit.png\ttrain/aachen/aachen_{:06d}_000019_gtFine_labelTrainIds.png\n"
     (split / "labeled.txt").write_text(pair.format(0, 0))
     (split / "unlabeled.txt").write_text("".join(pair.format(i, i) for i in (1, 2, 3)))
-    data = build_datasets(DataConfig(dataset="cityscapes", root=str(root), split_dir=str(split), crop_size=16))
+    data = build_datasets(
+        DataConfig(dataset="cityscapes", root=str(root), split_dir=str(split), crop_size=16)
+    )
     assert data.labeled_ids == ["aachen/aachen_000000_000019"] and len(data.unlabeled_ids) == 3
     _, label, _ = data.val[0]
     assert label.unique().tolist() == [5]  # the labelTrainIds file, not the mapped raw ids
@@ -178,21 +238,30 @@ def test_cityscapes_prefers_label_train_ids_and_reads_cps_lists(tmp_path):
 
 # ---------------------------------------------------------------- synthetic set
 
+
 def test_synthetic_set_is_deterministic_and_in_voc_layout(tmp_path):
     a, b = generate_synthetic(tmp_path / "a", seed=0), generate_synthetic(tmp_path / "b", seed=0)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     train = (a / "ImageSets/Segmentation/train_aug.txt").read_text().split()
-    assert len(train) == 320 and len((a / "ImageSets/Segmentation/val.txt").read_text().split()) == 64
-    assert (a / "JPEGImages" / f"{train[0]}.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # a real JPEG
+    assert (
+        len(train) == 320 and len((a / "ImageSets/Segmentation/val.txt").read_text().split()) == 64
+    )
+    assert (a / "JPEGImages" / f"{train[0]}.jpg").read_bytes()[
+        :3
+    ] == b"\xff\xd8\xff"  # a real JPEG
     labels = np.stack([read_label(a / "SegmentationClassAug" / f"{i}.png") for i in train[:40]])
     values = set(np.unique(labels).tolist())
     assert values == set(range(6)) | {IGNORE_INDEX}
     assert 0.005 < (labels == IGNORE_INDEX).mean() < 0.2 and (labels == 0).mean() < 0.95
-    assert 0.35 < (labels == 0).mean() < 0.65  # objects are large: background is about half the pixels
+    assert (
+        0.35 < (labels == 0).mean() < 0.65
+    )  # objects are large: background is about half the pixels
     other = generate_synthetic(tmp_path / "c", seed=1)
-    assert (other / "JPEGImages" / f"{train[0]}.jpg").read_bytes() != (a / "JPEGImages" / f"{train[0]}.jpg").read_bytes()
+    assert (other / "JPEGImages" / f"{train[0]}.jpg").read_bytes() != (
+        a / "JPEGImages" / f"{train[0]}.jpg"
+    ).read_bytes()
 
 
 def test_default_config_builds_the_cached_synthetic_set(data_cache, tmp_path):
@@ -244,12 +313,17 @@ def test_augmentation_keeps_labels_aligned_in_range_and_ignore_at_255():
             assert (crop_label[exact] == cls).all()
         padded = (crop_image == PAD_COLOUR).all(axis=2)
         assert (crop_label[padded] == IGNORE_INDEX).all()
-        if padded.any():  # centred: the padding on both sides of an axis differs by at most one pixel
+        if (
+            padded.any()
+        ):  # centred: the padding on both sides of an axis differs by at most one pixel
             rows, cols = ~padded.all(axis=1), ~padded.all(axis=0)
             for kept in (rows, cols):
                 before, after = int(np.argmax(kept)), int(np.argmax(kept[::-1]))
                 assert abs(before - after) <= 1
-    assert np.array_equal((to_tensor(np.full((1, 1, 3), PAD_COLOUR, np.uint8)).abs() < 0.01).numpy().ravel(), [True] * 3)
+    assert np.array_equal(
+        (to_tensor(np.full((1, 1, 3), PAD_COLOUR, np.uint8)).abs() < 0.01).numpy().ravel(),
+        [True] * 3,
+    )
 
 
 def test_augment_is_reproducible_from_a_generator():
@@ -262,10 +336,16 @@ def test_to_tensor_normalises_with_imagenet_statistics():
     image = np.zeros((2, 3, 3), np.uint8)
     image[..., 0], image[..., 1], image[..., 2] = 255, 0, 128
     tensor = to_tensor(image)
-    expected = [(255 - 0.485 * 255) / (0.229 * 255), (0 - 0.456 * 255) / (0.224 * 255), (128 - 0.406 * 255) / (0.225 * 255)]
+    expected = [
+        (255 - 0.485 * 255) / (0.229 * 255),
+        (0 - 0.456 * 255) / (0.224 * 255),
+        (128 - 0.406 * 255) / (0.225 * 255),
+    ]
     assert tensor.shape == (3, 2, 3)
     assert torch.allclose(tensor[:, 0, 0], torch.tensor(expected), atol=1e-5)
-    assert np.allclose(IMAGENET_MEAN / 255, [0.485, 0.456, 0.406]) and np.allclose(IMAGENET_STD / 255, [0.229, 0.224, 0.225])
+    assert np.allclose(IMAGENET_MEAN / 255, [0.485, 0.456, 0.406]) and np.allclose(
+        IMAGENET_STD / 255, [0.229, 0.224, 0.225]
+    )
 
 
 def test_loader_workers_draw_different_crops(tmp_path):
@@ -278,6 +358,7 @@ def test_loader_workers_draw_different_crops(tmp_path):
 
 
 # ---------------------------------------------------------------- CutMix
+
 
 def test_cutmix_boxes_follow_the_official_generator():
     """mask_gen.BoxMaskGenerator with the configs' settings: 3 boxes, each p/3 of the image with
@@ -306,7 +387,9 @@ def test_cutmix_mask_is_the_xor_of_its_boxes_and_deterministic():
         count = np.zeros((32, 48), int)
         for top, left, bottom, right in boxes[index].tolist():
             count[top:bottom, left:right] += 1
-        assert np.array_equal(mask[index].numpy(), (count % 2).astype(np.float32))  # overlaps flip back
+        assert np.array_equal(
+            mask[index].numpy(), (count % 2).astype(np.float32)
+        )  # overlaps flip back
 
 
 def test_cutmix_mean_mixed_area_is_a_quarter_at_512():
@@ -318,22 +401,30 @@ def test_cutmix_mean_mixed_area_is_a_quarter_at_512():
 
 # ---------------------------------------------------------------- bad input
 
+
 def test_missing_root_is_named(tmp_path):
-    with pytest.raises(DatasetError, match=r"data root .*nowhere \(dataset 'voc'\): folder not found"):
+    with pytest.raises(
+        DatasetError, match=r"data root .*nowhere \(dataset 'voc'\): folder not found"
+    ):
         build_datasets(DataConfig(dataset="voc", root=str(tmp_path / "nowhere")))
 
 
 def test_missing_image_named_by_the_list(voc_root, tmp_path):
     root, _ = voc_root
     (root / "JPEGImages" / f"{VOC_TRAIN[3]}.jpg").unlink()
-    with pytest.raises(DatasetError, match=rf"image .*{VOC_TRAIN[3]}\.jpg: file not found \(named by the split list"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"image .*{VOC_TRAIN[3]}\.jpg: file not found \(named by the split list",
+    ):
         build_datasets(voc_cfg(root, tmp_path))
 
 
 def test_unreadable_image(voc_root, tmp_path):
     root, _ = voc_root
     (root / "JPEGImages" / f"{VOC_VAL[0]}.jpg").write_bytes(b"not a jpeg at all")
-    with pytest.raises(DatasetError, match=rf"image .*{VOC_VAL[0]}\.jpg: unreadable, expected a JPEG or PNG"):
+    with pytest.raises(
+        DatasetError, match=rf"image .*{VOC_VAL[0]}\.jpg: unreadable, expected a JPEG or PNG"
+    ):
         build_datasets(voc_cfg(root, tmp_path))
 
 
@@ -342,14 +433,19 @@ def test_label_values_out_of_range(voc_root, tmp_path):
     bad = labels[VOC_VAL[1]].copy()
     bad[0, 0] = 21
     write_png_label(root / "SegmentationClassAug" / f"{VOC_VAL[1]}.png", bad)
-    with pytest.raises(DatasetError, match=rf"label .*{VOC_VAL[1]}\.png: values \[21\] out of range, expected class ids 0..20 or 255"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"label .*{VOC_VAL[1]}\.png: values \[21\] out of range, expected class ids 0..20 or 255",
+    ):
         build_datasets(voc_cfg(root, tmp_path))
 
 
 def test_image_label_size_mismatch(voc_root, tmp_path):
     root, labels = voc_root
     write_png_label(root / "SegmentationClassAug" / f"{VOC_VAL[0]}.png", labels[VOC_VAL[0]][:-2])
-    with pytest.raises(DatasetError, match=rf"label .*{VOC_VAL[0]}\.png: size .* expected the size of image"):
+    with pytest.raises(
+        DatasetError, match=rf"label .*{VOC_VAL[0]}\.png: size .* expected the size of image"
+    ):
         build_datasets(voc_cfg(root, tmp_path))
 
 
@@ -358,9 +454,18 @@ def test_cityscapes_raw_ids_out_of_table(tmp_path):
     write_cityscapes_tree(root, {"train": {"aachen": 2}, "val": {"lindau": 1}})
     path = root / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png"
     write_png_label(path, np.full((32, 64), 40, np.uint8))
-    with pytest.raises(DatasetError, match=r"lindau_000000_000019_gtFine_labelIds.png: values \[40\] .*labelIds 0..33"):
-        build_datasets(DataConfig(dataset="cityscapes", root=str(root), split_out_dir=str(tmp_path / "s"),
-                                  paper_split=False))
+    with pytest.raises(
+        DatasetError,
+        match=r"lindau_000000_000019_gtFine_labelIds.png: values \[40\] .*labelIds 0..33",
+    ):
+        build_datasets(
+            DataConfig(
+                dataset="cityscapes",
+                root=str(root),
+                split_out_dir=str(tmp_path / "s"),
+                paper_split=False,
+            )
+        )
 
 
 def test_validation_marker_is_invalidated_by_a_changed_file(voc_root, tmp_path):

@@ -2,6 +2,7 @@
 
 Nets are tiny (a strided conv + BN) where a test is about the step rather than the networks, and the
 real ResNet-18 DeepLabv3+ at 32 px where the real model matters; data is a few random tensors."""
+
 import copy
 import math
 import os
@@ -25,8 +26,8 @@ from mgd_ray.engine.checkpoint import atomic_save, load_checkpoint
 from mgd_ray.engine.evaluate import window_starts
 from mgd_ray.engine.mgd_step import active_terms, freeze, mix, teacher_forward
 from mgd_ray.engine.mgd_step import mgd_losses as mgd_losses_from_targets
-from mgd_ray.engine.targets import live_targets
 from mgd_ray.engine.optim import build_optimizer, param_groups, poly_lr
+from mgd_ray.engine.targets import live_targets
 from mgd_ray.losses import masked_cross_entropy, pseudo_label, weighted_total
 from mgd_ray.models import build_model
 
@@ -38,12 +39,16 @@ class TinySeg(nn.Module):
 
     def __init__(self, num_classes: int = C, width: int = 8) -> None:
         super().__init__()
-        self.backbone = nn.Sequential(nn.Conv2d(3, width, 3, stride=4, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=4, padding=1), nn.BatchNorm2d(width), nn.ReLU()
+        )
         self.head = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, x):
         features = self.backbone(x)
-        logits = F.interpolate(self.head(features), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(
+            self.head(features), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
         return {"logits": logits, "features": features}
 
 
@@ -70,8 +75,9 @@ def mgd_losses(student, deep, wide, x_l, y, u0, u1, mask, weights, confidence_th
     """The step with live teachers, as a run without a targets store computes it."""
     active = active_terms(weights)
     targets = live_targets(deep, wide, x_l, u0, u1, mask, active)
-    return mgd_losses_from_targets(student, targets, x_l, y, u0, u1, mask, active,
-                                   confidence_threshold)
+    return mgd_losses_from_targets(
+        student, targets, x_l, y, u0, u1, mask, active, confidence_threshold
+    )
 
 
 def _teachers():
@@ -84,13 +90,19 @@ def test_supervised_only_runs_no_teacher_and_zero_weights_skip_teacher_inputs():
     student = TinySeg()
     x_l, y, u0, u1, mask = _batch()
     deep, wide = _teachers()
-    terms, stats = mgd_losses(student, deep, wide, x_l, y, u0, u1, mask, LossWeights(1, 0, 0, 0).as_dict())
+    terms, stats = mgd_losses(
+        student, deep, wide, x_l, y, u0, u1, mask, LossWeights(1, 0, 0, 0).as_dict()
+    )
     assert set(terms) == {"sup"} and deep.images_seen == wide.images_seen == 0
     assert stats["kept_fraction"].item() == 0.0
-    terms, _ = mgd_losses(student, None, None, x_l, y, u0, u1, mask, LossWeights(1, 0, 0, 0).as_dict())
+    terms, _ = mgd_losses(
+        student, None, None, x_l, y, u0, u1, mask, LossWeights(1, 0, 0, 0).as_dict()
+    )
     assert set(terms) == {"sup"}
     # Region off: the wide teacher sees u0, u1, x_l only (3B), the deep one also x_m (4B).
-    terms, _ = mgd_losses(student, deep, wide, x_l, y, u0, u1, mask, LossWeights(1, 1, 0.1, 0).as_dict())
+    terms, _ = mgd_losses(
+        student, deep, wide, x_l, y, u0, u1, mask, LossWeights(1, 1, 0.1, 0).as_dict()
+    )
     assert set(terms) == {"sup", "pixel", "semantic"}
     assert (deep.images_seen, wide.images_seen) == (8, 6)
 
@@ -99,7 +111,17 @@ def test_pixel_term_equals_four_separate_ce_terms():
     student = TinySeg()
     x_l, y, u0, u1, mask = _batch()
     deep, wide = _teachers()
-    terms, stats = mgd_losses(student, deep, wide, x_l, y, u0, u1, mask, {"sup": 0, "pixel": 1, "semantic": 0, "region": 0})
+    terms, stats = mgd_losses(
+        student,
+        deep,
+        wide,
+        x_l,
+        y,
+        u0,
+        u1,
+        mask,
+        {"sup": 0, "pixel": 1, "semantic": 0, "region": 0},
+    )
     assert stats["kept_fraction"].item() == 1.0
     student.eval()  # train-mode BN of the combined forward differs from separate forwards; compare in eval
     x_m = (1 - mask.unsqueeze(1)) * u0 + mask.unsqueeze(1) * u1
@@ -108,16 +130,34 @@ def test_pixel_term_equals_four_separate_ce_terms():
         s_l, s_m = student(x_l)["logits"], student(x_m)["logits"]
         for t in (wide, deep):  # separate teacher forwards: equal to the batched one in eval mode
             mixed = (1 - mask.unsqueeze(1)) * t(u0)["logits"] + mask.unsqueeze(1) * t(u1)["logits"]
-            expected += F.cross_entropy(s_m, mixed.argmax(1)) + F.cross_entropy(s_l, t(x_l)["logits"].argmax(1))
-    terms, _ = mgd_losses(student, deep, wide, x_l, y, u0, u1, mask, {"sup": 0, "pixel": 1, "semantic": 0, "region": 0})
+            expected += F.cross_entropy(s_m, mixed.argmax(1)) + F.cross_entropy(
+                s_l, t(x_l)["logits"].argmax(1)
+            )
+    terms, _ = mgd_losses(
+        student,
+        deep,
+        wide,
+        x_l,
+        y,
+        u0,
+        u1,
+        mask,
+        {"sup": 0, "pixel": 1, "semantic": 0, "region": 0},
+    )
     assert terms["pixel"].item() == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_threshold_one_keeps_nothing():
     student = TinySeg()
     deep, wide = _teachers()
-    terms, stats = mgd_losses(student, deep, wide, *_batch(), {"sup": 1, "pixel": 1, "semantic": 0, "region": 0},
-                              confidence_threshold=1.0)
+    terms, stats = mgd_losses(
+        student,
+        deep,
+        wide,
+        *_batch(),
+        {"sup": 1, "pixel": 1, "semantic": 0, "region": 0},
+        confidence_threshold=1.0,
+    )
     assert terms["pixel"].item() == 0.0 and stats["kept_fraction"].item() == 0.0
 
 
@@ -146,7 +186,9 @@ def test_zero_weight_removes_the_term_gradient_in_the_step():
     terms, _ = mgd_losses(student, deep, wide, *batch, weights)
     assert "region" not in terms
     weighted_total(terms, weights).backward()
-    terms_sup, _ = mgd_losses(student, None, None, *batch, {"sup": 1.0, "pixel": 0, "semantic": 0, "region": 0})
+    terms_sup, _ = mgd_losses(
+        student, None, None, *batch, {"sup": 1.0, "pixel": 0, "semantic": 0, "region": 0}
+    )
     grads_sup = torch.autograd.grad(terms_sup["sup"], list(student.parameters()))
     for p, g, g_region in zip(student.parameters(), grads_sup, with_region):
         assert torch.allclose(p.grad, g, atol=1e-6)
@@ -180,16 +222,23 @@ def test_real_student_optimisation_steps_reduce_the_loss():
 def test_param_groups_and_poly_schedule():
     model = TinySeg()
     decay, no_decay = param_groups([model], 1e-4)
-    assert {id(p) for p in decay["params"]} == {id(model.backbone[0].weight), id(model.head.weight)}
-    assert {id(p) for p in no_decay["params"]} == {id(model.backbone[0].bias), id(model.backbone[1].weight),
-                                                     id(model.backbone[1].bias), id(model.head.bias)}
+    assert {id(p) for p in decay["params"]} == {
+        id(model.backbone[0].weight),
+        id(model.head.weight),
+    }
+    assert {id(p) for p in no_decay["params"]} == {
+        id(model.backbone[0].bias),
+        id(model.backbone[1].weight),
+        id(model.backbone[1].bias),
+        id(model.head.bias),
+    }
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 1e-4
     assert poly_lr(0.01, 0, 100) == 0.01
-    assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5**0.9)
     assert poly_lr(0.01, 100, 100) == 0.0
     assert poly_lr(0.01, 0, 100, warmup=10) == pytest.approx(0.001)  # linear warm-up: (i + 1) / 10
-    assert poly_lr(0.01, 4, 100, warmup=10) == pytest.approx(0.01 * 0.5 * 0.96 ** 0.9)
-    assert poly_lr(0.01, 50, 100, warmup=10) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert poly_lr(0.01, 4, 100, warmup=10) == pytest.approx(0.01 * 0.5 * 0.96**0.9)
+    assert poly_lr(0.01, 50, 100, warmup=10) == pytest.approx(0.01 * 0.5**0.9)
     with pytest.raises(ValueError, match="warmup_iterations=-1"):
         OptimConfig(warmup_iterations=-1)
 
@@ -198,8 +247,10 @@ class OneHotModel(nn.Module):
     """Reads the class id stored in channel 0 of the image: an exact segmenter if every pixel is covered."""
 
     def forward(self, x):
-        return {"logits": F.one_hot(x[:, 0].round().long(), C).permute(0, 3, 1, 2).float() * 10.0,
-                "features": x[:, :, ::4, ::4]}
+        return {
+            "logits": F.one_hot(x[:, 0].round().long(), C).permute(0, 3, 1, 2).float() * 10.0,
+            "features": x[:, :, ::4, ::4],
+        }
 
 
 class ValSet(Dataset):
@@ -212,7 +263,13 @@ class ValSet(Dataset):
 
     def __getitem__(self, i):
         label = self.labels[i]
-        image = torch.stack([label.float(), torch.zeros_like(label, dtype=torch.float), torch.zeros_like(label, dtype=torch.float)])
+        image = torch.stack(
+            [
+                label.float(),
+                torch.zeros_like(label, dtype=torch.float),
+                torch.zeros_like(label, dtype=torch.float),
+            ]
+        )
         return image, label, f"img{i}"
 
 
@@ -241,13 +298,18 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
 
 # ---- whole runs on a tiny in-memory problem ------------------------------------------------------
 
+
 class TrainSet(Dataset):
     """Class = which colour channel is brightest in each 8 x 8 block: learnable by a small conv net."""
 
     def __init__(self, n, size=16, labeled=True, seed=0):
         g = torch.Generator().manual_seed(seed)
-        self.labels = [torch.randint(0, C, (size // 8, size // 8), generator=g).repeat_interleave(8, 0).repeat_interleave(8, 1)
-                       for _ in range(n)]
+        self.labels = [
+            torch.randint(0, C, (size // 8, size // 8), generator=g)
+            .repeat_interleave(8, 0)
+            .repeat_interleave(8, 1)
+            for _ in range(n)
+        ]
         self.labeled = labeled
 
     def __len__(self):
@@ -271,18 +333,34 @@ class TinyVal(TrainSet):
 
 
 def _fake_data(cfg):
-    return SimpleNamespace(labeled=TrainSet(8), unlabeled=TrainSet(16, labeled=False, seed=1), val=TinyVal(2, 24, seed=2),
-                           num_classes=C, labeled_ids=[], unlabeled_ids=[], split_dir="")
+    return SimpleNamespace(
+        labeled=TrainSet(8),
+        unlabeled=TrainSet(16, labeled=False, seed=1),
+        val=TinyVal(2, 24, seed=2),
+        num_classes=C,
+        labeled_ids=[],
+        unlabeled_ids=[],
+        split_dir="",
+    )
 
 
 @pytest.fixture
 def tiny_world(monkeypatch, tmp_path):
     for module in (distill_module, teacher_module):
         monkeypatch.setattr(module, "build_datasets", _fake_data)
-    monkeypatch.setattr(distill_module, "build_model", lambda arch, num_classes, output_stride=None, backbone_weights=None: TinySeg(num_classes))
-    monkeypatch.setattr(targets_module, "build_model",
-                        lambda arch, num_classes: TinySeg(num_classes))
-    monkeypatch.setattr(teacher_module, "build_model", lambda arch, num_classes, output_stride=None, backbone_weights=None: TinySeg(num_classes))
+    monkeypatch.setattr(
+        distill_module,
+        "build_model",
+        lambda arch, num_classes, output_stride=None, backbone_weights=None: TinySeg(num_classes),
+    )
+    monkeypatch.setattr(
+        targets_module, "build_model", lambda arch, num_classes: TinySeg(num_classes)
+    )
+    monkeypatch.setattr(
+        teacher_module,
+        "build_model",
+        lambda arch, num_classes, output_stride=None, backbone_weights=None: TinySeg(num_classes),
+    )
     teacher_path = str(tmp_path / "teacher.pt")
     torch.manual_seed(3)
     atomic_save(TinySeg().state_dict(), teacher_path)
@@ -291,16 +369,35 @@ def tiny_world(monkeypatch, tmp_path):
 
 
 def _distill_cfg(world, iterations, **kw):
-    return DistillConfig(teacher_deep_checkpoint=world.teacher, teacher_wide_checkpoint=world.teacher, data=world.data,
-                         iterations=iterations, eval_every=2, optim=OptimConfig(lr=0.01), **kw)
+    return DistillConfig(
+        teacher_deep_checkpoint=world.teacher,
+        teacher_wide_checkpoint=world.teacher,
+        data=world.data,
+        iterations=iterations,
+        eval_every=2,
+        optim=OptimConfig(lr=0.01),
+        **kw,
+    )
 
 
 def test_distill_reports_checkpoints_and_resumes(tiny_world):
     ctx = LocalContext(str(tiny_world.tmp / "run"), verbose=False)
     final = distill_student(_distill_cfg(tiny_world, 4), ctx)
-    assert [m["iteration"] for m in ctx.history] == [2, 4] and [m["done"] for m in ctx.history] == [False, True]
-    for key in ("miou", "loss", "loss_sup", "loss_pixel", "loss_semantic", "loss_region", "kept_fraction", "lr",
-                "iter_per_s", "data_wait_share"):
+    assert [m["iteration"] for m in ctx.history] == [2, 4] and [
+        m["done"] for m in ctx.history
+    ] == [False, True]
+    for key in (
+        "miou",
+        "loss",
+        "loss_sup",
+        "loss_pixel",
+        "loss_semantic",
+        "loss_region",
+        "kept_fraction",
+        "lr",
+        "iter_per_s",
+        "data_wait_share",
+    ):
         assert math.isfinite(final[key]), key
     assert final["kept_fraction"] == 1.0 and final["loss_pixel"] > 0
     folder = ctx.latest_checkpoint()
@@ -314,11 +411,16 @@ def test_distill_reports_checkpoints_and_resumes(tiny_world):
 
 
 def test_supervised_only_distill_needs_no_teacher_checkpoint(tiny_world):
-    cfg = DistillConfig(data=tiny_world.data, iterations=2, eval_every=2, weights=LossWeights(1, 0, 0, 0))
+    cfg = DistillConfig(
+        data=tiny_world.data, iterations=2, eval_every=2, weights=LossWeights(1, 0, 0, 0)
+    )
     final = distill_student(cfg, LocalContext(str(tiny_world.tmp / "sup"), verbose=False))
     assert final["loss_pixel"] == 0.0 and final["kept_fraction"] == 0.0 and final["loss_sup"] > 0
     with pytest.raises(ValueError, match="teacher_deep_checkpoint is required"):
-        distill_student(DistillConfig(data=tiny_world.data, iterations=2), LocalContext(str(tiny_world.tmp / "x"), verbose=False))
+        distill_student(
+            DistillConfig(data=tiny_world.data, iterations=2),
+            LocalContext(str(tiny_world.tmp / "x"), verbose=False),
+        )
 
 
 def test_nan_loss_raises_diverged_error(tiny_world, monkeypatch):
@@ -327,8 +429,11 @@ def test_nan_loss_raises_diverged_error(tiny_world, monkeypatch):
         with torch.no_grad():
             model.head.bias.fill_(float("nan"))
         return model
+
     monkeypatch.setattr(distill_module, "build_model", nan_model)
-    cfg = DistillConfig(data=tiny_world.data, iterations=3, eval_every=3, weights=LossWeights(1, 0, 0, 0))
+    cfg = DistillConfig(
+        data=tiny_world.data, iterations=3, eval_every=3, weights=LossWeights(1, 0, 0, 0)
+    )
     ctx = LocalContext(str(tiny_world.tmp / "nan"), verbose=False)
     with pytest.raises(DivergedError, match="diverged at iteration 1: loss=nan") as info:
         distill_student(cfg, ctx)
@@ -345,9 +450,11 @@ class Interrupt(Exception):
 
 def _stop_at(iteration):
     """An on_report that kills the run once the checkpoint of `iteration` is kept."""
+
     def on_report(metrics):
         if metrics["iteration"] == iteration:
             raise Interrupt
+
     return on_report
 
 
@@ -364,23 +471,36 @@ def loaded_optimizer_states(monkeypatch):
     def spy(self, state_dict):
         loaded.append(copy.deepcopy(state_dict))
         return original(self, state_dict)
+
     monkeypatch.setattr(torch.optim.SGD, "load_state_dict", spy)
     return loaded
 
 
-def test_finished_run_keeps_no_optimizer_state_and_resumes(tiny_world, monkeypatch, loaded_optimizer_states):
+def test_finished_run_keeps_no_optimizer_state_and_resumes(
+    tiny_world, monkeypatch, loaded_optimizer_states
+):
     # A wide net, so that SGD's momentum (one buffer per trainable weight) is most of an unfinished state.pt.
-    monkeypatch.setattr(distill_module, "build_model",
-                        lambda arch, num_classes, output_stride=None, backbone_weights=None: TinySeg(num_classes, 1024))
-    cfg = DistillConfig(data=tiny_world.data, iterations=4, eval_every=2, weights=LossWeights(1, 0, 0, 0))
+    monkeypatch.setattr(
+        distill_module,
+        "build_model",
+        lambda arch, num_classes, output_stride=None, backbone_weights=None: TinySeg(
+            num_classes, 1024
+        ),
+    )
+    cfg = DistillConfig(
+        data=tiny_world.data, iterations=4, eval_every=2, weights=LossWeights(1, 0, 0, 0)
+    )
     out = str(tiny_world.tmp / "sizes")
     sizes = {}
 
     def measure(metrics):  # the sizes of the checkpoint just kept, then a kill after iteration 2
         files = ("state.pt", "model.pt")
-        sizes[metrics["iteration"]] = {f: os.path.getsize(os.path.join(out, "checkpoint", f)) for f in files}
+        sizes[metrics["iteration"]] = {
+            f: os.path.getsize(os.path.join(out, "checkpoint", f)) for f in files
+        }
         if len(sizes) == 1:
             raise Interrupt
+
     with pytest.raises(Interrupt):
         distill_student(cfg, LocalContext(out, verbose=False, on_report=measure))
     saved = load_checkpoint(os.path.join(out, "checkpoint", "state.pt"))
@@ -393,14 +513,18 @@ def test_finished_run_keeps_no_optimizer_state_and_resumes(tiny_world, monkeypat
     assert len(loaded_optimizer_states) == 1
     momentum = {i: s["momentum_buffer"] for i, s in saved["optimizer"]["state"].items()}
     loaded = loaded_optimizer_states[0]["state"]
-    assert loaded.keys() == momentum.keys() and len(momentum) == 6  # conv, BN and head weights and biases
+    assert (
+        loaded.keys() == momentum.keys() and len(momentum) == 6
+    )  # conv, BN and head weights and biases
     assert all(torch.equal(loaded[i]["momentum_buffer"], m) for i, m in momentum.items())
 
     # The finished run's state.pt holds counters, RNG and metrics, not the optimizer: far smaller than
     # the weights, where the unfinished one was larger than them (weights-sized momentum + the rest).
     state = load_checkpoint(os.path.join(ctx.latest_checkpoint(), "state.pt"))
     assert "optimizer" not in state and state["iteration"] == 4 and state["metrics"] == final
-    assert sizes[2]["state.pt"] > sizes[2]["model.pt"] > 110_000  # 1024 x 3 x 3 x 3 fp32 conv weights: 110,592 bytes
+    assert (
+        sizes[2]["state.pt"] > sizes[2]["model.pt"] > 110_000
+    )  # 1024 x 3 x 3 x 3 fp32 conv weights: 110,592 bytes
     assert sizes[4]["state.pt"] < sizes[4]["model.pt"] / 4
 
     # Resuming the finished run only reports its final metrics again, with the same weights.
@@ -412,8 +536,12 @@ def test_finished_run_keeps_no_optimizer_state_and_resumes(tiny_world, monkeypat
     assert all(torch.equal(model[k], reloaded[k]) for k in model)
 
 
-def test_finished_teacher_run_keeps_both_branches_but_no_optimizer(tiny_world, loaded_optimizer_states):
-    cfg = TeacherConfig(data=tiny_world.data, iterations=4, eval_every=2, optim=OptimConfig(lr=0.01))
+def test_finished_teacher_run_keeps_both_branches_but_no_optimizer(
+    tiny_world, loaded_optimizer_states
+):
+    cfg = TeacherConfig(
+        data=tiny_world.data, iterations=4, eval_every=2, optim=OptimConfig(lr=0.01)
+    )
     out = str(tiny_world.tmp / "teacher_resume")
     with pytest.raises(Interrupt):
         train_teacher(cfg, LocalContext(out, verbose=False, on_report=_stop_at(2)))
@@ -421,7 +549,11 @@ def test_finished_teacher_run_keeps_both_branches_but_no_optimizer(tiny_world, l
     final = train_teacher(cfg, ctx)
     assert [m["iteration"] for m in ctx.history] == [4] and len(loaded_optimizer_states) == 1
     state = load_checkpoint(os.path.join(ctx.latest_checkpoint(), "state.pt"))
-    assert "optimizer" not in state and len(state["branches"]) == 2 and state["branch"] == final["branch"]
+    assert (
+        "optimizer" not in state
+        and len(state["branches"]) == 2
+        and state["branch"] == final["branch"]
+    )
     again = LocalContext(out, verbose=False)
     assert train_teacher(cfg, again) == final and len(loaded_optimizer_states) == 1
     model = load_checkpoint(os.path.join(again.latest_checkpoint(), "model.pt"))
@@ -429,12 +561,18 @@ def test_finished_teacher_run_keeps_both_branches_but_no_optimizer(tiny_world, l
 
 
 def test_train_teacher_reports_the_better_branch(tiny_world):
-    cfg = TeacherConfig(data=tiny_world.data, iterations=3, eval_every=3, optim=OptimConfig(lr=0.01))
+    cfg = TeacherConfig(
+        data=tiny_world.data, iterations=3, eval_every=3, optim=OptimConfig(lr=0.01)
+    )
     ctx = LocalContext(str(tiny_world.tmp / "teacher"), verbose=False)
     final = train_teacher(cfg, ctx)
     assert final["done"] and final["iteration"] == 3
     best = final["branch"]
-    assert final["miou"] == max(final["miou_branch0"], final["miou_branch1"]) == final[f"miou_branch{best}"]
+    assert (
+        final["miou"]
+        == max(final["miou_branch0"], final["miou_branch1"])
+        == final[f"miou_branch{best}"]
+    )
     state = load_checkpoint(os.path.join(ctx.latest_checkpoint(), "state.pt"))
     model = load_checkpoint(os.path.join(ctx.latest_checkpoint(), "model.pt"))
     assert all(torch.equal(model[k], state["branches"][best][k]) for k in model)
@@ -447,30 +585,47 @@ def test_mix_and_pseudo_label_of_the_mix():
     mask = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
     label, _ = pseudo_label(mix(mask, a, b))
     assert label.tolist() == [[[0, 2], [2, 0]]]
-    assert masked_cross_entropy(torch.zeros(1, C, 2, 2), label).item() == pytest.approx(math.log(C))
+    assert masked_cross_entropy(torch.zeros(1, C, 2, 2), label).item() == pytest.approx(
+        math.log(C)
+    )
 
 
 def test_runner_rejects_bad_options_before_any_work(tmp_path):
     out = tmp_path / "runner"
-    for argv, expected in ((["--iterations", "0"], "argument --iterations: expected a positive integer, got 0"),
-                           (["--protocol", "1/3"], "protocol '1/3': expected one of")):
-        done = subprocess.run([sys.executable, "-m", "mgd_ray.engine.runner", *argv, "--output-dir", str(out)],
-                              capture_output=True, text=True, timeout=120)
+    for argv, expected in (
+        (["--iterations", "0"], "argument --iterations: expected a positive integer, got 0"),
+        (["--protocol", "1/3"], "protocol '1/3': expected one of"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "mgd_ray.engine.runner", *argv, "--output-dir", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 2 and expected in done.stderr, done.stderr
     assert not out.exists()  # nothing was trained or written
 
 
 def test_runner_plan_pairs_students_on_one_split_and_summarises_seeds(tmp_path):
     from mgd_ray.engine.runner import format_results, get_args_parser, plan
-    args = get_args_parser().parse_args(["--seed", "3", "--student-seeds", "0", "1", "1",
-                                         "--output-dir", str(tmp_path)])
+
+    args = get_args_parser().parse_args(
+        ["--seed", "3", "--student-seeds", "0", "1", "1", "--output-dir", str(tmp_path)]
+    )
     teachers, students = plan(args)
     # A repeated seed is run once; every student and teacher reads the split of --seed.
     assert list(students) == [("supervised", 0), ("mgd", 0), ("supervised", 1), ("mgd", 1)]
     assert {cfg.data.seed for cfg in [*students.values(), *teachers.values()]} == {3}
     assert students["supervised", 1].weights.pixel == 0 and students["mgd", 1].weights.pixel == 1.0
-    rows = [{"student": "s", "variant": v, "seed": seed, "miou": m}
-            for seed, v, m in ((0, "supervised", 0.20), (0, "mgd", 0.25), (1, "supervised", 0.30), (1, "mgd", 0.29))]
+    rows = [
+        {"student": "s", "variant": v, "seed": seed, "miou": m}
+        for seed, v, m in (
+            (0, "supervised", 0.20),
+            (0, "mgd", 0.25),
+            (1, "supervised", 0.30),
+            (1, "mgd", 0.29),
+        )
+    ]
     text = format_results(rows, args)
     # supervised 0.25 +- 0.0707 (sample std of 0.2, 0.3), mgd 0.27 +- 0.0283, gains +0.05 and -0.01.
     assert "supervised   mean 0.2500 +- 0.0707 over 2 seeds" in text
@@ -480,9 +635,21 @@ def test_runner_plan_pairs_students_on_one_split_and_summarises_seeds(tmp_path):
 
 def test_runner_end_to_end_one_iteration(tmp_path, capsys):
     from mgd_ray.engine.runner import get_args_parser, main, plan, train_or_reuse_teacher
+
     out = tmp_path / "runner"
-    args = get_args_parser().parse_args(["--teacher-iterations", "1", "--iterations", "1", "--student-seeds", "0",
-                                         "--output-dir", str(out), "--quiet"])
+    args = get_args_parser().parse_args(
+        [
+            "--teacher-iterations",
+            "1",
+            "--iterations",
+            "1",
+            "--student-seeds",
+            "0",
+            "--output-dir",
+            str(out),
+            "--quiet",
+        ]
+    )
     rows = main(args)
     assert [(r["variant"], r["seed"]) for r in rows] == [("supervised", 0), ("mgd", 0)]
     assert all(0.0 <= r["miou"] <= 1.0 for r in rows)

@@ -5,6 +5,7 @@ beside a second Ray instance on the machine: tests/test_study_ray.py and test_re
 The head is started with `ray start --block --temp-dir` in its own session and stopped by killing
 that session, so no other Ray instance on the machine is touched and Ray's default
 /tmp/ray/ray_current_cluster is never written."""
+
 import os
 import subprocess
 import sys
@@ -37,16 +38,35 @@ def teacher_args(teachers):
     return [x for option, path in teachers.items() for x in (option, path)]
 
 
-def test_a_trial_asking_more_gpus_than_any_node_offers_is_refused_before_the_search(head, teachers, tmp_path):
+def test_a_trial_asking_more_gpus_than_any_node_offers_is_refused_before_the_search(
+    head, teachers, tmp_path
+):
     started = time.time()
-    done = subprocess.run(CLI + ["--smoke", "--no-ablation", "--address", head, "--gpus-per-trial", "1",
-                                 "--output-dir", str(tmp_path / "out"), *teacher_args(teachers)],
-                          capture_output=True, text=True, timeout=180, env=ENV)
+    done = subprocess.run(
+        CLI
+        + [
+            "--smoke",
+            "--no-ablation",
+            "--address",
+            head,
+            "--gpus-per-trial",
+            "1",
+            "--output-dir",
+            str(tmp_path / "out"),
+            *teacher_args(teachers),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=ENV,
+    )
     print(f"impossible resources refused after {time.time() - started:.1f} s")
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert "--gpus-per-trial" in done.stderr and "no node of this cluster" in done.stderr
     assert records(tmp_path / "out") == []  # no trial ever started
-    assert not (tmp_path / "out").exists()  # nothing written: the corrected command needs no --resume
+    assert not (
+        tmp_path / "out"
+    ).exists()  # nothing written: the corrected command needs no --resume
 
 
 HOLDER = textwrap.dedent("""
@@ -63,17 +83,42 @@ HOLDER = textwrap.dedent("""
 """)
 
 
-def test_a_worker_group_that_cannot_start_fails_its_trial_and_the_study_goes_on(head, teachers, tmp_path):
+def test_a_worker_group_that_cannot_start_fails_its_trial_and_the_study_goes_on(
+    head, teachers, tmp_path
+):
     # Another job holds 1 of the head's 2 CPUs: a 2-worker trial can never start.
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, head], stdout=subprocess.PIPE, text=True, env=ENV)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, head], stdout=subprocess.PIPE, text=True, env=ENV
+    )
     try:
         assert holder.stdout.readline().strip() == "holding"
         started = time.time()
-        done = subprocess.run(CLI + ["--smoke", "--no-ablation", "--address", head, "--num-samples", "2",
-                                     "--workers-per-trial", "2", "--max-concurrent-trials", "1",
-                                     "--worker-start-timeout", "3", "--worker-start-retries", "1",
-                                     "--output-dir", str(tmp_path / "out"), *teacher_args(teachers)],
-                              capture_output=True, text=True, timeout=400, env=ENV)
+        done = subprocess.run(
+            CLI
+            + [
+                "--smoke",
+                "--no-ablation",
+                "--address",
+                head,
+                "--num-samples",
+                "2",
+                "--workers-per-trial",
+                "2",
+                "--max-concurrent-trials",
+                "1",
+                "--worker-start-timeout",
+                "3",
+                "--worker-start-retries",
+                "1",
+                "--output-dir",
+                str(tmp_path / "out"),
+                *teacher_args(teachers),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=400,
+            env=ENV,
+        )
         print(f"study with 2 unstartable trials ended after {time.time() - started:.1f} s")
     finally:
         holder.kill()
@@ -83,5 +128,7 @@ def test_a_worker_group_that_cannot_start_fails_its_trial_and_the_study_goes_on(
     assert len(trials) == 2
     for record in trials:
         assert record["status"] == "failed"
-        assert "worker group startup timed out" in record["error"], record  # the reason, in the record
+        assert "worker group startup timed out" in record["error"], (
+            record
+        )  # the reason, in the record
     assert (tmp_path / "out" / "REPORT.md").exists()

@@ -1,6 +1,7 @@
 """Studies on the local autoscaled cluster (cluster-local.yaml, Ray's fake_multinode provider):
 worker nodes started from zero for waiting trials and removed when idle, and a worker node lost in
 the middle of a trial. Marked `cluster` (and `ray`): each test brings a cluster up and down."""
+
 import os
 import subprocess
 import sys
@@ -25,8 +26,12 @@ HEAD_NODE_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"
 
 @pytest.fixture
 def cluster(tmp_path):
-    state = local_cluster.up(port=local_cluster.DEFAULT_PORT, state_path=str(tmp_path / "cluster.json"),
-                             idle_timeout_minutes=0.25, env=ENV)
+    state = local_cluster.up(
+        port=local_cluster.DEFAULT_PORT,
+        state_path=str(tmp_path / "cluster.json"),
+        idle_timeout_minutes=0.25,
+        env=ENV,
+    )
     yield state
     local_cluster.down(str(tmp_path / "cluster.json"))
 
@@ -37,19 +42,40 @@ def teachers(tmp_path_factory):
     return [x for option, path in files.items() for x in (option, path)]
 
 
-def test_trials_wait_the_autoscaler_starts_workers_from_zero_and_removes_them_when_idle(cluster, teachers, tmp_path):
-    assert list(alive_nodes(cluster["address"], ENV)) == [HEAD_NODE_ID]  # head only, and it has no CPU
+def test_trials_wait_the_autoscaler_starts_workers_from_zero_and_removes_them_when_idle(
+    cluster, teachers, tmp_path
+):
+    assert list(alive_nodes(cluster["address"], ENV)) == [
+        HEAD_NODE_ID
+    ]  # head only, and it has no CPU
     out = tmp_path / "study"
     started = time.time()
-    done = subprocess.run(CLI + ["--smoke", "--no-ablation", "--num-samples", "2", "--address", cluster["address"],
-                                 "--output-dir", str(out), *teachers], capture_output=True, text=True,
-                          timeout=480, env={**ENV, AUTOSCALING_CONFIG_ENV: cluster["config"]})
+    done = subprocess.run(
+        CLI
+        + [
+            "--smoke",
+            "--no-ablation",
+            "--num-samples",
+            "2",
+            "--address",
+            cluster["address"],
+            "--output-dir",
+            str(out),
+            *teachers,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=480,
+        env={**ENV, AUTOSCALING_CONFIG_ENV: cluster["config"]},
+    )
     print(f"smoke study on the autoscaled cluster: {time.time() - started:.0f} s")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trials = records(out)
     assert len(trials) == 2 and all(r["status"] in ("completed", "early_stopped") for r in trials)
     nodes = {node for r in trials for node in r["nodes"]}
-    assert nodes and HEAD_NODE_ID not in nodes  # trials trained on worker nodes the autoscaler started
+    assert (
+        nodes and HEAD_NODE_ID not in nodes
+    )  # trials trained on worker nodes the autoscaler started
     # Ray Train's resource requests to the autoscaler expire 180 s after the last one
     # (AUTOSCALING_REQUESTS_EXPIRE_TIME_S in Ray 2.60): until then they keep a worker node up.
     # Measured: the nodes went 234 s after the study started, 180 s after it ended.

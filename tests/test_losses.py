@@ -1,13 +1,22 @@
 """Each MGD loss term against small hand-computed cases."""
+
 import math
 
 import pytest
 import torch
 
 from mgd_ray.config import DistillConfig
-from mgd_ray.losses import (confidence_code, content_aware_loss, lowest_kept_code,
-                            masked_cross_entropy, pixel_consistency_loss, pseudo_label,
-                            semantic_sensitive_loss, supervised_loss, weighted_total)
+from mgd_ray.losses import (
+    confidence_code,
+    content_aware_loss,
+    lowest_kept_code,
+    masked_cross_entropy,
+    pixel_consistency_loss,
+    pseudo_label,
+    semantic_sensitive_loss,
+    supervised_loss,
+    weighted_total,
+)
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
@@ -49,7 +58,9 @@ def test_confidence_is_rounded_to_a_code_before_the_threshold():
 def test_pixel_consistency_hand_computed():
     assert pixel_consistency_loss(STUDENT, TEACHER).item() == pytest.approx(1.5 * LN2, abs=1e-6)
     # tau = 0.7 drops the last pixel (confidence sigmoid(0.5) = 0.62).
-    assert pixel_consistency_loss(STUDENT, TEACHER, threshold=0.7).item() == pytest.approx(5 * LN2 / 3, abs=1e-6)
+    assert pixel_consistency_loss(STUDENT, TEACHER, threshold=0.7).item() == pytest.approx(
+        5 * LN2 / 3, abs=1e-6
+    )
 
 
 def test_threshold_one_keeps_nothing_and_gives_zero_not_nan():
@@ -77,7 +88,9 @@ def test_semantic_sensitive_hand_computed():
     # GAP(student) = (ln3/4, ln3/4); GAP(teacher) = (3/4, 3.5/4).
     expected = abs(LN3 / 4 - 0.75) + abs(LN3 / 4 - 0.875)
     # Normalised to the official 2-image sum: 2 x the mean over images (issue 12).
-    assert semantic_sensitive_loss(STUDENT, TEACHER).item() == pytest.approx(2 * expected, abs=1e-6)
+    assert semantic_sensitive_loss(STUDENT, TEACHER).item() == pytest.approx(
+        2 * expected, abs=1e-6
+    )
     two = semantic_sensitive_loss(STUDENT.repeat(2, 1, 1, 1), TEACHER.repeat(2, 1, 1, 1))
     assert two.item() == pytest.approx(2 * expected, abs=1e-6)  # = the official sum over 2 images
 
@@ -90,7 +103,9 @@ def test_semantic_sensitive_gradient_per_image_is_the_same_at_2_and_8_images_per
     lambda_i = 0.002
     torch.manual_seed(0)
     student, teacher = torch.randn(2, 5, 6, 6), torch.randn(2, 5, 6, 6)
-    official = lambda_i * (student.mean(dim=(2, 3)) - teacher.mean(dim=(2, 3))).abs().sum()  # the 2-image sum
+    official = (
+        lambda_i * (student.mean(dim=(2, 3)) - teacher.mean(dim=(2, 3))).abs().sum()
+    )  # the 2-image sum
 
     def grads(batch_copies: int):
         s = student.repeat(batch_copies, 1, 1, 1).requires_grad_(True)
@@ -107,7 +122,9 @@ def test_semantic_sensitive_gradient_per_image_is_the_same_at_2_and_8_images_per
     # Per image, as a share of the batch: B x dL/d(logits of image i) is the same at B = 2 and B = 8.
     assert torch.allclose(8 * logits_grad8[:2], 2 * logits_grad2, atol=1e-9)
     # The hand value: d/ds of lambda_I * 2/B * |mean(s) - mean(t)| at each pixel is lambda_I * 2/B * sign / (6 * 6).
-    sign = torch.sign(student.mean(dim=(2, 3)) - teacher.mean(dim=(2, 3)))[:, :, None, None].expand(2, 5, 6, 6)
+    sign = torch.sign(student.mean(dim=(2, 3)) - teacher.mean(dim=(2, 3)))[
+        :, :, None, None
+    ].expand(2, 5, 6, 6)
     assert torch.allclose(logits_grad2, lambda_i * sign / 36, atol=1e-9)
 
 
@@ -116,8 +133,10 @@ def test_content_aware_hand_computed():
     # regions are all parallel (similarity 1 everywhere).
     student = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]]).T.reshape(1, 2, 2, 2)
     teacher = torch.tensor([[2.0, 0.0]] * 4).T.reshape(1, 2, 2, 2)
-    c = 1 - 2 ** -0.5
-    expected = 2 * (1 + 1 + 3 * c * c) / 16  # off-diagonal squared errors, each pair twice, over 4 x 4
+    c = 1 - 2**-0.5
+    expected = (
+        2 * (1 + 1 + 3 * c * c) / 16
+    )  # off-diagonal squared errors, each pair twice, over 4 x 4
     assert content_aware_loss(student, teacher, grid=2).item() == pytest.approx(expected, abs=1e-6)
 
 
@@ -155,7 +174,12 @@ def test_zero_weight_removes_the_term_gradient():
     assert total.item() == pytest.approx(2.0)
     assert a.grad.item() == pytest.approx(2.0) and b.grad is None
     nan_term = torch.tensor(float("nan"))
-    assert weighted_total({"sup": a.detach(), "semantic": nan_term}, {"sup": 1.0, "semantic": 0.0}).item() == 2.0
+    assert (
+        weighted_total(
+            {"sup": a.detach(), "semantic": nan_term}, {"sup": 1.0, "semantic": 0.0}
+        ).item()
+        == 2.0
+    )
 
 
 def test_bad_inputs_are_clear_errors():

@@ -1,4 +1,5 @@
 """Confusion matrix and mIoU against an independent per-class computation."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,5 @@
 """DeepLabv3+ networks: shapes, feature contract, torchvision parity, weights loading, complexity."""
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,13 @@ OFFICIAL_TOTAL_PARAMS = {
 STUDENTS = ("deeplabv3plus_resnet18", "deeplabv3plus_mobilenetv2")
 HEAVY = ("deeplabv3plus_resnet50", "deeplabv3plus_resnet101", "deeplabv3plus_wide_resnet50_2")
 # (low-level channels at stride 4, last-stage channels) read by the head
-STAGE_CHANNELS = {"resnet18": (64, 512), "resnet50": (256, 2048), "resnet101": (256, 2048),
-                  "wide_resnet50_2": (256, 2048), "mobilenetv2": (24, 320)}
+STAGE_CHANNELS = {
+    "resnet18": (64, 512),
+    "resnet50": (256, 2048),
+    "resnet101": (256, 2048),
+    "wide_resnet50_2": (256, 2048),
+    "mobilenetv2": (24, 320),
+}
 
 
 def _meta_model(arch, num_classes=5, output_stride=None):
@@ -61,7 +67,9 @@ def test_backbone_params_equal_torchvision_without_classifier(arch):
 @pytest.mark.parametrize("arch", OFFICIAL_TOTAL_PARAMS)
 def test_total_params_match_official_networks(arch):
     model = _meta_model(arch, num_classes=21)
-    assert sum(p.numel() for p in model.parameters()) == pytest.approx(OFFICIAL_TOTAL_PARAMS[arch], rel=0.005)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(
+        OFFICIAL_TOTAL_PARAMS[arch], rel=0.005
+    )
 
 
 def _eval_forward(arch, num_classes, shape):
@@ -98,15 +106,24 @@ def test_feature_contract_matches_real_outputs(arch):
     assert len(feats) == len(info)
     for f, i in zip(feats, info):
         # stride-2 convs/pools with padding give ceil(size / reduction)
-        assert f.shape == (1, i["num_chs"], math.ceil(h / i["reduction"]), math.ceil(w / i["reduction"])), i
+        assert f.shape == (
+            1,
+            i["num_chs"],
+            math.ceil(h / i["reduction"]),
+            math.ceil(w / i["reduction"]),
+        ), i
     low, high = STAGE_CHANNELS[arch.removeprefix("deeplabv3plus_")]
     assert (info[0]["num_chs"], info[0]["reduction"]) == (low, 4)
     assert info[-1]["num_chs"] == high
     # each stage is the output of the module it names (timm's contract)
     modules = dict(backbone.named_modules())
     seen = {}
-    hooks = [modules[i["module"]].register_forward_hook(lambda m, args, out, name=i["module"]: seen.__setitem__(name, out))
-             for i in info]
+    hooks = [
+        modules[i["module"]].register_forward_hook(
+            lambda m, args, out, name=i["module"]: seen.__setitem__(name, out)
+        )
+        for i in info
+    ]
     x = torch.randn(1, 3, h, w)
     with torch.no_grad():
         feats = backbone(x)
@@ -130,8 +147,13 @@ def test_output_stride_sets_last_reduction_and_aspp_rates(arch, output_stride):
 
 
 def test_default_output_strides():
-    expected = {"deeplabv3plus_resnet18": 16, "deeplabv3plus_mobilenetv2": 32, "deeplabv3plus_resnet50": 16,
-                "deeplabv3plus_resnet101": 16, "deeplabv3plus_wide_resnet50_2": 16}
+    expected = {
+        "deeplabv3plus_resnet18": 16,
+        "deeplabv3plus_mobilenetv2": 32,
+        "deeplabv3plus_resnet50": 16,
+        "deeplabv3plus_resnet101": 16,
+        "deeplabv3plus_wide_resnet50_2": 16,
+    }
     for arch, os_ in expected.items():
         model = _meta_model(arch)
         assert model.output_stride == os_ and model.backbone.feature_info[-1]["reduction"] == os_
@@ -139,14 +161,29 @@ def test_default_output_strides():
 
 def test_torchvision_key_names():
     resnet = _meta_model("deeplabv3plus_resnet50").backbone.state_dict()
-    for key in ("conv1.weight", "bn1.running_var", "layer1.0.downsample.0.weight", "layer1.0.downsample.1.bias",
-                "layer3.5.conv3.weight", "layer4.2.bn3.running_mean"):
+    for key in (
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.downsample.0.weight",
+        "layer1.0.downsample.1.bias",
+        "layer3.5.conv3.weight",
+        "layer4.2.bn3.running_mean",
+    ):
         assert key in resnet
     mbv2 = _meta_model("deeplabv3plus_mobilenetv2").backbone.state_dict()
-    for key in ("features.0.0.weight", "features.0.1.running_mean", "features.1.conv.0.0.weight",
-                "features.1.conv.1.weight", "features.1.conv.2.bias", "features.2.conv.0.0.weight",
-                "features.2.conv.1.1.weight", "features.2.conv.2.weight", "features.2.conv.3.running_var",
-                "features.17.conv.3.weight", "features.17.conv.1.0.weight"):
+    for key in (
+        "features.0.0.weight",
+        "features.0.1.running_mean",
+        "features.1.conv.0.0.weight",
+        "features.1.conv.1.weight",
+        "features.1.conv.2.bias",
+        "features.2.conv.0.0.weight",
+        "features.2.conv.1.1.weight",
+        "features.2.conv.2.weight",
+        "features.2.conv.3.running_var",
+        "features.17.conv.3.weight",
+        "features.17.conv.1.0.weight",
+    ):
         assert key in mbv2
     assert not any(k.startswith(("fc.", "classifier.", "features.18.")) for k in (*resnet, *mbv2))
 
@@ -154,24 +191,45 @@ def test_torchvision_key_names():
 def _randomised(model: nn.Module) -> dict[str, torch.Tensor]:
     """A backbone state dict with every float tensor random, so a silent skip would show."""
     gen = torch.Generator().manual_seed(1)
-    return {k: (torch.rand(v.shape, generator=gen) + 0.5 if v.is_floating_point() else v.clone())
-            for k, v in model.state_dict().items()}
+    return {
+        k: (torch.rand(v.shape, generator=gen) + 0.5 if v.is_floating_point() else v.clone())
+        for k, v in model.state_dict().items()
+    }
 
 
-@pytest.mark.parametrize("arch, classifier", [
-    ("deeplabv3plus_resnet18", {"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}),
-    # a torchvision MobileNetV2 file also holds features.18 (the 1280 conv the official student drops)
-    ("deeplabv3plus_mobilenetv2", {"classifier.1.weight": torch.zeros(1000, 1280),
-                                   "classifier.1.bias": torch.zeros(1000),
-                                   "features.18.0.weight": torch.zeros(1280, 320, 1, 1),
-                                   **{f"features.18.1.{k}": torch.zeros(1280)
-                                      for k in ("weight", "bias", "running_mean", "running_var")}}),
-])
+@pytest.mark.parametrize(
+    "arch, classifier",
+    [
+        (
+            "deeplabv3plus_resnet18",
+            {"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)},
+        ),
+        # a torchvision MobileNetV2 file also holds features.18 (the 1280 conv the official student drops)
+        (
+            "deeplabv3plus_mobilenetv2",
+            {
+                "classifier.1.weight": torch.zeros(1000, 1280),
+                "classifier.1.bias": torch.zeros(1000),
+                "features.18.0.weight": torch.zeros(1280, 320, 1, 1),
+                **{
+                    f"features.18.1.{k}": torch.zeros(1280)
+                    for k in ("weight", "bias", "running_mean", "running_var")
+                },
+            },
+        ),
+    ],
+)
 def test_torchvision_checkpoint_round_trips_strictly(tmp_path, arch, classifier):
     state = _randomised(build_model(arch, 4).backbone)
     path = tmp_path / "imagenet.pth"
     # older torchvision files carry no BN counters: drop them too
-    torch.save({**{k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, **classifier}, path)
+    torch.save(
+        {
+            **{k: v for k, v in state.items() if not k.endswith("num_batches_tracked")},
+            **classifier,
+        },
+        path,
+    )
     model = build_model(arch, 4, backbone_weights=str(path))
     loaded = model.backbone.state_dict()
     assert loaded.keys() == state.keys()
@@ -284,7 +342,9 @@ def test_sync_batchnorm_and_channels_last():
     with torch.no_grad():
         out = synced(x.contiguous(memory_format=torch.channels_last))
     # same maths in another memory order: equal up to float32 summation order (tolerance scaled to the logits)
-    torch.testing.assert_close(out["logits"], reference, rtol=1e-4, atol=1e-5 * reference.abs().max().item())
+    torch.testing.assert_close(
+        out["logits"], reference, rtol=1e-4, atol=1e-5 * reference.abs().max().item()
+    )
     synced.train()(x)  # no process group: SyncBatchNorm falls back to per-process statistics
 
 
@@ -295,8 +355,14 @@ def test_backbone_macs_match_torchvision(arch):
     assert ours == pytest.approx(gmacs - classifier_macs / 1e9, rel=2e-3)
 
 
-@pytest.mark.parametrize("arch, output_stride", [("deeplabv3plus_resnet18", 16), ("deeplabv3plus_mobilenetv2", 32),
-                                                 ("deeplabv3plus_wide_resnet50_2", 8)])
+@pytest.mark.parametrize(
+    "arch, output_stride",
+    [
+        ("deeplabv3plus_resnet18", 16),
+        ("deeplabv3plus_mobilenetv2", 32),
+        ("deeplabv3plus_wide_resnet50_2", 8),
+    ],
+)
 def test_head_macs_and_params_by_hand(arch, output_stride):
     size, classes = 96, 21
     low, high = STAGE_CHANNELS[arch.removeprefix("deeplabv3plus_")]
@@ -306,9 +372,26 @@ def test_head_macs_and_params_by_hand(arch, output_stride):
     aspp_macs = (high * 256 + 3 * 9 * high * 256 + 1024 * 256) * h + high * 256 + 256 * 256
     decoder_macs = (low * reduced + 9 * (256 + reduced) * 256 + 9 * 256 * 256 + 256 * classes) * h4
     # convs, map_bn (1024), red_conv, pooling conv + BN, pool_red_conv, red_bn: no conv bias anywhere
-    aspp_params = (high * 256 + 3 * 9 * high * 256 + 2 * 1024 + 1024 * 256 + high * 256 + 512 + 256 * 256 + 512)
-    decoder_params = (low * reduced + 2 * reduced + 9 * (256 + reduced) * 256 + 512 + 9 * 256 * 256 + 512
-                      + 256 * classes + classes)
+    aspp_params = (
+        high * 256
+        + 3 * 9 * high * 256
+        + 2 * 1024
+        + 1024 * 256
+        + high * 256
+        + 512
+        + 256 * 256
+        + 512
+    )
+    decoder_params = (
+        low * reduced
+        + 2 * reduced
+        + 9 * (256 + reduced) * 256
+        + 512
+        + 9 * 256 * 256
+        + 512
+        + 256 * classes
+        + classes
+    )
     c = complexity(arch, classes, size, output_stride)
     assert round((c["total_gmacs"] - c["backbone_gmacs"]) * 1e9) == aspp_macs + decoder_macs
     assert c["total_params"] - c["backbone_params"] == aspp_params + decoder_params
@@ -340,21 +423,29 @@ def test_aspp_is_the_official_formula():
     # independent restatement of the official ASPP (exp.voc/*/network.py): concat -> BN -> LeakyReLU ->
     # 1x1; pooling branch GAP -> 1x1 -> BN -> LeakyReLU -> 1x1, ADDED; then BN -> LeakyReLU; no dropout
     from mgd_ray.models.deeplabv3plus import ASPP
+
     torch.manual_seed(0)
     aspp = ASPP(8, (1, 2, 3), out_ch=4).eval()
     _randomise_bn(aspp)
     x = torch.randn(2, 8, 7, 9)
 
     def bn(m, t):
-        return (t - m.running_mean[:, None, None]) / torch.sqrt(m.running_var[:, None, None] + m.eps) \
-            * m.weight[:, None, None] + m.bias[:, None, None]
+        return (t - m.running_mean[:, None, None]) / torch.sqrt(
+            m.running_var[:, None, None] + m.eps
+        ) * m.weight[:, None, None] + m.bias[:, None, None]
 
     def leaky(t):
         return torch.where(t > 0, t, 0.01 * t)
 
     convs = aspp.map_convs
-    maps = torch.cat([F.conv2d(x, convs[0].weight)] + [F.conv2d(x, convs[i].weight, padding=r, dilation=r)
-                                                       for i, r in ((1, 1), (2, 2), (3, 3))], dim=1)
+    maps = torch.cat(
+        [F.conv2d(x, convs[0].weight)]
+        + [
+            F.conv2d(x, convs[i].weight, padding=r, dilation=r)
+            for i, r in ((1, 1), (2, 2), (3, 3))
+        ],
+        dim=1,
+    )
     out = F.conv2d(leaky(bn(aspp.map_bn, maps)), aspp.red_conv.weight)
     pool = F.conv2d(x.mean(dim=(2, 3), keepdim=True), aspp.global_pooling_conv.weight)
     pool = F.conv2d(leaky(bn(aspp.global_pooling_bn, pool)), aspp.pool_red_conv.weight)
@@ -372,7 +463,9 @@ def test_pooling_bn_at_batch_one_uses_running_statistics():
     bn, red_bn = model.head.aspp.global_pooling_bn, model.head.aspp.red_bn
     before, red_before = bn.running_mean.clone(), red_bn.running_mean.clone()
     model(torch.randn(1, 3, 64, 64))
-    assert torch.equal(bn.running_mean, before) and not torch.equal(red_bn.running_mean, red_before)
+    assert torch.equal(bn.running_mean, before) and not torch.equal(
+        red_bn.running_mean, red_before
+    )
     model(torch.randn(2, 3, 64, 64))
     assert not torch.equal(bn.running_mean, before)
 
@@ -381,7 +474,10 @@ def test_resnet_layer4_multigrid_as_official():
     # official _nostride_dilate over layer4's blocks at output stride 16: dilations 2/4/8 on every 3x3
     # conv of block 0/1/2 (ResNet-18: 2/4), the strided conv and the 1x1 shortcut at stride 1;
     # layer3 keeps its stride and no dilation
-    for arch, rates in (("deeplabv3plus_resnet101", (2, 4, 8)), ("deeplabv3plus_resnet18", (2, 4))):
+    for arch, rates in (
+        ("deeplabv3plus_resnet101", (2, 4, 8)),
+        ("deeplabv3plus_resnet18", (2, 4)),
+    ):
         backbone = _meta_model(arch).backbone
         for block, rate in zip(backbone.layer4, rates, strict=True):
             convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
@@ -389,7 +485,9 @@ def test_resnet_layer4_multigrid_as_official():
             assert {m.dilation for m in convs if m.kernel_size == (3, 3)} == {(rate, rate)}
             assert {m.padding for m in convs if m.kernel_size == (3, 3)} == {(rate, rate)}
         layer3 = [m for m in backbone.layer3.modules() if isinstance(m, nn.Conv2d)]
-        assert {m.dilation for m in layer3} == {(1, 1)} and sum(m.stride == (2, 2) for m in layer3) == 2
+        assert {m.dilation for m in layer3} == {(1, 1)} and sum(
+            m.stride == (2, 2) for m in layer3
+        ) == 2
 
 
 def test_mobilenetv2_as_official_student():
@@ -399,9 +497,13 @@ def test_mobilenetv2_as_official_student():
     assert backbone.features[14].conv[1][0].stride == (2, 2)
     for index, rate in ((14, 1), (15, 2), (16, 4), (17, 8)):
         dw = backbone.features[index].conv[1][0]
-        assert dw.kernel_size == (3, 3) and dw.dilation == (rate, rate) and dw.padding == (rate, rate)
+        assert (
+            dw.kernel_size == (3, 3) and dw.dilation == (rate, rate) and dw.padding == (rate, rate)
+        )
     model = _meta_model("deeplabv3plus_mobilenetv2", 21)
-    assert model.head.reduce[0].out_channels == 24 and model.head.aspp.map_convs[0].in_channels == 320
+    assert (
+        model.head.reduce[0].out_channels == 24 and model.head.aspp.map_convs[0].in_channels == 320
+    )
 
 
 def test_decoder_and_logits_upsample_with_align_corners():
@@ -415,10 +517,19 @@ def test_decoder_and_logits_upsample_with_align_corners():
         out = model(x)
         high = model.head.aspp(feats[-1])
         low = model.head.reduce(feats[0])
-        expected_features = model.head.last_conv(torch.cat(
-            [F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=True), low], dim=1))
+        expected_features = model.head.last_conv(
+            torch.cat(
+                [
+                    F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=True),
+                    low,
+                ],
+                dim=1,
+            )
+        )
     torch.testing.assert_close(features, expected_features)
-    torch.testing.assert_close(out["logits"], F.interpolate(logits, size=(50, 70), mode="bilinear", align_corners=True))
+    torch.testing.assert_close(
+        out["logits"], F.interpolate(logits, size=(50, 70), mode="bilinear", align_corners=True)
+    )
 
 
 def test_feature_contract_is_checked_when_built():
@@ -432,33 +543,47 @@ def test_feature_contract_is_checked_when_built():
 
     good = {"num_chs": 8, "reduction": 4, "module": "stage"}
     DeepLabV3Plus(Stub([good]), 2, 16)
-    for info, message in (([{**good, "module": "nowhere"}], "no submodule named 'nowhere'"),
-                          ([{"channels": 8, "reduction": 4, "module": "stage"}], "expected the keys"),
-                          ([{**good, "reduction": 8}], "needs a stage at reduction 4"),
-                          ([good, {**good, "reduction": 2}], "non-decreasing"),
-                          ([{**good, "num_chs": 0}], "num_chs"),
-                          ([], "non-empty")):
+    for info, message in (
+        ([{**good, "module": "nowhere"}], "no submodule named 'nowhere'"),
+        ([{"channels": 8, "reduction": 4, "module": "stage"}], "expected the keys"),
+        ([{**good, "reduction": 8}], "needs a stage at reduction 4"),
+        ([good, {**good, "reduction": 2}], "non-decreasing"),
+        ([{**good, "num_chs": 0}], "num_chs"),
+        ([], "non-empty"),
+    ):
         with pytest.raises(ValueError, match=message):
             DeepLabV3Plus(Stub(info), 2, 16)
 
 
-@pytest.mark.parametrize("arch, width, bottleneck", [("deeplabv3plus_resnet18", 32, False),
-                                                     ("deeplabv3plus_resnet101", 64, True)])
+@pytest.mark.parametrize(
+    "arch, width, bottleneck",
+    [("deeplabv3plus_resnet18", 32, False), ("deeplabv3plus_resnet101", 64, True)],
+)
 def test_official_deep_stem_macs_by_counting(arch, width, bottleneck):
     # the complexity verdict's deep-stem correction against a deep stem built and counted here
     from mgd_ray.models.compression import official_stem_extra_gmacs
     from mgd_ray.models.flops import count_macs
+
     size = 96
     with torch.device("meta"):
         image = torch.empty(1, 3, size, size)
-        deep = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.Conv2d(width, width, 3, 1, 1),
-                             nn.Conv2d(width, 2 * width, 3, 1, 1))
+        deep = nn.Sequential(
+            nn.Conv2d(3, width, 3, 2, 1),
+            nn.Conv2d(width, width, 3, 1, 1),
+            nn.Conv2d(width, 2 * width, 3, 1, 1),
+        )
         stem7 = nn.Conv2d(3, 64, 7, 2, 3)
         extra = count_macs(deep, image) - count_macs(stem7, image)
-        if bottleneck:  # layer1's first block reads 2w channels: its 1x1 to 64 and its 1x1 shortcut to 256
+        if (
+            bottleneck
+        ):  # layer1's first block reads 2w channels: its 1x1 to 64 and its 1x1 shortcut to 256
             x = torch.empty(1, 2 * width, size // 4, size // 4)
-            wider = count_macs(nn.Conv2d(2 * width, 64, 1), x) + count_macs(nn.Conv2d(2 * width, 256, 1), x)
+            wider = count_macs(nn.Conv2d(2 * width, 64, 1), x) + count_macs(
+                nn.Conv2d(2 * width, 256, 1), x
+            )
             x = torch.empty(1, 64, size // 4, size // 4)
-            extra += wider - count_macs(nn.Conv2d(64, 64, 1), x) - count_macs(nn.Conv2d(64, 256, 1), x)
+            extra += (
+                wider - count_macs(nn.Conv2d(64, 64, 1), x) - count_macs(nn.Conv2d(64, 256, 1), x)
+            )
     assert official_stem_extra_gmacs(arch, size) * 1e9 == pytest.approx(extra, abs=1)
     assert official_stem_extra_gmacs("deeplabv3plus_wide_resnet50_2", size) == 0.0

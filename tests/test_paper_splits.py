@@ -1,6 +1,7 @@
 """The paper's partition lists shipped in mgd_ray/splits/: their content (SOURCE.md's counts,
 disjoint, covering the training list), their use by default, and the errors on a data root that
 lacks their images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +19,12 @@ from tests.data_trees import cityscapes_raw_label, random_image, write_png_label
 # SOURCE.md: labeled / unlabeled per protocol.
 COUNTS = {
     "voc": {"1/16": (662, 9920), "1/8": (1323, 9259), "1/4": (2646, 7936), "1/2": (5291, 5291)},
-    "cityscapes": {"1/16": (186, 2789), "1/8": (372, 2603), "1/4": (744, 2231), "1/2": (1488, 1487)},
+    "cityscapes": {
+        "1/16": (186, 2789),
+        "1/8": (372, 2603),
+        "1/4": (744, 2231),
+        "1/2": (1488, 1487),
+    },
 }
 TRAIN_SIZE = {"voc": 10582, "cityscapes": 2975}
 
@@ -51,14 +57,19 @@ def test_shipped_cityscapes_rows_are_in_the_official_layout():
         image, label = row.split("\t")
         city, name = image.split("/")[2:4]
         stem = name[: -len("_leftImg8bit.png")]
-        assert image == f"leftImg8bit/train/{city}/{stem}_leftImg8bit.png" and stem.startswith(city + "_")
+        assert image == f"leftImg8bit/train/{city}/{stem}_leftImg8bit.png" and stem.startswith(
+            city + "_"
+        )
         assert label == f"gtFine/train/{city}/{stem}_gtFine_labelIds.png"
 
 
 def test_no_paper_lists_for_other_protocols_or_data():
     assert splits.paper_split_dir("voc", "full") is None
     assert splits.paper_split_dir("synthetic", "1/8") is None
-    assert splits.paper_split_dir("cityscapes", "1/4") == splits.PAPER_SPLIT_DIR / "cityscapes" / "1_4"
+    assert (
+        splits.paper_split_dir("cityscapes", "1/4")
+        == splits.PAPER_SPLIT_DIR / "cityscapes" / "1_4"
+    )
 
 
 def test_a_shipped_list_naming_missing_images_is_one_error_before_training(tmp_path):
@@ -69,7 +80,10 @@ def test_a_shipped_list_naming_missing_images_is_one_error_before_training(tmp_p
     message = str(error.value)
     labeled = splits.PAPER_SPLIT_DIR / "voc" / "1_8" / "labeled.txt"
     # 2007_000032 is in the 1/8 labeled list and on disk: 1,322 of 1,323 are missing.
-    assert f"split list {labeled}: 1322 of its 1323 images are missing from data root {root}" in message
+    assert (
+        f"split list {labeled}: 1322 of its 1323 images are missing from data root {root}"
+        in message
+    )
     assert "2007_000250" in message and "2007_000032 " not in message and "--split-dir" in message
 
 
@@ -92,25 +106,41 @@ def test_paper_lists_are_the_default_and_split_dir_still_wins(tmp_path, monkeypa
     shipped = tmp_path / "shipped"
     (shipped / "cityscapes" / "1_8").mkdir(parents=True)
     (shipped / "cityscapes" / "1_8" / "labeled.txt").write_text("".join(r + "\n" for r in labeled))
-    (shipped / "cityscapes" / "1_8" / "unlabeled.txt").write_text("".join(r + "\n" for r in unlabeled))
+    (shipped / "cityscapes" / "1_8" / "unlabeled.txt").write_text(
+        "".join(r + "\n" for r in unlabeled)
+    )
     monkeypatch.setattr(splits, "PAPER_SPLIT_DIR", shipped)
     root = tmp_path / "cityscapes"
-    val = ["leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png\t"
-           "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png"]
+    val = [
+        "leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png\t"
+        "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png"
+    ]
     _write_cityscapes_images(root, labeled + unlabeled + val)
     out = tmp_path / "results" / "splits"
-    data = build_datasets(DataConfig(dataset="cityscapes", root=str(root), protocol="1/8", crop_size=16,
-                                     split_out_dir=str(out)))
+    data = build_datasets(
+        DataConfig(
+            dataset="cityscapes",
+            root=str(root),
+            protocol="1/8",
+            crop_size=16,
+            split_out_dir=str(out),
+        )
+    )
     city = lambda pair: "/".join(pair.split("\t")[0].split("/")[2:4])[: -len("_leftImg8bit.png")]  # noqa: E731
-    assert data.labeled_ids == [city(r) for r in labeled] and data.unlabeled_ids == [city(r) for r in unlabeled]
+    assert data.labeled_ids == [city(r) for r in labeled] and data.unlabeled_ids == [
+        city(r) for r in unlabeled
+    ]
     assert data.split_dir == str(shipped / "cityscapes" / "1_8") and not out.exists()
     # --split-dir wins over the shipped lists.
     user = tmp_path / "mine"
     user.mkdir()
     (user / "labeled.txt").write_text(unlabeled[0] + "\n")
     (user / "unlabeled.txt").write_text("".join(r + "\n" for r in labeled))
-    data = build_datasets(DataConfig(dataset="cityscapes", root=str(root), protocol="1/8", split_dir=str(user),
-                                     crop_size=16))
+    data = build_datasets(
+        DataConfig(
+            dataset="cityscapes", root=str(root), protocol="1/8", split_dir=str(user), crop_size=16
+        )
+    )
     assert data.labeled_ids == [city(unlabeled[0])] and data.split_dir == str(user)
 
 
@@ -119,13 +149,18 @@ def test_failed_validation_writes_no_generated_split(tmp_path):
     root = tmp_path / "VOC2012"
     ids = [f"2007_{i:06d}" for i in range(8)]
     labels = write_voc_tree(root, ids, ["2008_000000"])
-    write_png_label(root / "SegmentationClassAug" / "2008_000000.png",
-                    np.full_like(labels["2008_000000"], 77))
+    write_png_label(
+        root / "SegmentationClassAug" / "2008_000000.png", np.full_like(labels["2008_000000"], 77)
+    )
     out = tmp_path / "results" / "splits"
-    cfg = DataConfig(dataset="voc", root=str(root), protocol="1/4", paper_split=False, split_out_dir=str(out))
+    cfg = DataConfig(
+        dataset="voc", root=str(root), protocol="1/4", paper_split=False, split_out_dir=str(out)
+    )
     with pytest.raises(DatasetError, match=r"values \[77\]"):
         build_datasets(cfg)
     assert not out.exists()
     write_png_label(root / "SegmentationClassAug" / "2008_000000.png", labels["2008_000000"])
     data = build_datasets(cfg)
-    assert (Path(data.split_dir) / "labeled.txt").read_text().count("\n") == 2 and Path(data.split_dir).parent == out
+    assert (Path(data.split_dir) / "labeled.txt").read_text().count("\n") == 2 and Path(
+        data.split_dir
+    ).parent == out

@@ -1,6 +1,7 @@
 """mgd_ray.report on hand-built trial frames and a hand-written results folder.
 
 Every expected number below is computed by hand in the comments (means, sample stds, sums)."""
+
 from __future__ import annotations
 
 import io
@@ -16,27 +17,58 @@ import optuna
 import pandas as pd
 import pytest
 
-from mgd_ray.report import (ReportInputError, ablation_grid, ablation_table, generate_report,
-                            importance_table, load_study, load_trials, normalize_trials,
-                            search_table, study_protocols, threshold_table, to_latex, to_markdown)
+from mgd_ray.report import (
+    ReportInputError,
+    ablation_grid,
+    ablation_table,
+    generate_report,
+    importance_table,
+    load_study,
+    load_trials,
+    normalize_trials,
+    search_table,
+    study_protocols,
+    threshold_table,
+    to_latex,
+    to_markdown,
+)
 from mgd_ray.report.format import importance_grid, search_grid, threshold_grid
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-CFG = dict(w_sup=1.0, w_pixel=1.0, lambda_semantic=0.002, lambda_region=100.0,
-           confidence_threshold=0.0)
+CFG = dict(
+    w_sup=1.0, w_pixel=1.0, lambda_semantic=0.002, lambda_region=100.0, confidence_threshold=0.0
+)
 
 
-def trial(trial_id, protocol, kind, variant, status, miou, seed=0, ended="2025-01-01T01:00",
-          **extra):
-    return dict(trial_id=trial_id, protocol=protocol, kind=kind, variant=variant, status=status,
-                miou=miou, seed=seed, ended_at=ended, **{**CFG, **extra})
+def trial(
+    trial_id, protocol, kind, variant, status, miou, seed=0, ended="2025-01-01T01:00", **extra
+):
+    return dict(
+        trial_id=trial_id,
+        protocol=protocol,
+        kind=kind,
+        variant=variant,
+        status=status,
+        miou=miou,
+        seed=seed,
+        ended_at=ended,
+        **{**CFG, **extra},
+    )
 
 
 def ablation_frame() -> pd.DataFrame:
     rows = [
         # 1/8 supervised: seeds 0,1,2 = 0.40, 0.42, 0.44 -> mean 0.42, sample std 0.02
-        trial("s0-old", "1/8", "ablation", "supervised", "completed", 0.10, seed=0,
-              ended="2025-01-01T00:00"),  # re-run seed 0: the later trial replaces it
+        trial(
+            "s0-old",
+            "1/8",
+            "ablation",
+            "supervised",
+            "completed",
+            0.10,
+            seed=0,
+            ended="2025-01-01T00:00",
+        ),  # re-run seed 0: the later trial replaces it
         trial("s0", "1/8", "ablation", "supervised", "completed", 0.40, seed=0),
         trial("s1", "1/8", "ablation", "supervised", "completed", 0.42, seed=1),
         trial("s2", "1/8", "ablation", "supervised", "completed", 0.44, seed=2),
@@ -59,16 +91,31 @@ def cell(table, variant, protocol):
 
 def test_ablation_means_stds_missing_and_gain():
     table = ablation_table(ablation_frame(), ["1/8", "1/4", "1/2"])
-    assert list(table["variant"].unique()) == ["supervised", "pixel", "pixel_semantic",
-                                               "pixel_region", "mgd_paper", "mgd_best", "gain"]
+    assert list(table["variant"].unique()) == [
+        "supervised",
+        "pixel",
+        "pixel_semantic",
+        "pixel_region",
+        "mgd_paper",
+        "mgd_best",
+        "gain",
+    ]
     sup = cell(table, "supervised", "1/8")
-    assert sup["n"] == 3 and sup["mean"] == pytest.approx(0.42) and sup["std"] == pytest.approx(0.02)
+    assert (
+        sup["n"] == 3 and sup["mean"] == pytest.approx(0.42) and sup["std"] == pytest.approx(0.02)
+    )
     pix = cell(table, "pixel", "1/8")
     assert pix["n"] == 1 and pix["mean"] == pytest.approx(0.5) and math.isnan(pix["std"])
     paper = cell(table, "mgd_paper", "1/8")
-    assert paper["mean"] == pytest.approx(0.52) and paper["std"] == pytest.approx(0.02 * math.sqrt(2))
-    for variant, protocol in [("mgd_best", "1/8"), ("pixel_region", "1/8"), ("supervised", "1/4"),
-                              ("supervised", "1/2")]:
+    assert paper["mean"] == pytest.approx(0.52) and paper["std"] == pytest.approx(
+        0.02 * math.sqrt(2)
+    )
+    for variant, protocol in [
+        ("mgd_best", "1/8"),
+        ("pixel_region", "1/8"),
+        ("supervised", "1/4"),
+        ("supervised", "1/2"),
+    ]:
         missing = cell(table, variant, protocol)
         assert missing["n"] == 0 and math.isnan(missing["mean"])  # missing, never 0.0
     # 1/8: mgd_paper 0.52 leads pixel 0.50 by 0.02, less than mgd_paper's std 0.028: not separated.
@@ -94,22 +141,29 @@ def test_equal_rows_get_no_best_and_background_rows_are_flagged():
     # 1/4: supervised 0.30, 0.32 (std 0.01414) vs MGD 0.36, 0.38: lead 0.06 > 0.01414 -> MGD best.
     # 1/2: one seed each, 0.300 vs 0.315: lead 0.015 < the 0.02 single-seed margin -> no best;
     #      0.40 vs 0.30 (pixel vs supervised, one seed each): lead 0.10 > 0.02 -> pixel best.
-    rows = [trial(f"e{v}", "1/8", "ablation", v, "completed", 0.0940)
-            for v in ("supervised", "pixel", "mgd_paper", "mgd_best")]
-    rows += [trial("s0", "1/4", "ablation", "supervised", "completed", 0.30, seed=0),
-             trial("s1", "1/4", "ablation", "supervised", "completed", 0.32, seed=1),
-             trial("m0", "1/4", "ablation", "mgd_paper", "completed", 0.36, seed=0),
-             trial("m1", "1/4", "ablation", "mgd_paper", "completed", 0.38, seed=1),
-             trial("h0", "1/2", "ablation", "supervised", "completed", 0.300),
-             trial("h1", "1/2", "ablation", "mgd_paper", "completed", 0.315)]
+    rows = [
+        trial(f"e{v}", "1/8", "ablation", v, "completed", 0.0940)
+        for v in ("supervised", "pixel", "mgd_paper", "mgd_best")
+    ]
+    rows += [
+        trial("s0", "1/4", "ablation", "supervised", "completed", 0.30, seed=0),
+        trial("s1", "1/4", "ablation", "supervised", "completed", 0.32, seed=1),
+        trial("m0", "1/4", "ablation", "mgd_paper", "completed", 0.36, seed=0),
+        trial("m1", "1/4", "ablation", "mgd_paper", "completed", 0.38, seed=1),
+        trial("h0", "1/2", "ablation", "supervised", "completed", 0.300),
+        trial("h1", "1/2", "ablation", "mgd_paper", "completed", 0.315),
+    ]
     teachers = {"1/8": {"deep": 0.098, "wide": 0.116}, "1/4": {"deep": 0.5, "wide": None}}
-    table = ablation_table(pd.DataFrame(rows), ["1/8", "1/4", "1/2"], teachers=teachers, background=0.0940)
+    table = ablation_table(
+        pd.DataFrame(rows), ["1/8", "1/4", "1/2"], teachers=teachers, background=0.0940
+    )
     best = table[table["best"]]
     assert list(zip(best["variant"], best["protocol"])) == [("mgd_paper", "1/4")]
     flagged = table[table["background"]]
     # within 0.01 of 0.094: the four 1/8 rows and the 0.098 teacher; 0.116 is 2.2 points above
     assert sorted(zip(flagged["variant"], flagged["protocol"])) == sorted(
-        [(v, "1/8") for v in ("supervised", "pixel", "mgd_paper", "mgd_best", "teacher_deep")])
+        [(v, "1/8") for v in ("supervised", "pixel", "mgd_paper", "mgd_best", "teacher_deep")]
+    )
     assert cell(table, "teacher_wide", "1/8")["mean"] == pytest.approx(0.116)
     assert math.isnan(cell(table, "teacher_wide", "1/4")["mean"])  # unknown: missing, not zero
 
@@ -118,28 +172,59 @@ def test_equal_rows_get_no_best_and_background_rows_are_flagged():
     assert text.loc["Supervised only", "1/8"] == "9.40 (n=1) \u2020"
     assert text.loc["Teacher T_D (deep)", "1/8"] == "9.80 (n=1) \u2020"
     assert text.loc["Teacher T_W (wide)", "1/8"] == "11.60 (n=1)"
-    assert not bold["1/8"].any() and not bold["1/2"].any() and bold.loc["MGD (paper weights)", "1/4"]
+    assert (
+        not bold["1/8"].any() and not bold["1/2"].any() and bold.loc["MGD (paper weights)", "1/4"]
+    )
     assert "**" not in to_markdown(text[["1/8"]], bold[["1/8"]])
     assert r"$^\dagger$" in to_latex(text, bold)
 
-    single = pd.DataFrame([trial("a", "1/8", "ablation", "supervised", "completed", 0.30),
-                           trial("b", "1/8", "ablation", "pixel", "completed", 0.40)])
+    single = pd.DataFrame(
+        [
+            trial("a", "1/8", "ablation", "supervised", "completed", 0.30),
+            trial("b", "1/8", "ablation", "pixel", "completed", 0.40),
+        ]
+    )
     assert list(ablation_table(single, ["1/8"]).query("best")["variant"]) == ["pixel"]
 
 
 def search_frame() -> pd.DataFrame:
     rows = [
-        trial("a", "1/8", "search", "search", "completed", 0.45, device="gpu", device_hours=0.5,
-              w_pixel=0.5, confidence_threshold=0.3),
-        trial("b", "1/8", "search", "search", "completed", 0.55, device="gpu", device_hours=0.25,
-              w_pixel=2.0, lambda_semantic=0.001, lambda_region=30.0, confidence_threshold=0.8),
+        trial(
+            "a",
+            "1/8",
+            "search",
+            "search",
+            "completed",
+            0.45,
+            device="gpu",
+            device_hours=0.5,
+            w_pixel=0.5,
+            confidence_threshold=0.3,
+        ),
+        trial(
+            "b",
+            "1/8",
+            "search",
+            "search",
+            "completed",
+            0.55,
+            device="gpu",
+            device_hours=0.25,
+            w_pixel=2.0,
+            lambda_semantic=0.001,
+            lambda_region=30.0,
+            confidence_threshold=0.8,
+        ),
         # higher mIoU but stopped early: not comparable with a full run, so never "best"
-        trial("c", "1/8", "search", "search", "early_stopped", 0.60, device="gpu",
-              device_hours=0.125),
+        trial(
+            "c", "1/8", "search", "search", "early_stopped", 0.60, device="gpu", device_hours=0.125
+        ),
         trial("d", "1/8", "search", "search", "failed", None, device="gpu", device_hours=0.0625),
         trial("e", "1/8", "search", "search", "running", 0.30, device="gpu", device_hours=None),
         trial("f", "1/4", "search", "search", "failed", None, device="cpu", device_hours=0.1),
-        trial("g", "1/8", "ablation", "supervised", "completed", 0.9, device="gpu", device_hours=9),
+        trial(
+            "g", "1/8", "ablation", "supervised", "completed", 0.9, device="gpu", device_hours=9
+        ),
     ]
     return pd.DataFrame(rows)
 
@@ -148,10 +233,20 @@ def test_search_table_best_config_counts_and_compute():
     table = search_table(search_frame(), ["1/8", "1/4", "1/2"]).set_index("protocol")
     top = table.loc["1/8"]
     assert top["best_trial"] == "b" and top["miou"] == pytest.approx(0.55)
-    assert (top["w_sup"], top["w_pixel"], top["lambda_semantic"], top["lambda_region"],
-            top["confidence_threshold"]) == (1.0, 2.0, 0.001, 30.0, 0.8)
-    assert (top["trials"], top["completed"], top["early_stopped"], top["failed"], top["running"]) \
-        == (5, 2, 1, 1, 1)
+    assert (
+        top["w_sup"],
+        top["w_pixel"],
+        top["lambda_semantic"],
+        top["lambda_region"],
+        top["confidence_threshold"],
+    ) == (1.0, 2.0, 0.001, 30.0, 0.8)
+    assert (
+        top["trials"],
+        top["completed"],
+        top["early_stopped"],
+        top["failed"],
+        top["running"],
+    ) == (5, 2, 1, 1, 1)
     assert top["gpu_hours"] == pytest.approx(0.5 + 0.25 + 0.125 + 0.0625)  # ablation excluded
     assert math.isnan(top["cpu_hours"])
     quarter = table.loc["1/4"]
@@ -174,12 +269,66 @@ def test_search_table_default_device_fills_missing_device():
 
 def test_threshold_bins_edges_and_statuses():
     rows = [
-        trial("t0", "1/8", "search", "search", "completed", 0.40, confidence_threshold=0.0, kept_fraction=1.0),
-        trial("t1", "1/8", "search", "search", "completed", 0.50, confidence_threshold=0.5, kept_fraction=0.8),
-        trial("t2", "1/8", "search", "search", "completed", 0.52, confidence_threshold=0.69, kept_fraction=0.6),
-        trial("t3", "1/8", "search", "search", "early_stopped", 0.44, confidence_threshold=0.75, kept_fraction=0.5),
-        trial("t4", "1/8", "search", "search", "completed", 0.30, confidence_threshold=0.9, kept_fraction=0.2),
-        trial("t5", "1/8", "search", "search", "completed", 0.20, confidence_threshold=1.0, kept_fraction=0.0),
+        trial(
+            "t0",
+            "1/8",
+            "search",
+            "search",
+            "completed",
+            0.40,
+            confidence_threshold=0.0,
+            kept_fraction=1.0,
+        ),
+        trial(
+            "t1",
+            "1/8",
+            "search",
+            "search",
+            "completed",
+            0.50,
+            confidence_threshold=0.5,
+            kept_fraction=0.8,
+        ),
+        trial(
+            "t2",
+            "1/8",
+            "search",
+            "search",
+            "completed",
+            0.52,
+            confidence_threshold=0.69,
+            kept_fraction=0.6,
+        ),
+        trial(
+            "t3",
+            "1/8",
+            "search",
+            "search",
+            "early_stopped",
+            0.44,
+            confidence_threshold=0.75,
+            kept_fraction=0.5,
+        ),
+        trial(
+            "t4",
+            "1/8",
+            "search",
+            "search",
+            "completed",
+            0.30,
+            confidence_threshold=0.9,
+            kept_fraction=0.2,
+        ),
+        trial(
+            "t5",
+            "1/8",
+            "search",
+            "search",
+            "completed",
+            0.20,
+            confidence_threshold=1.0,
+            kept_fraction=0.0,
+        ),
         trial("t6", "1/8", "search", "search", "failed", None, confidence_threshold=0.8),
         trial("t7", "1/8", "search", "search", "running", 0.9, confidence_threshold=0.85),
     ]
@@ -205,9 +354,20 @@ class RecordingEvaluator(optuna.importance.BaseImportanceEvaluator):
 
 
 def test_importance_rebuilds_study_with_log_bounds_from_data():
-    rows = [trial(f"i{k}", "1/8", "search", "search", "completed", 0.4 + 0.01 * k,
-                  w_pixel=0.5 + k, lambda_semantic=10.0 ** -(k + 2), lambda_region=10.0 * (k + 1))
-            for k in range(3)]
+    rows = [
+        trial(
+            f"i{k}",
+            "1/8",
+            "search",
+            "search",
+            "completed",
+            0.4 + 0.01 * k,
+            w_pixel=0.5 + k,
+            lambda_semantic=10.0 ** -(k + 2),
+            lambda_region=10.0 * (k + 1),
+        )
+        for k in range(3)
+    ]
     rows.append(trial("fail", "1/8", "search", "search", "failed", None, w_pixel=99.0))
     evaluator = RecordingEvaluator()
     table = importance_table(pd.DataFrame(rows), ["1/8"], evaluator=evaluator)
@@ -216,7 +376,10 @@ def test_importance_rebuilds_study_with_log_bounds_from_data():
     # w_pixel on the log scale the search samples it on (spec.search_space); the threshold is linear.
     assert (dist["w_pixel"].low, dist["w_pixel"].high, dist["w_pixel"].log) == (0.5, 2.5, True)
     assert dist["lambda_semantic"].log and dist["lambda_semantic"].low == pytest.approx(1e-4)
-    assert dist["lambda_region"].log and (dist["lambda_region"].low, dist["lambda_region"].high) == (10.0, 30.0)
+    assert dist["lambda_region"].log and (
+        dist["lambda_region"].low,
+        dist["lambda_region"].high,
+    ) == (10.0, 30.0)
     assert evaluator.values == pytest.approx([0.40, 0.41, 0.42])
     row = table.iloc[0]
     assert row["n_trials"] == 3 and row["note"] == ""
@@ -226,12 +389,24 @@ def test_importance_rebuilds_study_with_log_bounds_from_data():
 
 def test_importance_real_evaluator_reproducible_and_not_enough_trials():
     rng = np.random.default_rng(0)
-    rows = [trial(f"r{k}", "1/8", "search", "search", "completed", float(w),
-                  w_pixel=float(w), confidence_threshold=float(t))
-            for k, (w, t) in enumerate(zip(rng.uniform(0.1, 0.9, 30), rng.uniform(0, 1, 30)))]
-    rows += [trial("one", "1/4", "search", "search", "completed", 0.5),
-             trial("c1", "1/2", "search", "search", "completed", 0.5),
-             trial("c2", "1/2", "search", "search", "completed", 0.6)]  # identical configs
+    rows = [
+        trial(
+            f"r{k}",
+            "1/8",
+            "search",
+            "search",
+            "completed",
+            float(w),
+            w_pixel=float(w),
+            confidence_threshold=float(t),
+        )
+        for k, (w, t) in enumerate(zip(rng.uniform(0.1, 0.9, 30), rng.uniform(0, 1, 30)))
+    ]
+    rows += [
+        trial("one", "1/4", "search", "search", "completed", 0.5),
+        trial("c1", "1/2", "search", "search", "completed", 0.5),
+        trial("c2", "1/2", "search", "search", "completed", 0.6),
+    ]  # identical configs
     first = importance_table(pd.DataFrame(rows), ["1/8", "1/4", "1/2"], seed=3)
     second = importance_table(pd.DataFrame(rows), ["1/8", "1/4", "1/2"], seed=3)
     pd.testing.assert_frame_equal(first, second)
@@ -260,8 +435,13 @@ def test_markdown_and_latex_rendering():
     assert md[1] == ["Supervised only", "42.00 \u00b1 2.00 (n=3)", "--"]
     assert md[5] == ["MGD (paper weights)", "**52.00 \u00b1 2.83 (n=2)**", "--"]
     assert md[6] == ["MGD (best found)", "--", "**60.00 (n=1)**"]
-    tex = to_latex(text, bold, caption="mIoU (%)", label="tab:x",
-                   midrule_before=("Gain of MGD over supervised",))
+    tex = to_latex(
+        text,
+        bold,
+        caption="mIoU (%)",
+        label="tab:x",
+        midrule_before=("Gain of MGD over supervised",),
+    )
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert rule in tex
     assert r"\textbf{52.00 $\pm$ 2.83 (n=2)}" in tex and r"mIoU (\%)" in tex
@@ -276,9 +456,17 @@ def test_normalize_rejects_unknown_status_and_protocol():
         normalize_trials(pd.DataFrame([trial("a", "1/3", "search", "search", "completed", 0.5)]))
 
 
-STUDY = {"dataset": "synthetic", "protocols": ["1/8", "1/4"], "student": "deeplabv3plus_resnet18",
-         "teacher_deep": "deeplabv3plus_resnet101", "teacher_wide": "deeplabv3plus_wide_resnet50_2",
-         "num_classes": 6, "iterations": 40, "created": "2025-01-02T10:00:00", "device": "cpu"}
+STUDY = {
+    "dataset": "synthetic",
+    "protocols": ["1/8", "1/4"],
+    "student": "deeplabv3plus_resnet18",
+    "teacher_deep": "deeplabv3plus_resnet101",
+    "teacher_wide": "deeplabv3plus_wide_resnet50_2",
+    "num_classes": 6,
+    "iterations": 40,
+    "created": "2025-01-02T10:00:00",
+    "device": "cpu",
+}
 
 
 def write_trial(root, record):
@@ -288,15 +476,40 @@ def write_trial(root, record):
         json.dump(record, f)
 
 
-def record(trial_id, protocol, kind, variant, status, miou, seed=0, threshold=0.0, w_pixel=1.0,
-           history=None):
-    return {"trial_id": trial_id, "protocol": protocol, "kind": kind, "variant": variant,
-            "seed": seed, "status": status, "error": "boom" if status == "failed" else None,
-            "config": {**CFG, "w_pixel": w_pixel, "confidence_threshold": threshold},
-            "miou": miou, "best_miou": miou, "kept_fraction": 1 - threshold / 2, "iteration": 40,
-            "max_iterations": 40, "history": history or [], "device": "cpu", "num_devices": 1,
-            "wall_s": 36.0, "device_hours": 0.01, "started_at": f"2025-01-02T10:{trial_id[-1]}0:00",
-            "ended_at": None if status == "running" else "2025-01-02T11:00:00"}
+def record(
+    trial_id,
+    protocol,
+    kind,
+    variant,
+    status,
+    miou,
+    seed=0,
+    threshold=0.0,
+    w_pixel=1.0,
+    history=None,
+):
+    return {
+        "trial_id": trial_id,
+        "protocol": protocol,
+        "kind": kind,
+        "variant": variant,
+        "seed": seed,
+        "status": status,
+        "error": "boom" if status == "failed" else None,
+        "config": {**CFG, "w_pixel": w_pixel, "confidence_threshold": threshold},
+        "miou": miou,
+        "best_miou": miou,
+        "kept_fraction": 1 - threshold / 2,
+        "iteration": 40,
+        "max_iterations": 40,
+        "history": history or [],
+        "device": "cpu",
+        "num_devices": 1,
+        "wall_s": 36.0,
+        "device_hours": 0.01,
+        "started_at": f"2025-01-02T10:{trial_id[-1]}0:00",
+        "ended_at": None if status == "running" else "2025-01-02T11:00:00",
+    }
 
 
 @pytest.fixture
@@ -309,12 +522,31 @@ def results_dir(tmp_path):
     write_trial(root, record("a2", "1/8", "ablation", "supervised", "completed", 0.34, seed=1))
     write_trial(root, record("a3", "1/8", "ablation", "mgd_paper", "completed", 0.41, seed=0))
     write_trial(root, record("a4", "1/8", "ablation", "mgd_best", "running", None, seed=0))
-    write_trial(root, record("s1", "1/8", "search", "search", "completed", 0.38, threshold=0.6, w_pixel=0.5))
-    write_trial(root, record("s2", "1/8", "search", "search", "completed", 0.42, threshold=0.95, w_pixel=2.0))
+    write_trial(
+        root,
+        record("s1", "1/8", "search", "search", "completed", 0.38, threshold=0.6, w_pixel=0.5),
+    )
+    write_trial(
+        root,
+        record("s2", "1/8", "search", "search", "completed", 0.42, threshold=0.95, w_pixel=2.0),
+    )
     # miou not written yet: the last history entry is the last evaluation
-    write_trial(root, record("s3", "1/8", "search", "search", "early_stopped", None, threshold=0.2,
-                             history=[{"iteration": 10, "miou": 0.2, "kept_fraction": 0.9, "loss": 1.0},
-                                      {"iteration": 20, "miou": 0.25, "kept_fraction": 0.9, "loss": 0.9}]))
+    write_trial(
+        root,
+        record(
+            "s3",
+            "1/8",
+            "search",
+            "search",
+            "early_stopped",
+            None,
+            threshold=0.2,
+            history=[
+                {"iteration": 10, "miou": 0.2, "kept_fraction": 0.9, "loss": 1.0},
+                {"iteration": 20, "miou": 0.25, "kept_fraction": 0.9, "loss": 0.9},
+            ],
+        ),
+    )
     write_trial(root, record("s4", "1/4", "search", "search", "failed", None))
     with open(os.path.join(root, "trials", "1_8", "half.json"), "w") as f:
         f.write('{"trial_id": "half", "protocol": "1/')
@@ -328,7 +560,11 @@ def test_load_trials_skips_broken_files_with_a_warning(results_dir):
         warnings.simplefilter("always")
         trials = load_trials(results_dir)
     messages = " ".join(str(w.message) for w in caught)
-    assert "half.json" in messages and "nokind.json" in messages and "missing key(s) ['kind']" in messages
+    assert (
+        "half.json" in messages
+        and "nokind.json" in messages
+        and "missing key(s) ['kind']" in messages
+    )
     assert sorted(trials["trial_id"]) == ["a1", "a2", "a3", "a4", "s1", "s2", "s3", "s4"]
     s3 = trials.set_index("trial_id").loc["s3"]
     assert s3["miou"] == 0.25 and s3["confidence_threshold"] == 0.2
@@ -344,15 +580,22 @@ def test_load_study_missing_folder_and_file(tmp_path):
 
 
 def snapshot(root):
-    return {os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files}
+    return {
+        os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files
+    }
 
 
 def test_cli_writes_every_file_and_only_report_files(results_dir):
     before = snapshot(results_dir)
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     for _ in range(2):  # regenerating overwrites the previous report
-        done = subprocess.run([sys.executable, "-m", "mgd_ray.report", results_dir], env=env,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "mgd_ray.report", results_dir],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
     added = snapshot(results_dir) - before
     assert all(p == "REPORT.md" or p.startswith("report" + os.sep) for p in added)
@@ -376,12 +619,25 @@ def test_cli_writes_every_file_and_only_report_files(results_dir):
 
     with open(os.path.join(results_dir, "REPORT.md")) as f:
         index = f.read()
-    for text in ("synthetic", "1/8, 1/4", "deeplabv3plus_resnet18", "deeplabv3plus_resnet101",
-                 "deeplabv3plus_wide_resnet50_2", "2025-01-02", "still running",
-                 "| MGD (paper weights) | **41.00 (n=1)** | -- |", "| Supervised only | 32.00 \u00b1 2.83 (n=2) | -- |"):
+    for text in (
+        "synthetic",
+        "1/8, 1/4",
+        "deeplabv3plus_resnet18",
+        "deeplabv3plus_resnet101",
+        "deeplabv3plus_wide_resnet50_2",
+        "2025-01-02",
+        "still running",
+        "| MGD (paper weights) | **41.00 (n=1)** | -- |",
+        "| Supervised only | 32.00 \u00b1 2.83 (n=2) | -- |",
+    ):
         assert text in index
-    for link in ("report/ablation.csv", "report/search.md", "report/importance.tex",
-                 "report/threshold_curve.png", "report/optimization_history.png"):
+    for link in (
+        "report/ablation.csv",
+        "report/search.md",
+        "report/importance.tex",
+        "report/threshold_curve.png",
+        "report/optimization_history.png",
+    ):
         assert f"({link})" in index and os.path.exists(os.path.join(results_dir, link))
     threshold = pd.read_csv(os.path.join(results_dir, "report", "threshold.csv"))
     eighth = threshold[threshold["protocol"] == "1/8"]
@@ -400,35 +656,72 @@ def test_generate_report_on_an_empty_study(tmp_path):
 
 
 def test_cli_rejects_a_missing_folder(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "mgd_ray.report", str(tmp_path / "none")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "mgd_ray.report", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0 and "RESULTS_DIR" in done.stderr and "none" in done.stderr
 
 
 def test_report_opens_with_what_the_run_was(tmp_path):
     root = str(tmp_path)
-    study = {**STUDY, "budget": {"student_iterations": {"1/8": 16, "1/4": 16}, "teacher_iterations": {"1/8": 8, "1/4": 8},
-                                 "batch_size": 2, "crop_size": 48, "search_trials": 3, "ablation_seeds": 1},
-             "background_miou": 0.094, "separating_command": "python experiments/tune_loss_weights.py --x 1",
-             "separating_note": " on a GPU"}
+    study = {
+        **STUDY,
+        "budget": {
+            "student_iterations": {"1/8": 16, "1/4": 16},
+            "teacher_iterations": {"1/8": 8, "1/4": 8},
+            "batch_size": 2,
+            "crop_size": 48,
+            "search_trials": 3,
+            "ablation_seeds": 1,
+        },
+        "background_miou": 0.094,
+        "separating_command": "python experiments/tune_loss_weights.py --x 1",
+        "separating_note": " on a GPU",
+    }
     with open(os.path.join(root, "study.json"), "w") as f:
         json.dump(study, f)
     with open(os.path.join(root, "teachers.json"), "w") as f:
-        json.dump({"1/8": {"deep": {"arch": "deeplabv3plus_resnet101", "path": "/t/deep.pt", "size_bytes": 238e6,
-                                    "miou": 0.0976}}}, f)
-    for trial_id, variant in (("a1", "supervised"), ("a2", "mgd_paper")):  # equal rows at the background
+        json.dump(
+            {
+                "1/8": {
+                    "deep": {
+                        "arch": "deeplabv3plus_resnet101",
+                        "path": "/t/deep.pt",
+                        "size_bytes": 238e6,
+                        "miou": 0.0976,
+                    }
+                }
+            },
+            f,
+        )
+    for trial_id, variant in (
+        ("a1", "supervised"),
+        ("a2", "mgd_paper"),
+    ):  # equal rows at the background
         write_trial(root, record(trial_id, "1/8", "ablation", variant, "completed", 0.094))
     with open(generate_report(root)["index"]) as f:
         index = f.read()
-    opening = index[:index.index("## Study")]
-    for text in ("## What this run was", "synthetic (6 classes)", "regime: from scratch",
-                 "teachers 8 iterations, students 16 iterations, batch 2, crop 48",
-                 "Seeds per ablation row: 1; search trials per protocol: 3", "9.40 mIoU",
-                 "it cannot rank the loss terms", "do not differ by more than their seed spread, and its teachers score at the all-background level",
-                 "run `python experiments/tune_loss_weights.py --x 1` on a GPU."):
+    opening = index[: index.index("## Study")]
+    for text in (
+        "## What this run was",
+        "synthetic (6 classes)",
+        "regime: from scratch",
+        "teachers 8 iterations, students 16 iterations, batch 2, crop 48",
+        "Seeds per ablation row: 1; search trials per protocol: 3",
+        "9.40 mIoU",
+        "it cannot rank the loss terms",
+        "do not differ by more than their seed spread, and its teachers score at the all-background level",
+        "run `python experiments/tune_loss_weights.py --x 1` on a GPU.",
+    ):
         assert text in opening, text
     assert "| Teacher T_D (deep) | 9.76 (n=1) \u2020 | -- |" in index
-    assert "| Supervised only | 9.40 (n=1) \u2020 | -- |" in index and "**" not in index.split("## Loss-term")[1].split("##")[0]
+    assert (
+        "| Supervised only | 9.40 (n=1) \u2020 | -- |" in index
+        and "**" not in index.split("## Loss-term")[1].split("##")[0]
+    )
     assert "`/t/deep.pt`, 238 MB" in index
 
 
@@ -438,10 +731,17 @@ def test_report_counts_diverged_trials_from_their_records_field(tmp_path):
     diverged = record("s2", "1/8", "search", "search", "failed", None)
     diverged["diverged"] = {"iteration": 7, "losses": {"loss": "nan", "loss_region": "inf"}}
     write_trial(root, diverged)
-    write_trial(root, record("s3", "1/8", "search", "search", "failed", None))  # failed, not diverged
+    write_trial(
+        root, record("s3", "1/8", "search", "search", "failed", None)
+    )  # failed, not diverged
     # "diverged at iteration" in an error text is no divergence: only the field counts
-    write_trial(root, {**record("s4", "1/8", "search", "search", "failed", None),
-                       "error": "ValueError: diverged at iteration 3 is only text"})
+    write_trial(
+        root,
+        {
+            **record("s4", "1/8", "search", "search", "failed", None),
+            "error": "ValueError: diverged at iteration 3 is only text",
+        },
+    )
     with pytest.warns(UserWarning, match="study.json"):
         paths = generate_report(root)
     with open(paths["index"]) as f:
@@ -455,20 +755,31 @@ def test_the_opening_says_whether_mgd_leads_supervised_and_if_not_why():
     from mgd_ray.report.write import mgd_against_supervised
 
     def table(sup, mgd, teacher, sup_std=math.nan, mgd_std=math.nan, background=False):
-        frame = ablation_table(pd.DataFrame([trial("s", "1/8", "ablation", "supervised", "completed", sup),
-                                             trial("m", "1/8", "ablation", "mgd_paper", "completed", mgd)]),
-                               ["1/8"], teachers={"1/8": {"deep": teacher, "wide": teacher - 0.01}},
-                               background=teacher if background else None)
+        frame = ablation_table(
+            pd.DataFrame(
+                [
+                    trial("s", "1/8", "ablation", "supervised", "completed", sup),
+                    trial("m", "1/8", "ablation", "mgd_paper", "completed", mgd),
+                ]
+            ),
+            ["1/8"],
+            teachers={"1/8": {"deep": teacher, "wide": teacher - 0.01}},
+            background=teacher if background else None,
+        )
         frame.loc[frame["variant"] == "supervised", "std"] = sup_std
         frame.loc[frame["variant"] == "mgd_paper", "std"] = mgd_std
         return frame
 
-    leads, = mgd_against_supervised(table(0.40, 0.43, 0.60))  # +3 points, one seed each: margin 2
+    (leads,) = mgd_against_supervised(
+        table(0.40, 0.43, 0.60)
+    )  # +3 points, one seed each: margin 2
     assert "+3.00 points (margin 2.00)" in leads and "MGD leads by more than the margin" in leads
-    close, = mgd_against_supervised(table(0.40, 0.41, 0.415))  # the best teacher 1.5 points over
+    (close,) = mgd_against_supervised(table(0.40, 0.41, 0.415))  # the best teacher 1.5 points over
     assert "teachers are too close to the students" in close and "+1.50 points over" in close
-    budget, = mgd_against_supervised(table(0.40, 0.43, 0.60, sup_std=0.04))  # the spread is 4 points
+    (budget,) = mgd_against_supervised(
+        table(0.40, 0.43, 0.60, sup_std=0.04)
+    )  # the spread is 4 points
     assert "margin 4.00" in budget and "at this budget" in budget
-    weak, = mgd_against_supervised(table(0.094, 0.094, 0.095, background=True))
+    (weak,) = mgd_against_supervised(table(0.094, 0.094, 0.095, background=True))
     assert "teachers score at the all-background level" in weak
     assert mgd_against_supervised(table(0.40, math.nan, 0.6)) == []  # nothing to compare yet

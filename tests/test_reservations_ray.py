@@ -8,6 +8,7 @@ Ctrl+C). Each trial's Train run takes both CPUs of the head (2 workers), so the 
 trial at a time and a single leaked reservation would stall the next trial; a short worker-start
 timeout then fails it, and the records say so.
 """
+
 import math
 import os
 import signal
@@ -23,8 +24,7 @@ from mgd_ray.distributed import ray_private, study
 from mgd_ray.distributed.options import StudyConfig
 from mgd_ray.distributed.plan import concurrency, plan_protocol
 from mgd_ray.distributed.records import TrialRecorder
-from mgd_ray.distributed.spec import SearchPoint
-from mgd_ray.distributed.spec import from_tune, param_space
+from mgd_ray.distributed.spec import SearchPoint, from_tune, param_space
 from mgd_ray.distributed.trial import DISTILL_KEY, report_divergence, run_trial
 from mgd_ray.engine import DivergedError
 from tests.study_helpers import Head, cluster_is_idle, records, wait_for
@@ -90,17 +90,31 @@ class Holder:
 
 def study_config(tmp_path, **changes):
     """One Train worker taking both CPUs of the head (a second worker would only add start-up)."""
-    options = dict(output_dir=str(tmp_path / "out"), protocols=("1/8",), iterations=4, eval_every=1,
-                   crop_size=32, batch_size=2, loader_workers=0, cpus_per_worker=2, worker_start_timeout_s=20,
-                   worker_start_retries=0, max_failures=0, verbose=False)
+    options = dict(
+        output_dir=str(tmp_path / "out"),
+        protocols=("1/8",),
+        iterations=4,
+        eval_every=1,
+        crop_size=32,
+        batch_size=2,
+        loader_workers=0,
+        cpus_per_worker=2,
+        worker_start_timeout_s=20,
+        worker_start_retries=0,
+        max_failures=0,
+        verbose=False,
+    )
     return StudyConfig(**{**options, **changes})
 
 
 def train_groups():
     """This job's placement groups made by Train controllers and not removed."""
     job = ray.get_runtime_context().get_job_id()
-    return [g for g in ray_private.placement_groups()
-            if g.job_id == job and g.creator_actor_id and g.state != "REMOVED"]
+    return [
+        g
+        for g in ray_private.placement_groups()
+        if g.job_id == job and g.creator_actor_id and g.state != "REMOVED"
+    ]
 
 
 def test_trials_give_back_their_workers_however_they_end(head, tmp_path):
@@ -108,38 +122,74 @@ def test_trials_give_back_their_workers_however_they_end(head, tmp_path):
     other heads the two endings that stop a trial from outside, after the trial ASHA compares with."""
     cluster_is_idle()
     cfg = study_config(tmp_path)
-    spec = plan_protocol(cfg, "1/8").trial_spec("no-teacher.pt", "no-teacher.pt")  # scripted: nothing is read
+    spec = plan_protocol(cfg, "1/8").trial_spec(
+        "no-teacher.pt", "no-teacher.pt"
+    )  # scripted: nothing is read
     assert concurrency(cfg, spec.run) == 1  # both CPUs per trial: what the head can hold
-    endings = ENDINGS if head == "no dashboard" else ("completes", "stopped_by_asha", "interrupted")
-    rows = [(ending, 0, SearchPoint(confidence_threshold=ENDINGS.index(ending) / 10)) for ending in endings]
-    scheduler = ASHAScheduler(time_attr="iteration", metric="miou", mode="max", max_t=4, grace_period=2,
-                              reduction_factor=2, stop_last_trials=False)
+    endings = (
+        ENDINGS if head == "no dashboard" else ("completes", "stopped_by_asha", "interrupted")
+    )
+    rows = [
+        (ending, 0, SearchPoint(confidence_threshold=ENDINGS.index(ending) / 10))
+        for ending in endings
+    ]
+    scheduler = ASHAScheduler(
+        time_attr="iteration",
+        metric="miou",
+        mode="max",
+        max_t=4,
+        grace_period=2,
+        reduction_factor=2,
+        stop_last_trials=False,
+    )
     recorder = RecordAndInterrupt(cfg.output_dir, "1/8", "ablation", 4, "cpu", 2)
     started = time.time()
-    study.tune_run(cfg, "endings", param_space(spec, rows),
-                   tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=concurrency(cfg, spec.run)),
-                   recorder, trainable=scripted_trial)
-    print(f"[{head}] {len(endings)} trials, each ending its own way, in {time.time() - started:.0f} s")
+    study.tune_run(
+        cfg,
+        "endings",
+        param_space(spec, rows),
+        tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=concurrency(cfg, spec.run)),
+        recorder,
+        trainable=scripted_trial,
+    )
+    print(
+        f"[{head}] {len(endings)} trials, each ending its own way, in {time.time() - started:.0f} s"
+    )
 
     by_ending = {r["variant"]: r for r in records(tmp_path / "out")}
     assert set(by_ending) == set(endings)
     assert by_ending["completes"]["status"] == "completed"
     assert by_ending["stopped_by_asha"]["status"] == "early_stopped"
     assert by_ending["stopped_by_asha"]["iteration"] == 2  # stopped mid-run, at ASHA's first rung
-    assert by_ending["interrupted"]["status"] == "running"  # the study stopped there; --resume goes on
+    assert (
+        by_ending["interrupted"]["status"] == "running"
+    )  # the study stopped there; --resume goes on
     if head == "no dashboard":
-        assert by_ending["fails"]["status"] == "failed" and "scripted failure" in by_ending["fails"]["error"]
-        assert by_ending["diverges"]["status"] == "failed" and by_ending["diverges"]["diverged"]["iteration"] == 2
+        assert (
+            by_ending["fails"]["status"] == "failed"
+            and "scripted failure" in by_ending["fails"]["error"]
+        )
+        assert (
+            by_ending["diverges"]["status"] == "failed"
+            and by_ending["diverges"]["diverged"]["iteration"] == 2
+        )
     # Nothing an ended trial reserved is left, and every CPU is free again within seconds.
     assert train_groups() == []
     returned = time.time()
-    wait_for(lambda: ray.available_resources().get("CPU", 0) == 2, 10, "both CPUs free again", step=0.2)
+    wait_for(
+        lambda: ray.available_resources().get("CPU", 0) == 2, 10, "both CPUs free again", step=0.2
+    )
     print(f"[{head}] both CPUs free {time.time() - returned:.1f} s after the run returned")
-    assert not [a for a in ray_private.actors()
-                if a.class_name == "PlacementGroupCleaner" and a.state != "DEAD"]
+    assert not [
+        a
+        for a in ray_private.actors()
+        if a.class_name == "PlacementGroupCleaner" and a.state != "DEAD"
+    ]
 
 
-def test_trials_waiting_for_workers_are_said_to_wait_and_who_holds_the_cluster(head, tmp_path, capsys):
+def test_trials_waiting_for_workers_are_said_to_wait_and_who_holds_the_cluster(
+    head, tmp_path, capsys
+):
     if head != "no dashboard":
         pytest.skip("the same on every head: run once")
     cluster_is_idle()
@@ -151,13 +201,19 @@ def test_trials_waiting_for_workers_are_said_to_wait_and_who_holds_the_cluster(h
         cfg = study_config(tmp_path, worker_start_timeout_s=6, worker_start_retries=1)
         spec = plan_protocol(cfg, "1/8").trial_spec("no-teacher.pt", "no-teacher.pt")
         recorder = TrialRecorder(cfg.output_dir, "1/8", "ablation", 4, "cpu", 2)
-        study.tune_run(cfg, "starved", param_space(spec, [("completes", 0, SearchPoint())]),
-                       tune.TuneConfig(max_concurrent_trials=1), recorder, trainable=scripted_trial)
+        study.tune_run(
+            cfg,
+            "starved",
+            param_space(spec, [("completes", 0, SearchPoint())]),
+            tune.TuneConfig(max_concurrent_trials=1),
+            recorder,
+            trainable=scripted_trial,
+        )
     finally:
         ray.kill(holder)
     out = capsys.readouterr().out
     assert "1 trial(s) waiting for their Train workers (1 x {CPU: 2})" in out, out[-3000:]
     assert "nothing could be placed for" in out and "actor Holder of job" in out, out[-3000:]
-    record, = records(tmp_path / "out")
+    (record,) = records(tmp_path / "out")
     assert record["status"] == "failed" and "worker group startup timed out" in record["error"]
     assert train_groups() == []

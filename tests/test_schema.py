@@ -1,5 +1,6 @@
 """The shared schema: one atomic writer (old or new content, never a partial file) and the record
 fields both the writer (distributed/records.py) and the reader (report/load.py) use."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,19 @@ from types import SimpleNamespace
 
 import pytest
 
-from mgd_ray.schema import (POINT_KEYS, RECORD_FIELDS, TrialRecord, atomic_write, best_trial, ranked_trials,
-                            reached_the_end, read_json_object, read_records, write_json_atomic, write_text_atomic)
+from mgd_ray.schema import (
+    POINT_KEYS,
+    RECORD_FIELDS,
+    TrialRecord,
+    atomic_write,
+    best_trial,
+    ranked_trials,
+    reached_the_end,
+    read_json_object,
+    read_records,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def test_atomic_write_replaces_the_file_and_leaves_nothing_else(tmp_path):
@@ -59,21 +71,33 @@ def test_read_json_object_refuses_a_list(tmp_path):
 
 
 def test_schema_imports_no_heavy_library():
-    code = ("import sys, mgd_ray.schema; "
-            "print(sorted(m for m in ('torch', 'ray', 'pandas', 'numpy') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    code = (
+        "import sys, mgd_ray.schema; "
+        "print(sorted(m for m in ('torch', 'ray', 'pandas', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert out.stdout.strip() == "[]"
 
 
 def test_a_new_trial_record_has_the_schema_fields_and_the_report_reads_them(tmp_path):
     from mgd_ray.distributed.records import TrialRecorder
-    from tests.study_helpers import search_config
     from mgd_ray.report.load import TRIAL_COLUMNS
+    from tests.study_helpers import search_config
 
     recorder = TrialRecorder(str(tmp_path), "1/8", "search", 100, "cpu", 1, verbose=False)
-    point = {"w_sup": 1.0, "w_pixel": 2.0, "lambda_semantic": 0.1, "lambda_region": 0.2,
-             "confidence_threshold": 0.7}
+    point = {
+        "w_sup": 1.0,
+        "w_pixel": 2.0,
+        "lambda_semantic": 0.1,
+        "lambda_region": 0.2,
+        "confidence_threshold": 0.7,
+    }
     trial = SimpleNamespace(trial_id="t0", config=search_config(point, seed=3))
     record = recorder._load(trial).to_json()
     assert tuple(record) == RECORD_FIELDS
@@ -84,25 +108,54 @@ def test_a_new_trial_record_has_the_schema_fields_and_the_report_reads_them(tmp_
 
 def test_the_one_reader_skips_what_is_not_a_record_and_says_so(tmp_path):
     folder = tmp_path / "trials" / "1_8"
-    good = TrialRecord("t1", "1/8", "search", "search", 0, {}, 8, "cpu", 1, status="completed",
-                       history=[{"iteration": 8, "miou": 0.4}])
+    good = TrialRecord(
+        "t1",
+        "1/8",
+        "search",
+        "search",
+        0,
+        {},
+        8,
+        "cpu",
+        1,
+        status="completed",
+        history=[{"iteration": 8, "miou": 0.4}],
+    )
     write_json_atomic(folder / "t1.json", good.to_json())
-    (folder / "t2.json").write_text('{"trial_id": "t2", "protocol": "1/8", "kind": "search"')  # half-written
+    (folder / "t2.json").write_text(
+        '{"trial_id": "t2", "protocol": "1/8", "kind": "search"'
+    )  # half-written
     write_json_atomic(folder / "t3.json", {**good.to_json(), "trial_id": "t3", "status": "lost"})
     skipped = []
-    records = read_records(tmp_path, "1/8", on_skip=lambda path, error: skipped.append((path, str(error))))
+    records = read_records(
+        tmp_path, "1/8", on_skip=lambda path, error: skipped.append((path, str(error)))
+    )
     assert [r.trial_id for r in records] == ["t1"]
-    assert records[0].miou == 0.4  # a record written between its history and its score reads its last score
+    assert (
+        records[0].miou == 0.4
+    )  # a record written between its history and its score reads its last score
     assert [os.path.basename(p) for p, _ in skipped] == ["t2.json", "t3.json"]
     assert "status 'lost'" in skipped[1][1]
 
 
 def test_completed_and_best_are_one_rule_for_records_and_frames():
     def record(trial_id, status, miou, kind="search", variant="search"):
-        return TrialRecord(trial_id, "1/8", kind, variant, 0, {}, 8, "cpu", 1, status=status, miou=miou)
-    records = [record("c", "completed", 0.5), record("a", "completed", 0.5), record("b", "early_stopped", 0.9),
-               record("d", "completed", math.nan), record("e", "completed", 0.7, "ablation", "pixel")]
-    assert [r.trial_id for r in ranked_trials(records)] == ["e", "a", "c"]  # a tie goes to the first id
+        return TrialRecord(
+            trial_id, "1/8", kind, variant, 0, {}, 8, "cpu", 1, status=status, miou=miou
+        )
+
+    records = [
+        record("c", "completed", 0.5),
+        record("a", "completed", 0.5),
+        record("b", "early_stopped", 0.9),
+        record("d", "completed", math.nan),
+        record("e", "completed", 0.7, "ablation", "pixel"),
+    ]
+    assert [r.trial_id for r in ranked_trials(records)] == [
+        "e",
+        "a",
+        "c",
+    ]  # a tie goes to the first id
     assert best_trial(records, kind="search").trial_id == "a"
     assert best_trial(records, variant="pixel").trial_id == "e"
     assert best_trial([record("x", "running", None)]) is None

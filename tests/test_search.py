@@ -1,5 +1,6 @@
 """The study's searcher, driven through Tune's searcher callbacks without Ray: what Optuna is told
 for a finished, an ASHA-stopped, a failed and a never-started trial."""
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -7,13 +8,25 @@ from optuna.trial import TrialState
 from mgd_ray.distributed.search import TRIAL_ID_ATTR, HonestOptunaSearch
 from mgd_ray.distributed.spec import search_space
 
-PAPER = {"w_pixel": 1.0, "lambda_semantic": 0.002, "lambda_region": 100.0, "confidence_threshold": 0.0}
+PAPER = {
+    "w_pixel": 1.0,
+    "lambda_semantic": 0.002,
+    "lambda_region": 100.0,
+    "confidence_threshold": 0.0,
+}
 
 
 def searcher(max_iterations=8, storage=None):
-    return HonestOptunaSearch(space=search_space, metric="miou", mode="max", points_to_evaluate=[PAPER],
-                              sampler=optuna.samplers.TPESampler(seed=0), max_iterations=max_iterations,
-                              storage=storage or optuna.storages.InMemoryStorage(), study_name="unit")
+    return HonestOptunaSearch(
+        space=search_space,
+        metric="miou",
+        mode="max",
+        points_to_evaluate=[PAPER],
+        sampler=optuna.samplers.TPESampler(seed=0),
+        max_iterations=max_iterations,
+        storage=storage or optuna.storages.InMemoryStorage(),
+        study_name="unit",
+    )
 
 
 def result(miou, iteration, training_iteration):
@@ -41,8 +54,11 @@ def test_finished_stopped_failed_and_pending_trials_reach_optuna_as_they_ended()
 
     trials = by_ray_id(s)
     assert {k: t.state for k, t in trials.items()} == {
-        "done": TrialState.COMPLETE, "stopped": TrialState.PRUNED, "failed": TrialState.FAIL,
-        "pending": TrialState.PRUNED}
+        "done": TrialState.COMPLETE,
+        "stopped": TrialState.PRUNED,
+        "failed": TrialState.FAIL,
+        "pending": TrialState.PRUNED,
+    }
     assert trials["done"].value == pytest.approx(0.38)
     assert trials["done"].intermediate_values == {4: pytest.approx(0.34), 8: pytest.approx(0.38)}
     assert trials["stopped"].intermediate_values == {4: pytest.approx(0.11)}
@@ -55,7 +71,9 @@ def test_a_restarted_trial_reporting_an_iteration_again_keeps_one_value_per_step
     s = searcher(max_iterations=4)
     s.suggest("t")
     s.on_trial_result("t", result(0.2, 2, 1))
-    s.on_trial_result("t", result(0.25, 2, 2))  # Ray Train restarted from the iteration-0 checkpoint
+    s.on_trial_result(
+        "t", result(0.25, 2, 2)
+    )  # Ray Train restarted from the iteration-0 checkpoint
     s.on_trial_result("t", result(0.3, 4, 3))
     s.on_trial_complete("t", result=result(0.3, 4, 3))
     (trial,) = s._ot_study.get_trials()
@@ -76,6 +94,7 @@ def test_a_truncated_searcher_checkpoint_is_rebuilt_from_the_optuna_storage(tmp_
     """A driver killed while Tune copied the searcher's checkpoint leaves an empty file; the
     restored searcher (unpickled, as Tuner.restore does) rebuilds its trial map from Optuna."""
     import pickle
+
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
     s = searcher(max_iterations=8, storage=storage)
     s.suggest("done")
@@ -88,8 +107,12 @@ def test_a_truncated_searcher_checkpoint_is_rebuilt_from_the_optuna_storage(tmp_
     restored._completed_trials.clear()
     (tmp_path / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(b"")
     restored.restore_from_dir(str(tmp_path))
-    assert set(restored._ot_trials) == {"done", "running"} and restored._completed_trials == {"done"}
+    assert set(restored._ot_trials) == {"done", "running"} and restored._completed_trials == {
+        "done"
+    }
     restored.on_trial_complete("running", result=result(0.3, 8, 2))  # told once, to the same trial
     trials = by_ray_id(restored)
-    assert trials["running"].state == TrialState.COMPLETE and trials["running"].value == pytest.approx(0.3)
+    assert trials["running"].state == TrialState.COMPLETE and trials[
+        "running"
+    ].value == pytest.approx(0.3)
     assert trials["done"].value == pytest.approx(0.4) and len(trials) == 2

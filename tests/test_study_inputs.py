@@ -8,6 +8,7 @@ import torch
 from mgd_ray.models import build_model
 from tests.study_helpers import run_cli
 
+
 def refused(argv, tmp_path, capsys):
     out = tmp_path / "out"
     code, err = run_cli(argv + ["--smoke", "--output-dir", str(out)], capsys)

@@ -4,6 +4,7 @@ while the others finish, and a driver killed mid-study then resumed. One `ray.in
 the module; each Tune trial costs ~20 s of Ray start-up here. There Ray Train's own placement-group
 cleaner cannot work: the study gives its trials' reservations back itself (each 2-worker trial
 takes both CPUs, so a single leak would stall the next one)."""
+
 import glob
 import json
 import os
@@ -26,8 +27,17 @@ from tests.study_helpers import Head, cluster_is_idle, records, wait_for
 
 pytestmark = pytest.mark.ray
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(protocols=("1/8",), iterations=4, eval_every=2, teacher_iterations=2, crop_size=32, batch_size=2,
-            loader_workers=0, seeds=1, verbose=False)
+TINY = dict(
+    protocols=("1/8",),
+    iterations=4,
+    eval_every=2,
+    teacher_iterations=2,
+    crop_size=32,
+    batch_size=2,
+    loader_workers=0,
+    seeds=1,
+    verbose=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +55,29 @@ def cluster():
 def test_ddp_study_records_a_diverging_trial_and_finishes_the_rest(cluster, tmp_path):
     cluster_is_idle()
     teachers = {}
-    for key, arch in (("teacher_deep_checkpoint", "deeplabv3plus_resnet101"),
-                      ("teacher_wide_checkpoint", "deeplabv3plus_wide_resnet50_2")):
+    for key, arch in (
+        ("teacher_deep_checkpoint", "deeplabv3plus_resnet101"),
+        ("teacher_wide_checkpoint", "deeplabv3plus_wide_resnet50_2"),
+    ):
         teachers[key] = str(tmp_path / f"{key}.pt")
         torch.save(build_model(arch, NUM_CLASSES["synthetic"]).state_dict(), teachers[key])
     out = tmp_path / "study"
-    cfg = StudyConfig(output_dir=str(out), num_samples=2, workers_per_trial=2, max_concurrent_trials=1,
-                      ablation_variants=("supervised", "mgd_best"), **teachers, **TINY)
+    cfg = StudyConfig(
+        output_dir=str(out),
+        num_samples=2,
+        workers_per_trial=2,
+        max_concurrent_trials=1,
+        ablation_variants=("supervised", "mgd_best"),
+        **teachers,
+        **TINY,
+    )
     # The second search point's enormous weights overflow the loss at once: it must diverge.
-    diverging = {"w_pixel": 1.0, "lambda_semantic": 1e38, "lambda_region": 1e38, "confidence_threshold": 0.0}
+    diverging = {
+        "w_pixel": 1.0,
+        "lambda_semantic": 1e38,
+        "lambda_region": 1e38,
+        "confidence_threshold": 0.0,
+    }
     paths = run_study(cfg, extra_points=[diverging])
 
     by_kind = {}
@@ -65,8 +89,10 @@ def test_ddp_study_records_a_diverging_trial_and_finishes_the_rest(cluster, tmp_
     assert failed["config"]["lambda_region"] == 1e38
     assert re.match(r"diverged at iteration \d+: loss=(nan|inf)", failed["error"]), failed["error"]
     # The same divergence as data: where it happened and the losses of that iteration.
-    assert failed["error"].startswith(f"diverged at iteration {failed['diverged']['iteration']}: "
-                                      f"loss={failed['diverged']['losses']['loss']}")
+    assert failed["error"].startswith(
+        f"diverged at iteration {failed['diverged']['iteration']}: "
+        f"loss={failed['diverged']['losses']['loss']}"
+    )
     assert failed["diverged"]["losses"]["loss"] in ("nan", "inf")
     assert all(r["diverged"] is None for r in search if r["status"] != "failed")
     for record in search + by_kind[("ablation", "supervised")] + by_kind[("ablation", "mgd_best")]:
@@ -77,14 +103,17 @@ def test_ddp_study_records_a_diverging_trial_and_finishes_the_rest(cluster, tmp_
         assert [h["iteration"] for h in record["history"]] == [2, 4]
         assert 0.0 <= record["miou"] <= 1.0
     best = next(r for r in search if r["status"] == "completed")
-    assert by_kind[("ablation", "mgd_best")][0]["config"] == best["config"]  # the best search point
+    assert (
+        by_kind[("ablation", "mgd_best")][0]["config"] == best["config"]
+    )  # the best search point
 
     study = optuna.load_study(study_name="mgd-1_8", storage=f"sqlite:///{out / 'optuna.db'}")
     states = sorted(t.state.name for t in study.trials)
     assert states == ["COMPLETE", "FAIL"]
     # One Optuna trial per trial record, each in the state its record says it ended in.
-    assert ({t.user_attrs[TRIAL_ID_ATTR]: t.state for t in study.trials}
-            == {r["trial_id"]: RECORD_TO_OPTUNA_STATE[r["status"]] for r in search})
+    assert {t.user_attrs[TRIAL_ID_ATTR]: t.state for t in study.trials} == {
+        r["trial_id"]: RECORD_TO_OPTUNA_STATE[r["status"]] for r in search
+    }
     assert study.best_value == pytest.approx(best["miou"])
 
     # The report of this real study: measured cells filled, rows not run shown as missing.
@@ -93,24 +122,37 @@ def test_ddp_study_records_a_diverging_trial_and_finishes_the_rest(cluster, tmp_
     text = ablation.to_string()
     assert "Supervised only" in text and "MGD (best found)" in text
     supervised = by_kind[("ablation", "supervised")][0]["miou"]
-    assert any(abs(v - supervised) < 1e-9 for v in pd.to_numeric(ablation.stack(), errors="coerce").dropna())
+    assert any(
+        abs(v - supervised) < 1e-9
+        for v in pd.to_numeric(ablation.stack(), errors="coerce").dropna()
+    )
 
 
 def best_student_miou(out, protocol_slug="1_8"):
     """(recorded mIoU, mIoU of models/<slug>/best_student.pt evaluated here on the val set)."""
     from torch.utils.data import DataLoader
+
     from mgd_ray.config import DataConfig
     from mgd_ray.data import build_datasets
     from mgd_ray.engine.evaluate import evaluate
+
     with open(out / "models" / protocol_slug / "best_student.json") as f:
         info = json.load(f)
     with open(out / "study.json") as f:
         crop = json.load(f)["budget"]["crop_size"]
     model = build_model(info["arch"], info["num_classes"])
     model.load_state_dict(torch.load(out / "models" / protocol_slug / "best_student.pt"))
-    val = build_datasets(DataConfig(dataset="synthetic", protocol=info["protocol"], crop_size=crop,
-                                    split_out_dir=str(out / "splits"))).val
-    scored = evaluate(model, DataLoader(val, batch_size=1), info["num_classes"], crop, torch.device("cpu"))
+    val = build_datasets(
+        DataConfig(
+            dataset="synthetic",
+            protocol=info["protocol"],
+            crop_size=crop,
+            split_out_dir=str(out / "splits"),
+        )
+    ).val
+    scored = evaluate(
+        model, DataLoader(val, batch_size=1), info["num_classes"], crop, torch.device("cpu")
+    )
     return info["miou"], scored["miou"]
 
 
@@ -125,24 +167,55 @@ def results_bytes(out, exclude):
 def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_path):
     cluster_is_idle()
     out = tmp_path / "study"
-    argv = [sys.executable, os.path.join(REPO, "experiments", "tune_loss_weights.py"), "--smoke",
-            "--num-samples", "2", "--ablation-variants", "supervised", "mgd_paper", "mgd_best",
-            "--max-concurrent-trials", "1", "--address", cluster, "--output-dir", str(out), "--quiet"]
+    argv = [
+        sys.executable,
+        os.path.join(REPO, "experiments", "tune_loss_weights.py"),
+        "--smoke",
+        "--num-samples",
+        "2",
+        "--ablation-variants",
+        "supervised",
+        "mgd_paper",
+        "mgd_best",
+        "--max-concurrent-trials",
+        "1",
+        "--address",
+        cluster,
+        "--output-dir",
+        str(out),
+        "--quiet",
+    ]
     log = tmp_path / "driver.log"
-    driver = subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    driver = subprocess.Popen(
+        argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:  # killed once an ablation trial has finished: after the search's best was exported and its
         # finished trials' weights were pruned, the riskiest point for --resume. The bound only
         # catches a study that never gets there (about 4 minutes on 2 cores; allow a slower machine).
-        wait_for(lambda: any(r["status"] == "completed" and r["kind"] == "ablation" for r in records(out)),
-                 1200, "an ablation trial to complete", driver, log, step=2)
+        wait_for(
+            lambda: any(
+                r["status"] == "completed" and r["kind"] == "ablation" for r in records(out)
+            ),
+            1200,
+            "an ablation trial to complete",
+            driver,
+            log,
+            step=2,
+        )
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-study, with no chance to clean up
+        os.killpg(
+            driver.pid, signal.SIGKILL
+        )  # the driver dies mid-study, with no chance to clean up
         driver.wait()
     finished = {r["trial_id"]: r for r in records(out) if r["status"] == "completed"}
     assert finished, (tmp_path / "driver.log").read_text()[-3000:]
     assert len(glob.glob(str(out / "ray" / "teachers" / "*.pt"))) == 2
-    assert glob.glob(str(out / "ray" / "*" / "teacher-*")) == []  # training state dropped once cached
-    assert (out / "models" / "1_8" / "best_student.pt").exists()  # exported before the search was pruned
+    assert (
+        glob.glob(str(out / "ray" / "*" / "teacher-*")) == []
+    )  # training state dropped once cached
+    assert (
+        out / "models" / "1_8" / "best_student.pt"
+    ).exists()  # exported before the search was pruned
     search_ids = [r["trial_id"] for r in records(out) if r["kind"] == "search"]
     assert not any(os.path.exists(out / "ray" / "study" / f"train-{t}") for t in search_ids)
 
@@ -150,7 +223,9 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "cached" in resumed.stdout  # the teachers were not trained again
     assert "== study: ablation, protocol 1/8 (1 of 1)" in resumed.stdout  # the progress line
-    assert "Checkpoint successfully created" not in resumed.stdout + resumed.stderr  # Train INFO: log files only
+    assert (
+        "Checkpoint successfully created" not in resumed.stdout + resumed.stderr
+    )  # Train INFO: log files only
     after = {r["trial_id"]: r for r in records(out)}
     assert len(after) == 2 + 3
     assert all(r["status"] in ("completed", "early_stopped") for r in after.values())
@@ -158,14 +233,18 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
         assert after[trial_id]["history"] == record["history"]
         assert after[trial_id]["ended_at"] == record["ended_at"]
     assert (out / "REPORT.md").exists()
-    assert glob.glob(str(out / "ray" / "*" / "train-*")) == []  # no finished trial keeps its weights
+    assert (
+        glob.glob(str(out / "ray" / "*" / "train-*")) == []
+    )  # no finished trial keeps its weights
 
     # The best student is a plain state dict that scores its recorded mIoU, and it is the best one.
     recorded, scored = best_student_miou(out)
     assert scored == pytest.approx(recorded, abs=1e-3)
     assert recorded == max(r["miou"] for r in after.values() if r["status"] == "completed")
     teachers = json.loads((out / "teachers.json").read_text())["1/8"]
-    assert set(teachers) == {"deep", "wide"} and all(0 <= t["miou"] <= 1 for t in teachers.values())
+    assert set(teachers) == {"deep", "wide"} and all(
+        0 <= t["miou"] <= 1 for t in teachers.values()
+    )
     report = (out / "REPORT.md").read_text()
     assert report.index("## What this run was") < report.index("## Loss-term ablation")
     assert "Teacher T_D (deep)" in report and "best_student.pt" in report

@@ -7,6 +7,7 @@ Runs use the synthetic set at crop 32, batch 2, and a tiny segmenter with BN in 
 DeepLabv3+ networks (what is tested is the engine around them; the real networks' batched forwards
 are tested in test_batch_groups.py); the live run is the reference for the stored one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,10 +38,12 @@ from mgd_ray.losses import confidence_code, pseudo_label
 ITERATIONS = 3
 STREAMS = [1, 2]  # the store's mask streams: student seeds 1 and 2
 VARIANTS = {  # the ablation table's weight sets (the paper's lambda_I, lambda_R)
-    "supervised": LossWeights(1.0, 0.0, 0.0, 0.0), "pixel": LossWeights(1.0, 1.0, 0.0, 0.0),
+    "supervised": LossWeights(1.0, 0.0, 0.0, 0.0),
+    "pixel": LossWeights(1.0, 1.0, 0.0, 0.0),
     "pixel_semantic": LossWeights(1.0, 1.0, 0.002, 0.0),
     "pixel_region": LossWeights(1.0, 1.0, 0.0, 100.0),
-    "mgd_paper": LossWeights(1.0, 1.0, 0.002, 100.0)}
+    "mgd_paper": LossWeights(1.0, 1.0, 0.002, 100.0),
+}
 
 
 class TinySeg(nn.Module):
@@ -49,15 +52,21 @@ class TinySeg(nn.Module):
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.BatchNorm2d(8),
-                                  nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8),
-                                  nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=4, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+        )
         self.classifier = nn.Conv2d(8, num_classes, 1)
 
     def forward(self, x):
         features = self.body(x)
-        logits = F.interpolate(self.classifier(features), size=x.shape[-2:], mode="bilinear",
-                               align_corners=False)
+        logits = F.interpolate(
+            self.classifier(features), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
         return {"logits": logits, "features": features}
 
 
@@ -100,14 +109,27 @@ def write_teachers(folder: str) -> dict[str, str]:
     return paths
 
 
-def config(folder: str, teachers: dict[str, str], weights=VARIANTS["mgd_paper"], workers=0,
-           **overrides) -> DistillConfig:
-    data = DataConfig(crop_size=32, batch_size=2, num_workers=workers,
-                      split_out_dir=os.path.join(folder, "split"))
-    fields = dict(student="deeplabv3plus_resnet18", teacher_deep="deeplabv3plus_resnet18",
-                  teacher_wide="deeplabv3plus_resnet18", data=data, iterations=ITERATIONS,
-                  eval_every=ITERATIONS, optim=OptimConfig(lr=0.05), weights=weights, seed=1,
-                  **teachers)
+def config(
+    folder: str, teachers: dict[str, str], weights=VARIANTS["mgd_paper"], workers=0, **overrides
+) -> DistillConfig:
+    data = DataConfig(
+        crop_size=32,
+        batch_size=2,
+        num_workers=workers,
+        split_out_dir=os.path.join(folder, "split"),
+    )
+    fields = dict(
+        student="deeplabv3plus_resnet18",
+        teacher_deep="deeplabv3plus_resnet18",
+        teacher_wide="deeplabv3plus_resnet18",
+        data=data,
+        iterations=ITERATIONS,
+        eval_every=ITERATIONS,
+        optim=OptimConfig(lr=0.05),
+        weights=weights,
+        seed=1,
+        **teachers,
+    )
     fields.update(overrides)
     return DistillConfig(**fields)
 
@@ -121,6 +143,7 @@ def recorded_steps():
         values = original(*args, **kwargs)
         steps.append(values)
         return values
+
     loop.optimizer_step = spy
     try:
         yield steps
@@ -147,8 +170,9 @@ def assert_same_training(live, stored) -> None:
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
     assert live_weights.keys() == stored_weights.keys()
     for key, value in live_weights.items():
-        assert torch.allclose(stored_weights[key].float(), value.float(), rtol=1e-5,
-                              atol=1e-6), key
+        assert torch.allclose(stored_weights[key].float(), value.float(), rtol=1e-5, atol=1e-6), (
+            key
+        )
 
 
 @pytest.fixture(scope="module")
@@ -159,25 +183,51 @@ def world(tmp_path_factory):
         patch_engine(mp.setattr)
         teachers = write_teachers(folder)
         store = os.path.join(folder, "store")
-        stats = write_targets(config(folder, teachers), STREAMS, range(ITERATIONS),
-                              LocalContext(os.path.join(folder, "writer"), verbose=False), store)
+        stats = write_targets(
+            config(folder, teachers),
+            STREAMS,
+            range(ITERATIONS),
+            LocalContext(os.path.join(folder, "writer"), verbose=False),
+            store,
+        )
         yield {"folder": folder, "teachers": teachers, "store": store, "stats": stats}
 
 
-@pytest.mark.parametrize("variant, threshold, seed, workers", [
-    ("supervised", 0.0, 1, 0), ("pixel", 0.0, 2, 0), ("pixel_semantic", 0.0, 1, 0),
-    ("pixel_region", 0.0, 2, 0), ("mgd_paper", 0.0, 1, 0), ("mgd_paper", 0.5, 2, 2)])
-def test_training_from_the_store_equals_training_with_live_teachers(world, monkeypatch, variant,
-                                                                   threshold, seed, workers):
+@pytest.mark.parametrize(
+    "variant, threshold, seed, workers",
+    [
+        ("supervised", 0.0, 1, 0),
+        ("pixel", 0.0, 2, 0),
+        ("pixel_semantic", 0.0, 1, 0),
+        ("pixel_region", 0.0, 2, 0),
+        ("mgd_paper", 0.0, 1, 0),
+        ("mgd_paper", 0.5, 2, 2),
+    ],
+)
+def test_training_from_the_store_equals_training_with_live_teachers(
+    world, monkeypatch, variant, threshold, seed, workers
+):
     """workers: the stored run's loader workers, which then read the targets."""
     patch_engine(monkeypatch.setattr)
     folder = os.path.join(world["folder"], f"{variant}-{threshold}-{seed}")
-    cfg = config(world["folder"], world["teachers"], VARIANTS[variant],
-                 confidence_threshold=threshold, seed=seed)
+    cfg = config(
+        world["folder"],
+        world["teachers"],
+        VARIANTS[variant],
+        confidence_threshold=threshold,
+        seed=seed,
+    )
     live = train(cfg, os.path.join(folder, "live"))
     BUILT.clear()
-    from_store = config(world["folder"], world["teachers"], VARIANTS[variant], workers,
-                        confidence_threshold=threshold, seed=seed, targets=world["store"])
+    from_store = config(
+        world["folder"],
+        world["teachers"],
+        VARIANTS[variant],
+        workers,
+        confidence_threshold=threshold,
+        seed=seed,
+        targets=world["store"],
+    )
     stored = train(from_store, os.path.join(folder, "stored"))
     assert BUILT == ["deeplabv3plus_resnet18"]  # the student alone: no teacher is built
     assert_same_training(live, stored)
@@ -210,17 +260,28 @@ def test_the_writer_reports_and_lays_out_what_it_wrote(world):
     assert not np.array_equal(arrays["deep.x_m@1.pooled"], arrays["deep.x_m@2.pooled"])
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"data": {"seed": 1}}, "data_seed: store has 0, this run has 1"),
-    ({"data": {"crop_size": 48}}, "crop_size: store has 32, this run has 48"),
-    ({"data": {"batch_size": 1}}, "batch_size: store has 2, this run has 1"),
-    ({"seed": 3}, r"streams: store has \[1, 2\], this run's mask stream \(seed 3\) is not "
-                  "among them"),
-    ({"iterations": ITERATIONS + 1},
-     f"iterations: store has {ITERATIONS}, this run needs {ITERATIONS + 1}"),
-    ({"teacher_train_mode": False}, "teacher_train_mode: store has True, this run has False"),
-    ({"teacher_wide_checkpoint": "other"},
-     "teacher_wide_sha256: store has '[0-9a-f]{64}', this run has '[0-9a-f]{64}'")])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"data": {"seed": 1}}, "data_seed: store has 0, this run has 1"),
+        ({"data": {"crop_size": 48}}, "crop_size: store has 32, this run has 48"),
+        ({"data": {"batch_size": 1}}, "batch_size: store has 2, this run has 1"),
+        (
+            {"seed": 3},
+            r"streams: store has \[1, 2\], this run's mask stream \(seed 3\) is not "
+            "among them",
+        ),
+        (
+            {"iterations": ITERATIONS + 1},
+            f"iterations: store has {ITERATIONS}, this run needs {ITERATIONS + 1}",
+        ),
+        ({"teacher_train_mode": False}, "teacher_train_mode: store has True, this run has False"),
+        (
+            {"teacher_wide_checkpoint": "other"},
+            "teacher_wide_sha256: store has '[0-9a-f]{64}', this run has '[0-9a-f]{64}'",
+        ),
+    ],
+)
 def test_a_store_that_does_not_match_the_run_is_refused(world, monkeypatch, change, message):
     patch_engine(monkeypatch.setattr)
     cfg = config(world["folder"], world["teachers"], targets=world["store"]).to_dict()
@@ -234,8 +295,10 @@ def test_a_store_that_does_not_match_the_run_is_refused(world, monkeypatch, chan
     BUILT.clear()
     expected = f"teacher targets store {world['store']} does not match this run: .*{message}"
     with pytest.raises(ValueError, match=expected):
-        distill_student(DistillConfig.from_dict(cfg),
-                        LocalContext(os.path.join(world["folder"], "x"), verbose=False))
+        distill_student(
+            DistillConfig.from_dict(cfg),
+            LocalContext(os.path.join(world["folder"], "x"), verbose=False),
+        )
     assert BUILT == []  # refused before any network is built
 
 
@@ -247,6 +310,7 @@ def test_a_resumed_writer_writes_only_the_missing_iterations(world, monkeypatch,
     def write(iterations, streams=STREAMS):
         ctx = LocalContext(str(tmp_path / "w"), verbose=False)
         return write_targets(cfg, streams, iterations, ctx, store)
+
     first = write(range(0, 2))  # one chunk, then the whole range: only the other chunk is written
     assert (first["iterations"], first["files_written"]) == (2, 2)
     path = lambda t: str(tmp_path / "store" / "rank0of1" / f"{t:07d}.npz")
@@ -292,8 +356,10 @@ def test_labels_and_codes_of_a_mix_are_those_of_its_sources():
     (label_a, conf_a), (label_b, conf_b) = pseudo_label(a), pseudo_label(b)
     shows_b = mask.bool()
     assert torch.equal(label_mix, torch.where(shows_b, label_b, label_a))
-    assert torch.equal(confidence_code(confidence_mix),
-                       torch.where(shows_b, confidence_code(conf_b), confidence_code(conf_a)))
+    assert torch.equal(
+        confidence_code(confidence_mix),
+        torch.where(shows_b, confidence_code(conf_b), confidence_code(conf_a)),
+    )
 
 
 def test_targets_of_a_batch_do_not_depend_on_the_other_streams_in_the_forward():
@@ -312,6 +378,7 @@ def test_targets_of_a_batch_do_not_depend_on_the_other_streams_in_the_forward():
 
 # ---- the data stream ----------------------------------------------------------------------------
 
+
 def digest(*tensors: torch.Tensor) -> str:
     h = hashlib.sha256()
     for t in tensors:
@@ -328,6 +395,7 @@ def recorded_inputs():
         (x_l, y, u0, u1, mask), stored = original(self, device, iteration, mask_seed)
         seen.append((iteration, digest(x_l, y, u0, u1), digest(mask)))
         return (x_l, y, u0, u1, mask), stored
+
     Batches.next_inputs = spy
     try:
         yield seen
@@ -339,8 +407,9 @@ class Interrupt(Exception):
     pass
 
 
-def test_a_resumed_run_replays_the_data_and_masks_of_an_uninterrupted_one(world, monkeypatch,
-                                                                          tmp_path):
+def test_a_resumed_run_replays_the_data_and_masks_of_an_uninterrupted_one(
+    world, monkeypatch, tmp_path
+):
     patch_engine(monkeypatch.setattr)
     cfg = config(world["folder"], world["teachers"], iterations=4, eval_every=2)
     with recorded_inputs() as whole:
@@ -349,10 +418,12 @@ def test_a_resumed_run_replays_the_data_and_masks_of_an_uninterrupted_one(world,
     def stop_at_2(metrics):
         if metrics["iteration"] == 2:
             raise Interrupt
+
     with recorded_inputs() as parts:
         with pytest.raises(Interrupt):
-            distill_student(cfg, LocalContext(str(tmp_path / "parts"), verbose=False,
-                                              on_report=stop_at_2))
+            distill_student(
+                cfg, LocalContext(str(tmp_path / "parts"), verbose=False, on_report=stop_at_2)
+            )
         _, resumed = train(cfg, str(tmp_path / "parts"))
     assert [i for i, *_ in parts] == [0, 1, 2, 3] and parts == whole
     for key, value in weights.items():
@@ -360,8 +431,10 @@ def test_a_resumed_run_replays_the_data_and_masks_of_an_uninterrupted_one(world,
 
     # Another trial seed: the same images, other masks (and other initial weights).
     with recorded_inputs() as other_seed:
-        train(config(world["folder"], world["teachers"], iterations=2, seed=7),
-              str(tmp_path / "seed7"))
+        train(
+            config(world["folder"], world["teachers"], iterations=2, seed=7),
+            str(tmp_path / "seed7"),
+        )
     assert [d for _, d, _ in other_seed] == [d for _, d, _ in whole[:2]]
     assert all(m != m7 for (*_, m), (*_, m7) in zip(whole, other_seed))
 
@@ -394,14 +467,20 @@ def test_ranks_shard_each_epoch_without_repeats_and_epochs_reshuffle(tmp_path):
         assert ranks[0].per_epoch[role] == per_epoch
         epochs = []
         for epoch in range(2):
-            drawn = [i for t in range(epoch * per_epoch, (epoch + 1) * per_epoch)
-                     for items in ranks for i in items.indices(role, t)]
+            drawn = [
+                i
+                for t in range(epoch * per_epoch, (epoch + 1) * per_epoch)
+                for items in ranks
+                for i in items.indices(role, t)
+            ]
             assert len(drawn) == len(set(drawn)) == per_epoch * per_rank * 2  # no image twice
             assert set(drawn) <= set(range(size))
             epochs.append(drawn)
         assert epochs[0] != epochs[1]
-    with pytest.raises(ValueError, match="labeled set has 40 images, fewer than one batch of 32 "
-                                         "per worker x 2 workers"):
+    with pytest.raises(
+        ValueError,
+        match="labeled set has 40 images, fewer than one batch of 32 per worker x 2 workers",
+    ):
         IterationData(data.labeled, data.unlabeled, DataConfig(batch_size=32), 2, 0)
 
 
@@ -410,12 +489,13 @@ def test_named_seed_streams_are_distinct_and_stable():
     assert seeds.student_cutmix(0, 0, 0) != seeds.student_global(0, 0)
     assert seeds.student_cutmix(1, 0, 5) != seeds.teacher_cutmix(1, 0, 5)
     assert seeds.derive("x", 1, 2) != seeds.derive("x", 2, 1) != seeds.derive("y", 1, 2)
-    assert 0 <= seeds.derive("x", -1) < 2 ** 63
+    assert 0 <= seeds.derive("x", -1) < 2**63
     # A stable hash, not Python's salted one: the same value in every process and on every machine.
     assert seeds.student_cutmix(0, 0, 0) == 1775665713337375621
 
 
 # ---- two DDP ranks ------------------------------------------------------------------------------
+
 
 class DDPContext(LocalContext):
     def prepare_model(self, model):
@@ -425,8 +505,9 @@ class DDPContext(LocalContext):
 def _two_rank_worker(rank: int, world: int, folder: str) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{folder}/init", rank=rank,
-                            world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/init", rank=rank, world_size=world
+    )
     try:
         torch.set_num_threads(1)
         patch_engine(setattr)
@@ -434,14 +515,20 @@ def _two_rank_worker(rank: int, world: int, folder: str) -> None:
         teachers = write_teachers(os.path.join(folder, f"teachers{rank}"))
         cfg = config(folder, teachers, confidence_threshold=0.5, seed=2)
         store = os.path.join(folder, "store")
-        stats = write_targets(cfg, STREAMS, range(ITERATIONS), LocalContext(folder, verbose=False),
-                              store)
+        stats = write_targets(
+            cfg, STREAMS, range(ITERATIONS), LocalContext(folder, verbose=False), store
+        )
         live = train(cfg, os.path.join(folder, f"live{rank}"), DDPContext)
         BUILT.clear()
-        stored = train(DistillConfig.from_dict({**cfg.to_dict(), "targets": store}),
-                       os.path.join(folder, f"stored{rank}"), DDPContext)
-        torch.save({"stats": stats, "live": live, "stored": stored, "built": list(BUILT)},
-                   os.path.join(folder, f"rank{rank}.pt"))
+        stored = train(
+            DistillConfig.from_dict({**cfg.to_dict(), "targets": store}),
+            os.path.join(folder, f"stored{rank}"),
+            DDPContext,
+        )
+        torch.save(
+            {"stats": stats, "live": live, "stored": stored, "built": list(BUILT)},
+            os.path.join(folder, f"rank{rank}.pt"),
+        )
         dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
@@ -468,12 +555,16 @@ def test_a_files_digest_is_kept_beside_it_while_the_file_is_unchanged(tmp_path):
     do not read a teacher's bytes to check a store; a rewritten file is hashed again."""
     import hashlib
     import os
+
     from mgd_ray import storage
+
     path = tmp_path / "teacher.pt"
     path.write_bytes(b"weights one")
     assert storage.sha256(str(path)) == hashlib.sha256(b"weights one").hexdigest()
     stamp, digest = (tmp_path / "teacher.pt.sha256").read_text().rsplit(" ", 1)
-    (tmp_path / "teacher.pt.sha256").write_text(f"{stamp} {'0' * 64}")  # the sidecar is what is read
+    (tmp_path / "teacher.pt.sha256").write_text(
+        f"{stamp} {'0' * 64}"
+    )  # the sidecar is what is read
     assert storage.sha256(str(path)) == "0" * 64
     path.write_bytes(b"weights two")
     os.utime(path, ns=(1, 1))  # a rewrite: another size and mtime

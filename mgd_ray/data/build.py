@@ -1,4 +1,5 @@
 """`build_datasets`: from a DataConfig to validated labeled / unlabeled / val datasets."""
+
 from __future__ import annotations
 
 import hashlib
@@ -74,8 +75,14 @@ def _samples(cfg: DataConfig, root: Path, split_out: Path):
     if source:
         rows = []
     else:
-        rows = cityscapes.scan_pairs(root, "train") if cfg.dataset == "cityscapes" else voc.train_ids(root)
-    labeled, unlabeled, folder, generated = resolve_split(rows, cfg.protocol, cfg.seed, source, split_out)
+        rows = (
+            cityscapes.scan_pairs(root, "train")
+            if cfg.dataset == "cityscapes"
+            else voc.train_ids(root)
+        )
+    labeled, unlabeled, folder, generated = resolve_split(
+        rows, cfg.protocol, cfg.seed, source, split_out
+    )
     val_list = _user_val_list(cfg.split_dir)
     if cfg.dataset != "cityscapes":
         val_rows = voc.val_ids(root, cfg.split_dir)
@@ -86,7 +93,10 @@ def _samples(cfg: DataConfig, root: Path, split_out: Path):
     labeled_samples = _to_samples(cfg.dataset, root, labeled, str(folder / "labeled.txt"))
     unlabeled_samples = _to_samples(cfg.dataset, root, unlabeled, str(folder / "unlabeled.txt"))
     if not generated:
-        for samples, name in ((labeled_samples, "labeled.txt"), (unlabeled_samples, "unlabeled.txt")):
+        for samples, name in (
+            (labeled_samples, "labeled.txt"),
+            (unlabeled_samples, "unlabeled.txt"),
+        ):
             _check_listed_images(samples, folder / name, root, cfg.dataset)
     val_samples = _to_samples(cfg.dataset, root, val_rows, str(val_list or "the validation list"))
     write = (lambda: write_split(folder, labeled, unlabeled)) if generated else None
@@ -122,13 +132,19 @@ def build_datasets(cfg: DataConfig, save_split: bool = True) -> SemiSupervisedDa
         raise DatasetError(
             f"data root {root} (dataset {cfg.dataset!r}): folder not found, expected {_LAYOUT[cfg.dataset]}"
         )
-    split_out = Path(cfg.split_out_dir) if cfg.split_out_dir else _default_split_dir(cfg.dataset, root)
+    split_out = (
+        Path(cfg.split_out_dir) if cfg.split_out_dir else _default_split_dir(cfg.dataset, root)
+    )
     labeled, unlabeled, val, folder, write_generated_split = _samples(cfg, root, split_out)
     if cfg.protocol == "full":
         unlabeled = list(labeled)
     labeled_keys = {s.image for s in labeled}
-    validate_samples(labeled + val, [s for s in unlabeled if s.image not in labeled_keys], num_classes)
-    if save_split and write_generated_split is not None:  # only now: a failed validation leaves no split behind
+    validate_samples(
+        labeled + val, [s for s in unlabeled if s.image not in labeled_keys], num_classes
+    )
+    if (
+        save_split and write_generated_split is not None
+    ):  # only now: a failed validation leaves no split behind
         write_generated_split()
     return SemiSupervisedData(
         labeled=SegmentationDataset(labeled, "labeled", cfg.crop_size),

@@ -1,6 +1,7 @@
 """Cityscapes in its official layout: leftImg8bit/{train,val}/<city>/<name>_leftImg8bit.png with
 gtFine/{train,val}/<city>/<name>_gtFine_labelTrainIds.png (used when present) or
 <name>_gtFine_labelIds.png (mapped to the 19 train ids with the official table)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,7 @@ LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
 
 
 def label_kind(label_path: str) -> str:
-    """"cityscapes_label_ids" for raw labelIds files (mapped when loaded), else "index"."""
+    """ "cityscapes_label_ids" for raw labelIds files (mapped when loaded), else "index"."""
     return "cityscapes_label_ids" if label_path.endswith(LABEL_IDS_SUFFIX) else "index"
 
 
@@ -44,7 +45,9 @@ def scan_pairs(root: str | Path, split: str) -> list[str]:
         )
     images = sorted(p.relative_to(root).as_posix() for p in image_dir.glob(f"*/*{IMAGE_SUFFIX}"))
     if not images:
-        raise DatasetError(f"cityscapes root {root}: no *{IMAGE_SUFFIX} files under {image_dir}/<city>/")
+        raise DatasetError(
+            f"cityscapes root {root}: no *{IMAGE_SUFFIX} files under {image_dir}/<city>/"
+        )
     return [f"{image}\t{_label_for(root, image)}" for image in images]
 
 

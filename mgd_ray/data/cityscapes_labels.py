@@ -1,4 +1,5 @@
 """The official Cityscapes labelId -> trainId mapping (cityscapesScripts/helpers/labels.py)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,25 @@ from ..schema import IGNORE_INDEX
 # labelId -> trainId from cityscapesScripts/helpers/labels.py; ids not listed (ego vehicle, parking,
 # rail track, guard rail, ...) are not evaluated and become the ignore index.
 LABEL_ID_TO_TRAIN_ID = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
-    23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
 }
 MAX_LABEL_ID = 33  # the largest id in the official table (license plate, -1, is never stored)
 

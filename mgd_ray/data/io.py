@@ -4,6 +4,7 @@ Images are read with OpenCV (RGB uint8 H x W x 3). Labels are read with Pillow b
 original `SegmentationClass` PNGs are palette images whose pixel values are the palette indices
 (= class ids); OpenCV would expand the palette to colours.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..schema import write_text_atomic
-
 
 # Per-image decoding is single-threaded; DataLoader workers give the parallelism.
 cv2.setNumThreads(1)
@@ -62,7 +62,9 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
 def write_label(path: str | os.PathLike, label: np.ndarray) -> None:
     """Write a uint8 H x W label map as a grayscale PNG (the SegmentationClassAug convention)."""
     if label.dtype != np.uint8 or label.ndim != 2:
-        raise ValueError(f"label for {path}: expected uint8 H x W, got {label.dtype} {label.shape}")
+        raise ValueError(
+            f"label for {path}: expected uint8 H x W, got {label.dtype} {label.shape}"
+        )
     if not cv2.imwrite(str(path), label):
         raise OSError(f"could not write label {path}")
 

@@ -7,6 +7,7 @@ otherwise a split is drawn with a seeded permutation (labeled count ceil(N / k) 
 written, once the data has been validated, so that the study can be reproduced. For "full" every
 image is labeled and `unlabeled.txt` is empty.
 """
+
 from __future__ import annotations
 
 import math
@@ -98,8 +99,9 @@ def write_split(folder: str | Path, labeled: list[str], unlabeled: list[str]) ->
     return folder
 
 
-def resolve_split(rows: list[str], protocol: str, seed: int, split_dir: str | Path | None,
-                  out_dir: str | Path) -> tuple[list[str], list[str], Path, bool]:
+def resolve_split(
+    rows: list[str], protocol: str, seed: int, split_dir: str | Path | None, out_dir: str | Path
+) -> tuple[list[str], list[str], Path, bool]:
     """The (labeled, unlabeled, folder, generated) split: lists from `split_dir` (user or shipped),
     else a seeded split of `rows` for `out_dir/<protocol slug>-seed<seed>/`. A generated split is
     NOT written here: the caller writes it (write_split) once the data has been validated."""

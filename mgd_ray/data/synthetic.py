@@ -18,6 +18,7 @@ Every image is drawn from its own generator seeded by (seed, split, index), so t
 byte-identical for a seed. It is written to a temporary folder renamed into place, so Ray workers
 racing to create it each see either nothing or the complete set.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,12 @@ from .voc import LIST_DIR
 
 VERSION = "synthetic-v2"
 CLASS_NAMES = (
-    "background", "striped_disc", "checkered_square", "dotted_triangle", "grid_cross", "speckled_ring",
+    "background",
+    "striped_disc",
+    "checkered_square",
+    "dotted_triangle",
+    "grid_cross",
+    "speckled_ring",
 )
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SIZE = 80
@@ -54,7 +60,9 @@ def _rotated(points: np.ndarray, angle: float, center: tuple[float, float]) -> n
     return np.round(rotated + np.asarray(center)).astype(np.int32)
 
 
-def _shape_mask(shape: int, center: tuple[float, float], radius: float, angle: float) -> np.ndarray:
+def _shape_mask(
+    shape: int, center: tuple[float, float], radius: float, angle: float
+) -> np.ndarray:
     """uint8 H x W, 1 inside shape `shape` (1..5) centred at (x, y) with the given size and rotation."""
     mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     cx, cy = int(round(center[0])), int(round(center[1]))
@@ -98,7 +106,9 @@ def _texture(kind: int, rng: np.random.Generator) -> np.ndarray:
     if kind == 4:
         return ((u % period < 2.0) | (v % period < 2.0)).astype(np.float32)
     noise = rng.random((IMAGE_SIZE // 2, IMAGE_SIZE // 2)).astype(np.float32)
-    return (cv2.resize(noise, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_NEAREST) > 0.5).astype(np.float32)
+    return (
+        cv2.resize(noise, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_NEAREST) > 0.5
+    ).astype(np.float32)
 
 
 def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +119,9 @@ def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
             return a.astype(np.float32), b.astype(np.float32)
 
 
-def _paint(canvas: np.ndarray, mask: np.ndarray, texture: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+def _paint(
+    canvas: np.ndarray, mask: np.ndarray, texture: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> None:
     inside = mask.astype(bool)
     canvas[inside] = a + (b - a) * texture[inside].astype(np.float32)[:, None]
 
@@ -119,7 +131,9 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     grid = rng.uniform(30, 225, (3, 3, 3)).astype(np.float32)
     canvas = cv2.resize(grid, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_CUBIC)
     blobs = rng.random((IMAGE_SIZE // 4, IMAGE_SIZE // 4)).astype(np.float32)
-    blobs = cv2.GaussianBlur(cv2.resize(blobs, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_LINEAR), (5, 5), 0)
+    blobs = cv2.GaussianBlur(
+        cv2.resize(blobs, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_LINEAR), (5, 5), 0
+    )
     blobs = (blobs - blobs.mean()) / max(float(blobs.std()), 1e-6)
     return canvas + rng.uniform(8, 14) * blobs[..., None]
 
@@ -137,8 +151,13 @@ def render_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     margin = 0.1 * IMAGE_SIZE
     for index in rng.permutation(len(objects)):
         shape, texture, cls = objects[index]
-        center = (rng.uniform(margin, IMAGE_SIZE - margin), rng.uniform(margin, IMAGE_SIZE - margin))
-        mask = _shape_mask(int(shape), center, rng.uniform(*OBJECT_RADIUS), rng.uniform(0, 2 * np.pi))
+        center = (
+            rng.uniform(margin, IMAGE_SIZE - margin),
+            rng.uniform(margin, IMAGE_SIZE - margin),
+        )
+        mask = _shape_mask(
+            int(shape), center, rng.uniform(*OBJECT_RADIUS), rng.uniform(0, 2 * np.pi)
+        )
         _paint(canvas, mask, _texture(int(texture), rng), *_colour_pair(rng))
         label[mask.astype(bool)] = cls
 
@@ -169,9 +188,16 @@ def generate_synthetic(out_dir: str | Path, seed: int = 0) -> Path:
             write_label(out_dir / "SegmentationClassAug" / f"{image_id}.png", label)
         lists["train_aug" if split == "train" else split] = ids
     for name, ids in lists.items():
-        (out_dir / LIST_DIR / f"{name}.txt").write_text("".join(i + "\n" for i in ids), encoding="utf-8")
-    meta = {"version": VERSION, "seed": seed, "classes": list(CLASS_NAMES),
-            "image_size": IMAGE_SIZE, "splits": SPLITS}
+        (out_dir / LIST_DIR / f"{name}.txt").write_text(
+            "".join(i + "\n" for i in ids), encoding="utf-8"
+        )
+    meta = {
+        "version": VERSION,
+        "seed": seed,
+        "classes": list(CLASS_NAMES),
+        "image_size": IMAGE_SIZE,
+        "splits": SPLITS,
+    }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return out_dir
 

@@ -6,6 +6,7 @@ since normalisation comes last: 0.006 std from 0), and its label with 255.
 Random draws come from a torch generator (torch's global one by default, which DataLoader seeds
 per worker) so that workers never share a random stream.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -49,8 +50,12 @@ def pad_to(image: np.ndarray, label: np.ndarray | None, size: int):
     return image, label
 
 
-def augment(image: np.ndarray, label: np.ndarray | None, crop_size: int,
-            generator: torch.Generator | None = None):
+def augment(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    crop_size: int,
+    generator: torch.Generator | None = None,
+):
     """RGB uint8 H x W x 3 (+ uint8 H x W label or None) -> crop_size x crop_size versions after a
     random scale from SCALES, a horizontal flip with probability 1/2 and a random crop."""
     if label is not None and label.shape != image.shape[:2]:

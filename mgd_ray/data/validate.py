@@ -5,6 +5,7 @@ Decoding 10k VOC files takes a while, so a passing check leaves a marker file ke
 list of files with their sizes and modification times; a later run with the same files skips the
 decode, and any change to a list or a file changes the key.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..schema import IGNORE_INDEX
 from .cityscapes_labels import MAX_LABEL_ID
 from .dataset import Sample
-from ..schema import IGNORE_INDEX
 from .io import DatasetError, cache_root, read_image, read_label
 
 _MARKER_VERSION = "validated-v1"
@@ -50,26 +51,38 @@ def _check(sample: Sample, num_classes: int, with_label: bool) -> str | None:
     except DatasetError as exc:
         return str(exc)
     if label.shape != image.shape[:2]:
-        return (f"label {sample.label}: size {label.shape[1]} x {label.shape[0]} (W x H), expected "
-                f"the size of image {sample.image}, {image.shape[1]} x {image.shape[0]}")
+        return (
+            f"label {sample.label}: size {label.shape[1]} x {label.shape[0]} (W x H), expected "
+            f"the size of image {sample.image}, {image.shape[1]} x {image.shape[0]}"
+        )
     return _check_label_values(label, sample, num_classes)
 
 
 def _raise(problems: list[str]) -> None:
-    more = f" (and {len(problems) - 1} more problem(s) in this dataset)" if len(problems) > 1 else ""
+    more = (
+        f" (and {len(problems) - 1} more problem(s) in this dataset)" if len(problems) > 1 else ""
+    )
     raise DatasetError(problems[0] + more)
 
 
-def validate_samples(labeled: list[Sample], image_only: list[Sample], num_classes: int,
-                     marker_dir: str | Path | None = None, threads: int | None = None) -> None:
+def validate_samples(
+    labeled: list[Sample],
+    image_only: list[Sample],
+    num_classes: int,
+    marker_dir: str | Path | None = None,
+    threads: int | None = None,
+) -> None:
     """Raise DatasetError naming the first bad file; `labeled` samples get their labels checked,
     `image_only` samples (the unlabeled list) only their images."""
     jobs = [(s, True) for s in labeled] + [(s, False) for s in image_only]
     missing = []
     for sample, with_label in jobs:
         paths = [("image", sample.image)] + ([("label", sample.label)] if with_label else [])
-        missing += [f"{kind} {path}: file not found (named by the split list, id {sample.id!r})"
-                    for kind, path in paths if not os.path.isfile(path)]
+        missing += [
+            f"{kind} {path}: file not found (named by the split list, id {sample.id!r})"
+            for kind, path in paths
+            if not os.path.isfile(path)
+        ]
     if missing:
         _raise(missing)
 

@@ -2,6 +2,7 @@
 ROOT/JPEGImages/<id>.jpg, ROOT/SegmentationClassAug/<id>.png (index PNG, 0..20, 255 = ignore;
 ROOT/SegmentationClass/ when the Aug folder is absent), ROOT/ImageSets/Segmentation/{train_aug,val}.txt.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -63,6 +64,11 @@ def ids_to_samples(root: str | Path, rows: list[str]) -> list[Sample]:
     samples = []
     for row in rows:
         sample_id = _row_id(row.split())
-        samples.append(Sample(sample_id, str(root / "JPEGImages" / f"{sample_id}.jpg"),
-                              str(labels / f"{sample_id}.png")))
+        samples.append(
+            Sample(
+                sample_id,
+                str(root / "JPEGImages" / f"{sample_id}.jpg"),
+                str(labels / f"{sample_id}.png"),
+            )
+        )
     return samples

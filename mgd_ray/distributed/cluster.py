@@ -15,6 +15,7 @@
 - How many trials run at once is what the cluster can hold now (`trial_slots`), asked before each
   phase: a shared cluster has fewer slots than its totals.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,10 +30,14 @@ from ray.tune import Callback
 
 from . import ray_private
 
-WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # read by Ray Train V2's controller
+WORKER_START_TIMEOUT_ENV = (
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # read by Ray Train V2's controller
+)
 GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # read by a local Ray start for its GCS port
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # written on the head by `ray up`
-AUTOSCALING_CONFIG_ENV = "MGD_RAY_AUTOSCALING_CONFIG"  # names another autoscaler config (local_cluster)
+AUTOSCALING_CONFIG_ENV = (
+    "MGD_RAY_AUTOSCALING_CONFIG"  # names another autoscaler config (local_cluster)
+)
 
 
 class UnmeetableResources(ValueError):
@@ -70,7 +75,9 @@ def connect(address: str | None, worker_start_timeout_s: float, **init_kwargs: A
         previous = os.environ.get(GCS_PORT_ENV)
         os.environ[GCS_PORT_ENV] = str(port)
         try:
-            ray.init(runtime_env={"env_vars": study_env(gcs, worker_start_timeout_s)}, **init_kwargs)
+            ray.init(
+                runtime_env={"env_vars": study_env(gcs, worker_start_timeout_s)}, **init_kwargs
+            )
         finally:
             if previous is None:
                 os.environ.pop(GCS_PORT_ENV, None)
@@ -81,10 +88,16 @@ def connect(address: str | None, worker_start_timeout_s: float, **init_kwargs: A
         ray.init(address=address, **init_kwargs)
         gcs = ray.get_runtime_context().gcs_address
         ray.shutdown()
-        ray.init(address=gcs, runtime_env={"env_vars": study_env(gcs, worker_start_timeout_s)}, **init_kwargs)
+        ray.init(
+            address=gcs,
+            runtime_env={"env_vars": study_env(gcs, worker_start_timeout_s)},
+            **init_kwargs,
+        )
     actual = ray.get_runtime_context().gcs_address
     if actual != gcs:
-        raise RuntimeError(f"Ray started at {actual}, not at the expected {gcs}: set --address explicitly")
+        raise RuntimeError(
+            f"Ray started at {actual}, not at the expected {gcs}: set --address explicitly"
+        )
     os.environ.update(study_env(gcs, worker_start_timeout_s))
     return gcs
 
@@ -95,8 +108,11 @@ def node_shapes() -> list[tuple[str, dict[str, float], float]]:
     from the cluster config the autoscaler (v2) publishes in the GCS, else from the config `ray up`
     leaves on the head (~/ray_bootstrap_config.yaml, autoscaler v1) or the file named by
     MGD_RAY_AUTOSCALING_CONFIG."""
-    shapes = [(f"node {n['NodeManagerAddress']} ({n['NodeID'][:8]})", dict(n["Resources"]), 1.0)
-              for n in ray.nodes() if n.get("Alive")]
+    shapes = [
+        (f"node {n['NodeManagerAddress']} ({n['NodeID'][:8]})", dict(n["Resources"]), 1.0)
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
     config = ray_private.cluster_config()
     if config is not None:
         for group in config.node_group_configs:
@@ -121,21 +137,35 @@ def workers_per_node(node: dict[str, float], per_worker: dict[str, float]) -> fl
     return min(fits) if fits else math.inf
 
 
-def check_trial_fits(scaling: dict[str, int], shapes: list[tuple[str, dict[str, float], float]]) -> None:
+def check_trial_fits(
+    scaling: dict[str, int], shapes: list[tuple[str, dict[str, float], float]]
+) -> None:
     """Raise UnmeetableResources (naming the option) when no node can ever host one Train worker of a
     trial, or all of them together cannot host a trial's workers. `scaling`: TrainRun.scaling()."""
-    per_worker = {"CPU": float(scaling["cpus_per_worker"]), "GPU": float(scaling["gpus_per_worker"])}
-    offered = "; ".join(f"{name}: {int(r.get('CPU', 0))} CPU, {int(r.get('GPU', 0))} GPU" for name, r, _ in shapes)
+    per_worker = {
+        "CPU": float(scaling["cpus_per_worker"]),
+        "GPU": float(scaling["gpus_per_worker"]),
+    }
+    offered = "; ".join(
+        f"{name}: {int(r.get('CPU', 0))} CPU, {int(r.get('GPU', 0))} GPU" for name, r, _ in shapes
+    )
     if not any(workers_per_node(r, per_worker) >= 1 for _, r, _ in shapes):
-        option = (f"--gpus-per-trial / --workers-per-trial ({per_worker['GPU']:g} GPU per worker)"
-                  if per_worker["GPU"] and not any(r.get("GPU", 0) >= per_worker["GPU"] for _, r, _ in shapes)
-                  else f"--cpus-per-worker={scaling['cpus_per_worker']}")
-        raise UnmeetableResources(f"{option}: no node of this cluster, running or that the autoscaler can start, "
-                         f"offers that much to one Train worker ({offered or 'no nodes'})")
+        option = (
+            f"--gpus-per-trial / --workers-per-trial ({per_worker['GPU']:g} GPU per worker)"
+            if per_worker["GPU"]
+            and not any(r.get("GPU", 0) >= per_worker["GPU"] for _, r, _ in shapes)
+            else f"--cpus-per-worker={scaling['cpus_per_worker']}"
+        )
+        raise UnmeetableResources(
+            f"{option}: no node of this cluster, running or that the autoscaler can start, "
+            f"offers that much to one Train worker ({offered or 'no nodes'})"
+        )
     capacity = sum(workers_per_node(r, per_worker) * count for _, r, count in shapes)
     if capacity < scaling["workers"]:
-        raise UnmeetableResources(f"--workers-per-trial={scaling['workers']}: the cluster can host at most {capacity:g} "
-                         f"Train workers of {per_worker['CPU']:g} CPU, {per_worker['GPU']:g} GPU ({offered})")
+        raise UnmeetableResources(
+            f"--workers-per-trial={scaling['workers']}: the cluster can host at most {capacity:g} "
+            f"Train workers of {per_worker['CPU']:g} CPU, {per_worker['GPU']:g} GPU ({offered})"
+        )
 
 
 def free_resources_per_node() -> list[dict[str, float]]:
@@ -143,19 +173,27 @@ def free_resources_per_node() -> list[dict[str, float]]:
     return [dict(free) for free in ray_private.free_resources_per_node().values()]
 
 
-def trial_slots(scaling: dict[str, float], shapes: list[tuple[str, dict[str, float], float]],
-                free: list[dict[str, float]]) -> int:
+def trial_slots(
+    scaling: dict[str, float],
+    shapes: list[tuple[str, dict[str, float], float]],
+    free: list[dict[str, float]],
+) -> int:
     """How many trials of `scaling` (TrainRun.scaling()) can run at once: the Train workers that
     fit in what the live nodes have free now, or, on an autoscaling cluster, on the node types it
     may start at their maximum counts, whichever is more; at least 1 (an autoscaler starting from
     zero GPU nodes scales up for the one trial that waits). CPU-only trials count no GPU node type:
     Ray's autoscaler keeps GPU nodes for GPU work. Asked before every phase: on a shared cluster,
     another job's holdings are not this study's slots."""
-    per_worker = {"CPU": float(scaling["cpus_per_worker"]), "GPU": float(scaling["gpus_per_worker"])}
+    per_worker = {
+        "CPU": float(scaling["cpus_per_worker"]),
+        "GPU": float(scaling["gpus_per_worker"]),
+    }
     on_free = sum(workers_per_node(node, per_worker) for node in free)
-    on_types = sum(workers_per_node(resources, per_worker) * count
-                   for name, resources, count in shapes if name.startswith("node type ")
-                   and (per_worker["GPU"] or not resources.get("GPU")))
+    on_types = sum(
+        workers_per_node(resources, per_worker) * count
+        for name, resources, count in shapes
+        if name.startswith("node type ") and (per_worker["GPU"] or not resources.get("GPU"))
+    )
     workers = max(on_free, on_types)
     if math.isinf(workers):
         return 1_000_000  # an unbounded autoscaler: Tune's own limit (num_samples) applies
@@ -180,42 +218,62 @@ def release_reservations(job_id: str) -> list[ray_private.Reservation]:
     trial's Train controller); return them."""
     released = []
     for group in ray_private.placement_groups():
-        if (group.job_id == job_id and group.creator_actor_id and group.creator_actor_dead
-                and not group.detached and group.state != "REMOVED"):
+        if (
+            group.job_id == job_id
+            and group.creator_actor_id
+            and group.creator_actor_dead
+            and not group.detached
+            and group.state != "REMOVED"
+        ):
             ray_private.remove_placement_group(group.group_id)
             released.append(group)
     return released
 
 
-def wait_released(job_id: str, timeout_s: float = 60.0, log: Callable[[str], None] = print
-                  ) -> list[ray_private.Reservation]:
+def wait_released(
+    job_id: str, timeout_s: float = 60.0, log: Callable[[str], None] = print
+) -> list[ray_private.Reservation]:
     """At the end of a phase: give back what its ended runs reserved, polling until no Train
     controller of this job lives and no group one created is left (a controller dies a moment
     after its trial), for at most `timeout_s`. Returns (and says) what is still held then."""
     deadline = time.monotonic() + timeout_s
     while True:
         release_reservations(job_id)
-        controllers = {a.actor_id for a in ray_private.actors()
-                       if a.job_id == job_id and a.class_name == TRAIN_CONTROLLER and a.state != "DEAD"}
-        held = [g for g in ray_private.placement_groups()
-                if g.job_id == job_id and g.creator_actor_id and g.state != "REMOVED"]
+        controllers = {
+            a.actor_id
+            for a in ray_private.actors()
+            if a.job_id == job_id and a.class_name == TRAIN_CONTROLLER and a.state != "DEAD"
+        }
+        held = [
+            g
+            for g in ray_private.placement_groups()
+            if g.job_id == job_id and g.creator_actor_id and g.state != "REMOVED"
+        ]
         if (not held and not controllers) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     if held:
-        log(f"WARNING: {len(held)} placement group(s) of Train runs still held after {timeout_s:g} s: "
-            + "; ".join(f"{g.group_id[:8]} {g.state} {_bundles(g)}" for g in held))
+        log(
+            f"WARNING: {len(held)} placement group(s) of Train runs still held after {timeout_s:g} s: "
+            + "; ".join(f"{g.group_id[:8]} {g.state} {_bundles(g)}" for g in held)
+        )
     return held
 
 
 def _resources_text(resources: dict[str, float]) -> str:
-    shown = {k: v for k, v in resources.items() if k in ("CPU", "GPU") or not k.startswith(("node:", "memory"))}
+    shown = {
+        k: v
+        for k, v in resources.items()
+        if k in ("CPU", "GPU") or not k.startswith(("node:", "memory"))
+    }
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shown.items())) + "}"
 
 
 def _bundles(group: ray_private.Reservation) -> str:
     shapes = [_resources_text(b) for b in group.bundles]
-    return f"{len(shapes)} x {shapes[0]}" if shapes and len(set(shapes)) == 1 else ", ".join(shapes)
+    return (
+        f"{len(shapes)} x {shapes[0]}" if shapes and len(set(shapes)) == 1 else ", ".join(shapes)
+    )
 
 
 class ReservationWatch(Callback):
@@ -227,13 +285,21 @@ class ReservationWatch(Callback):
     Tune pickles its callbacks with the run, so `say` must be picklable (a module-level function,
     or a partial of one)."""
 
-    def __init__(self, say: Callable[[str], None], starved_after_s: float, interval_s: float = 2.0) -> None:
-        self.say, self.starved_after_s, self.interval_s = say, float(starved_after_s), float(interval_s)
+    def __init__(
+        self, say: Callable[[str], None], starved_after_s: float, interval_s: float = 2.0
+    ) -> None:
+        self.say, self.starved_after_s, self.interval_s = (
+            say,
+            float(starved_after_s),
+            float(interval_s),
+        )
         self._reset()
 
     def _reset(self) -> None:
         self._next_check = 0.0
-        self._waiting_since: float | None = None  # the start of the current wait, None when none waits
+        self._waiting_since: float | None = (
+            None  # the start of the current wait, None when none waits
+        )
         self._said: str | None = None
         self._holders_said_at = -math.inf
 
@@ -249,8 +315,14 @@ class ReservationWatch(Callback):
         job = ray.get_runtime_context().get_job_id()
         release_reservations(job)
         groups = [g for g in ray_private.placement_groups() if g.state != "REMOVED"]
-        waiting = [g for g in groups if g.job_id == job and g.creator_actor_id and not g.creator_actor_dead
-                   and g.state in ("PENDING", "RESCHEDULING")]
+        waiting = [
+            g
+            for g in groups
+            if g.job_id == job
+            and g.creator_actor_id
+            and not g.creator_actor_dead
+            and g.state in ("PENDING", "RESCHEDULING")
+        ]
         if not waiting:
             self._waiting_since = None
             if self._said:
@@ -259,15 +331,20 @@ class ReservationWatch(Callback):
             return
         self._waiting_since = self._waiting_since if self._waiting_since is not None else now
         waited = now - self._waiting_since
-        what = (f"{len(waiting)} trial(s) waiting for their Train workers "
-                f"({'; '.join(sorted({_bundles(g) for g in waiting}))})")
+        what = (
+            f"{len(waiting)} trial(s) waiting for their Train workers "
+            f"({'; '.join(sorted({_bundles(g) for g in waiting}))})"
+        )
         if what != self._said:
             self.say(what)
             self._said = what
         if waited >= self.starved_after_s and now - self._holders_said_at >= self.starved_after_s:
             self._holders_said_at = now
-            print(f"[reservations] {what}: nothing could be placed for {waited:.0f} s; the cluster is "
-                  f"held by: {holders(groups, trials, job)}", flush=True)
+            print(
+                f"[reservations] {what}: nothing could be placed for {waited:.0f} s; the cluster is "
+                f"held by: {holders(groups, trials, job)}",
+                flush=True,
+            )
 
 
 def holders(groups: list[ray_private.Reservation], trials, job_id: str) -> str:
@@ -277,8 +354,11 @@ def holders(groups: list[ray_private.Reservation], trials, job_id: str) -> str:
     actors = ray_private.actors()
     by_id = {a.actor_id: a for a in actors}
     by_worker = {a.worker_id: a for a in actors if a.worker_id and a.state == "ALIVE"}
-    trial_of_actor = {ray_private.trial_actor_id(t): t.trial_id for t in trials
-                      if t.temporary_state.ray_actor is not None}
+    trial_of_actor = {
+        ray_private.trial_actor_id(t): t.trial_id
+        for t in trials
+        if t.temporary_state.ray_actor is not None
+    }
 
     def owner(group: ray_private.Reservation) -> str:
         creator = by_id.get(group.creator_actor_id or "")
@@ -291,7 +371,17 @@ def holders(groups: list[ray_private.Reservation], trials, job_id: str) -> str:
     def holds_devices(resources: dict[str, float]) -> bool:
         return resources.get("CPU", 0) > 0 or resources.get("GPU", 0) > 0
 
-    held = [f"{owner(g)}: {_bundles(g)}" for g in groups if g.state == "CREATED" and holds_devices(g.resources)]
-    held += [f"actor {a.class_name} of job {a.job_id}: {_resources_text(a.resources)}" for a in actors
-             if a.state == "ALIVE" and a.placement_group_id is None and holds_devices(a.resources)]
-    return "; ".join(held) or "none (the resources the trials ask for do not exist yet: an autoscaler may be starting a node)"
+    held = [
+        f"{owner(g)}: {_bundles(g)}"
+        for g in groups
+        if g.state == "CREATED" and holds_devices(g.resources)
+    ]
+    held += [
+        f"actor {a.class_name} of job {a.job_id}: {_resources_text(a.resources)}"
+        for a in actors
+        if a.state == "ALIVE" and a.placement_group_id is None and holds_devices(a.resources)
+    ]
+    return (
+        "; ".join(held)
+        or "none (the resources the trials ask for do not exist yet: an autoscaler may be starting a node)"
+    )

@@ -10,15 +10,24 @@ finished (Tune never restarts a finished trial, so nothing reads their Train fol
 after the protocol's best has been exported from them; exporting again finds either the weights or
 an export at least as good.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 from typing import Any
 
-from ..schema import (FINISHED, TrialRecord, atomic_write, protocol_slug, ranked_trials, read_json_object,
-                      read_records, write_json_atomic)
 from .. import storage
+from ..schema import (
+    FINISHED,
+    TrialRecord,
+    atomic_write,
+    protocol_slug,
+    ranked_trials,
+    read_json_object,
+    read_records,
+    write_json_atomic,
+)
 from .records import now_iso
 
 
@@ -44,9 +53,15 @@ def _copy_weights(checkpoint_path: str | None, destination: str) -> bool:
     return True
 
 
-def export_best(results_dir: str, protocol: str, study: dict[str, Any], name: str = "best_student",
-                variant: str | None = None, teachers: dict[str, Any] | None = None,
-                records: list[TrialRecord] | None = None) -> str | None:
+def export_best(
+    results_dir: str,
+    protocol: str,
+    study: dict[str, Any],
+    name: str = "best_student",
+    variant: str | None = None,
+    teachers: dict[str, Any] | None = None,
+    records: list[TrialRecord] | None = None,
+) -> str | None:
     """Write models/<slug>/<name>.pt + .json from the protocol's best trial (schema.ranked_trials;
     of `variant` when given) whose weights still exist, unless the file already there scores at
     least as much. Returns the .pt path, or None when there is nothing to export. `records`: the
@@ -61,13 +76,24 @@ def export_best(results_dir: str, protocol: str, study: dict[str, Any], name: st
         os.makedirs(folder, exist_ok=True)
         if not _copy_weights(record.checkpoint_path, target):
             continue  # pruned earlier, after an export at least as good, or --keep-trial-weights off
-        info = {"arch": study.get("student"), "num_classes": study.get("num_classes"),
-                "dataset": study.get("dataset"), "protocol": protocol, "trial_id": record.trial_id,
-                "kind": record.kind, "variant": record.variant, "seed": record.seed,
-                "config": record.config, "miou": record.miou, "iteration": record.iteration,
-                "history": record.history, "teachers": teachers or {},
-                "source_checkpoint": record.checkpoint_path, "exported_at": now_iso(),
-                "load": "m = build_model(arch, num_classes); m.load_state_dict(torch.load(path))"}
+        info = {
+            "arch": study.get("student"),
+            "num_classes": study.get("num_classes"),
+            "dataset": study.get("dataset"),
+            "protocol": protocol,
+            "trial_id": record.trial_id,
+            "kind": record.kind,
+            "variant": record.variant,
+            "seed": record.seed,
+            "config": record.config,
+            "miou": record.miou,
+            "iteration": record.iteration,
+            "history": record.history,
+            "teachers": teachers or {},
+            "source_checkpoint": record.checkpoint_path,
+            "exported_at": now_iso(),
+            "load": "m = build_model(arch, num_classes); m.load_state_dict(torch.load(path))",
+        }
         write_json_atomic(target[:-3] + ".json", info)
         return target
     return target if current is not None else None

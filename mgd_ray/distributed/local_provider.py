@@ -9,6 +9,7 @@ the same for a node whose raylet has exited, so the autoscaler launches a new no
 local_cluster.up writes `type: external, module: mgd_ray.distributed.local_provider.LocalNodeProvider`
 into the autoscaler config it generates from cluster-local.yaml.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,10 @@ class LocalNodeProvider(FakeMultiNodeProvider):
         with self.lock:
             for node_id, info in list(self._nodes.items()):
                 if raylet_exited(info.get("node")):
-                    logger.warning(f"node {node_id}: its raylet exited; reported terminated, as a cloud "
-                                   "reports a lost machine")
+                    logger.warning(
+                        f"node {node_id}: its raylet exited; reported terminated, as a cloud "
+                        "reports a lost machine"
+                    )
                     del self._nodes[node_id]
                     self._terminate_node(info)  # stops whatever of it is still running
         return super().non_terminated_nodes(tag_filters)

@@ -8,6 +8,7 @@ Also here: whether the options match the study an --output-dir already holds
 (`check_study_folder`), the given teacher files (`check_teachers`) and the command REPORT.md
 suggests for a budget that separates the rows (`separating_command`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,13 +26,29 @@ from ..models.pretrained import check_regime, default_regime
 from ..schema import ABLATION_VARIANTS, read_json_object
 
 # --smoke: one protocol, two search trials, one ablation seed, a few iterations of everything.
-SMOKE = dict(protocols=("1/8",), num_samples=2, seeds=1, iterations=8, teacher_iterations=8, eval_every=4,
-             crop_size=48, batch_size=2, loader_workers=0)
+SMOKE = dict(
+    protocols=("1/8",),
+    num_samples=2,
+    seeds=1,
+    iterations=8,
+    teacher_iterations=8,
+    eval_every=4,
+    crop_size=48,
+    batch_size=2,
+    loader_workers=0,
+)
 TEACHER_TARGETS = ("shared", "live")
 # study option <- key of a preset's gpu_budget section
-GPU_BUDGET_KEYS = {"iterations": "student_iterations", "teacher_iterations": "teacher_iterations",
-                   "batch_size": "batch_size", "crop_size": "crop_size", "eval_every": "eval_every",
-                   "num_samples": "search_trials", "seeds": "ablation_seeds", "trials_per_gpu": "trials_per_gpu"}
+GPU_BUDGET_KEYS = {
+    "iterations": "student_iterations",
+    "teacher_iterations": "teacher_iterations",
+    "batch_size": "batch_size",
+    "crop_size": "crop_size",
+    "eval_every": "eval_every",
+    "num_samples": "search_trials",
+    "seeds": "ablation_seeds",
+    "trials_per_gpu": "trials_per_gpu",
+}
 
 
 @dataclass(frozen=True)
@@ -59,9 +76,13 @@ class StudyConfig:
     trials_per_gpu: int = 1
     workers_per_trial: int = 1
     cpus_per_worker: int = 1
-    max_concurrent_trials: int | None = None  # None: what the cluster holds, asked before each phase
+    max_concurrent_trials: int | None = (
+        None  # None: what the cluster holds, asked before each phase
+    )
     max_failures: int = 1  # Ray Train restarts of a run after a worker failure
-    worker_start_timeout_s: float = 600.0  # a Train worker group not started by then is retried ...
+    worker_start_timeout_s: float = (
+        600.0  # a Train worker group not started by then is retried ...
+    )
     worker_start_retries: int = 2  # ... this many times, then its trial fails (cluster.py)
     storage_path: str | None = None  # default: <output_dir>/ray; s3://... on a cluster
     optuna_storage: str | None = None  # default: sqlite:///<output_dir>/optuna.db
@@ -73,14 +94,18 @@ class StudyConfig:
     teacher_deep_checkpoint: str | None = None
     teacher_wide_checkpoint: str | None = None
     pretrained: str = "none"  # "imagenet" | "none" (from scratch)
-    pretrained_dir: str | None = None  # a folder holding torchvision's ImageNet files (offline machines)
+    pretrained_dir: str | None = (
+        None  # a folder holding torchvision's ImageNet files (offline machines)
+    )
     verbose: bool = True
     verbose_ray: bool = False  # Ray Train's per-report INFO lines on the console (else: log files)
     keep_trial_weights: bool = False  # keep every trial's Train run folder (weights + state)
     # "shared": the teachers' targets computed once per protocol, read by every trial (study.py);
     # "live": every trial runs the teachers itself (the same training, docs/benchmarks.md section 9)
     teacher_targets: str = "shared"
-    keep_targets: bool = False  # keep each protocol's store of teacher targets after its last phase
+    keep_targets: bool = (
+        False  # keep each protocol's store of teacher targets after its last phase
+    )
     export_ablation_students: bool = False  # models/<protocol>/<variant>.pt per ablation row
 
     def __post_init__(self) -> None:
@@ -97,41 +122,76 @@ class StudyConfig:
             check_protocol(protocol)
         repeated = sorted({p for p in self.protocols if self.protocols.count(p) > 1})
         if repeated:
-            raise ValueError(f"--protocols {' '.join(self.protocols)}: {', '.join(repeated)} given more than "
-                             f"once (one study per protocol)")
+            raise ValueError(
+                f"--protocols {' '.join(self.protocols)}: {', '.join(repeated)} given more than "
+                f"once (one study per protocol)"
+            )
         unknown = sorted(set(self.ablation_variants) - set(ABLATION_VARIANTS))
         if unknown:
-            raise ValueError(f"--ablation-variants {unknown}: expected some of {', '.join(ABLATION_VARIANTS)}")
+            raise ValueError(
+                f"--ablation-variants {unknown}: expected some of {', '.join(ABLATION_VARIANTS)}"
+            )
         if self.student not in STUDENTS:
             raise ValueError(f"--student {self.student!r}: expected one of {', '.join(STUDENTS)}")
-        for name in ("num_samples", "seeds", "workers_per_trial", "cpus_per_worker", "trials_per_gpu"):
+        for name in (
+            "num_samples",
+            "seeds",
+            "workers_per_trial",
+            "cpus_per_worker",
+            "trials_per_gpu",
+        ):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)}: expected an integer >= 1")
-        for name in ("iterations", "teacher_iterations", "eval_every", "crop_size", "batch_size",
-                     "max_concurrent_trials"):
+                raise ValueError(
+                    f"--{name.replace('_', '-')}={getattr(self, name)}: expected an integer >= 1"
+                )
+        for name in (
+            "iterations",
+            "teacher_iterations",
+            "eval_every",
+            "crop_size",
+            "batch_size",
+            "max_concurrent_trials",
+        ):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={value}: expected an integer >= 1")
         for name in ("gpus_per_trial", "loader_workers", "max_failures", "worker_start_retries"):
             if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)}: expected an integer >= 0")
+                raise ValueError(
+                    f"--{name.replace('_', '-')}={getattr(self, name)}: expected an integer >= 0"
+                )
         if not self.worker_start_timeout_s > 0:
-            raise ValueError(f"--worker-start-timeout={self.worker_start_timeout_s}: expected seconds > 0")
+            raise ValueError(
+                f"--worker-start-timeout={self.worker_start_timeout_s}: expected seconds > 0"
+            )
         if self.gpus_per_trial and self.gpus_per_trial % self.workers_per_trial:
-            raise ValueError(f"--gpus-per-trial={self.gpus_per_trial} must be a multiple of "
-                             f"--workers-per-trial={self.workers_per_trial} (each worker drives whole GPUs)")
+            raise ValueError(
+                f"--gpus-per-trial={self.gpus_per_trial} must be a multiple of "
+                f"--workers-per-trial={self.workers_per_trial} (each worker drives whole GPUs)"
+            )
         if self.trials_per_gpu > 1 and (self.gpus_per_trial != 1 or self.workers_per_trial != 1):
-            raise ValueError(f"--trials-per-gpu={self.trials_per_gpu} shares one GPU between single-worker trials: "
-                             f"it needs --gpus-per-trial 1 and --workers-per-trial 1 (got {self.gpus_per_trial} "
-                             f"and {self.workers_per_trial})")
+            raise ValueError(
+                f"--trials-per-gpu={self.trials_per_gpu} shares one GPU between single-worker trials: "
+                f"it needs --gpus-per-trial 1 and --workers-per-trial 1 (got {self.gpus_per_trial} "
+                f"and {self.workers_per_trial})"
+            )
         check_regime(self.pretrained)
         if self.teacher_targets not in TEACHER_TARGETS:
-            raise ValueError(f"--teacher-targets {self.teacher_targets!r}: expected one of "
-                             f"{', '.join(TEACHER_TARGETS)}")
-        for name in ("teacher_deep_checkpoint", "teacher_wide_checkpoint", "split_dir", "pretrained_dir"):
+            raise ValueError(
+                f"--teacher-targets {self.teacher_targets!r}: expected one of "
+                f"{', '.join(TEACHER_TARGETS)}"
+            )
+        for name in (
+            "teacher_deep_checkpoint",
+            "teacher_wide_checkpoint",
+            "split_dir",
+            "pretrained_dir",
+        ):
             path = getattr(self, name)
             if path and "://" not in path and not os.path.exists(path):
-                raise FileNotFoundError(f"--{name.replace('_', '-')} {path}: no such file or folder")
+                raise FileNotFoundError(
+                    f"--{name.replace('_', '-')} {path}: no such file or folder"
+                )
 
     @property
     def device(self) -> str:
@@ -154,7 +214,10 @@ class StudyConfig:
         return path if "://" in path else os.path.abspath(path)  # Ray needs absolute local paths
 
     def resolved_optuna_storage(self) -> str:
-        return self.optuna_storage or f"sqlite:///{os.path.abspath(os.path.join(self.output_dir, 'optuna.db'))}"
+        return (
+            self.optuna_storage
+            or f"sqlite:///{os.path.abspath(os.path.join(self.output_dir, 'optuna.db'))}"
+        )
 
 
 def detect_gpus(address: str | None) -> int:
@@ -162,6 +225,7 @@ def detect_gpus(address: str | None) -> int:
     if address is None:
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
     import ray
+
     if not ray.is_initialized():
         ray.init(address=address)
     return int(ray.cluster_resources().get("GPU", 0))
@@ -172,8 +236,10 @@ def gpu_budget(dataset: str) -> dict[str, int]:
     raw = read_preset(dataset)[0].get("gpu_budget") or {}
     unknown = sorted(set(raw) - set(GPU_BUDGET_KEYS.values()))
     if unknown:
-        raise ValueError(f"preset {dataset}.yaml: gpu_budget has unknown key(s) {unknown}; "
-                         f"expected some of {sorted(GPU_BUDGET_KEYS.values())}")
+        raise ValueError(
+            f"preset {dataset}.yaml: gpu_budget has unknown key(s) {unknown}; "
+            f"expected some of {sorted(GPU_BUDGET_KEYS.values())}"
+        )
     return {option: int(raw[key]) for option, key in GPU_BUDGET_KEYS.items() if key in raw}
 
 
@@ -181,12 +247,15 @@ def study_budget(dataset: str) -> dict[str, int]:
     """{"num_samples", "seeds"}: a dataset's default study size (16 search trials and 2 seeds per
     ablation row unless its preset says otherwise)."""
     raw = read_preset(dataset)[0]
-    return {"num_samples": int(raw.get("search_trials", StudyConfig.num_samples)),
-            "seeds": int(raw.get("ablation_seeds", StudyConfig.seeds))}
+    return {
+        "num_samples": int(raw.get("search_trials", StudyConfig.num_samples)),
+        "seeds": int(raw.get("ablation_seeds", StudyConfig.seeds)),
+    }
 
 
-def resolve_study(smoke: bool = False, gpus: Callable[[str | None], int] | None = None,
-                  **given: Any) -> tuple[StudyConfig, str]:
+def resolve_study(
+    smoke: bool = False, gpus: Callable[[str | None], int] | None = None, **given: Any
+) -> tuple[StudyConfig, str]:
     """The study's config from the options a user gave (keyword arguments named as StudyConfig's
     fields; None means not given), and a sentence saying where its trials run.
 
@@ -204,9 +273,11 @@ def resolve_study(smoke: bool = False, gpus: Callable[[str | None], int] | None 
         values.update(applied, gpus_per_trial=1)
         shared = values.get("trials_per_gpu", 1)
         per_gpu = "one GPU per trial" if shared == 1 else f"{shared} trials share each GPU"
-        devices = (f"{found} GPU(s) found: {per_gpu}, up to {found * shared} trial(s) at a time; GPU budget "
-                   f"applied: {', '.join(f'{k}={v}' for k, v in applied.items()) or 'none (all given)'} "
-                   "(--gpus-per-trial 0 trains on the CPU)")
+        devices = (
+            f"{found} GPU(s) found: {per_gpu}, up to {found * shared} trial(s) at a time; GPU budget "
+            f"applied: {', '.join(f'{k}={v}' for k, v in applied.items()) or 'none (all given)'} "
+            "(--gpus-per-trial 0 trains on the CPU)"
+        )
     else:
         values["gpus_per_trial"] = 0
         devices = "no GPU found: training on the CPU"
@@ -221,8 +292,21 @@ def resolve_study(smoke: bool = False, gpus: Callable[[str | None], int] | None 
 
 
 # What must match for --resume to continue a study rather than start a different one.
-_IDENTITY = ("dataset", "data_root", "protocols", "student", "num_samples", "seeds", "iterations",
-             "teacher_iterations", "crop_size", "batch_size", "seed", "ablation", "ablation_variants")
+_IDENTITY = (
+    "dataset",
+    "data_root",
+    "protocols",
+    "student",
+    "num_samples",
+    "seeds",
+    "iterations",
+    "teacher_iterations",
+    "crop_size",
+    "batch_size",
+    "seed",
+    "ablation",
+    "ablation_variants",
+)
 
 
 def study_name(cfg: StudyConfig) -> str:
@@ -231,7 +315,11 @@ def study_name(cfg: StudyConfig) -> str:
 
 def study_identity(cfg: StudyConfig) -> dict[str, Any]:
     """The options study.json keeps under "identity" (tuples as lists, as JSON reads them back)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items() if k in _IDENTITY}
+    return {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k in _IDENTITY
+    }
 
 
 def check_study_folder(cfg: StudyConfig) -> dict[str, Any] | None:
@@ -245,13 +333,20 @@ def check_study_folder(cfg: StudyConfig) -> dict[str, Any] | None:
             raise FileNotFoundError(f"--resume: {path} does not exist; nothing to resume")
         return None
     if not cfg.resume:
-        raise FileExistsError(f"{cfg.output_dir} already holds a study (study.json): pass --resume to "
-                              f"continue it, or choose another --output-dir")
+        raise FileExistsError(
+            f"{cfg.output_dir} already holds a study (study.json): pass --resume to "
+            f"continue it, or choose another --output-dir"
+        )
     study = read_json_object(path)
-    changed = {k: (study["identity"].get(k), v) for k, v in study_identity(cfg).items()
-               if study["identity"].get(k) != v}
+    changed = {
+        k: (study["identity"].get(k), v)
+        for k, v in study_identity(cfg).items()
+        if study["identity"].get(k) != v
+    }
     if changed:
-        raise ValueError(f"--resume: {path} was started with different options (option: (study, now)): {changed}")
+        raise ValueError(
+            f"--resume: {path} was started with different options (option: (study, now)): {changed}"
+        )
     return study
 
 
@@ -260,19 +355,33 @@ def check_teachers(cfg: StudyConfig) -> None:
     corrupt file would otherwise fail every trial in its worker. Remote (s3://) files are left to
     the workers."""
     num_classes = NUM_CLASSES[cfg.dataset]
-    for option, arch, path in (("--teacher-deep-checkpoint", TEACHER_DEEP, cfg.teacher_deep_checkpoint),
-                               ("--teacher-wide-checkpoint", TEACHER_WIDE, cfg.teacher_wide_checkpoint)):
+    for option, arch, path in (
+        ("--teacher-deep-checkpoint", TEACHER_DEEP, cfg.teacher_deep_checkpoint),
+        ("--teacher-wide-checkpoint", TEACHER_WIDE, cfg.teacher_wide_checkpoint),
+    ):
         if not path or "://" in path:
             continue
         try:
-            load_teacher(arch, num_classes, path, option.lstrip("-").replace("-", "_"), torch.device("cpu"),
-                         train_mode=False)
+            load_teacher(
+                arch,
+                num_classes,
+                path,
+                option.lstrip("-").replace("-", "_"),
+                torch.device("cpu"),
+                train_mode=False,
+            )
         except FileNotFoundError:
             raise
-        except Exception as error:  # a corrupt file: torch's unpickler errors say "please file an issue"
-            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"{option} {path}: expected a {arch} state dict with {num_classes} classes "
-                             f"(a model.pt from a teacher run); could not load it: {detail}") from error
+        except (
+            Exception
+        ) as error:  # a corrupt file: torch's unpickler errors say "please file an issue"
+            detail = (
+                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            )
+            raise ValueError(
+                f"{option} {path}: expected a {arch} state dict with {num_classes} classes "
+                f"(a model.pt from a teacher run); could not load it: {detail}"
+            ) from error
 
 
 def separating_command(cfg: StudyConfig) -> tuple[str, str]:
@@ -280,9 +389,16 @@ def separating_command(cfg: StudyConfig) -> tuple[str, str]:
     apart (more iterations and seeds than the first-run budget), and where it runs."""
     base = "python experiments/tune_loss_weights.py"
     if cfg.dataset == "synthetic":
-        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in gpu_budget("synthetic").items())
-        return (f"{base} --output-dir results/synthetic-gpu",
-                f" on a machine with a GPU (it then uses the preset's GPU budget: {flags}; on a CPU "
-                f"those flags take hours)")
-    return (f"{base} --dataset {cfg.dataset} --data-root {cfg.data_root} --protocols {' '.join(cfg.protocols)} "
-            f"--gpus-per-trial 1 --seeds 3", " (the paper's schedule, three seeds per row)")
+        flags = " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in gpu_budget("synthetic").items()
+        )
+        return (
+            f"{base} --output-dir results/synthetic-gpu",
+            f" on a machine with a GPU (it then uses the preset's GPU budget: {flags}; on a CPU "
+            f"those flags take hours)",
+        )
+    return (
+        f"{base} --dataset {cfg.dataset} --data-root {cfg.data_root} --protocols {' '.join(cfg.protocols)} "
+        f"--gpus-per-trial 1 --seeds 3",
+        " (the paper's schedule, three seeds per row)",
+    )

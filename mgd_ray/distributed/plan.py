@@ -2,6 +2,7 @@
 for the options) and how their Ray Train runs scale; how many runs the study makes and how many
 trials run at once. `plan_study` is every check a study makes before Ray starts; it writes nothing.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,29 +34,55 @@ class ProtocolPlan:
 
     def trial_spec(self, teacher_deep: str, teacher_wide: str) -> TrialSpec:
         """The protocol's TrialSpec once its teachers' files are known."""
-        return TrialSpec(dataclasses.replace(self.distill, teacher_deep_checkpoint=teacher_deep,
-                                             teacher_wide_checkpoint=teacher_wide), self.run)
+        return TrialSpec(
+            dataclasses.replace(
+                self.distill,
+                teacher_deep_checkpoint=teacher_deep,
+                teacher_wide_checkpoint=teacher_wide,
+            ),
+            self.run,
+        )
 
 
 def train_run(cfg: StudyConfig) -> TrainRun:
     """How every Train run of the study (teachers and trials) scales and where it stores."""
-    return TrainRun(storage_path=os.path.join(cfg.resolved_storage(), study_name(cfg)),
-                    workers=cfg.workers_per_trial, cpus_per_worker=cfg.cpus_per_worker,
-                    gpus_per_worker=cfg.gpus_per_worker, max_failures=cfg.max_failures,
-                    worker_start_timeout_s=cfg.worker_start_timeout_s,
-                    worker_start_retries=cfg.worker_start_retries,
-                    log_level="INFO" if cfg.verbose_ray else "WARNING")
+    return TrainRun(
+        storage_path=os.path.join(cfg.resolved_storage(), study_name(cfg)),
+        workers=cfg.workers_per_trial,
+        cpus_per_worker=cfg.cpus_per_worker,
+        gpus_per_worker=cfg.gpus_per_worker,
+        max_failures=cfg.max_failures,
+        worker_start_timeout_s=cfg.worker_start_timeout_s,
+        worker_start_retries=cfg.worker_start_retries,
+        log_level="INFO" if cfg.verbose_ray else "WARNING",
+    )
 
 
-def plan_protocol(cfg: StudyConfig, protocol: str, imagenet: dict[str, str | None] | None = None) -> ProtocolPlan:
+def plan_protocol(
+    cfg: StudyConfig, protocol: str, imagenet: dict[str, str | None] | None = None
+) -> ProtocolPlan:
     """The plan of one protocol (engine.presets.preset_configs with the study's options);
     `imagenet`: {arch: ImageNet file} (None: from scratch)."""
-    data = {"root": cfg.data_root, "split_dir": cfg.split_dir, "num_workers": cfg.loader_workers,
-            "split_out_dir": os.path.abspath(os.path.join(cfg.output_dir, "splits")),
-            "crop_size": cfg.crop_size, "batch_size": cfg.batch_size}
-    distill, teachers = preset_configs(cfg.dataset, protocol, cfg.student, cfg.workers_per_trial, data=data,
-                                       iterations=cfg.iterations, teacher_iterations=cfg.teacher_iterations,
-                                       eval_every=cfg.eval_every, imagenet=imagenet, seed=cfg.seed)
+    data = {
+        "root": cfg.data_root,
+        "split_dir": cfg.split_dir,
+        "num_workers": cfg.loader_workers,
+        "split_out_dir": os.path.abspath(os.path.join(cfg.output_dir, "splits")),
+        "crop_size": cfg.crop_size,
+        "batch_size": cfg.batch_size,
+    }
+    distill, teachers = preset_configs(
+        cfg.dataset,
+        protocol,
+        cfg.student,
+        cfg.workers_per_trial,
+        data=data,
+        iterations=cfg.iterations,
+        teacher_iterations=cfg.teacher_iterations,
+        eval_every=cfg.eval_every,
+        imagenet=imagenet,
+        seed=cfg.seed,
+    )
     return ProtocolPlan(protocol, distill, teachers, train_run(cfg))
 
 
@@ -66,8 +93,13 @@ def plan_study(cfg: StudyConfig) -> list[ProtocolPlan]:
     in its cache on first use). Returns the plan of each protocol."""
     check_teachers(cfg)  # a corrupt teacher file would otherwise fail every trial in its worker
     check_study_folder(cfg)
-    imagenet = stage_pretrained(cfg.pretrained, [cfg.student, TEACHER_DEEP, TEACHER_WIDE], cfg.resolved_storage(),
-                                cfg.pretrained_dir, copy=False)
+    imagenet = stage_pretrained(
+        cfg.pretrained,
+        [cfg.student, TEACHER_DEEP, TEACHER_WIDE],
+        cfg.resolved_storage(),
+        cfg.pretrained_dir,
+        copy=False,
+    )
     plans = [plan_protocol(cfg, protocol, imagenet) for protocol in cfg.protocols]
     for plan in plans:
         build_datasets(plan.distill.data, save_split=False)
@@ -76,8 +108,12 @@ def plan_study(cfg: StudyConfig) -> list[ProtocolPlan]:
 
 def planned_runs(cfg: StudyConfig) -> dict[str, int]:
     """Runs the whole study makes: teacher runs and student trials (search and ablation)."""
-    teachers = sum(not given for given in (cfg.teacher_deep_checkpoint, cfg.teacher_wide_checkpoint))
-    per_protocol = cfg.num_samples + (len(cfg.ablation_variants) * cfg.seeds if cfg.ablation else 0)
+    teachers = sum(
+        not given for given in (cfg.teacher_deep_checkpoint, cfg.teacher_wide_checkpoint)
+    )
+    per_protocol = cfg.num_samples + (
+        len(cfg.ablation_variants) * cfg.seeds if cfg.ablation else 0
+    )
     return {"teacher": teachers * len(cfg.protocols), "trial": per_protocol * len(cfg.protocols)}
 
 

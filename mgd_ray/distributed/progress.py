@@ -5,6 +5,7 @@ The estimate is the wall time per finished run of each kind in this session (tea
 student trials cost very differently) times the runs of that kind still to go; runs finished
 before a --resume count as done but not towards the rates.
 """
+
 from __future__ import annotations
 
 import threading
@@ -25,9 +26,13 @@ def format_duration(seconds: float) -> str:
 class StudyProgress:
     """Counts of planned and finished runs per kind ("teacher", "trial"), and the line to print."""
 
-    def __init__(self, protocols: list[str], planned: dict[str, int], clock=time.monotonic,
-                 print_fn=print) -> None:
-        self.protocols, self.planned = list(protocols), {k: int(planned.get(k, 0)) for k in RUN_KINDS}
+    def __init__(
+        self, protocols: list[str], planned: dict[str, int], clock=time.monotonic, print_fn=print
+    ) -> None:
+        self.protocols, self.planned = (
+            list(protocols),
+            {k: int(planned.get(k, 0)) for k in RUN_KINDS},
+        )
         self.done = {k: 0 for k in RUN_KINDS}
         self._session = {k: 0 for k in RUN_KINDS}  # finished in this session: what the rates use
         self._spent = {k: 0.0 for k in RUN_KINDS}
@@ -35,7 +40,9 @@ class StudyProgress:
         self._start = self._mark = clock()
         self._kind_started = {k: None for k in RUN_KINDS}
         self.phase, self.protocol = "teachers", None
-        self.waiting = ""  # trials whose Train workers wait for resources (cluster.ReservationWatch)
+        self.waiting = (
+            ""  # trials whose Train workers wait for resources (cluster.ReservationWatch)
+        )
         self._lock = threading.Lock()  # teachers finish on a thread pool
 
     def already_done(self, kind: str, count: int) -> None:
@@ -56,7 +63,9 @@ class StudyProgress:
             now = self._clock()
             self.done[kind] += 1
             self._session[kind] += 1
-            started = self._kind_started[kind] if self._kind_started[kind] is not None else self._start
+            started = (
+                self._kind_started[kind] if self._kind_started[kind] is not None else self._start
+            )
             self._spent[kind] = now - started
         self.show()
 
@@ -88,10 +97,13 @@ class StudyProgress:
             where = f", protocol {self.protocol} ({self.protocols.index(self.protocol) + 1} of {len(self.protocols)})"
         left = self.left_seconds()
         estimate = "unknown yet" if left is None else f"~{format_duration(left)} (estimate)"
-        return (f"== study: {self.phase}{where} | teachers {self.done['teacher']}/{self.planned['teacher']}, "
-                f"trials {self.done['trial']}/{self.planned['trial']} finished | elapsed "
-                f"{format_duration(self._clock() - self._start)} | left {estimate}"
-                + (f" | {self.waiting}" if self.waiting else "") + " ==")
+        return (
+            f"== study: {self.phase}{where} | teachers {self.done['teacher']}/{self.planned['teacher']}, "
+            f"trials {self.done['trial']}/{self.planned['trial']} finished | elapsed "
+            f"{format_duration(self._clock() - self._start)} | left {estimate}"
+            + (f" | {self.waiting}" if self.waiting else "")
+            + " =="
+        )
 
     def show(self) -> None:
         self._print(self.line(), flush=True)

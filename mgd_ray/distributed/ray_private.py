@@ -4,6 +4,7 @@ Ray 2.60 has no public way to do these things; each one is a small function or c
 tests/test_ray_private.py checks each against the pinned version (`ray>=2.60,<2.61`), so an
 upgrade that moves one fails there, loudly, and not in the middle of a study.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,10 +18,23 @@ from ray._private import state as ray_state
 from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
 from ray.core.generated import gcs_pb2
 
-__all__ = ["FakeMultiNodeProvider", "PROCESS_TYPE_RAYLET", "Actor", "Reservation",
-           "actors", "cluster_config", "local_address",
-           "follow_train_log_level", "free_resources_per_node", "optuna_trial_id", "optuna_trials", "placement_groups",
-           "remove_placement_group", "trainer_without_ray_cleaner", "trial_actor_id"]
+__all__ = [
+    "FakeMultiNodeProvider",
+    "PROCESS_TYPE_RAYLET",
+    "Actor",
+    "Reservation",
+    "actors",
+    "cluster_config",
+    "local_address",
+    "follow_train_log_level",
+    "free_resources_per_node",
+    "optuna_trial_id",
+    "optuna_trials",
+    "placement_groups",
+    "remove_placement_group",
+    "trainer_without_ray_cleaner",
+    "trial_actor_id",
+]
 
 PROCESS_TYPE_RAYLET = ray_constants.PROCESS_TYPE_RAYLET
 _PG_STATES = gcs_pb2.PlacementGroupTableData.PlacementGroupState
@@ -44,6 +58,7 @@ def follow_train_log_level() -> None:
     the run's ray.train level. Called in a Train worker; another Ray version is left alone."""
     try:
         from ray.train.v2._internal.execution import context as train_context
+
         run_config = train_context.get_train_context().train_run_context.get_run_config()
     except Exception:  # noqa: BLE001 -- never fail a run over its logging
         return
@@ -86,10 +101,17 @@ def placement_groups() -> list[Reservation]:
     for raw in accessor.get_placement_group_table():
         data = gcs_pb2.PlacementGroupTableData.FromString(raw)
         creator = _hex_or_none(data.creator_actor_id)
-        groups.append(Reservation(
-            group_id=data.placement_group_id.hex(), state=_PG_STATES.Name(data.state),
-            bundles=tuple(dict(b.unit_resources) for b in data.bundles), job_id=data.creator_job_id.hex(),
-            creator_actor_id=creator, creator_actor_dead=data.creator_actor_dead, detached=data.is_detached))
+        groups.append(
+            Reservation(
+                group_id=data.placement_group_id.hex(),
+                state=_PG_STATES.Name(data.state),
+                bundles=tuple(dict(b.unit_resources) for b in data.bundles),
+                job_id=data.creator_job_id.hex(),
+                creator_actor_id=creator,
+                creator_actor_dead=data.creator_actor_dead,
+                detached=data.is_detached,
+            )
+        )
     return groups
 
 
@@ -115,12 +137,19 @@ def actors() -> list[Actor]:
     for raw in accessor.get_actor_table(None, None):
         data = gcs_pb2.ActorTableData.FromString(raw)
         group = _hex_or_none(data.placement_group_id)
-        out.append(Actor(actor_id=data.actor_id.hex(), class_name=data.class_name,
-                         state=_ACTOR_STATES.Name(data.state), job_id=data.job_id.hex(),
-                         worker_id=data.address.worker_id.hex(),
-                         owner_worker_id=data.owner_address.worker_id.hex(),
-                         placement_group_id=group, detached=data.is_detached,
-                         resources=dict(data.required_resources)))
+        out.append(
+            Actor(
+                actor_id=data.actor_id.hex(),
+                class_name=data.class_name,
+                state=_ACTOR_STATES.Name(data.state),
+                job_id=data.job_id.hex(),
+                worker_id=data.address.worker_id.hex(),
+                owner_worker_id=data.owner_address.worker_id.hex(),
+                placement_group_id=group,
+                detached=data.is_detached,
+                resources=dict(data.required_resources),
+            )
+        )
     return out
 
 
@@ -132,6 +161,7 @@ def free_resources_per_node() -> dict[str, dict[str, float]]:
 def remove_placement_group(group_id: str) -> None:
     """Remove a placement group by its hex id (the actors in it are killed)."""
     from ray.util.placement_group import PlacementGroup
+
     ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
 
 
@@ -157,8 +187,11 @@ def _trainer_class():
 
     class TrainerWithoutRayCleaner(TorchTrainer):
         def _create_default_callbacks(self):
-            return [callback for callback in super()._create_default_callbacks()
-                    if not isinstance(callback, PlacementGroupCleanerCallback)]
+            return [
+                callback
+                for callback in super()._create_default_callbacks()
+                if not isinstance(callback, PlacementGroupCleanerCallback)
+            ]
 
     return TrainerWithoutRayCleaner
 

@@ -3,6 +3,7 @@
 RESULTS_DIR/trials/<protocol_slug>/<trial_id>.json is rewritten atomically after every event, so a
 study killed at any point leaves readable records of everything so far; `mgd_ray.report` reads them.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -14,10 +15,16 @@ from typing import Any
 from ray import cloudpickle
 from ray.tune import Callback
 
-from ..engine import DivergedError
-from ..schema import (TrialRecord, finite_or_none, protocol_slug, reached_the_end, read_json_object,
-                      write_json_atomic)
 from .. import storage
+from ..engine import DivergedError
+from ..schema import (
+    TrialRecord,
+    finite_or_none,
+    protocol_slug,
+    reached_the_end,
+    read_json_object,
+    write_json_atomic,
+)
 from .spec import from_tune
 
 
@@ -32,7 +39,9 @@ def find_divergence(error: BaseException | None) -> DivergedError | None:
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, DivergedError):
-            return DivergedError(error.iteration, error.losses)  # not Ray's wrapper that subclasses it
+            return DivergedError(
+                error.iteration, error.losses
+            )  # not Ray's wrapper that subclasses it
         error = getattr(error, "cause", None) or error.__cause__
     return None
 
@@ -40,8 +49,10 @@ def find_divergence(error: BaseException | None) -> DivergedError | None:
 def diverged_field(error: DivergedError) -> dict[str, Any]:
     """A record's "diverged": {"iteration", "losses"}; a non-finite loss is kept as its name
     ("nan", "inf"): a record is strict JSON."""
-    return {"iteration": error.iteration,
-            "losses": {k: v if math.isfinite(v) else str(v) for k, v in error.losses.items()}}
+    return {
+        "iteration": error.iteration,
+        "losses": {k: v if math.isfinite(v) else str(v) for k, v in error.losses.items()},
+    }
 
 
 def error_summary(text: str) -> str:
@@ -61,8 +72,16 @@ def error_summary(text: str) -> str:
 class TrialRecorder(Callback):
     """Tune callback writing the per-trial records of one Tune run (one protocol, one kind)."""
 
-    def __init__(self, results_dir: str, protocol: str, kind: str, max_iterations: int,
-                 device: str, num_devices: float, verbose: bool = True) -> None:
+    def __init__(
+        self,
+        results_dir: str,
+        protocol: str,
+        kind: str,
+        max_iterations: int,
+        device: str,
+        num_devices: float,
+        verbose: bool = True,
+    ) -> None:
         self.folder = os.path.join(results_dir, "trials", protocol_slug(protocol))
         self.protocol, self.kind, self.max_iterations = protocol, kind, max_iterations
         self.device, self.num_devices, self.verbose = device, num_devices, verbose
@@ -76,10 +95,18 @@ class TrialRecorder(Callback):
             return TrialRecord.from_json(read_json_object(self._path(trial)))
         except (OSError, ValueError):
             this = from_tune(trial.config)
-            return TrialRecord(trial_id=trial.trial_id, protocol=self.protocol, kind=self.kind,
-                               variant=this.variant, seed=this.seed, config=this.point.to_tune(),
-                               max_iterations=self.max_iterations, device=self.device,
-                               num_devices=self.num_devices, started_at=now_iso())
+            return TrialRecord(
+                trial_id=trial.trial_id,
+                protocol=self.protocol,
+                kind=self.kind,
+                variant=this.variant,
+                seed=this.seed,
+                config=this.point.to_tune(),
+                max_iterations=self.max_iterations,
+                device=self.device,
+                num_devices=self.num_devices,
+                started_at=now_iso(),
+            )
 
     def _save(self, trial, record: TrialRecord) -> None:
         # Wall time accumulates over driver sessions (a resumed trial keeps its earlier time).
@@ -104,16 +131,29 @@ class TrialRecorder(Callback):
         if miou is None:
             self._save(trial, record)
             return
-        step = {"iteration": int(result.get("iteration", 0)), "miou": miou,
-                "kept_fraction": finite_or_none(result.get("kept_fraction")),
-                "loss": finite_or_none(result.get("loss"))}
+        step = {
+            "iteration": int(result.get("iteration", 0)),
+            "miou": miou,
+            "kept_fraction": finite_or_none(result.get("kept_fraction")),
+            "loss": finite_or_none(result.get("loss")),
+        }
         # A trial resumed from an earlier checkpoint reports some iterations again: keep the new ones.
         record.history = [h for h in record.history if h["iteration"] < step["iteration"]] + [step]
         checkpoint = result.get("checkpoint_path")
-        if checkpoint:  # where the weights that scored `miou` are (models/ exports the best from it)
-            record.checkpoint_path = storage.as_uri(checkpoint, from_tune(trial.config).spec.run.storage_path)
-        record.miou, record.iteration, record.kept_fraction = miou, step["iteration"], step["kept_fraction"]
-        record.best_miou = max(miou, record.best_miou if record.best_miou is not None else -math.inf)
+        if (
+            checkpoint
+        ):  # where the weights that scored `miou` are (models/ exports the best from it)
+            record.checkpoint_path = storage.as_uri(
+                checkpoint, from_tune(trial.config).spec.run.storage_path
+            )
+        record.miou, record.iteration, record.kept_fraction = (
+            miou,
+            step["iteration"],
+            step["kept_fraction"],
+        )
+        record.best_miou = max(
+            miou, record.best_miou if record.best_miou is not None else -math.inf
+        )
         record.world_size = result.get("world_size")
         if result.get("node_id") and result["node_id"] not in record.nodes:
             record.nodes.append(result["node_id"])  # a run restarted on another node adds one
@@ -125,14 +165,21 @@ class TrialRecorder(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         record = self._load(trial)
-        record.status = "completed" if reached_the_end(record.iteration, self.max_iterations) else "early_stopped"
+        record.status = (
+            "completed"
+            if reached_the_end(record.iteration, self.max_iterations)
+            else "early_stopped"
+        )
         record.ended_at = now_iso()
         self._save(trial, record)
         self._started.pop(trial.trial_id, None)
         if self.verbose:
-            print(f"[{self.protocol} {self.kind}] trial {trial.trial_id} ({record.variant}, seed "
-                  f"{record.seed}) {record.status}: mIoU {record.miou} at iteration "
-                  f"{record.iteration}", flush=True)
+            print(
+                f"[{self.protocol} {self.kind}] trial {trial.trial_id} ({record.variant}, seed "
+                f"{record.seed}) {record.status}: mIoU {record.miou} at iteration "
+                f"{record.iteration}",
+                flush=True,
+            )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         record = self._load(trial)
@@ -147,7 +194,10 @@ class TrialRecorder(Callback):
         self._save(trial, record)
         self._started.pop(trial.trial_id, None)
         if self.verbose:
-            print(f"[{self.protocol} {self.kind}] trial {trial.trial_id} FAILED: {record.error}", flush=True)
+            print(
+                f"[{self.protocol} {self.kind}] trial {trial.trial_id} FAILED: {record.error}",
+                flush=True,
+            )
 
 
 def _pickled_error(trial) -> BaseException | None:
@@ -161,4 +211,3 @@ def _pickled_error(trial) -> BaseException | None:
             return cloudpickle.load(f)
     except Exception:  # noqa: BLE001 -- an unpicklable error leaves its text only
         return None
-

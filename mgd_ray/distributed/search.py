@@ -17,6 +17,7 @@ searcher checkpoint to the study's storage without renaming it into place, so a 
 during that copy leaves a truncated file, and Tune then restarts the whole search. When the
 checkpoint cannot be read, the searcher rebuilds its trial map from the Optuna study instead.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,11 @@ logger = logging.getLogger(__name__)
 
 TRIAL_ID_ATTR = "ray_trial_id"
 # Trial record status (records.TrialRecorder) -> the Optuna state this searcher tells.
-RECORD_TO_OPTUNA_STATE = {"completed": TrialState.COMPLETE, "early_stopped": TrialState.PRUNED,
-                          "failed": TrialState.FAIL}
+RECORD_TO_OPTUNA_STATE = {
+    "completed": TrialState.COMPLETE,
+    "early_stopped": TrialState.PRUNED,
+    "failed": TrialState.FAIL,
+}
 
 
 class HonestOptunaSearch(OptunaSearch):
@@ -45,9 +49,13 @@ class HonestOptunaSearch(OptunaSearch):
     Other arguments as OptunaSearch (space, metric, mode, points_to_evaluate, sampler, storage, ...).
     """
 
-    def __init__(self, *args: Any, max_iterations: int, iteration_key: str = "iteration", **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, max_iterations: int, iteration_key: str = "iteration", **kwargs: Any
+    ) -> None:
         if isinstance(kwargs.get("metric"), list):
-            raise ValueError("HonestOptunaSearch: single-objective only (Optuna cannot prune multi-objective trials)")
+            raise ValueError(
+                "HonestOptunaSearch: single-objective only (Optuna cannot prune multi-objective trials)"
+            )
         super().__init__(*args, **kwargs)
         self.max_iterations = int(max_iterations)
         self.iteration_key = iteration_key
@@ -64,8 +72,13 @@ class HonestOptunaSearch(OptunaSearch):
         try:
             super().restore_from_dir(checkpoint_dir)
         except Exception as error:  # noqa: BLE001 -- a missing, empty or truncated pickle alike
-            logger.warning("searcher checkpoint in %s unreadable (%s: %s); its state is rebuilt from the "
-                           "Optuna storage", checkpoint_dir, type(error).__name__, error)
+            logger.warning(
+                "searcher checkpoint in %s unreadable (%s: %s); its state is rebuilt from the "
+                "Optuna storage",
+                checkpoint_dir,
+                type(error).__name__,
+                error,
+            )
             self.rebuild_from_storage()
 
     def rebuild_from_storage(self) -> None:
@@ -96,7 +109,9 @@ class HonestOptunaSearch(OptunaSearch):
             trials[trial_id].report(float(value), int(step))
             steps.add(int(step))
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         trials, study, told = optuna_trials(self)
         if trial_id in told or trial_id not in trials:
             return
@@ -108,13 +123,19 @@ class HonestOptunaSearch(OptunaSearch):
         told.add(trial_id)
 
 
-def ending(result: dict | None, error: bool, metric: str, iteration_key: str,
-           max_iterations: int) -> tuple[TrialState, float | None]:
+def ending(
+    result: dict | None, error: bool, metric: str, iteration_key: str, max_iterations: int
+) -> tuple[TrialState, float | None]:
     """(Optuna state, value to tell) of a trial that ended with `result` (its last) and `error`."""
     if error:
         return TrialState.FAIL, None
     value = (result or {}).get(metric)
     iteration = (result or {}).get(iteration_key)
-    if value is None or not math.isfinite(float(value)) or iteration is None or int(iteration) < max_iterations:
+    if (
+        value is None
+        or not math.isfinite(float(value))
+        or iteration is None
+        or int(iteration) < max_iterations
+    ):
         return TrialState.PRUNED, None
     return TrialState.COMPLETE, float(value)

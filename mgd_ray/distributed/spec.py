@@ -12,6 +12,7 @@ hands a trial a plain dict: `param_space` makes that dict (the spec under "run",
 point or the ablation row), and `from_tune` is the one place that reads it back, for the trial's
 driver (trial.py) and the trial records (records.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,8 +56,10 @@ class SearchPoint:
     def from_tune(cls, config: Mapping[str, Any]) -> "SearchPoint":
         """The point of a flat dict keyed by POINT_KEYS (a Tune config, a record's "config");
         w_sup, which the search leaves out, is 1."""
-        weights = {term: float(config.get(key, 1.0) if term == "sup" else config[key])
-                   for term, key in WEIGHT_KEYS.items()}
+        weights = {
+            term: float(config.get(key, 1.0) if term == "sup" else config[key])
+            for term, key in WEIGHT_KEYS.items()
+        }
         return cls(LossWeights(**weights), float(config[THRESHOLD_KEY]))
 
     def to_tune(self) -> dict[str, float]:
@@ -74,14 +77,25 @@ def ablation_point(variant: str, paper: SearchPoint, best: SearchPoint | None) -
     paper's threshold; the best point found for "mgd_best"."""
     if variant == "mgd_best":
         if best is None:
-            raise ValueError("ablation variant mgd_best needs a finished search (no completed trial)")
+            raise ValueError(
+                "ablation variant mgd_best needs a finished search (no completed trial)"
+            )
         return best
-    on = {"supervised": (), "pixel": ("pixel",), "pixel_semantic": ("pixel", "semantic"),
-          "pixel_region": ("pixel", "region"), "mgd_paper": ("pixel", "semantic", "region")}
+    on = {
+        "supervised": (),
+        "pixel": ("pixel",),
+        "pixel_semantic": ("pixel", "semantic"),
+        "pixel_region": ("pixel", "region"),
+        "mgd_paper": ("pixel", "semantic", "region"),
+    }
     if variant not in on:
-        raise ValueError(f"ablation variant {variant!r}: expected one of {', '.join(ABLATION_VARIANTS)}")
-    weights = {term: weight if term == "sup" or term in on[variant] else 0.0
-               for term, weight in paper.weights.as_dict().items()}
+        raise ValueError(
+            f"ablation variant {variant!r}: expected one of {', '.join(ABLATION_VARIANTS)}"
+        )
+    weights = {
+        term: weight if term == "sup" or term in on[variant] else 0.0
+        for term, weight in paper.weights.as_dict().items()
+    }
     return SearchPoint(LossWeights(**weights), paper.confidence_threshold)
 
 
@@ -100,8 +114,11 @@ class TrainRun:
 
     def scaling(self) -> dict[str, float]:
         """{"workers", "cpus_per_worker", "gpus_per_worker"} (cluster.check_trial_fits)."""
-        return {"workers": self.workers, "cpus_per_worker": self.cpus_per_worker,
-                "gpus_per_worker": self.gpus_per_worker}
+        return {
+            "workers": self.workers,
+            "cpus_per_worker": self.cpus_per_worker,
+            "gpus_per_worker": self.gpus_per_worker,
+        }
 
 
 @dataclass(frozen=True)
@@ -145,13 +162,19 @@ class Trial:
     distill: DistillConfig
 
 
-def param_space(spec: TrialSpec, ablation: list[tuple[str, int, SearchPoint]] | None = None) -> dict[str, Any]:
+def param_space(
+    spec: TrialSpec, ablation: list[tuple[str, int, SearchPoint]] | None = None
+) -> dict[str, Any]:
     """The Tune param_space of a search over `spec` (the searcher adds each trial's point), or of
     an ablation: one trial per (variant, seed, point) row."""
     space: dict[str, Any] = {SPEC_KEY: spec.to_tune()}
     if ablation is not None:
-        space[ABLATION_KEY] = tune.grid_search([{"variant": variant, "seed": seed, **point.to_tune()}
-                                                for variant, seed, point in ablation])
+        space[ABLATION_KEY] = tune.grid_search(
+            [
+                {"variant": variant, "seed": seed, **point.to_tune()}
+                for variant, seed, point in ablation
+            ]
+        )
     return space
 
 
@@ -160,7 +183,13 @@ def from_tune(config: Mapping[str, Any]) -> Trial:
     spec = TrialSpec.from_tune(config[SPEC_KEY])
     row = config.get(ABLATION_KEY)
     point = SearchPoint.from_tune(row if row is not None else config)
-    variant, seed = (row["variant"], int(row["seed"])) if row is not None else ("search", spec.distill.seed)
-    distill = dataclasses.replace(spec.distill, weights=point.weights,
-                                  confidence_threshold=point.confidence_threshold, seed=seed)
+    variant, seed = (
+        (row["variant"], int(row["seed"])) if row is not None else ("search", spec.distill.seed)
+    )
+    distill = dataclasses.replace(
+        spec.distill,
+        weights=point.weights,
+        confidence_threshold=point.confidence_threshold,
+        seed=seed,
+    )
     return Trial(spec, point, variant, seed, distill)

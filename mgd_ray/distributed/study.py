@@ -4,6 +4,7 @@ runs the report needs; finally the report. Every step resumes where an interrupt
 This module coordinates; the options are checked in options.py, the runs planned in plan.py, and a
 trial is a TrialSpec (spec.py) at a SearchPoint (space.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,21 +21,34 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from .. import storage
 from ..config import TEACHER_DEEP, TEACHER_WIDE, protocol_slug
 from ..data import NUM_CLASSES, background_miou, build_datasets
 from ..report import generate_report
-from ..schema import FINISHED, best_trial, is_completed, read_json_object, read_records, write_json_atomic
-from .. import storage
+from ..schema import (
+    FINISHED,
+    best_trial,
+    is_completed,
+    read_json_object,
+    read_records,
+    write_json_atomic,
+)
 from .cluster import ReservationWatch, check_trial_fits, connect, node_shapes, wait_released
 from .export import export_best, folder_size, prune_trial_weights
-from .options import StudyConfig, check_study_folder, separating_command, study_identity, study_name
+from .options import (
+    StudyConfig,
+    check_study_folder,
+    separating_command,
+    study_identity,
+    study_name,
+)
 from .plan import ProtocolPlan, concurrency, plan_study, planned_runs
 from .progress import ProgressCallback, StudyProgress, register, say_waiting
+from .ray_private import trainer_without_ray_cleaner
 from .records import TrialRecorder, now_iso
 from .search import HonestOptunaSearch
 from .spec import SearchPoint, TrialSpec, ablation_point, param_space, search_space
 from .teachers import ensure_teacher, read_teacher_metrics, stage_pretrained
-from .ray_private import trainer_without_ray_cleaner
 from .trial import DISTILL_KEY, run_trial, scaling_config, targets_loop, train_run_config
 
 # The trial function only drives a TorchTrainer; its workers hold the CPUs and GPUs. Tune needs a
@@ -45,24 +59,41 @@ TARGETS_JSON = "targets.json"  # RESULTS_DIR/targets.json: each protocol's store
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2, "node:__internal_head__": 0.001}
 
 
-def open_study_folder(cfg: StudyConfig, iterations: dict[str, int] | None = None,
-                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def open_study_folder(
+    cfg: StudyConfig, iterations: dict[str, int] | None = None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write study.json for a new study, or check it against the config on --resume
     (options.check_study_folder). A folder that already holds a study is never reused silently."""
     study = check_study_folder(cfg)
     if study is not None:
         return study
-    study = {"dataset": cfg.dataset, "protocols": list(cfg.protocols), "student": cfg.student,
-             "teacher_deep": TEACHER_DEEP, "teacher_wide": TEACHER_WIDE, "num_classes": NUM_CLASSES[cfg.dataset],
-             "iterations": iterations or cfg.iterations, "created": now_iso(), "device": cfg.device,
-             "devices_per_trial": cfg.devices_per_trial, "pretrained": cfg.pretrained,
-             "identity": study_identity(cfg), **(extra or {})}
+    study = {
+        "dataset": cfg.dataset,
+        "protocols": list(cfg.protocols),
+        "student": cfg.student,
+        "teacher_deep": TEACHER_DEEP,
+        "teacher_wide": TEACHER_WIDE,
+        "num_classes": NUM_CLASSES[cfg.dataset],
+        "iterations": iterations or cfg.iterations,
+        "created": now_iso(),
+        "device": cfg.device,
+        "devices_per_trial": cfg.devices_per_trial,
+        "pretrained": cfg.pretrained,
+        "identity": study_identity(cfg),
+        **(extra or {}),
+    }
     write_json_atomic(os.path.join(cfg.output_dir, "study.json"), study)
     return study
 
 
-def tune_run(cfg: StudyConfig, name: str, param_space: dict, tune_config: tune.TuneConfig,
-             recorder: TrialRecorder, trainable=run_trial) -> tune.ResultGrid:
+def tune_run(
+    cfg: StudyConfig,
+    name: str,
+    param_space: dict,
+    tune_config: tune.TuneConfig,
+    recorder: TrialRecorder,
+    trainable=run_trial,
+) -> tune.ResultGrid:
     """Fit one Tune run of `trainable` (the MGD student trial), or restore and finish it when
     --resume finds it in storage. Returns once every trial's reservations are given back."""
     storage_path = os.path.join(cfg.resolved_storage(), study_name(cfg))
@@ -74,14 +105,27 @@ def tune_run(cfg: StudyConfig, name: str, param_space: dict, tune_config: tune.T
     path = storage.join(storage_path, name)
     if cfg.resume and tune.Tuner.can_restore(path):
         print(f"resuming Tune run {path}", flush=True)
-        tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
-                                   resume_unfinished=True, resume_errored=False, restart_errored=False)
+        tuner = tune.Tuner.restore(
+            path,
+            trainable=trainable,
+            param_space=param_space,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
     else:
         watch = ReservationWatch(partial(say_waiting, study_name(cfg)), cfg.worker_start_timeout_s)
-        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                           run_config=tune.RunConfig(name=name, storage_path=storage_path,
-                                                     callbacks=[recorder, ProgressCallback(study_name(cfg)), watch],
-                                                     failure_config=tune.FailureConfig(fail_fast=False)))
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune_config,
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage_path,
+                callbacks=[recorder, ProgressCallback(study_name(cfg)), watch],
+                failure_config=tune.FailureConfig(fail_fast=False),
+            ),
+        )
     try:
         return tuner.fit()
     finally:  # however the run ended, its trials' reservations are given back before the next phase
@@ -94,19 +138,41 @@ def run_search(cfg: StudyConfig, spec: TrialSpec, extra_points: list[SearchPoint
     slug, iterations = protocol_slug(spec.protocol), spec.distill.iterations
     # ASHA-stopped trials reach Optuna as PRUNED, failed ones as FAIL (search.py).
     searcher = HonestOptunaSearch(
-        space=search_space, metric="miou", mode="max",
+        space=search_space,
+        metric="miou",
+        mode="max",
         points_to_evaluate=[point.searched() for point in (spec.paper_point, *extra_points)],
-        max_iterations=iterations, sampler=optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True),
-        storage=optuna.storages.RDBStorage(cfg.resolved_optuna_storage()), study_name=f"mgd-{slug}")
+        max_iterations=iterations,
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True),
+        storage=optuna.storages.RDBStorage(cfg.resolved_optuna_storage()),
+        study_name=f"mgd-{slug}",
+    )
     # stop_last_trials=False: a trial that reaches max_t ends as its Train run returns, having given
     # back its workers itself, rather than being stopped at its last report (cluster.py).
-    scheduler = ASHAScheduler(time_attr="iteration", metric="miou", mode="max", max_t=iterations,
-                              grace_period=min(iterations, 2 * spec.distill.eval_every), reduction_factor=2,
-                              stop_last_trials=False)
-    tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=cfg.num_samples,
-                                  max_concurrent_trials=concurrency(cfg, spec.run))
-    recorder = TrialRecorder(cfg.output_dir, spec.protocol, "search", iterations, cfg.device,
-                             cfg.devices_per_trial, cfg.verbose)
+    scheduler = ASHAScheduler(
+        time_attr="iteration",
+        metric="miou",
+        mode="max",
+        max_t=iterations,
+        grace_period=min(iterations, 2 * spec.distill.eval_every),
+        reduction_factor=2,
+        stop_last_trials=False,
+    )
+    tune_config = tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=cfg.num_samples,
+        max_concurrent_trials=concurrency(cfg, spec.run),
+    )
+    recorder = TrialRecorder(
+        cfg.output_dir,
+        spec.protocol,
+        "search",
+        iterations,
+        cfg.device,
+        cfg.devices_per_trial,
+        cfg.verbose,
+    )
     tune_run(cfg, f"search-{slug}", param_space(spec), tune_config, recorder)
     keep_best_drop_the_rest(cfg, spec, "search")
 
@@ -122,17 +188,37 @@ def run_ablation(cfg: StudyConfig, spec: TrialSpec) -> None:
     best = best_search_point(cfg, spec.protocol)
     variants = [v for v in cfg.ablation_variants if v != "mgd_best" or best is not None]
     if best is None:
-        print(f"[{spec.protocol}] no completed search trial: the ablation has no 'MGD (best found)' row", flush=True)
-    rows = [(v, cfg.seed + s, ablation_point(v, spec.paper_point, best)) for v in variants for s in range(cfg.seeds)]
-    recorder = TrialRecorder(cfg.output_dir, spec.protocol, "ablation", spec.distill.iterations, cfg.device,
-                             cfg.devices_per_trial, cfg.verbose)
+        print(
+            f"[{spec.protocol}] no completed search trial: the ablation has no 'MGD (best found)' row",
+            flush=True,
+        )
+    rows = [
+        (v, cfg.seed + s, ablation_point(v, spec.paper_point, best))
+        for v in variants
+        for s in range(cfg.seeds)
+    ]
+    recorder = TrialRecorder(
+        cfg.output_dir,
+        spec.protocol,
+        "ablation",
+        spec.distill.iterations,
+        cfg.device,
+        cfg.devices_per_trial,
+        cfg.verbose,
+    )
     tune_config = tune.TuneConfig(max_concurrent_trials=concurrency(cfg, spec.run))
     tune_run(cfg, f"ablation-{slug}", param_space(spec, rows), tune_config, recorder)
     if cfg.export_ablation_students:
         study = _study_json(cfg)
         for variant in variants:
-            export_best(cfg.output_dir, spec.protocol, study, name=variant, variant=variant,
-                        teachers=_teachers_json(cfg).get(spec.protocol))
+            export_best(
+                cfg.output_dir,
+                spec.protocol,
+                study,
+                name=variant,
+                variant=variant,
+                teachers=_teachers_json(cfg).get(spec.protocol),
+            )
     keep_best_drop_the_rest(cfg, spec, "ablation")
 
 
@@ -155,19 +241,33 @@ def keep_best_drop_the_rest(cfg: StudyConfig, spec: TrialSpec, kind: str) -> Non
     kill at any point leaves either the weights or an export at least as good (see export.py).
     Raises StudyInterrupted (after the export) when the run stopped with trials unfinished."""
     records = read_records(cfg.output_dir, spec.protocol)
-    best = export_best(cfg.output_dir, spec.protocol, _study_json(cfg),
-                       teachers=_teachers_json(cfg).get(spec.protocol), records=records)
+    best = export_best(
+        cfg.output_dir,
+        spec.protocol,
+        _study_json(cfg),
+        teachers=_teachers_json(cfg).get(spec.protocol),
+        records=records,
+    )
     if best:
         print(f"[{spec.protocol}] best student so far: {best}", flush=True)
-    if not best and any(is_completed(r) for r in records):  # never delete the only copies of the weights
-        print(f"[{spec.protocol}] WARNING: no trial's weights could be exported; keeping every trial's "
-              f"Train folder under {spec.run.storage_path}", flush=True)
-    elif not cfg.keep_trial_weights:  # only finished trials: an unfinished one resumes from its folder
+    if not best and any(
+        is_completed(r) for r in records
+    ):  # never delete the only copies of the weights
+        print(
+            f"[{spec.protocol}] WARNING: no trial's weights could be exported; keeping every trial's "
+            f"Train folder under {spec.run.storage_path}",
+            flush=True,
+        )
+    elif (
+        not cfg.keep_trial_weights
+    ):  # only finished trials: an unfinished one resumes from its folder
         prune_trial_weights(cfg.output_dir, spec.protocol, kind, spec.run.storage_path)
     unfinished = [r.trial_id for r in records if r.kind == kind and r.status == "running"]
     if unfinished:
-        raise StudyInterrupted(f"[{spec.protocol} {kind}] interrupted with trial(s) {unfinished} unfinished; "
-                               f"continue with --resume --output-dir {cfg.output_dir}")
+        raise StudyInterrupted(
+            f"[{spec.protocol} {kind}] interrupted with trial(s) {unfinished} unfinished; "
+            f"continue with --resume --output-dir {cfg.output_dir}"
+        )
 
 
 def target_streams(cfg: StudyConfig) -> list[int]:
@@ -183,14 +283,28 @@ def targets_store(cfg: StudyConfig, spec: TrialSpec) -> str:
     resumed one or a changed option never picks up targets of something else (the engine checks
     the store's manifest again in every trial)."""
     distill = spec.distill
-    data = {k: v for k, v in dataclasses.asdict(distill.data).items() if k not in ("num_workers", "split_out_dir")}
-    identity = {"teachers": [storage.sha256(distill.teacher_deep_checkpoint),
-                             storage.sha256(distill.teacher_wide_checkpoint)],
-                "teacher_train_mode": distill.teacher_train_mode, "data": data, "workers": spec.run.workers,
-                "device": cfg.device, "amp": distill.amp, "iterations": distill.iterations,
-                "streams": target_streams(cfg)}
+    data = {
+        k: v
+        for k, v in dataclasses.asdict(distill.data).items()
+        if k not in ("num_workers", "split_out_dir")
+    }
+    identity = {
+        "teachers": [
+            storage.sha256(distill.teacher_deep_checkpoint),
+            storage.sha256(distill.teacher_wide_checkpoint),
+        ],
+        "teacher_train_mode": distill.teacher_train_mode,
+        "data": data,
+        "workers": spec.run.workers,
+        "device": cfg.device,
+        "amp": distill.amp,
+        "iterations": distill.iterations,
+        "streams": target_streams(cfg),
+    }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-    return storage.join(cfg.resolved_storage(), "targets", f"{protocol_slug(spec.protocol)}-{digest}")
+    return storage.join(
+        cfg.resolved_storage(), "targets", f"{protocol_slug(spec.protocol)}-{digest}"
+    )
 
 
 def prepare_targets(cfg: StudyConfig, spec: TrialSpec) -> TrialSpec:
@@ -214,30 +328,49 @@ def prepare_targets(cfg: StudyConfig, spec: TrialSpec) -> TrialSpec:
     def write(chunk: int) -> float:
         run_name = f"targets-{name}-{chunk}"
         trainer = trainer_without_ray_cleaner(
-            targets_loop, scaling_config=scaling_config(spec.run),
-            train_loop_config={DISTILL_KEY: distill, "streams": streams, "first": bounds[chunk],
-                               "last": bounds[chunk + 1]},
-            run_config=train_run_config(spec.run, run_name))
+            targets_loop,
+            scaling_config=scaling_config(spec.run),
+            train_loop_config={
+                DISTILL_KEY: distill,
+                "streams": streams,
+                "first": bounds[chunk],
+                "last": bounds[chunk + 1],
+            },
+            run_config=train_run_config(spec.run, run_name),
+        )
         started = time.time()
         trainer.fit()
-        storage.remove_tree(storage.join(spec.run.storage_path, run_name))  # nothing in it resumes anything
+        storage.remove_tree(
+            storage.join(spec.run.storage_path, run_name)
+        )  # nothing in it resumes anything
         return time.time() - started
 
-    print(f"[{spec.protocol}] teacher targets: {iterations} iterations x {len(streams)} mask stream(s) "
-          f"into {store}, {chunks} writer(s) side by side", flush=True)
+    print(
+        f"[{spec.protocol}] teacher targets: {iterations} iterations x {len(streams)} mask stream(s) "
+        f"into {store}, {chunks} writer(s) side by side",
+        flush=True,
+    )
     started = time.time()
     with ThreadPoolExecutor(max_workers=chunks) as pool:
         seconds = list(pool.map(write, range(chunks)))
     listing = _json_or_empty(os.path.join(cfg.output_dir, TARGETS_JSON))
     spent = listing.get(spec.protocol, {})
     listing[spec.protocol] = {
-        "store": store, "iterations": iterations, "streams": streams, "writers": chunks,
+        "store": store,
+        "iterations": iterations,
+        "streams": streams,
+        "writers": chunks,
         "wall_s": spent.get("wall_s", 0.0) + time.time() - started,
         "device_seconds": spent.get("device_seconds", 0.0) + sum(seconds) * cfg.devices_per_trial,
-        "bytes": storage.tree_bytes(store), "deleted": False}
+        "bytes": storage.tree_bytes(store),
+        "deleted": False,
+    }
     write_json_atomic(os.path.join(cfg.output_dir, TARGETS_JSON), listing)
-    print(f"[{spec.protocol}] teacher targets ready: {listing[spec.protocol]['bytes'] / 1e6:.1f} MB, "
-          f"{listing[spec.protocol]['wall_s']:.0f} s", flush=True)
+    print(
+        f"[{spec.protocol}] teacher targets ready: {listing[spec.protocol]['bytes'] / 1e6:.1f} MB, "
+        f"{listing[spec.protocol]['wall_s']:.0f} s",
+        flush=True,
+    )
     return dataclasses.replace(spec, distill=distill)
 
 
@@ -257,15 +390,18 @@ def _json_or_empty(path: str) -> dict[str, Any]:
     return read_json_object(path) if os.path.exists(path) else {}
 
 
-def prepare_teachers(cfg: StudyConfig, plans: list[ProtocolPlan],
-                     progress: StudyProgress | None = None) -> list[TrialSpec]:
+def prepare_teachers(
+    cfg: StudyConfig, plans: list[ProtocolPlan], progress: StudyProgress | None = None
+) -> list[TrialSpec]:
     """Train (or find cached) both teachers of every protocol, as many runs at a time as the
     cluster holds, write
     RESULTS_DIR/teachers.json (where each teacher is, its size and its val mIoU) for the report, and
     return each protocol's TrialSpec (with its teachers' storage URIs)."""
     teachers_root = storage.join(cfg.resolved_storage(), "teachers")
     given = {TEACHER_DEEP: cfg.teacher_deep_checkpoint, TEACHER_WIDE: cfg.teacher_wide_checkpoint}
-    jobs = [(plan, arch) for plan in plans for arch in (TEACHER_DEEP, TEACHER_WIDE) if not given[arch]]
+    jobs = [
+        (plan, arch) for plan in plans for arch in (TEACHER_DEEP, TEACHER_WIDE) if not given[arch]
+    ]
 
     def ensure(job) -> str:
         plan, arch = job
@@ -275,18 +411,32 @@ def prepare_teachers(cfg: StudyConfig, plans: list[ProtocolPlan],
         return uri
 
     with ThreadPoolExecutor(max_workers=concurrency(cfg, plans[0].run)) as pool:
-        trained = {(plan.protocol, arch): uri for (plan, arch), uri in zip(jobs, pool.map(ensure, jobs))}
+        trained = {
+            (plan.protocol, arch): uri for (plan, arch), uri in zip(jobs, pool.map(ensure, jobs))
+        }
     listing: dict[str, dict[str, Any]] = {}
     specs = []
     for plan in plans:
         uris = {}
         for role, arch in (("deep", TEACHER_DEEP), ("wide", TEACHER_WIDE)):
             path = given[arch]
-            uri = trained[(plan.protocol, arch)] if not path else path if "://" in path else os.path.abspath(path)
-            metrics = read_teacher_metrics(uri) if not path else {}  # a given file's scores are unknown
+            uri = (
+                trained[(plan.protocol, arch)]
+                if not path
+                else path
+                if "://" in path
+                else os.path.abspath(path)
+            )
+            metrics = (
+                read_teacher_metrics(uri) if not path else {}
+            )  # a given file's scores are unknown
             listing.setdefault(plan.protocol, {})[role] = {
-                "arch": arch, "path": uri, "size_bytes": _size_or_none(uri), "miou": metrics.get("miou"),
-                "iterations": metrics.get("iterations")}
+                "arch": arch,
+                "path": uri,
+                "size_bytes": _size_or_none(uri),
+                "miou": metrics.get("miou"),
+                "iterations": metrics.get("iterations"),
+            }
             uris[arch] = uri
         specs.append(plan.trial_spec(uris[TEACHER_DEEP], uris[TEACHER_WIDE]))
     write_json_atomic(os.path.join(cfg.output_dir, "teachers.json"), listing)
@@ -305,46 +455,80 @@ def prepare_study(cfg: StudyConfig, plans: list[ProtocolPlan] | None = None) -> 
     in run_study): the generated split lists, the ImageNet files copied next to the cached teachers,
     and study.json (a matching one on --resume is kept)."""
     plans = plans if plans is not None else plan_study(cfg)
-    data = [build_datasets(plan.distill.data) for plan in plans]  # checked already: now the split is kept
-    stage_pretrained(cfg.pretrained, [cfg.student, TEACHER_DEEP, TEACHER_WIDE], cfg.resolved_storage(),
-                     cfg.pretrained_dir)
+    data = [
+        build_datasets(plan.distill.data) for plan in plans
+    ]  # checked already: now the split is kept
+    stage_pretrained(
+        cfg.pretrained,
+        [cfg.student, TEACHER_DEEP, TEACHER_WIDE],
+        cfg.resolved_storage(),
+        cfg.pretrained_dir,
+    )
     os.makedirs(cfg.output_dir, exist_ok=True)
     extra = None
     if not os.path.exists(os.path.join(cfg.output_dir, "study.json")):
         # What REPORT.md opens with: the budget, the all-background score (a row at that level
         # learned nothing beyond the class prior), and the command whose results separate the rows.
         first = plans[0].distill
-        extra = {"budget": {"student_iterations": {p.protocol: p.iterations for p in plans},
-                            "teacher_iterations": {p.protocol: p.teachers[TEACHER_DEEP].iterations for p in plans},
-                            "batch_size": first.data.batch_size, "crop_size": first.data.crop_size,
-                            "eval_every": first.eval_every, "search_trials": cfg.num_samples,
-                            "ablation_seeds": cfg.seeds},
-                 "background_miou": background_miou(data[0].val, data[0].num_classes),
-                 "separating_command": separating_command(cfg)[0], "separating_note": separating_command(cfg)[1]}
+        extra = {
+            "budget": {
+                "student_iterations": {p.protocol: p.iterations for p in plans},
+                "teacher_iterations": {
+                    p.protocol: p.teachers[TEACHER_DEEP].iterations for p in plans
+                },
+                "batch_size": first.data.batch_size,
+                "crop_size": first.data.crop_size,
+                "eval_every": first.eval_every,
+                "search_trials": cfg.num_samples,
+                "ablation_seeds": cfg.seeds,
+            },
+            "background_miou": background_miou(data[0].val, data[0].num_classes),
+            "separating_command": separating_command(cfg)[0],
+            "separating_note": separating_command(cfg)[1],
+        }
     open_study_folder(cfg, {plan.protocol: plan.iterations for plan in plans}, extra)
     return plans
 
 
 def finished_trials(cfg: StudyConfig) -> int:
     """Trials already finished in RESULTS_DIR (before a --resume)."""
-    return sum(r.status in FINISHED for protocol in cfg.protocols for r in read_records(cfg.output_dir, protocol))
+    return sum(
+        r.status in FINISHED
+        for protocol in cfg.protocols
+        for r in read_records(cfg.output_dir, protocol)
+    )
 
 
-def run_study(cfg: StudyConfig, plans: list[ProtocolPlan] | None = None,
-              extra_points: list[dict[str, float]] = ()) -> dict[str, str]:
+def run_study(
+    cfg: StudyConfig,
+    plans: list[ProtocolPlan] | None = None,
+    extra_points: list[dict[str, float]] = (),
+) -> dict[str, str]:
     """Run (or resume) the whole study; return the report's file paths. `extra_points` (flat, by
     POINT_KEYS) are configurations the searcher evaluates right after the paper's defaults.
     Nothing is written to OUTPUT_DIR before every check has passed, the cluster's resources included."""
     plans = plans if plans is not None else plan_study(cfg)
-    points = [SearchPoint.from_tune(point) for point in extra_points]  # a bad weight or threshold fails here
-    print(f"study {study_name(cfg)}: results in {os.path.abspath(cfg.output_dir)}, "
-          f"Ray storage in {cfg.resolved_storage()}", flush=True)
-    connect(cfg.address, cfg.worker_start_timeout_s)  # every process told which cluster (cluster.py)
+    points = [
+        SearchPoint.from_tune(point) for point in extra_points
+    ]  # a bad weight or threshold fails here
+    print(
+        f"study {study_name(cfg)}: results in {os.path.abspath(cfg.output_dir)}, "
+        f"Ray storage in {cfg.resolved_storage()}",
+        flush=True,
+    )
+    connect(
+        cfg.address, cfg.worker_start_timeout_s
+    )  # every process told which cluster (cluster.py)
     check_trial_fits(plans[0].run.scaling(), node_shapes())  # resources no node can ever offer
     prepare_study(cfg, plans)
-    print(f"{concurrency(cfg, plans[0].run)} trial(s) in flight (asked again before each phase), "
-          f"{cfg.devices_per_trial} {cfg.device.upper()}(s) each", flush=True)
-    progress = StudyProgress(list(cfg.protocols), planned_runs(cfg))  # extra points count in num_samples
+    print(
+        f"{concurrency(cfg, plans[0].run)} trial(s) in flight (asked again before each phase), "
+        f"{cfg.devices_per_trial} {cfg.device.upper()}(s) each",
+        flush=True,
+    )
+    progress = StudyProgress(
+        list(cfg.protocols), planned_runs(cfg)
+    )  # extra points count in num_samples
     progress.already_done("trial", finished_trials(cfg))
     register(study_name(cfg), progress)
     progress.set_phase("teachers")
@@ -361,7 +545,10 @@ def run_study(cfg: StudyConfig, plans: list[ProtocolPlan] | None = None,
     paths = generate_report(cfg.output_dir)
     teachers_root = os.path.join(cfg.resolved_storage(), "teachers")
     if "://" not in teachers_root:
-        print(f"results folder: {folder_size(cfg.output_dir, exclude=(teachers_root,)) / 1e6:.0f} MB without the "
-              f"cached teachers ({folder_size(teachers_root) / 1e6:.0f} MB in {teachers_root})", flush=True)
+        print(
+            f"results folder: {folder_size(cfg.output_dir, exclude=(teachers_root,)) / 1e6:.0f} MB without the "
+            f"cached teachers ({folder_size(teachers_root) / 1e6:.0f} MB in {teachers_root})",
+            flush=True,
+        )
     print(f"report: {paths['index']}", flush=True)
     return paths

@@ -1,5 +1,6 @@
 """Teachers: trained once per (dataset, protocol, architecture, seed, schedule) through Ray Train,
 kept on the study's storage as a plain state-dict file and reused by every trial and later study."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,10 +9,10 @@ import os
 import tempfile
 from typing import Any
 
+from .. import storage
 from ..config import TeacherConfig, protocol_slug
 from ..models import NETWORK_VERSION
 from ..models.pretrained import checkpoint_file_name, resolve_pretrained
-from .. import storage
 from .ray_private import trainer_without_ray_cleaner
 from .spec import TrainRun
 from .trial import scaling_config, teacher_loop, train_run_config
@@ -32,8 +33,14 @@ def teacher_name(cfg: TeacherConfig) -> str:
     return f"{cfg.data.dataset}-{protocol_slug(cfg.data.protocol)}-{arch}-seed{cfg.seed}-{digest}"
 
 
-def stage_pretrained(regime: str, archs: list[str], storage_root: str, pretrained_dir: str | None = None,
-                     log=print, copy: bool = True) -> dict[str, str | None]:
+def stage_pretrained(
+    regime: str,
+    archs: list[str],
+    storage_root: str,
+    pretrained_dir: str | None = None,
+    log=print,
+    copy: bool = True,
+) -> dict[str, str | None]:
     """{arch: file every worker can read} for the regime "imagenet" ({arch: None} for "none").
 
     Resolved on the driver (a user folder, torch hub's cache, or a download with the hash checked),
@@ -68,7 +75,9 @@ def read_teacher_metrics(uri: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def ensure_teacher(cfg: TeacherConfig, run: TrainRun, teachers_root: str, log=print) -> tuple[str, bool]:
+def ensure_teacher(
+    cfg: TeacherConfig, run: TrainRun, teachers_root: str, log=print
+) -> tuple[str, bool]:
     """(the storage URI of the teacher's model.pt, whether it was cached), training it first unless
     it is already there; its val scores go to <name>.json beside it."""
     name = teacher_name(cfg)
@@ -78,17 +87,29 @@ def ensure_teacher(cfg: TeacherConfig, run: TrainRun, teachers_root: str, log=pr
         return uri, True
     log(f"teacher {name}: training {cfg.iterations} iterations (CPS) ...")
     run_name = f"teacher-{name}"
-    trainer = trainer_without_ray_cleaner(teacher_loop, train_loop_config=cfg.to_dict(), scaling_config=scaling_config(run),
-                           run_config=train_run_config(run, run_name))
+    trainer = trainer_without_ray_cleaner(
+        teacher_loop,
+        train_loop_config=cfg.to_dict(),
+        scaling_config=scaling_config(run),
+        run_config=train_run_config(run, run_name),
+    )
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"teacher {name}: training finished without a checkpoint")
-    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float, str, bool))}
+    metrics = {
+        k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float, str, bool))
+    }
     with tempfile.TemporaryDirectory() as scratch:
         local = os.path.join(scratch, "metrics.json")
         with open(local, "w") as f:
-            json.dump({"name": name, "arch": cfg.arch, "iterations": cfg.iterations, **metrics}, f, indent=1)
-        storage.upload(local, teacher_metrics_uri(uri))  # before the weights: a cached .pt has its scores
+            json.dump(
+                {"name": name, "arch": cfg.arch, "iterations": cfg.iterations, **metrics},
+                f,
+                indent=1,
+            )
+        storage.upload(
+            local, teacher_metrics_uri(uri)
+        )  # before the weights: a cached .pt has its scores
     with result.checkpoint.as_directory() as folder:
         storage.upload(os.path.join(folder, "model.pt"), uri)
     # The run's checkpoints (both CPS branches and their optimizer state, ~6x the cached file) only

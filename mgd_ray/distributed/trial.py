@@ -8,6 +8,7 @@ callback minus the divergence report and the "done" flag). This module only adds
 needs (prepare_model / report / checkpoints); the training itself, and the sharding of its data by
 rank, is `mgd_ray.engine`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,33 +34,42 @@ from .ray_private import follow_train_log_level, trainer_without_ray_cleaner
 from .spec import TrainRun, from_tune
 
 DIVERGED_KEY = "diverged"
-DISTILL_KEY = "distill"  # a student run's train_loop_config: {DISTILL_KEY: the trial's DistillConfig}
+DISTILL_KEY = (
+    "distill"  # a student run's train_loop_config: {DISTILL_KEY: the trial's DistillConfig}
+)
 
 
 def scaling_config(run: TrainRun) -> ray.train.ScalingConfig:
     resources = {"CPU": run.cpus_per_worker}
     if run.gpus_per_worker:
         resources["GPU"] = run.gpus_per_worker
-    return ray.train.ScalingConfig(num_workers=run.workers, use_gpu=bool(run.gpus_per_worker),
-                                   resources_per_worker=resources)
+    return ray.train.ScalingConfig(
+        num_workers=run.workers, use_gpu=bool(run.gpus_per_worker), resources_per_worker=resources
+    )
 
 
 def train_run_config(run: TrainRun, name: str, callbacks=()) -> ray.train.RunConfig:
     return ray.train.RunConfig(
-        name=name, storage_path=run.storage_path, callbacks=list(callbacks),
+        name=name,
+        storage_path=run.storage_path,
+        callbacks=list(callbacks),
         # controller_failure_limit bounds the retries of a worker group that cannot start (Ray's
         # default retries it forever); the run then fails with WorkerGroupStartupTimeoutError.
-        failure_config=ray.train.FailureConfig(max_failures=run.max_failures,
-                                               controller_failure_limit=run.worker_start_retries),
+        failure_config=ray.train.FailureConfig(
+            max_failures=run.max_failures, controller_failure_limit=run.worker_start_retries
+        ),
         # One checkpoint is all resuming needs; Ray registers the new one before deleting the old.
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         # Ray Train's INFO lines ("Checkpoint successfully created at ...", worker-group start-up,
         # twice per report) go to its log files under the Ray session's logs/train/; the console
         # gets them only with --verbose-ray. Warnings and errors still show.
-        logging_config=ray.train.LoggingConfig(log_level=run.log_level))
+        logging_config=ray.train.LoggingConfig(log_level=run.log_level),
+    )
 
 
-def run_trial(config: dict[str, Any], loop: Callable[[dict[str, Any]], None] | None = None) -> None:
+def run_trial(
+    config: dict[str, Any], loop: Callable[[dict[str, Any]], None] | None = None
+) -> None:
     """The study's Tune trainable: one Ray Train run of `loop` (the MGD student's) for the trial
     of this Tune config, its reports forwarded to Tune, returning once the run has ended and
     given back its workers (cluster.py)."""
@@ -67,10 +77,15 @@ def run_trial(config: dict[str, Any], loop: Callable[[dict[str, Any]], None] | N
     # read by TorchTrainer here, passed on to its controller
     os.environ[WORKER_START_TIMEOUT_ENV] = f"{float(trial.spec.run.worker_start_timeout_s):g}"
     trainer = trainer_without_ray_cleaner(
-        loop or student_loop, train_loop_config={DISTILL_KEY: trial.distill},
+        loop or student_loop,
+        train_loop_config={DISTILL_KEY: trial.distill},
         scaling_config=scaling_config(trial.spec.run),
-        run_config=train_run_config(trial.spec.run, f"train-{ray.tune.get_context().get_trial_id()}",
-                                    callbacks=[ForwardToTune()]))
+        run_config=train_run_config(
+            trial.spec.run,
+            f"train-{ray.tune.get_context().get_trial_id()}",
+            callbacks=[ForwardToTune()],
+        ),
+    )
     diverged = (trainer.fit().metrics or {}).get(DIVERGED_KEY)
     if diverged:
         # Raising marks the trial as failed in Tune and Optuna; Tune keeps the exception (pickled,
@@ -94,11 +109,19 @@ class RayContext:
         return ray.train.torch.prepare_model(model)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        checkpoint = (
+            ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        )
         # node_id: which node rank 0 ran on; a trial record lists every node its run used.
-        ray.train.report({**metrics, "world_size": world_size(), "node_id": ray.get_runtime_context().get_node_id(),
-                          "run_start": self._run_start},
-                         checkpoint=checkpoint)
+        ray.train.report(
+            {
+                **metrics,
+                "world_size": world_size(),
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "run_start": self._run_start,
+            },
+            checkpoint=checkpoint,
+        )
 
     def latest_checkpoint(self) -> str | None:
         if self._checkpoint is None:
@@ -120,8 +143,9 @@ def teacher_loop(config: dict[str, Any]) -> None:
 
 def fetched(cfg: DistillConfig, keys: tuple[str, ...]) -> DistillConfig:
     """cfg with the files its `keys` name on the study's storage fetched to this node."""
-    return dataclasses.replace(cfg, **{key: storage.download(getattr(cfg, key)) for key in keys
-                                       if getattr(cfg, key)})
+    return dataclasses.replace(
+        cfg, **{key: storage.download(getattr(cfg, key)) for key in keys if getattr(cfg, key)}
+    )
 
 
 def student_loop(config: dict[str, Any]) -> None:
@@ -147,7 +171,9 @@ def targets_loop(config: dict[str, Any]) -> None:
     its own files). The teacher files are fetched to this node first."""
     follow_train_log_level()
     cfg = fetched(config[DISTILL_KEY], ("teacher_deep_checkpoint", "teacher_wide_checkpoint"))
-    write_targets(cfg, config["streams"], range(config["first"], config["last"]), RayContext(), cfg.targets)
+    write_targets(
+        cfg, config["streams"], range(config["first"], config["last"]), RayContext(), cfg.targets
+    )
 
 
 def report_divergence(error: DivergedError) -> None:

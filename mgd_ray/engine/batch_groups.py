@@ -20,6 +20,7 @@ Two implementations (`impl`), the same numbers:
 "joint" (one BN over the whole batch: not the paper's statistics) is there to measure their cost.
 Unless told, a compiled forward takes "one_pass" and an eager one "calls" (`default_impl`).
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -50,21 +51,32 @@ def default_impl() -> str:
     return "one_pass" if torch.compiler.is_compiling() else "calls"
 
 
-def grouped_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, groups: int,
-                       sync: bool = False, impl: str | None = None) -> torch.Tensor:
+def grouped_batch_norm(
+    bn: nn.modules.batchnorm._BatchNorm,
+    x: torch.Tensor,
+    groups: int,
+    sync: bool = False,
+    impl: str | None = None,
+) -> torch.Tensor:
     """Train-mode BN of x (N x C x ...) with statistics per group of N / groups consecutive images.
     `impl` is one of IMPLS (None: `default_impl()`); several ranks always take "one_pass"."""
     n = x.shape[0]
     if n % groups:
-        raise ValueError(f"batch_groups: a batch of {n} cannot be split into {groups} equal groups")
+        raise ValueError(
+            f"batch_groups: a batch of {n} cannot be split into {groups} equal groups"
+        )
     impl = impl or default_impl()
     if impl not in IMPLS:
         raise ValueError(f"batch_groups: impl={impl!r}, expected one of {IMPLS}")
     if impl == "joint":
         return _plain_forward(bn, x)
     process_group = getattr(bn, "process_group", None)
-    synced = (sync or isinstance(bn, nn.SyncBatchNorm)) and dist.is_available() \
-        and dist.is_initialized() and dist.get_world_size(process_group) > 1
+    synced = (
+        (sync or isinstance(bn, nn.SyncBatchNorm))
+        and dist.is_available()
+        and dist.is_initialized()
+        and dist.get_world_size(process_group) > 1
+    )
     if synced:
         # Native BN calls cannot combine statistics over ranks; the one-pass path can.
         return _one_pass_batch_norm(bn, x, groups, process_group or dist.group.WORLD)
@@ -110,8 +122,10 @@ def _per_call_batch_norm(bn, x: torch.Tensor, groups: int) -> torch.Tensor:
     track = _updates_running_stats(bn)
     momenta = _momenta(bn, groups) if track else [0.0] * groups
     running_mean, running_var = (bn.running_mean, bn.running_var) if track else (None, None)
-    outs = [F.batch_norm(chunk, running_mean, running_var, bn.weight, bn.bias, True, momentum,
-                         bn.eps) for chunk, momentum in zip(x.chunk(groups), momenta)]
+    outs = [
+        F.batch_norm(chunk, running_mean, running_var, bn.weight, bn.bias, True, momentum, bn.eps)
+        for chunk, momentum in zip(x.chunk(groups), momenta)
+    ]
     return torch.cat(outs)
 
 
@@ -145,8 +159,9 @@ def _one_pass_batch_norm(bn, x: torch.Tensor, groups: int, process_group=None) -
     return out.flatten(0, 1)
 
 
-def _gathered_stats(mean: torch.Tensor, var: torch.Tensor, count: int,
-                    group) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _gathered_stats(
+    mean: torch.Tensor, var: torch.Tensor, count: int, group
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Combine per-rank (mean, biased var) of G x C statistics over the ranks, differentiably."""
     from torch.distributed.nn.functional import all_gather  # autograd-aware
 
@@ -167,8 +182,11 @@ def _update_running_stats(bn, mean: torch.Tensor, var: torch.Tensor, count: int)
     with torch.no_grad():
         for g, momentum in enumerate(_momenta(bn, mean.shape[0])):
             if momentum:
-                torch._foreach_lerp_(buffers, [mean[g].to(bn.running_mean.dtype),
-                                               unbiased[g].to(bn.running_var.dtype)], momentum)
+                torch._foreach_lerp_(
+                    buffers,
+                    [mean[g].to(bn.running_mean.dtype), unbiased[g].to(bn.running_var.dtype)],
+                    momentum,
+                )
 
 
 class _GroupedBatchNorm:
@@ -184,8 +202,9 @@ class _GroupedBatchNorm:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and (self.bn_groups > 1 or self.bn_groups_sync):
-            return grouped_batch_norm(self, x, self.bn_groups, self.bn_groups_sync,
-                                      self.bn_groups_impl)
+            return grouped_batch_norm(
+                self, x, self.bn_groups, self.bn_groups_sync, self.bn_groups_impl
+            )
         return super().forward(x)
 
 
@@ -206,8 +225,12 @@ class GroupedSyncBatchNorm(_GroupedBatchNorm, nn.SyncBatchNorm):
     pass
 
 
-_GROUPED = {nn.BatchNorm1d: GroupedBatchNorm1d, nn.BatchNorm2d: GroupedBatchNorm2d,
-            nn.BatchNorm3d: GroupedBatchNorm3d, nn.SyncBatchNorm: GroupedSyncBatchNorm}
+_GROUPED = {
+    nn.BatchNorm1d: GroupedBatchNorm1d,
+    nn.BatchNorm2d: GroupedBatchNorm2d,
+    nn.BatchNorm3d: GroupedBatchNorm3d,
+    nn.SyncBatchNorm: GroupedSyncBatchNorm,
+}
 
 
 def _grouped_class(cls: type) -> type:
@@ -244,8 +267,9 @@ _SETTINGS = ("bn_groups", "bn_groups_sync", "bn_groups_impl")
 
 
 @contextmanager
-def batch_groups(model: nn.Module, groups: int, sync: bool = False,
-                 impl: str | None = None) -> Iterator[nn.Module]:
+def batch_groups(
+    model: nn.Module, groups: int, sync: bool = False, impl: str | None = None
+) -> Iterator[nn.Module]:
     """Within the block, every train-mode BatchNorm of `model` normalises each of `groups` equal,
     consecutive slices of its batch (N x C x ..., N a multiple of groups) with the slice's own
     statistics (eval-mode BNs are unchanged: running statistics treat each image on its own

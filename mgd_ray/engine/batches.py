@@ -17,6 +17,7 @@ next, on torch's global generator, on the DataLoader's worker seeding or on the 
 - augmentation: image `slot` of that batch draws its scale, flip and crop from a generator seeded
   by (data seed, role, t, rank, slot).
 """
+
 from __future__ import annotations
 
 import time
@@ -42,8 +43,10 @@ def iterations_per_epoch(num_images: int, per_rank: int, world: int, name: str) 
     """Whole global batches (per_rank x world images) in a set of num_images: one epoch."""
     per_epoch = num_images // (per_rank * world)
     if per_epoch < 1:
-        raise ValueError(f"{name} set has {num_images} images, fewer than one batch of {per_rank} "
-                         f"per worker x {world} workers: lower DataConfig.batch_size")
+        raise ValueError(
+            f"{name} set has {num_images} images, fewer than one batch of {per_rank} "
+            f"per worker x {world} workers: lower DataConfig.batch_size"
+        )
     return per_epoch
 
 
@@ -60,16 +63,27 @@ class IterationData(Dataset):
 
     `labeled` and `unlabeled` must offer `load(index, generator)`, as SegmentationDataset does."""
 
-    def __init__(self, labeled: Dataset, unlabeled: Dataset, cfg: DataConfig, world: int,
-                 rank: int, extra: Callable[[int], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        labeled: Dataset,
+        unlabeled: Dataset,
+        cfg: DataConfig,
+        world: int,
+        rank: int,
+        extra: Callable[[int], dict[str, Any]] | None = None,
+    ) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} outside a world of {world}")
         self.cfg, self.world, self.rank, self.extra = cfg, world, rank, extra
         batch = cfg.batch_size
-        self.roles = {"labeled": (labeled, batch),
-                      "unlabeled": (unlabeled, UNLABELED_FACTOR * batch)}
-        self.per_epoch = {role: iterations_per_epoch(len(dataset), n, world, role)
-                          for role, (dataset, n) in self.roles.items()}
+        self.roles = {
+            "labeled": (labeled, batch),
+            "unlabeled": (unlabeled, UNLABELED_FACTOR * batch),
+        }
+        self.per_epoch = {
+            role: iterations_per_epoch(len(dataset), n, world, role)
+            for role, (dataset, n) in self.roles.items()
+        }
         self._orders: dict[str, tuple[int, torch.Tensor]] = {}  # role -> (epoch, permutation)
 
     def indices(self, role: str, iteration: int) -> list[int]:
@@ -82,29 +96,44 @@ class IterationData(Dataset):
             order = torch.randperm(len(dataset), generator=generator)
             cached = self._orders[role] = (epoch, order)
         first = (k * self.world + self.rank) * n
-        return cached[1][first:first + n].tolist()
+        return cached[1][first : first + n].tolist()
 
     def _load(self, role: str, iteration: int) -> list:
         dataset, _ = self.roles[role]
-        return [dataset.load(index, torch.Generator().manual_seed(
-                    seeds.augmentation(self.cfg.seed, role, iteration, self.rank, slot)))
-                for slot, index in enumerate(self.indices(role, iteration))]
+        return [
+            dataset.load(
+                index,
+                torch.Generator().manual_seed(
+                    seeds.augmentation(self.cfg.seed, role, iteration, self.rank, slot)
+                ),
+            )
+            for slot, index in enumerate(self.indices(role, iteration))
+        ]
 
     def __getitem__(self, iteration: int) -> dict[str, Any]:
         labeled = self._load("labeled", iteration)
-        item = {"iteration": iteration, "x_l": torch.stack([image for image, _ in labeled]),
-                "y": torch.stack([label for _, label in labeled]),
-                "u": torch.stack(self._load("unlabeled", iteration))}
+        item = {
+            "iteration": iteration,
+            "x_l": torch.stack([image for image, _ in labeled]),
+            "y": torch.stack([label for _, label in labeled]),
+            "u": torch.stack(self._load("unlabeled", iteration)),
+        }
         if self.extra is not None:
             item.update(self.extra(iteration))
         return item
 
 
-def iteration_loader(items: IterationData, iterations: range, num_workers: int,
-                     device: torch.device) -> DataLoader:
+def iteration_loader(
+    items: IterationData, iterations: range, num_workers: int, device: torch.device
+) -> DataLoader:
     """Items `iterations` in order, prefetched by `num_workers` processes (0: in this one)."""
-    return DataLoader(items, batch_size=None, sampler=iterations, num_workers=num_workers,
-                      pin_memory=device.type == "cuda")
+    return DataLoader(
+        items,
+        batch_size=None,
+        sampler=iterations,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
 
 
 def val_loader(val: Dataset, cfg: DataConfig, device: torch.device) -> DataLoader:
@@ -112,8 +141,13 @@ def val_loader(val: Dataset, cfg: DataConfig, device: torch.device) -> DataLoade
     confusion matrices summed over the ranks count every image exactly once (a DistributedSampler
     would pad the set with repeated images to give every rank an equal share)."""
     shard = Subset(val, range(rank(), len(val), world_size())) if world_size() > 1 else val
-    return DataLoader(shard, batch_size=1, shuffle=False, num_workers=min(cfg.num_workers, 1),
-                      pin_memory=device.type == "cuda")
+    return DataLoader(
+        shard,
+        batch_size=1,
+        shuffle=False,
+        num_workers=min(cfg.num_workers, 1),
+        pin_memory=device.type == "cuda",
+    )
 
 
 class Batches:
@@ -121,8 +155,15 @@ class Batches:
     throughput of the current report window (iterations per second and the share of time spent
     waiting for data)."""
 
-    def __init__(self, data, cfg: DataConfig, device: torch.device, start: int, stop: int,
-                 extra: Callable[[int], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        data,
+        cfg: DataConfig,
+        device: torch.device,
+        start: int,
+        stop: int,
+        extra: Callable[[int], dict[str, Any]] | None = None,
+    ) -> None:
         items = IterationData(data.labeled, data.unlabeled, cfg, world_size(), rank(), extra)
         self.loader = iteration_loader(items, range(start, stop), cfg.num_workers, device)
         self.val_loader = val_loader(data.val, cfg, device)
@@ -133,8 +174,9 @@ class Batches:
     def _start_window(self) -> None:
         self._start, self._iters, self._wait = time.perf_counter(), 0, self.wait_s
 
-    def next_inputs(self, device: torch.device, iteration: int, mask_seed: int
-                    ) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
+    def next_inputs(
+        self, device: torch.device, iteration: int, mask_seed: int
+    ) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
         """((x_l B x 3 x S x S, y B x S x S, u0, u1 B x 3 x S x S, CutMix mask M B x S x S),
         the item's other tensors) of `iteration`, on `device`; M drawn from `mask_seed`."""
         start = time.perf_counter()
@@ -154,7 +196,9 @@ class Batches:
         """{"iter_per_s", "data_wait_share"} since the last read; starts a new window."""
         elapsed = max(time.perf_counter() - self._start, 1e-9)
         wait = self.wait_s - self._wait
-        window = {"iter_per_s": self._iters / elapsed,
-                  "data_wait_share": min(max(wait / elapsed, 0.0), 1.0)}
+        window = {
+            "iter_per_s": self._iters / elapsed,
+            "data_wait_share": min(max(wait / elapsed, 0.0), 1.0),
+        }
         self._start_window()
         return window

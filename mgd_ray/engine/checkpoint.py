@@ -4,6 +4,7 @@ A reader, or a run killed mid-write, sees either the previous file or the comple
 truncated one: os.replace within one file system is atomic. Loads use weights_only=True, so a
 checkpoint can hold tensors, numbers, strings and containers of them, never arbitrary pickled code.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,5 +60,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     internal = tuple(int(v) for v in state["python"])
     random.setstate((3, internal, None))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+    if (
+        "cuda" in state
+        and torch.cuda.is_available()
+        and len(state["cuda"]) == torch.cuda.device_count()
+    ):
         torch.cuda.set_rng_state_all(state["cuda"])

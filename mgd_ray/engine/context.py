@@ -6,6 +6,7 @@ process (the debugging runner and the tests); the Ray Train worker loop provides
 `ray.train.get_checkpoint`. Data is the engine's own business: it shards its loaders by rank itself
 (engine/batches.py), so that the stream is the same whoever runs it.
 """
+
 from __future__ import annotations
 
 import json

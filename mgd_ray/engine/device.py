@@ -1,6 +1,7 @@
 """What running on a GPU changes in the engine: bf16 autocast, channels_last memory layout and
 compiled (on CUDA: captured) forwards. On the CPU all are off by default (they buy nothing there),
 so every caller can use them unconditionally."""
+
 from __future__ import annotations
 
 import warnings
@@ -20,7 +21,9 @@ def autocast(device: torch.device, enabled: bool):
 def to_device(x: torch.Tensor, device: torch.device, image: bool = False) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     # channels_last speeds up cuDNN convolutions under autocast; on CPU it buys nothing here.
-    return x.contiguous(memory_format=torch.channels_last) if image and device.type == "cuda" else x
+    return (
+        x.contiguous(memory_format=torch.channels_last) if image and device.type == "cuda" else x
+    )
 
 
 def channels_last(model: nn.Module, device: torch.device) -> nn.Module:
@@ -28,8 +31,13 @@ def channels_last(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
 
-def compile_for_device(module: nn.Module, device: torch.device, enabled: bool | None = None,
-                       frozen: bool = False, backend: str = "inductor") -> nn.Module:
+def compile_for_device(
+    module: nn.Module,
+    device: torch.device,
+    enabled: bool | None = None,
+    frozen: bool = False,
+    backend: str = "inductor",
+) -> nn.Module:
     """`module`, its forward compiled in place (`nn.Module.compile`: same object, same state_dict
     keys) when `enabled` (a config's `compile`: None = on CUDA only; True forces it, e.g. on CPU in
     tests; False = off). Pass the network itself, before any DDP wrapping: dynamo starts no trace
@@ -49,10 +57,14 @@ def compile_for_device(module: nn.Module, device: torch.device, enabled: bool | 
         return module
     graphs = frozen and device.type == "cuda" and backend == "inductor"
     if graphs and _cuda_graph_launch_regressed(torch.__version__):
-        warnings.warn(f"torch {torch.__version__}: CUDA-graph replay (mode='reduce-overhead') "
-                      "was reported up to 7x slower on H100 than in torch 2.9 "
-                      "(pytorch/pytorch#174575); benchmarks/gpu_step.py --compile off on "
-                      "measures whether capture still pays", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"torch {torch.__version__}: CUDA-graph replay (mode='reduce-overhead') "
+            "was reported up to 7x slower on H100 than in torch 2.9 "
+            "(pytorch/pytorch#174575); benchmarks/gpu_step.py --compile off on "
+            "measures whether capture still pays",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     module.compile(backend=backend, mode="reduce-overhead" if graphs else None)
     return module
 

@@ -1,6 +1,7 @@
 """`distill_student`: train one student with MGD from two frozen teachers (one Tune trial's work),
 the teachers either in the run or read back from a store of their targets
 (DistillConfig.targets)."""
+
 from __future__ import annotations
 
 import os
@@ -47,14 +48,23 @@ class MGDTask:
         if cfg.targets is not None and (need_deep or need_wide):
             self.stored_inputs = open_store(cfg, data, ctx.device)
         else:
-            teachers = {role: load_teacher(getattr(cfg, f"teacher_{role}"), data.num_classes,
-                                           getattr(cfg, f"teacher_{role}_checkpoint"),
-                                           f"teacher_{role}_checkpoint", ctx.device,
-                                           cfg.teacher_train_mode)
-                        for role, needed in (("deep", need_deep), ("wide", need_wide)) if needed}
+            teachers = {
+                role: load_teacher(
+                    getattr(cfg, f"teacher_{role}"),
+                    data.num_classes,
+                    getattr(cfg, f"teacher_{role}_checkpoint"),
+                    f"teacher_{role}_checkpoint",
+                    ctx.device,
+                    cfg.teacher_train_mode,
+                )
+                for role, needed in (("deep", need_deep), ("wide", need_wide))
+                if needed
+            }
             self.teacher_deep, self.teacher_wide = teachers.get("deep"), teachers.get("wide")
         torch.manual_seed(seeds.student_init(cfg.seed))
-        student = build_model(cfg.student, data.num_classes, cfg.student_output_stride, cfg.backbone_weights)
+        student = build_model(
+            cfg.student, data.num_classes, cfg.student_output_stride, cfg.backbone_weights
+        )
         self.student = ctx.prepare_model(channels_last(student, ctx.device))
         self.models = [self.student]
         self.global_seed = seeds.student_global(cfg.seed, self.rank)
@@ -63,19 +73,42 @@ class MGDTask:
     def cutmix_seed(self, iteration: int) -> int:
         return seeds.student_cutmix(self.cfg.seed, self.rank, iteration)
 
-    def losses(self, x_l, y, u0, u1, mask, targets: dict[str, torch.Tensor] | None = None
-               ) -> dict[str, torch.Tensor]:
+    def losses(
+        self, x_l, y, u0, u1, mask, targets: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         if self.stored_inputs is None:
-            targets = live_targets(self.teacher_deep, self.teacher_wide, x_l, u0, u1, mask,
-                                   self.active)
-        terms, stats = mgd_losses(self.student, targets or {}, x_l, y, u0, u1, mask,
-                                  self.active, self.cfg.confidence_threshold, self.sup_loss)
-        return {"loss": weighted_total(terms, self.loss_weights), "kept_fraction": stats["kept_fraction"],
-                **{f"loss_{name}": term for name, term in terms.items()}}
+            targets = live_targets(
+                self.teacher_deep, self.teacher_wide, x_l, u0, u1, mask, self.active
+            )
+        terms, stats = mgd_losses(
+            self.student,
+            targets or {},
+            x_l,
+            y,
+            u0,
+            u1,
+            mask,
+            self.active,
+            self.cfg.confidence_threshold,
+            self.sup_loss,
+        )
+        return {
+            "loss": weighted_total(terms, self.loss_weights),
+            "kept_fraction": stats["kept_fraction"],
+            **{f"loss_{name}": term for name, term in terms.items()},
+        }
 
     def evaluate(self, val_loader) -> dict[str, Any]:
-        return {"miou": evaluate(self.student, val_loader, self.num_classes, self.cfg.data.crop_size, self.device,
-                                 self.cfg.amp)["miou"]}
+        return {
+            "miou": evaluate(
+                self.student,
+                val_loader,
+                self.num_classes,
+                self.cfg.data.crop_size,
+                self.device,
+                self.cfg.amp,
+            )["miou"]
+        }
 
     def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         return {}, cpu_state_dict(self.student)  # the weights are in model.pt only

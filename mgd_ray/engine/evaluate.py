@@ -1,5 +1,6 @@
 """Validation: single-scale sliding-window inference at full resolution, and mIoU from a confusion
 matrix summed over the whole set and over every rank."""
+
 from __future__ import annotations
 
 import math
@@ -25,34 +26,51 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 
 
 @torch.no_grad()
-def sliding_window_logits(model: torch.nn.Module, image: torch.Tensor, num_classes: int, window: int,
-                          stride: int | None = None, windows_per_batch: int = 8) -> torch.Tensor:
+def sliding_window_logits(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    num_classes: int,
+    window: int,
+    stride: int | None = None,
+    windows_per_batch: int = 8,
+) -> torch.Tensor:
     """1 x C x H x W logits of a 1 x 3 x H x W image: window x window crops every `stride` pixels
     (default ceil(2/3 window)), logits averaged where windows overlap. An image smaller than the window
     is padded with 0 (the normalised mean colour, as in training crops) and the padding cut off."""
     if image.dim() != 4 or image.shape[0] != 1:
-        raise ValueError(f"sliding_window_logits: expected a 1 x 3 x H x W image, got {tuple(image.shape)}")
+        raise ValueError(
+            f"sliding_window_logits: expected a 1 x 3 x H x W image, got {tuple(image.shape)}"
+        )
     stride = stride or math.ceil(window * 2 / 3)
     height, width = image.shape[-2:]
     padded = F.pad(image, (0, max(window - width, 0), 0, max(window - height, 0)))
     full_h, full_w = padded.shape[-2:]
-    boxes = [(top, left) for top in window_starts(full_h, window, stride)
-             for left in window_starts(full_w, window, stride)]
+    boxes = [
+        (top, left)
+        for top in window_starts(full_h, window, stride)
+        for left in window_starts(full_w, window, stride)
+    ]
     logits = torch.zeros(1, num_classes, full_h, full_w, device=image.device)
     count = torch.zeros(1, 1, full_h, full_w, device=image.device)
     for first in range(0, len(boxes), windows_per_batch):
-        chunk = boxes[first:first + windows_per_batch]
-        crops = torch.cat([padded[..., t:t + window, l:l + window] for t, l in chunk])
+        chunk = boxes[first : first + windows_per_batch]
+        crops = torch.cat([padded[..., t : t + window, l : l + window] for t, l in chunk])
         out = model(crops)["logits"].float()
         for (top, left), crop_logits in zip(chunk, out):
-            logits[0, :, top:top + window, left:left + window] += crop_logits
-            count[..., top:top + window, left:left + window] += 1
+            logits[0, :, top : top + window, left : left + window] += crop_logits
+            count[..., top : top + window, left : left + window] += 1
     return (logits / count)[..., :height, :width]
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, crop_size: int,
-             device: torch.device, amp: bool = False) -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    num_classes: int,
+    crop_size: int,
+    device: torch.device,
+    amp: bool = False,
+) -> dict:
     """mIoU of `model` over a val loader of (image 1 x 3 x H x W, label 1 x H x W, id) batches.
 
     The confusion matrix is accumulated over every image this rank sees, then summed across ranks
@@ -64,7 +82,9 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, crop_
     try:
         for image, label, *_ in loader:
             if image.shape[0] != 1:
-                raise ValueError(f"evaluate: val batches must hold one image (full resolution), got {image.shape[0]}")
+                raise ValueError(
+                    f"evaluate: val batches must hold one image (full resolution), got {image.shape[0]}"
+                )
             image, label = to_device(image, device, True), to_device(label, device)
             with autocast(device, amp):
                 logits = sliding_window_logits(model, image, num_classes, crop_size)
@@ -72,5 +92,8 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, num_classes: int, crop_
     finally:
         model.train(was_training)
     result = mean_iou(all_reduce_sum(confusion).cpu())
-    return {"miou": result["miou"], "iou": [float(v) for v in result["iou"]],
-            "pixel_accuracy": result["pixel_accuracy"]}
+    return {
+        "miou": result["miou"],
+        "iou": [float(v) for v in result["iou"]],
+        "pixel_accuracy": result["pixel_accuracy"],
+    }

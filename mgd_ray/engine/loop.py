@@ -7,6 +7,7 @@ cfg.eval_every iterations an evaluation, a report and a checkpoint, and resuming
 The loop knows nothing of what it trains (as detectron2's `run_step` and torchvision's
 `train_one_epoch`).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,10 @@ class DivergedError(RuntimeError):
     def __init__(self, iteration: int, losses: dict[str, float]) -> None:
         self.iteration, self.losses = int(iteration), dict(losses)
         detail = ", ".join(f"{k}={v:.4g}" for k, v in self.losses.items() if k != "loss")
-        super().__init__(f"diverged at iteration {iteration}: loss={self.losses['loss']}"
-                         + (f" ({detail})" if detail else ""))
+        super().__init__(
+            f"diverged at iteration {iteration}: loss={self.losses['loss']}"
+            + (f" ({detail})" if detail else "")
+        )
 
     def __reduce__(self):  # pickled across processes (Ray) with its fields, not just its message
         return type(self), (self.iteration, self.losses)
@@ -60,9 +63,15 @@ class Task(Protocol):
         the rank and the iteration: a resumed run draws the masks of an uninterrupted one)."""
         ...
 
-    def losses(self, x_l: torch.Tensor, y: torch.Tensor, u0: torch.Tensor, u1: torch.Tensor,
-               mask: torch.Tensor, targets: dict[str, torch.Tensor] | None = None
-               ) -> dict[str, torch.Tensor]:
+    def losses(
+        self,
+        x_l: torch.Tensor,
+        y: torch.Tensor,
+        u0: torch.Tensor,
+        u1: torch.Tensor,
+        mask: torch.Tensor,
+        targets: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Scalars of one iteration: "loss", the total to minimise, and the others of `logged`.
         x_l, u0, u1: B x 3 x S x S; y and the CutMix mask: B x S x S; `targets`: what
         stored_inputs loaded for the iteration (None without stored inputs)."""
@@ -87,7 +96,9 @@ def fit(task: Task, cfg: TeacherConfig | DistillConfig, data, ctx: RunContext) -
     "iteration", "miou", the means of task.logged (0.0 when none ran), "lr", the task's other
     evaluation metrics, "iter_per_s", "data_wait_share", "done"; returns the final report."""
     device = ctx.device
-    if device.type == "cuda":  # fixed crop sizes: let cuDNN pick its fastest kernels, as the official train.py
+    if (
+        device.type == "cuda"
+    ):  # fixed crop sizes: let cuDNN pick its fastest kernels, as the official train.py
         torch.backends.cudnn.benchmark = True
     optimizer = build_optimizer(task.models, cfg.optim)
     torch.manual_seed(task.global_seed)
@@ -104,11 +115,21 @@ def fit(task: Task, cfg: TeacherConfig | DistillConfig, data, ctx: RunContext) -
     def evaluate_and_report(iteration: int, lr: float, done: bool) -> dict[str, Any]:
         means = meter.read(device)
         evaluation = task.evaluate(batches.val_loader)
-        return report({"iteration": iteration, "miou": evaluation["miou"],
-                       **{name: means.get(name, 0.0) for name in task.logged}, "lr": lr, **evaluation,
-                       **batches.read_window(), "done": done})
+        return report(
+            {
+                "iteration": iteration,
+                "miou": evaluation["miou"],
+                **{name: means.get(name, 0.0) for name in task.logged},
+                "lr": lr,
+                **evaluation,
+                **batches.read_window(),
+                "done": done,
+            }
+        )
 
-    if start >= cfg.iterations:  # resumed a finished run: report its final metrics once more (those of
+    if (
+        start >= cfg.iterations
+    ):  # resumed a finished run: report its final metrics once more (those of
         # a checkpoint written before state.pt kept them are measured again)
         return report({**final, "done": True}) if final else evaluate_and_report(start, 0.0, True)
     for model in task.models:
@@ -127,8 +148,12 @@ def fit(task: Task, cfg: TeacherConfig | DistillConfig, data, ctx: RunContext) -
     return metrics
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, logged: dict[str, torch.Tensor], iteration: int,
-                   grad_clip: float | None) -> dict[str, float]:
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    logged: dict[str, torch.Tensor],
+    iteration: int,
+    grad_clip: float | None,
+) -> dict[str, float]:
     """Backward and step on logged["loss"], after one host read of the logged scalars.
 
     The read is also the divergence check, done before the step so non-finite gradients never
@@ -138,7 +163,9 @@ def optimizer_step(optimizer: torch.optim.Optimizer, logged: dict[str, torch.Ten
     values = torch.stack([logged[n].detach().float() for n in names])
     values = dict(zip(names, (all_reduce_sum(values) / world_size()).tolist()))
     if not math.isfinite(values["loss"]):
-        raise DivergedError(iteration, {n: v for n, v in values.items() if n == "loss" or n.startswith("loss_")})
+        raise DivergedError(
+            iteration, {n: v for n, v in values.items() if n == "loss" or n.startswith("loss_")}
+        )
     optimizer.zero_grad(set_to_none=True)
     logged["loss"].backward()
     clip_gradients(optimizer, grad_clip)
@@ -160,15 +187,18 @@ class RunningMeans:
 
     def read(self, device: torch.device) -> dict[str, float]:
         keys = sorted(self.sums)
-        packed = torch.tensor([self.sums[k] for k in keys] + [float(self.count)], dtype=torch.float64, device=device)
+        packed = torch.tensor(
+            [self.sums[k] for k in keys] + [float(self.count)], dtype=torch.float64, device=device
+        )
         packed = all_reduce_sum(packed).cpu()
         count = max(packed[-1].item(), 1.0)
         self.sums, self.count = {}, 0
         return {k: packed[i].item() / count for i, k in enumerate(keys)}
 
 
-def checkpoint_state(task: Task, optimizer: torch.optim.Optimizer, metrics: dict[str, Any]
-                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def checkpoint_state(
+    task: Task, optimizer: torch.optim.Optimizer, metrics: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(state.pt, model.pt) of the run at the report `metrics`. state.pt holds what resuming needs
     beside the weights: the task's entries, the iteration, torch's global RNG states, the reported
     metrics and, until the run is done, the optimizer. No data-stream or CutMix state: both are
@@ -182,8 +212,9 @@ def checkpoint_state(task: Task, optimizer: torch.optim.Optimizer, metrics: dict
     return state, model_state
 
 
-def report_with_checkpoint(ctx: RunContext, metrics: dict[str, Any],
-                           build_state: Callable[[], tuple[dict, dict]]) -> None:
+def report_with_checkpoint(
+    ctx: RunContext, metrics: dict[str, Any], build_state: Callable[[], tuple[dict, dict]]
+) -> None:
     """Every rank calls ctx.report; rank 0 writes state.pt and model.pt (the plain model state dict,
     stored once) into a fresh temporary folder, passes it along, and removes it once the context has
     kept a copy."""
@@ -200,8 +231,9 @@ def report_with_checkpoint(ctx: RunContext, metrics: dict[str, Any],
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def resume(ctx: RunContext, task: Task, optimizer: torch.optim.Optimizer
-           ) -> tuple[int, dict[str, Any] | None]:
+def resume(
+    ctx: RunContext, task: Task, optimizer: torch.optim.Optimizer
+) -> tuple[int, dict[str, Any] | None]:
     """Restore a run from ctx.latest_checkpoint(): the task's models, the optimizer (a finished
     run's checkpoint has none) and torch's global RNG state. Returns (iteration, the metrics
     reported with the checkpoint) to continue from; (0, None) when fresh. A checkpoint written

@@ -11,6 +11,7 @@ everything only it needs, so a supervised-only run needs no teacher.
     L_I   = 2 * mean_images sum_c |GAP S(x_m) - GAP T_D(x_m)|   (logits; the official 2-image sum)
     L_R   = MSE(sim(S_feat(x_m)), sim(T_W_feat(x_m)))
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -19,10 +20,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..losses import (content_aware_from_similarity, pixel_consistency_from_labels,
-                      semantic_sensitive_from_pooled, supervised_loss)
+from ..losses import (
+    content_aware_from_similarity,
+    pixel_consistency_from_labels,
+    semantic_sensitive_from_pooled,
+    supervised_loss,
+)
 from .batch_groups import batch_groups
-
 
 TEACHERS = ("deep", "wide")
 PIXEL_BATCHES = ("u0", "u1", "x_l")  # what L_P needs of each teacher
@@ -79,7 +83,9 @@ def _distributed() -> bool:
 
 
 @torch.no_grad()
-def teacher_forward(teacher: nn.Module, images: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+def teacher_forward(
+    teacher: nn.Module, images: dict[str, torch.Tensor]
+) -> dict[str, dict[str, torch.Tensor]]:
     """name -> {"logits", "features"} for each named batch (all B x 3 x S x S), from ONE forward over
     the concatenated batches (fewer, larger kernels than a forward per batch).
 
@@ -105,12 +111,18 @@ def mix(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (1 - m) * a + m * b
 
 
-def mgd_losses(student: nn.Module, targets: dict[str, torch.Tensor], x_l: torch.Tensor,
-               y: torch.Tensor, u0: torch.Tensor, u1: torch.Tensor, mask: torch.Tensor,
-               active: set[str],
-               confidence_threshold: float = 0.0,
-               sup_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = supervised_loss,
-               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def mgd_losses(
+    student: nn.Module,
+    targets: dict[str, torch.Tensor],
+    x_l: torch.Tensor,
+    y: torch.Tensor,
+    u0: torch.Tensor,
+    u1: torch.Tensor,
+    mask: torch.Tensor,
+    active: set[str],
+    confidence_threshold: float = 0.0,
+    sup_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = supervised_loss,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The loss terms of one iteration, keyed "sup" / "pixel" / "semantic" / "region" (active ones
     only), and detached statistics {"kept_fraction"}: the share of pseudo-label pixels above the
     confidence threshold over the four L_P terms (0 when L_P is off).
@@ -121,7 +133,9 @@ def mgd_losses(student: nn.Module, targets: dict[str, torch.Tensor], x_l: torch.
     student runs once, on [x_m; x_l] concatenated (DDP's one-forward-per-backward rule), with BN
     statistics per batch."""
     if not active:
-        raise ValueError("mgd_losses: no active term (every weight is 0); nothing would train the student")
+        raise ValueError(
+            "mgd_losses: no active term (every weight is 0); nothing would train the student"
+        )
     missing = [key for key in required_keys(active) if key not in targets]
     if missing:
         raise ValueError(f"mgd_losses: weights {sorted(active)} need teacher targets {missing}")
@@ -150,8 +164,9 @@ def mgd_losses(student: nn.Module, targets: dict[str, torch.Tensor], x_l: torch.
             code_m = torch.where(shows_u1, targets[f"{t}.u1.code"], targets[f"{t}.u0.code"])
             label_l, code_l = targets[f"{t}.x_l.label"], targets[f"{t}.x_l.code"]
             for logits, label, code in ((s_m, label_m, code_m), (s_l, label_l, code_l)):
-                loss, count = pixel_consistency_from_labels(logits, label, code,
-                                                            confidence_threshold)
+                loss, count = pixel_consistency_from_labels(
+                    logits, label, code, confidence_threshold
+                )
                 pixel.append(loss)
                 kept = kept + count
         terms["pixel"] = torch.stack(pixel).sum()
@@ -159,6 +174,7 @@ def mgd_losses(student: nn.Module, targets: dict[str, torch.Tensor], x_l: torch.
     if "semantic" in active:
         terms["semantic"] = semantic_sensitive_from_pooled(s_m, targets["deep.x_m.pooled"])
     if "region" in active:
-        terms["region"] = content_aware_from_similarity(s_m_features,
-                                                        targets["wide.x_m.similarity"])
+        terms["region"] = content_aware_from_similarity(
+            s_m_features, targets["wide.x_m.similarity"]
+        )
     return terms, {"kept_fraction": kept.detach()}

@@ -1,5 +1,6 @@
 """SGD with the DeepLab / CPS conventions: momentum 0.9, weight decay except on BN and biases, and a
 poly learning-rate schedule stepped every iteration."""
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -22,15 +23,21 @@ def param_groups(models: Iterable[nn.Module], weight_decay: float) -> list[dict]
                 continue
             seen.add(id(param))
             (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def build_optimizer(models: Iterable[nn.Module], cfg: OptimConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(param_groups(models, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.SGD(
+        param_groups(models, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum
+    )
 
 
-def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float = 0.9, warmup: int = 0) -> float:
+def poly_lr(
+    base_lr: float, iteration: int, max_iterations: int, power: float = 0.9, warmup: int = 0
+) -> float:
     """base_lr * (1 - iteration / max_iterations) ** power, for iteration 0 .. max_iterations - 1,
     scaled by (iteration + 1) / warmup over the first `warmup` iterations (linear warm-up, which
     keeps deep networks trained from scratch from blowing up in their first steps)."""

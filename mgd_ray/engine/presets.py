@@ -15,6 +15,7 @@ equal). Our losses are plain means and DDP averages, so `load_preset` resolves t
 that way (the preset key `official_gpus`: 4 on VOC, 8 on Cityscapes); the official values stay
 available under "official".
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,17 @@ from pathlib import Path
 
 import yaml
 
-from ..config import (DATASETS, TEACHER_DEEP, TEACHER_WIDE, DataConfig, DistillConfig, LossWeights, OptimConfig,
-                      TeacherConfig, check_protocol)
+from ..config import (
+    DATASETS,
+    TEACHER_DEEP,
+    TEACHER_WIDE,
+    DataConfig,
+    DistillConfig,
+    LossWeights,
+    OptimConfig,
+    TeacherConfig,
+    check_protocol,
+)
 from ..data import labeled_count
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -58,16 +68,22 @@ def _per_device(raw: dict, key: str, num_devices: int, path: Path) -> int:
     if key in raw:
         total = int(raw[key])
         if total % num_devices:
-            raise ValueError(f"preset {path}: {key}={total} (the official total batch) does not split over "
-                             f"{num_devices} devices; use a device count that divides it")
+            raise ValueError(
+                f"preset {path}: {key}={total} (the official total batch) does not split over "
+                f"{num_devices} devices; use a device count that divides it"
+            )
         return total // num_devices
     if "batch_size" in raw:
         return int(raw["batch_size"])
     raise ValueError(f"preset {path}: needs {key} (total batch) or batch_size (per device)")
 
 
-def load_preset(dataset: str, protocol: str = "1/8", student: str = "deeplabv3plus_resnet18",
-                num_devices: int = 1) -> dict:
+def load_preset(
+    dataset: str,
+    protocol: str = "1/8",
+    student: str = "deeplabv3plus_resnet18",
+    num_devices: int = 1,
+) -> dict:
     """The resolved recipe of one dataset, protocol, student and device count:
 
     "crop_size"; "batch_size" and "teacher_batch_size" (images per device per batch: the total batch
@@ -85,16 +101,22 @@ def load_preset(dataset: str, protocol: str = "1/8", student: str = "deeplabv3pl
         raise ValueError(f"preset {path}: missing key(s) {missing}")
     weights_key = f"weights_{student}"
     if weights_key not in raw:
-        raise ValueError(f"preset {path}: no {weights_key}; students with weights: "
-                         f"{[k[len('weights_'):] for k in raw if k.startswith('weights_')]}")
-    batch = {"student": _per_device(raw, "batch_total", num_devices, path),
-             "teacher": _per_device(raw, "teacher_batch_total", num_devices, path)}
+        raise ValueError(
+            f"preset {path}: no {weights_key}; students with weights: "
+            f"{[k[len('weights_') :] for k in raw if k.startswith('weights_')]}"
+        )
+    batch = {
+        "student": _per_device(raw, "batch_total", num_devices, path),
+        "teacher": _per_device(raw, "teacher_batch_total", num_devices, path),
+    }
     train_images = int(raw["train_images"])
     labeled = labeled_count(train_images, protocol)
     unlabeled = train_images - labeled if protocol != "full" else train_images
     # An official epoch: enough iterations for the longer of the two lists (config.py max_samples).
-    epoch_iterations = {role: max(1, math.ceil(max(labeled, unlabeled) / (b * num_devices)))
-                        for role, b in batch.items()}
+    epoch_iterations = {
+        role: max(1, math.ceil(max(labeled, unlabeled) / (b * num_devices)))
+        for role, b in batch.items()
+    }
 
     def iterations(role: str) -> int:
         if f"{role}_iterations" in raw:
@@ -104,7 +126,9 @@ def load_preset(dataset: str, protocol: str = "1/8", student: str = "deeplabv3pl
         else:
             raise ValueError(f"preset {path}: needs {role}_iterations or {role}_epochs")
         if protocol not in table:
-            raise ValueError(f"preset {path}: {role} schedule has no protocol {protocol!r} (has {sorted(table)})")
+            raise ValueError(
+                f"preset {path}: {role} schedule has no protocol {protocol!r} (has {sorted(table)})"
+            )
         return int(table[protocol]) * scale
 
     def eval_every(role: str) -> int:
@@ -116,17 +140,22 @@ def load_preset(dataset: str, protocol: str = "1/8", student: str = "deeplabv3pl
     official_lr = _per_arch(raw["lr"], (student,), "lr", path)[student]
     official_teacher_lr = _per_arch(raw["teacher_lr"], TEACHERS, "teacher_lr", path)
     official_wd = float(raw.get("weight_decay", DEFAULT_WEIGHT_DECAY))
-    return {"crop_size": int(raw["crop_size"]),
-            "batch_size": batch["student"], "teacher_batch_size": batch["teacher"],
-            "lr": official_lr / gpus,
-            "teacher_lr": {arch: lr / gpus for arch, lr in official_teacher_lr.items()},
-            "weight_decay": official_wd * gpus,
-            "warmup_fraction": float(raw.get("warmup_fraction", 0.0)),
-            "cps_weight": float(raw.get("cps_weight", TeacherConfig.cps_weight)),
-            "ohem": bool(raw["ohem"]),
-            "student_iterations": iterations("student"), "teacher_iterations": iterations("teacher"),
-            "eval_every": eval_every("student"), "teacher_eval_every": eval_every("teacher"),
-            "weights": LossWeights(**raw[weights_key])}
+    return {
+        "crop_size": int(raw["crop_size"]),
+        "batch_size": batch["student"],
+        "teacher_batch_size": batch["teacher"],
+        "lr": official_lr / gpus,
+        "teacher_lr": {arch: lr / gpus for arch, lr in official_teacher_lr.items()},
+        "weight_decay": official_wd * gpus,
+        "warmup_fraction": float(raw.get("warmup_fraction", 0.0)),
+        "cps_weight": float(raw.get("cps_weight", TeacherConfig.cps_weight)),
+        "ohem": bool(raw["ohem"]),
+        "student_iterations": iterations("student"),
+        "teacher_iterations": iterations("teacher"),
+        "eval_every": eval_every("student"),
+        "teacher_eval_every": eval_every("teacher"),
+        "weights": LossWeights(**raw[weights_key]),
+    }
 
 
 def preset_optim(preset: dict, role: str, iterations: int, arch: str | None = None) -> OptimConfig:
@@ -144,19 +173,32 @@ def preset_optim(preset: dict, role: str, iterations: int, arch: str | None = No
         elif len(set(rates.values())) == 1:
             lr = next(iter(rates.values()))
         else:
-            raise ValueError(f"preset_optim: the teachers' learning rates differ ({rates}); pass arch")
+            raise ValueError(
+                f"preset_optim: the teachers' learning rates differ ({rates}); pass arch"
+            )
     else:
         raise ValueError(f"preset_optim: role {role!r}, expected 'student' or 'teacher'")
-    return OptimConfig(lr=lr, weight_decay=preset.get("weight_decay", DEFAULT_WEIGHT_DECAY),
-                       warmup_iterations=round(preset["warmup_fraction"] * iterations))
+    return OptimConfig(
+        lr=lr,
+        weight_decay=preset.get("weight_decay", DEFAULT_WEIGHT_DECAY),
+        warmup_iterations=round(preset["warmup_fraction"] * iterations),
+    )
 
 
-
-def preset_configs(dataset: str, protocol: str, student: str = "deeplabv3plus_resnet18", num_devices: int = 1,
-                   *, data: dict | None = None, iterations: int | None = None,
-                   teacher_iterations: int | None = None, eval_every: int | None = None,
-                   teacher_eval_every: int | None = None, imagenet: dict[str, str | None] | None = None,
-                   seed: int = 0) -> tuple[DistillConfig, dict[str, TeacherConfig]]:
+def preset_configs(
+    dataset: str,
+    protocol: str,
+    student: str = "deeplabv3plus_resnet18",
+    num_devices: int = 1,
+    *,
+    data: dict | None = None,
+    iterations: int | None = None,
+    teacher_iterations: int | None = None,
+    eval_every: int | None = None,
+    teacher_eval_every: int | None = None,
+    imagenet: dict[str, str | None] | None = None,
+    seed: int = 0,
+) -> tuple[DistillConfig, dict[str, TeacherConfig]]:
     """The one step from a dataset preset to runs: the student's DistillConfig (no teacher files
     yet) and each teacher's TeacherConfig by architecture, for one protocol on `num_devices`
     devices, with the preset's whole recipe (crop, batch per device and role, learning rates with
@@ -166,22 +208,49 @@ def preset_configs(dataset: str, protocol: str, student: str = "deeplabv3plus_re
     unless teacher_eval_every is given); `imagenet`, {arch: ImageNet file} (None: from scratch)."""
     preset = load_preset(dataset, protocol, student, num_devices)
     given = {key: value for key, value in (data or {}).items() if value is not None}
-    data_cfg = DataConfig(**{"dataset": dataset, "protocol": protocol, "seed": seed,
-                             "crop_size": preset["crop_size"], "batch_size": preset["batch_size"], **given})
+    data_cfg = DataConfig(
+        **{
+            "dataset": dataset,
+            "protocol": protocol,
+            "seed": seed,
+            "crop_size": preset["crop_size"],
+            "batch_size": preset["batch_size"],
+            **given,
+        }
+    )
     imagenet = imagenet or {}
     iterations = iterations or preset["student_iterations"]
-    distill = DistillConfig(student=student, data=data_cfg, optim=preset_optim(preset, "student", iterations),
-                            weights=preset["weights"], iterations=iterations,
-                            eval_every=min(eval_every or preset["eval_every"], iterations), ohem=preset["ohem"],
-                            backbone_weights=imagenet.get(student), seed=seed)
+    distill = DistillConfig(
+        student=student,
+        data=data_cfg,
+        optim=preset_optim(preset, "student", iterations),
+        weights=preset["weights"],
+        iterations=iterations,
+        eval_every=min(eval_every or preset["eval_every"], iterations),
+        ohem=preset["ohem"],
+        backbone_weights=imagenet.get(student),
+        seed=seed,
+    )
     teacher_iterations = teacher_iterations or preset["teacher_iterations"]
     # Teachers have their own official total batch (Cityscapes: 8 against the students' 16).
-    teacher_data = dataclasses.replace(data_cfg, batch_size=given.get("batch_size", preset["teacher_batch_size"]))
-    teacher_eval = min(teacher_eval_every or eval_every or preset["teacher_eval_every"], teacher_iterations)
-    teachers = {arch: TeacherConfig(arch=arch, data=teacher_data,
-                                    optim=preset_optim(preset, "teacher", teacher_iterations, arch),
-                                    cps_weight=preset["cps_weight"], iterations=teacher_iterations,
-                                    eval_every=teacher_eval, ohem=preset["ohem"],
-                                    backbone_weights=imagenet.get(arch), seed=seed)
-                for arch in TEACHERS}
+    teacher_data = dataclasses.replace(
+        data_cfg, batch_size=given.get("batch_size", preset["teacher_batch_size"])
+    )
+    teacher_eval = min(
+        teacher_eval_every or eval_every or preset["teacher_eval_every"], teacher_iterations
+    )
+    teachers = {
+        arch: TeacherConfig(
+            arch=arch,
+            data=teacher_data,
+            optim=preset_optim(preset, "teacher", teacher_iterations, arch),
+            cps_weight=preset["cps_weight"],
+            iterations=teacher_iterations,
+            eval_every=teacher_eval,
+            ohem=preset["ohem"],
+            backbone_weights=imagenet.get(arch),
+            seed=seed,
+        )
+        for arch in TEACHERS
+    }
     return distill, teachers

@@ -6,6 +6,7 @@ names could, and did), and a seed is the same on every machine, Python and proce
 `hash` of a str is salted per process). Each function below names what its stream decides and of
 what it is a pure function; a new stream gets a new name here.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -21,6 +21,7 @@ store is long enough; otherwise the run is refused with a ValueError naming each
 values. A target is a pure function of the teacher files, the data stream (batches.py) and the mask
 stream's seed: nothing else can pair a stored target with other images.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -67,28 +68,44 @@ def teacher_precision(device: torch.device, amp: bool) -> str:
     return "bfloat16" if amp and device.type == "cuda" else "float32"
 
 
-def describe(cfg: DistillConfig, data, world: int, device: torch.device,
-             teachers: tuple[str, ...] = TEACHERS) -> dict[str, Any]:
+def describe(
+    cfg: DistillConfig,
+    data,
+    world: int,
+    device: torch.device,
+    teachers: tuple[str, ...] = TEACHERS,
+) -> dict[str, Any]:
     """The manifest fields a store must share with a run of `cfg` on `world` ranks: the teachers
     named in `teachers` (arch and file SHA-256), their BN mode and precision, the data stream."""
-    fields: dict[str, Any] = {"format": FORMAT, "stream_version": STREAM_VERSION,
-                              "mask_stream": MASK_STREAM}
+    fields: dict[str, Any] = {
+        "format": FORMAT,
+        "stream_version": STREAM_VERSION,
+        "mask_stream": MASK_STREAM,
+    }
     for teacher in teachers:
         option = f"teacher_{teacher}_checkpoint"
         path = getattr(cfg, option)
         if path is None:
-            raise ValueError(f"DistillConfig.{option} is required: the loss weights use this "
-                             "teacher, and a targets store is checked against its file")
+            raise ValueError(
+                f"DistillConfig.{option} is required: the loss weights use this "
+                "teacher, and a targets store is checked against its file"
+            )
         fields[f"teacher_{teacher}"] = getattr(cfg, f"teacher_{teacher}")
         fields[f"teacher_{teacher}_sha256"] = storage.sha256(path)
-    fields.update({
-        "teacher_train_mode": cfg.teacher_train_mode,
-        "teacher_precision": teacher_precision(device, cfg.amp),
-        "num_classes": data.num_classes, "dataset": cfg.data.dataset,
-        "protocol": cfg.data.protocol,
-        "split_sha256": split_sha256(list(data.labeled_ids), list(data.unlabeled_ids)),
-        "data_seed": cfg.data.seed, "crop_size": cfg.data.crop_size,
-        "batch_size": cfg.data.batch_size, "world_size": world})
+    fields.update(
+        {
+            "teacher_train_mode": cfg.teacher_train_mode,
+            "teacher_precision": teacher_precision(device, cfg.amp),
+            "num_classes": data.num_classes,
+            "dataset": cfg.data.dataset,
+            "protocol": cfg.data.protocol,
+            "split_sha256": split_sha256(list(data.labeled_ids), list(data.unlabeled_ids)),
+            "data_seed": cfg.data.seed,
+            "crop_size": cfg.data.crop_size,
+            "batch_size": cfg.data.batch_size,
+            "world_size": world,
+        }
+    )
     return fields
 
 
@@ -99,14 +116,18 @@ def read_manifest(store: str) -> dict[str, Any] | None:
 
 def mismatches(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
     """'field: store has X, this run has Y' for each field of `expected` `found` differs in."""
-    return [f"{key}: store has {found.get(key)!r}, this run has {value!r}"
-            for key, value in expected.items() if found.get(key) != value]
+    return [
+        f"{key}: store has {found.get(key)!r}, this run has {value!r}"
+        for key, value in expected.items()
+        if found.get(key) != value
+    ]
 
 
 def refuse(store: str, problems: list[str]) -> None:
     if problems:
-        raise ValueError(f"teacher targets store {store} does not match this run: "
-                         + "; ".join(problems))
+        raise ValueError(
+            f"teacher targets store {store} does not match this run: " + "; ".join(problems)
+        )
 
 
 def difference(code: np.ndarray) -> np.ndarray:
@@ -140,8 +161,10 @@ def decode(raw: bytes, keys: dict[str, str]) -> dict[str, torch.Tensor]:
     """{name: tensor} of the stored arrays keys[name] of an `encode`d file."""
     with np.load(io.BytesIO(raw)) as stored:
         arrays = {name: stored[key] for name, key in keys.items()}
-    return {name: torch.from_numpy(undifference(a) if name.endswith(".code") else a)
-            for name, a in arrays.items()}
+    return {
+        name: torch.from_numpy(undifference(a) if name.endswith(".code") else a)
+        for name, a in arrays.items()
+    }
 
 
 class TargetReader:
@@ -162,9 +185,11 @@ class TargetReader:
         try:
             raw = storage.read_bytes(uri)
         except (FileNotFoundError, OSError) as err:
-            raise FileNotFoundError(f"teacher targets store {self.store}: no targets of "
-                                    f"iteration {iteration} for rank {self.rank} ({uri}): was the "
-                                    f"store written in full? ({err})") from err
+            raise FileNotFoundError(
+                f"teacher targets store {self.store}: no targets of "
+                f"iteration {iteration} for rank {self.rank} ({uri}): was the "
+                f"store written in full? ({err})"
+            ) from err
         return decode(raw, {key: self.stored_key(key) for key in self.keys})
 
 
@@ -177,15 +202,21 @@ def open_store(cfg: DistillConfig, data, device: torch.device) -> TargetReader:
     used = tuple(t for t in TEACHERS if any(need[t].values()))
     manifest = read_manifest(cfg.targets)
     if manifest is None:
-        raise ValueError(f"teacher targets store {cfg.targets}: no {MANIFEST} (not a store, or "
-                         f"its writer has not started)")
+        raise ValueError(
+            f"teacher targets store {cfg.targets}: no {MANIFEST} (not a store, or "
+            f"its writer has not started)"
+        )
     problems = mismatches(manifest, describe(cfg, data, world_size(), device, used))
     if any(need[t]["mixed"] for t in TEACHERS) and cfg.seed not in manifest.get("streams", []):
-        problems.append(f"streams: store has {manifest.get('streams')!r}, this run's mask stream "
-                        f"(seed {cfg.seed}) is not among them")
+        problems.append(
+            f"streams: store has {manifest.get('streams')!r}, this run's mask stream "
+            f"(seed {cfg.seed}) is not among them"
+        )
     if manifest.get("iterations", 0) < cfg.iterations:
-        problems.append(f"iterations: store has {manifest.get('iterations')!r}, this run needs "
-                        f"{cfg.iterations}")
+        problems.append(
+            f"iterations: store has {manifest.get('iterations')!r}, this run needs "
+            f"{cfg.iterations}"
+        )
     refuse(cfg.targets, problems)
     return TargetReader(cfg.targets, rank(), world_size(), cfg.seed, required_keys(active))
 
@@ -202,8 +233,9 @@ def _ensure_manifest(store: str, manifest: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def write_targets(cfg: DistillConfig, streams: list[int], iterations: range, ctx: RunContext,
-                  store: str) -> dict[str, Any]:
+def write_targets(
+    cfg: DistillConfig, streams: list[int], iterations: range, ctx: RunContext, store: str
+) -> dict[str, Any]:
     """Compute and write both teachers' targets of `iterations` on this rank for every mask stream
     (student seed) in `streams`, into `store`; every rank of the run calls it and writes its own
     files, from the data stream a student run of `cfg` on as many ranks reads. Iterations whose
@@ -218,22 +250,36 @@ def write_targets(cfg: DistillConfig, streams: list[int], iterations: range, ctx
     if not streams:
         raise ValueError("write_targets: no mask stream (student seed) to write")
     if iterations.step != 1 or iterations.start < 0 or iterations.stop > cfg.iterations:
-        raise ValueError(f"write_targets: iterations {iterations} outside range(0, "
-                         f"{cfg.iterations}), the store's length (DistillConfig.iterations)")
+        raise ValueError(
+            f"write_targets: iterations {iterations} outside range(0, "
+            f"{cfg.iterations}), the store's length (DistillConfig.iterations)"
+        )
     device, world, this_rank = ctx.device, world_size(), rank()
     data = build_datasets(cfg.data)
-    manifest = {**describe(cfg, data, world, device), "streams": streams,
-                "iterations": cfg.iterations}
+    manifest = {
+        **describe(cfg, data, world, device),
+        "streams": streams,
+        "iterations": cfg.iterations,
+    }
     _ensure_manifest(store, manifest)
-    teachers = {t: load_teacher(getattr(cfg, f"teacher_{t}"), data.num_classes,
-                                getattr(cfg, f"teacher_{t}_checkpoint"), f"teacher_{t}_checkpoint",
-                                device, cfg.teacher_train_mode) for t in TEACHERS}
+    teachers = {
+        t: load_teacher(
+            getattr(cfg, f"teacher_{t}"),
+            data.num_classes,
+            getattr(cfg, f"teacher_{t}_checkpoint"),
+            f"teacher_{t}_checkpoint",
+            device,
+            cfg.teacher_train_mode,
+        )
+        for t in TEACHERS
+    }
     folder = rank_folder(store, this_rank, world)
     present = set(storage.list_files(folder))
     # Collective: a teacher forward in train mode combines BN statistics over the ranks, so every
     # rank computes every iteration some rank lacks (and writes only what it lacks itself).
-    missing = torch.tensor([file_name(t) not in present for t in iterations], dtype=torch.int32,
-                           device=device)
+    missing = torch.tensor(
+        [file_name(t) not in present for t in iterations], dtype=torch.int32, device=device
+    )
     todo = [t for t, m in zip(iterations, all_reduce_sum(missing).tolist()) if m]
     items = IterationData(data.labeled, data.unlabeled, cfg.data, world, this_rank)
     files = written = 0
@@ -241,8 +287,12 @@ def write_targets(cfg: DistillConfig, streams: list[int], iterations: range, ctx
         t = item["iteration"]
         x_l = to_device(item["x_l"], device, True)
         u0, u1 = to_device(item["u"], device, True).chunk(2)
-        masks = {s: cutmix_mask_at(seeds.student_cutmix(s, this_rank, t), u0.shape[0],
-                                   u0.shape[-2], u0.shape[-1]).to(device) for s in streams}
+        masks = {
+            s: cutmix_mask_at(
+                seeds.student_cutmix(s, this_rank, t), u0.shape[0], u0.shape[-2], u0.shape[-1]
+            ).to(device)
+            for s in streams
+        }
         with autocast(device, cfg.amp):
             targets = compute_targets(teachers, x_l, u0, u1, masks)
         if file_name(t) not in present:
@@ -250,9 +300,21 @@ def write_targets(cfg: DistillConfig, streams: list[int], iterations: range, ctx
             storage.write_bytes(storage.join(folder, file_name(t)), raw)
             files, written = files + 1, written + len(raw)
     totals = all_reduce_sum(torch.tensor([files, written], dtype=torch.float64, device=device))
-    return {"iterations": len(todo), "files_written": int(totals[0]),
-            "bytes_written": int(totals[1]), "seconds": time.perf_counter() - started}
+    return {
+        "iterations": len(todo),
+        "files_written": int(totals[0]),
+        "bytes_written": int(totals[1]),
+        "seconds": time.perf_counter() - started,
+    }
 
 
-__all__ = ["FORMAT", "MANIFEST", "TargetReader", "decode", "describe", "encode", "open_store",
-           "write_targets"]
+__all__ = [
+    "FORMAT",
+    "MANIFEST",
+    "TargetReader",
+    "decode",
+    "describe",
+    "encode",
+    "open_store",
+    "write_targets",
+]

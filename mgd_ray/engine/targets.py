@@ -14,6 +14,7 @@ B x H x W uint8); per mask stream s: "deep.x_m@s.pooled" (B x C float32, losses.
 and "wide.x_m@s.similarity" (B x 49 x 49 float32, losses.region_similarity). `for_stream` drops
 the "@s" of one stream: the keys the step (mgd_step.mgd_losses) reads.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,27 +30,42 @@ from .mgd_step import MIXED, PIXEL_BATCHES, freeze, mix, needed
 MAX_CLASSES = 255  # labels are uint8 targets, 0..254 (255 is the ignore index)
 
 
-def load_teacher(arch: str, num_classes: int, path: str | None, option: str, device: torch.device,
-                 train_mode: bool) -> nn.Module:
+def load_teacher(
+    arch: str,
+    num_classes: int,
+    path: str | None,
+    option: str,
+    device: torch.device,
+    train_mode: bool,
+) -> nn.Module:
     """A frozen teacher from a plain state-dict file (model.pt or a state.pt)."""
     if path is None:
-        raise ValueError(f"DistillConfig.{option} is required: the loss weights use this teacher "
-                         f"(train one with train_teacher, or set its weight terms to 0)")
+        raise ValueError(
+            f"DistillConfig.{option} is required: the loss weights use this teacher "
+            f"(train one with train_teacher, or set its weight terms to 0)"
+        )
     if num_classes > MAX_CLASSES:
         raise ValueError(f"{num_classes} classes: teacher targets hold labels 0..254 as uint8")
     teacher = build_model(arch, num_classes)
     try:
         teacher.load_state_dict(load_model_state(path))
     except RuntimeError as err:
-        raise ValueError(f"DistillConfig.{option}={path}: not a {arch} with {num_classes} classes "
-                         f"({err})") from err
+        raise ValueError(
+            f"DistillConfig.{option}={path}: not a {arch} with {num_classes} classes ({err})"
+        ) from err
     return channels_last(freeze(teacher.to(device), train_mode), device)
 
 
 @torch.no_grad()
-def compute_targets(teachers: dict[str, nn.Module | None], x_l: torch.Tensor, u0: torch.Tensor,
-                    u1: torch.Tensor, masks: dict[int, torch.Tensor], pixel: bool = True,
-                    mixed: bool = True) -> dict[str, torch.Tensor]:
+def compute_targets(
+    teachers: dict[str, nn.Module | None],
+    x_l: torch.Tensor,
+    u0: torch.Tensor,
+    u1: torch.Tensor,
+    masks: dict[int, torch.Tensor],
+    pixel: bool = True,
+    mixed: bool = True,
+) -> dict[str, torch.Tensor]:
     """The targets of one iteration (module docstring) from each teacher in `teachers` ({"deep",
     "wide"} -> frozen model, or None to skip it): its (u0, u1, x_l) targets when `pixel`, and for
     each mask stream s of `masks` (s -> CutMix mask B x S x S) its x_m^s target when `mixed`.
@@ -72,8 +88,10 @@ def compute_targets(teachers: dict[str, nn.Module | None], x_l: torch.Tensor, u0
         for s in masks if mixed else ():
             result = outputs[f"x_m@{s}"]
             out[f"{name}.x_m@{s}.{MIXED[name][1]}"] = (
-                pooled_logits(result["logits"]) if name == "deep"
-                else region_similarity(result["features"], REGION_GRID))
+                pooled_logits(result["logits"])
+                if name == "deep"
+                else region_similarity(result["features"], REGION_GRID)
+            )
     return out
 
 
@@ -90,9 +108,15 @@ def for_stream(targets: dict[str, torch.Tensor], stream: int) -> dict[str, torch
     return selected
 
 
-def live_targets(teacher_deep: nn.Module | None, teacher_wide: nn.Module | None, x_l: torch.Tensor,
-                 u0: torch.Tensor, u1: torch.Tensor, mask: torch.Tensor,
-                 active: set[str]) -> dict[str, torch.Tensor]:
+def live_targets(
+    teacher_deep: nn.Module | None,
+    teacher_wide: nn.Module | None,
+    x_l: torch.Tensor,
+    u0: torch.Tensor,
+    u1: torch.Tensor,
+    mask: torch.Tensor,
+    active: set[str],
+) -> dict[str, torch.Tensor]:
     """One iteration's targets from teachers in the run, only those the `active` terms use (a
     supervised-only run forwards no teacher): for_stream's keys, as a store gives them."""
     need = needed(active)
@@ -100,7 +124,6 @@ def live_targets(teacher_deep: nn.Module | None, teacher_wide: nn.Module | None,
     for name, teacher in (("deep", teacher_deep), ("wide", teacher_wide)):
         if any(need[name].values()):
             if teacher is None:
-                raise ValueError(f"terms {sorted(active)} need teacher_{name}, "
-                                 "which is None")
+                raise ValueError(f"terms {sorted(active)} need teacher_{name}, which is None")
             targets.update(compute_targets({name: teacher}, x_l, u0, u1, {0: mask}, **need[name]))
     return for_stream(targets, 0)

@@ -6,6 +6,7 @@ the labeled batch, and each branch's hard pseudo labels on the CutMix-mixed unla
 supervise the other branch (weight cfg.cps_weight). Pseudo labels of the mix are built as MGD builds
 them: argmax of (1 - M) * P(u0) + M * P(u1), from no-grad forwards on the unmixed images.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,8 +27,15 @@ from .loop import fit
 from .mgd_step import mix
 
 
-def cps_losses(branches, x_l: torch.Tensor, y: torch.Tensor, u0: torch.Tensor, u1: torch.Tensor,
-               mask: torch.Tensor, ohem: bool = False) -> dict[str, torch.Tensor]:
+def cps_losses(
+    branches,
+    x_l: torch.Tensor,
+    y: torch.Tensor,
+    u0: torch.Tensor,
+    u1: torch.Tensor,
+    mask: torch.Tensor,
+    ohem: bool = False,
+) -> dict[str, torch.Tensor]:
     """{"sup": CE of both branches on (x_l, y), "cps": CE of each branch on x_m against the other's
     mixed pseudo labels}. Images B x 3 x S x S, y and mask B x S x S."""
     # The official code runs u0, u1, x_m and x_l through each branch in separate forwards, so each
@@ -46,7 +54,7 @@ def cps_losses(branches, x_l: torch.Tensor, y: torch.Tensor, u0: torch.Tensor, u
     for index, branch in enumerate(branches):
         with batch_groups(branch, groups):
             out = branch(torch.cat([x_m, x_l]))["logits"]
-        s_m, s_l = out[:x_m.shape[0]], out[x_m.shape[0]:]
+        s_m, s_l = out[: x_m.shape[0]], out[x_m.shape[0] :]
         sup.append(supervised_loss(s_l, y, ohem=ohem))
         cps.append(masked_cross_entropy(s_m, pseudo[1 - index]))
     return {"sup": torch.stack(sup).sum(), "cps": torch.stack(cps).sum()}
@@ -64,7 +72,9 @@ class CPSTask:
         self.models = []
         for index in range(2):
             torch.manual_seed(seeds.teacher_branch_init(cfg.seed, index))
-            model = build_model(cfg.arch, data.num_classes, cfg.output_stride, cfg.backbone_weights)
+            model = build_model(
+                cfg.arch, data.num_classes, cfg.output_stride, cfg.backbone_weights
+            )
             self.models.append(ctx.prepare_model(channels_last(model, ctx.device)))
         self.rank = rank()
         self.global_seed = seeds.teacher_global(cfg.seed, self.rank)
@@ -76,14 +86,31 @@ class CPSTask:
 
     def losses(self, x_l, y, u0, u1, mask, targets=None) -> dict[str, torch.Tensor]:
         terms = cps_losses(self.models, x_l, y, u0, u1, mask, self.cfg.ohem)
-        return {"loss": terms["sup"] + self.cfg.cps_weight * terms["cps"], "loss_sup": terms["sup"],
-                "loss_cps": terms["cps"]}
+        return {
+            "loss": terms["sup"] + self.cfg.cps_weight * terms["cps"],
+            "loss_sup": terms["sup"],
+            "loss_cps": terms["cps"],
+        }
 
     def evaluate(self, val_loader) -> dict[str, Any]:
-        mious = [evaluate(branch, val_loader, self.num_classes, self.cfg.data.crop_size, self.device,
-                          self.cfg.amp)["miou"] for branch in self.models]
+        mious = [
+            evaluate(
+                branch,
+                val_loader,
+                self.num_classes,
+                self.cfg.data.crop_size,
+                self.device,
+                self.cfg.amp,
+            )["miou"]
+            for branch in self.models
+        ]
         self.best = int(mious[1] > mious[0])
-        return {"miou": mious[self.best], "branch": self.best, "miou_branch0": mious[0], "miou_branch1": mious[1]}
+        return {
+            "miou": mious[self.best],
+            "branch": self.best,
+            "miou_branch0": mious[0],
+            "miou_branch1": mious[1],
+        }
 
     def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         branches = [cpu_state_dict(branch) for branch in self.models]

@@ -1,4 +1,5 @@
 """Builders: architecture name -> DeepLabv3+ network, and SyncBatchNorm conversion."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -36,8 +37,12 @@ def _check_arch(arch: str) -> str:
     return arch
 
 
-def build_model(arch: str, num_classes: int, output_stride: int | None = None,
-                backbone_weights: str | None = None) -> DeepLabV3Plus:
+def build_model(
+    arch: str,
+    num_classes: int,
+    output_stride: int | None = None,
+    backbone_weights: str | None = None,
+) -> DeepLabV3Plus:
     """A DeepLabv3+ network: model(x: B x 3 x H x W) -> {"logits": B x C x H x W,
     "features": B x 256 x H/4 x W/4}. `backbone_weights` is a torchvision ImageNet checkpoint file
     (`pretrained.resolve_imagenet_weights(arch)` finds or fetches it), loaded strictly into the backbone:

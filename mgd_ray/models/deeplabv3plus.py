@@ -7,6 +7,7 @@ returns that list of stage features. The head reads only two of them through the
 stride-4 low-level feature and the last (highest-level) one. The contract is checked when a network
 is built (`check_feature_info`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,8 +25,11 @@ def aspp_rates(output_stride: int) -> tuple[int, ...]:
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, kernel_size: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel_size, padding=(kernel_size - 1) // 2, bias=False),
-                         nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel_size, padding=(kernel_size - 1) // 2, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    )
 
 
 def _leaky_relu(x: torch.Tensor) -> torch.Tensor:
@@ -37,8 +41,12 @@ def _has_batch_statistics(bn: nn.Module, batch: int) -> bool:
     other ranks' values (the official code's case: one or two images per GPU, SyncBN over all)."""
     if batch > 1:
         return True
-    return (isinstance(bn, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized()
-            and dist.get_world_size(bn.process_group) > 1)
+    return (
+        isinstance(bn, nn.SyncBatchNorm)
+        and dist.is_available()
+        and dist.is_initialized()
+        and dist.get_world_size(bn.process_group) > 1
+    )
 
 
 class ASPP(nn.Module):
@@ -57,7 +65,8 @@ class ASPP(nn.Module):
         super().__init__()
         self.map_convs = nn.ModuleList(
             [nn.Conv2d(in_ch, out_ch, 1, bias=False)]
-            + [nn.Conv2d(in_ch, out_ch, 3, padding=r, dilation=r, bias=False) for r in rates])
+            + [nn.Conv2d(in_ch, out_ch, 3, padding=r, dilation=r, bias=False) for r in rates]
+        )
         self.map_bn = nn.BatchNorm2d(out_ch * len(self.map_convs))
         self.red_conv = nn.Conv2d(out_ch * len(self.map_convs), out_ch, 1, bias=False)
         self.global_pooling_conv = nn.Conv2d(in_ch, out_ch, 1, bias=False)
@@ -68,11 +77,15 @@ class ASPP(nn.Module):
     def _pooling_norm(self, pool: torch.Tensor) -> torch.Tensor:
         bn = self.global_pooling_bn
         if bn.training and not _has_batch_statistics(bn, pool.shape[0]):
-            return F.batch_norm(pool, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+            return F.batch_norm(
+                pool, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+            )
         return bn(pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.red_conv(_leaky_relu(self.map_bn(torch.cat([conv(x) for conv in self.map_convs], dim=1))))
+        out = self.red_conv(
+            _leaky_relu(self.map_bn(torch.cat([conv(x) for conv in self.map_convs], dim=1)))
+        )
         pool = self.global_pooling_conv(x.mean(dim=(2, 3), keepdim=True))
         pool = self.pool_red_conv(_leaky_relu(self._pooling_norm(pool)))
         return _leaky_relu(self.red_bn(out + pool))
@@ -89,14 +102,22 @@ def check_feature_info(backbone: nn.Module) -> list[dict]:
     previous = 1
     for stage in info:
         if not isinstance(stage, dict) or set(stage) != {"num_chs", "reduction", "module"}:
-            raise ValueError(f"{name}.feature_info stage {stage!r}: expected the keys num_chs, reduction, module")
+            raise ValueError(
+                f"{name}.feature_info stage {stage!r}: expected the keys num_chs, reduction, module"
+            )
         chs, red = stage["num_chs"], stage["reduction"]
         if not isinstance(chs, int) or chs < 1:
-            raise ValueError(f"{name}.feature_info stage {stage}: num_chs must be a positive integer")
+            raise ValueError(
+                f"{name}.feature_info stage {stage}: num_chs must be a positive integer"
+            )
         if not isinstance(red, int) or red < previous or red & (red - 1):
-            raise ValueError(f"{name}.feature_info stage {stage}: reductions must be non-decreasing powers of two")
+            raise ValueError(
+                f"{name}.feature_info stage {stage}: reductions must be non-decreasing powers of two"
+            )
         if stage["module"] not in modules:
-            raise ValueError(f"{name}.feature_info stage {stage}: no submodule named {stage['module']!r}")
+            raise ValueError(
+                f"{name}.feature_info stage {stage}: no submodule named {stage['module']!r}"
+            )
         previous = red
     if not any(stage["reduction"] == 4 for stage in info):
         raise ValueError(f"{name}.feature_info {info}: DeepLabv3+ needs a stage at reduction 4")
@@ -118,7 +139,9 @@ class DeepLabV3PlusHead(nn.Module):
         low_chs = feature_info[self.low_index]["num_chs"]
         reduced = min(48, low_chs)
         self.reduce = _conv_bn_relu(low_chs, reduced, 1)
-        self.last_conv = nn.Sequential(_conv_bn_relu(256 + reduced, 256, 3), _conv_bn_relu(256, 256, 3))
+        self.last_conv = nn.Sequential(
+            _conv_bn_relu(256 + reduced, 256, 3), _conv_bn_relu(256, 256, 3)
+        )
         self.classifier = nn.Conv2d(256, num_classes, 1)
         self.reset_parameters()
 

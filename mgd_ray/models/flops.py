@@ -5,6 +5,7 @@ allocated or computed, so even a ResNet-101 teacher at 512 x 512 is counted in w
 torch.utils.flop_counter counts convolutions and matrix products (2 FLOPs per multiply-accumulate);
 BatchNorm, activations, pooling and interpolation are not counted, as in the papers' GFLOPs figures.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,7 +27,9 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def complexity(arch: str, num_classes: int = 21, size: int = 512, output_stride: int | None = None) -> dict:
+def complexity(
+    arch: str, num_classes: int = 21, size: int = 512, output_stride: int | None = None
+) -> dict:
     """MACs (in G) and parameters of the backbone and of the whole network for one size x size image.
 
     Returns {"backbone_gmacs", "total_gmacs", "backbone_params", "total_params", "output_stride"}."""

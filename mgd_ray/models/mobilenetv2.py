@@ -13,6 +13,7 @@ stride 32 there) and the depthwise 3x3 convs of features.15, .16, .17 are dilate
 official `_nostride_dilate` loop over features[15:18]). At 16 (and 8; not used by the paper)
 features.14 (and features.7 .. 13) lose their stride and every later rate scales by 2 (4).
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,15 @@ from torch import nn
 from .resnet import nostride_dilate
 
 # (expand ratio t, output channels c, repeats n, first stride s): torchvision's width_mult = 1.0 table
-_SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+_SETTING = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 # indices into `features` of the stages forward() returns: the last module of each resolution
 _STAGES = (3, 6, 13, 17)
 
@@ -29,9 +38,19 @@ _STAGES = (3, 6, 13, 17)
 class ConvBNReLU6(nn.Sequential):
     """torchvision's Conv2dNormActivation(norm=BatchNorm2d, activation=ReLU6): keys .0 / .1."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, groups: int = 1) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, groups: int = 1
+    ) -> None:
         super().__init__(
-            nn.Conv2d(in_ch, out_ch, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False),
+            nn.Conv2d(
+                in_ch,
+                out_ch,
+                kernel_size,
+                stride,
+                (kernel_size - 1) // 2,
+                groups=groups,
+                bias=False,
+            ),
             nn.BatchNorm2d(out_ch),
             nn.ReLU6(inplace=True),
         )
@@ -85,8 +104,10 @@ class MobileNetV2(nn.Module):
         for i, block in enumerate(self.features[15:18]):
             nostride_dilate(block, scale * 2 ** (i + 1))
         reductions = [min(r, output_stride) for r in (4, 8, 16, 32)]
-        self.feature_info = [{"module": f"features.{i}", "num_chs": self.features[i].out_channels, "reduction": r}
-                             for i, r in zip(_STAGES, reductions)]
+        self.feature_info = [
+            {"module": f"features.{i}", "num_chs": self.features[i].out_channels, "reduction": r}
+            for i, r in zip(_STAGES, reductions)
+        ]
         for m in self.modules():  # torchvision's initialisation
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")

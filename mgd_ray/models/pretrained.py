@@ -9,6 +9,7 @@ weights; on VOC and Cityscapes that is the paper's regime ("imagenet"), training
 downloaded into that cache. The sha256 prefix in each file name (resnet18-f37072fd.pth) is checked
 on every file found or fetched, so a truncated or foreign file fails here, not in training.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +34,7 @@ class PretrainedWeightsError(FileNotFoundError):
 
 
 def default_regime(dataset: str) -> str:
-    """"imagenet" for VOC and Cityscapes (the paper's regime), "none" for the synthetic set."""
+    """ "imagenet" for VOC and Cityscapes (the paper's regime), "none" for the synthetic set."""
     return "none" if dataset == "synthetic" else "imagenet"
 
 
@@ -45,8 +46,10 @@ def check_regime(regime: str) -> str:
 
 def imagenet_url(arch: str) -> str:
     if arch not in IMAGENET_URLS:
-        raise ValueError(f"--pretrained imagenet: no published ImageNet checkpoint for {arch!r} "
-                         f"(known: {', '.join(IMAGENET_URLS)})")
+        raise ValueError(
+            f"--pretrained imagenet: no published ImageNet checkpoint for {arch!r} "
+            f"(known: {', '.join(IMAGENET_URLS)})"
+        )
     return IMAGENET_URLS[arch]
 
 
@@ -78,8 +81,9 @@ def _check_hash(path: str, url: str) -> str:
     actual = _sha256(path)
     if not actual.startswith(expected):
         raise PretrainedWeightsError(
-            f"ImageNet checkpoint {path}: sha256 {actual[:len(expected)]}... does not match the {expected} in its "
-            f"name (a truncated or different file); delete it and fetch {url} again")
+            f"ImageNet checkpoint {path}: sha256 {actual[: len(expected)]}... does not match the {expected} in its "
+            f"name (a truncated or different file); delete it and fetch {url} again"
+        )
     return path
 
 
@@ -103,21 +107,29 @@ def resolve_imagenet_weights(arch: str, pretrained_dir: str | None = None) -> st
         # writes to a temporary file next to the target and renames it only once the hash matches
         torch.hub.download_url_to_file(url, target, hash_prefix=hash_prefix(name), progress=False)
     except RuntimeError as error:  # torch.hub's "invalid hash value"
-        raise PretrainedWeightsError(f"ImageNet checkpoint {name} downloaded from {url} is not the published file "
-                                     f"({error}); nothing was kept in {cache}") from error
-    except Exception as error:  # no network, proxy, HTTP error, read-only cache: one message for all
+        raise PretrainedWeightsError(
+            f"ImageNet checkpoint {name} downloaded from {url} is not the published file "
+            f"({error}); nothing was kept in {cache}"
+        ) from error
+    except (
+        Exception
+    ) as error:  # no network, proxy, HTTP error, read-only cache: one message for all
         folder = pretrained_dir or cache
         raise PretrainedWeightsError(
             f"ImageNet checkpoint {name} for {arch} is not on this machine and could not be downloaded from {url} "
             f"({type(error).__name__}: {error}). Download it where there is internet and put it in {folder}"
             + ("" if pretrained_dir else " (or in a folder given with --pretrained-dir)")
-            + ", or train from scratch with --pretrained none.") from error
+            + ", or train from scratch with --pretrained none."
+        ) from error
     return target
 
 
-def resolve_pretrained(archs: list[str] | tuple[str, ...], regime: str,
-                       pretrained_dir: str | None = None) -> dict[str, str | None]:
+def resolve_pretrained(
+    archs: list[str] | tuple[str, ...], regime: str, pretrained_dir: str | None = None
+) -> dict[str, str | None]:
     """{arch: local checkpoint path} for the regime "imagenet", {arch: None} for "none"."""
     check_regime(regime)
-    return {arch: resolve_imagenet_weights(arch, pretrained_dir) if regime == "imagenet" else None
-            for arch in dict.fromkeys(archs)}
+    return {
+        arch: resolve_imagenet_weights(arch, pretrained_dir) if regime == "imagenet" else None
+        for arch in dict.fromkeys(archs)
+    }

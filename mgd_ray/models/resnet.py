@@ -13,6 +13,7 @@ rates double (4 / 8 / 16); at 32 the network is torchvision's, undilated. The of
 ResNet-101 use a deep 3-conv stem; torchvision's 7x7 stem is kept here so that the published
 torchvision checkpoints load with every key matched (parameter totals differ by < 0.3%).
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,14 @@ def nostride_dilate(module: nn.Module, dilation: int) -> None:
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 base_width: int = 64) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        base_width: int = 64,
+    ) -> None:
         super().__init__()
         if base_width != 64:
             raise ValueError("BasicBlock only supports base_width=64 (as torchvision)")
@@ -66,8 +73,14 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 base_width: int = 64) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        base_width: int = 64,
+    ) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0))
         self.conv1 = conv1x1(inplanes, width)
@@ -94,8 +107,13 @@ class ResNet(nn.Module):
 
     unused_checkpoint_prefixes = ("fc.",)  # the ImageNet classifier in a torchvision file
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int],
-                 output_stride: int = 32, width_per_group: int = 64) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: list[int],
+        output_stride: int = 32,
+        width_per_group: int = 64,
+    ) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride={output_stride!r}: expected one of 8, 16, 32")
@@ -113,7 +131,7 @@ class ResNet(nn.Module):
         if output_stride <= 16:
             base = 32 // output_stride  # layer4's multi-grid rates: 2/4/8 at OS16, 4/8/16 at OS8
             for i, blk in enumerate(self.layer4):
-                nostride_dilate(blk, base * 2 ** i)
+                nostride_dilate(blk, base * 2**i)
             reductions[3] = 16
         if output_stride == 8:
             nostride_dilate(self.layer3, 2)
@@ -138,11 +156,15 @@ class ResNet(nn.Module):
     def _make_layer(self, block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
-                                       nn.BatchNorm2d(planes * block.expansion))
+            downsample = nn.Sequential(
+                conv1x1(self.inplanes, planes * block.expansion, stride),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
         layers = [block(self.inplanes, planes, stride, downsample, self.base_width)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, base_width=self.base_width) for _ in range(1, blocks)]
+        layers += [
+            block(self.inplanes, planes, base_width=self.base_width) for _ in range(1, blocks)
+        ]
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

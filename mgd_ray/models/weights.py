@@ -7,6 +7,7 @@ names the file and lists the keys. Only what the backbone declares unused in a t
 conv the official student drops -- for MobileNetV2) is dropped, and BatchNorm's `num_batches_tracked`
 counters may be absent (older torchvision files do not store them; they hold no learned value).
 """
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,10 @@ import os
 import torch
 from torch import nn
 
-CLASSIFIER_PREFIXES = ("fc.", "classifier.")  # for a backbone that declares no unused_checkpoint_prefixes
+CLASSIFIER_PREFIXES = (
+    "fc.",
+    "classifier.",
+)  # for a backbone that declares no unused_checkpoint_prefixes
 _WRAPPERS = ("state_dict", "model")  # common containers around a state dict
 _MAX_LISTED = 20
 
@@ -22,20 +26,26 @@ _MAX_LISTED = 20
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file: a plain state dict, or one under "state_dict" / "model"."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"backbone_weights={path!r}: no such file (expected a torchvision "
-                                "ImageNet checkpoint, e.g. resnet18-f37072fd.pth)")
+        raise FileNotFoundError(
+            f"backbone_weights={path!r}: no such file (expected a torchvision "
+            "ImageNet checkpoint, e.g. resnet18-f37072fd.pth)"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types; say which file and why
-        raise ValueError(f"backbone_weights={path!r}: cannot be read as a PyTorch checkpoint ({exc})") from exc
+        raise ValueError(
+            f"backbone_weights={path!r}: cannot be read as a PyTorch checkpoint ({exc})"
+        ) from exc
     for key in _WRAPPERS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"backbone_weights={path!r}: expected a state dict (parameter name -> tensor)")
+        raise ValueError(
+            f"backbone_weights={path!r}: expected a state dict (parameter name -> tensor)"
+        )
     # DDP-saved files prefix every key with "module."
     if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 
@@ -56,8 +66,11 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> list[str]:
     optional = {k for k in expected if k.endswith("num_batches_tracked")}
     missing = sorted(k for k in expected if k not in state and k not in optional)
     unexpected = sorted(k for k in state if k not in expected)
-    mis_shaped = sorted(f"{k} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
-                        for k in state if k in expected and state[k].shape != expected[k].shape)
+    mis_shaped = sorted(
+        f"{k} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in state
+        if k in expected and state[k].shape != expected[k].shape
+    )
     problems = []
     if missing:
         problems.append(f"missing keys [{_listed(missing)}]")
@@ -66,8 +79,10 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> list[str]:
     if mis_shaped:
         problems.append(f"mis-shaped keys [{_listed(mis_shaped)}]")
     if problems:
-        raise ValueError(f"backbone_weights={path!r} does not match the {type(backbone).__name__} backbone "
-                         f"(torchvision naming expected; ignored: {', '.join(p + '*' for p in unused)}): "
-                         + "; ".join(problems))
+        raise ValueError(
+            f"backbone_weights={path!r} does not match the {type(backbone).__name__} backbone "
+            f"(torchvision naming expected; ignored: {', '.join(p + '*' for p in unused)}): "
+            + "; ".join(problems)
+        )
     backbone.load_state_dict(state, strict=False)  # only optional BN counters can be absent here
     return sorted(state)

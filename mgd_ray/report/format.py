@@ -4,6 +4,7 @@ mIoU is shown in percent with two decimals (the papers' convention); a missing v
 never 0. A display grid is a DataFrame of strings plus a same-shaped boolean frame of cells to
 set in bold.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,11 +16,24 @@ from mgd_ray.report.tables import ABLATION_ROWS, GAIN_LABEL, GAIN_VARIANT, TEACH
 
 MISSING = "--"
 PM = "\u00b1"  # the +/- sign; LaTeX gets $\pm$
-BACKGROUND_MARK = "\u2020"  # a dagger after a cell at the all-background score; LaTeX gets $^\dagger$
-CONFIG_HEADERS = {"w_sup": "w_sup", "w_pixel": "w_P", "lambda_semantic": "lambda_I",
-                  "lambda_region": "lambda_R", "confidence_threshold": "tau"}
-TEX_HEADERS = {"w_sup": r"$w_\mathrm{sup}$", "w_P": r"$w_P$", "lambda_I": r"$\lambda_I$",
-               "lambda_R": r"$\lambda_R$", "tau": r"$\tau$", "mIoU (%)": r"mIoU (\%)"}
+BACKGROUND_MARK = (
+    "\u2020"  # a dagger after a cell at the all-background score; LaTeX gets $^\dagger$
+)
+CONFIG_HEADERS = {
+    "w_sup": "w_sup",
+    "w_pixel": "w_P",
+    "lambda_semantic": "lambda_I",
+    "lambda_region": "lambda_R",
+    "confidence_threshold": "tau",
+}
+TEX_HEADERS = {
+    "w_sup": r"$w_\mathrm{sup}$",
+    "w_P": r"$w_P$",
+    "lambda_I": r"$\lambda_I$",
+    "lambda_R": r"$\lambda_R$",
+    "tau": r"$\tau$",
+    "mIoU (%)": r"mIoU (\%)",
+}
 
 
 def _missing(value) -> bool:
@@ -44,14 +58,18 @@ def ablation_grid(ablation: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     (percentage points); columns = protocols. A cell at the all-background score ends in a dagger."""
     protocols = list(dict.fromkeys(ablation["protocol"]))
     present = set(ablation["variant"])
-    labels = ([label for variant, label in TEACHER_ROWS if variant in present]
-              + [label for _, label in ABLATION_ROWS] + [GAIN_LABEL])
+    labels = (
+        [label for variant, label in TEACHER_ROWS if variant in present]
+        + [label for _, label in ABLATION_ROWS]
+        + [GAIN_LABEL]
+    )
     text = pd.DataFrame(MISSING, index=labels, columns=protocols)
     bold = pd.DataFrame(False, index=labels, columns=protocols)
     for row in ablation.itertuples():
         if row.variant == GAIN_VARIANT:
-            text.loc[row.label, row.protocol] = (MISSING if _missing(row.mean)
-                                                 else f"{100 * row.mean:+.2f}")
+            text.loc[row.label, row.protocol] = (
+                MISSING if _missing(row.mean) else f"{100 * row.mean:+.2f}"
+            )
         else:
             cell = miou_cell(row.mean, row.std, row.n)
             if getattr(row, "background", False) and cell != MISSING:
@@ -66,44 +84,72 @@ def search_grid(search: pd.DataFrame) -> pd.DataFrame:
     """One row per protocol: best configuration, its mIoU, trial counts, compute spent."""
     rows = []
     for row in search.to_dict("records"):
-        compute = [f"{row[key]:.3g} {unit}" for key, unit in
-                   (("gpu_hours", "GPU-hours"), ("cpu_hours", "CPU-hours")) if not _missing(row[key])]
-        rows.append({"Protocol": row["protocol"],
-                     **{header: number_cell(row[key]) for key, header in CONFIG_HEADERS.items()},
-                     "mIoU (%)": MISSING if _missing(row["miou"]) else f"{100 * row['miou']:.2f}",
-                     "Trials": str(row["trials"]), "Completed": str(row["completed"]),
-                     "Early-stopped": str(row["early_stopped"]), "Failed": str(row["failed"]),
-                     "Running": str(row["running"]),
-                     "Compute": " + ".join(compute) if compute else MISSING})
+        compute = [
+            f"{row[key]:.3g} {unit}"
+            for key, unit in (("gpu_hours", "GPU-hours"), ("cpu_hours", "CPU-hours"))
+            if not _missing(row[key])
+        ]
+        rows.append(
+            {
+                "Protocol": row["protocol"],
+                **{header: number_cell(row[key]) for key, header in CONFIG_HEADERS.items()},
+                "mIoU (%)": MISSING if _missing(row["miou"]) else f"{100 * row['miou']:.2f}",
+                "Trials": str(row["trials"]),
+                "Completed": str(row["completed"]),
+                "Early-stopped": str(row["early_stopped"]),
+                "Failed": str(row["failed"]),
+                "Running": str(row["running"]),
+                "Compute": " + ".join(compute) if compute else MISSING,
+            }
+        )
     return pd.DataFrame(rows).set_index("Protocol") if rows else pd.DataFrame()
 
 
 def threshold_grid(threshold: pd.DataFrame) -> pd.DataFrame:
-    rows = [{"Protocol": r["protocol"], "tau": r["bin"], "Trials": str(r["n"]),
-             "mIoU (%)": MISSING if _missing(r["miou"]) else f"{100 * r['miou']:.2f}",
-             "Kept fraction": number_cell(r["kept_fraction"], ".3f")}
-            for r in threshold.to_dict("records")]
+    rows = [
+        {
+            "Protocol": r["protocol"],
+            "tau": r["bin"],
+            "Trials": str(r["n"]),
+            "mIoU (%)": MISSING if _missing(r["miou"]) else f"{100 * r['miou']:.2f}",
+            "Kept fraction": number_cell(r["kept_fraction"], ".3f"),
+        }
+        for r in threshold.to_dict("records")
+    ]
     return pd.DataFrame(rows).set_index("Protocol") if rows else pd.DataFrame()
 
 
 def importance_grid(importance: pd.DataFrame) -> pd.DataFrame:
-    rows = [{"Protocol": r["protocol"],
-             **{header: number_cell(r[key], ".3f") for key, header in CONFIG_HEADERS.items()},
-             "Trials": str(r["n_trials"]), "Evaluator": r["evaluator"], "Note": r["note"] or ""}
-            for r in importance.to_dict("records")]
+    rows = [
+        {
+            "Protocol": r["protocol"],
+            **{header: number_cell(r[key], ".3f") for key, header in CONFIG_HEADERS.items()},
+            "Trials": str(r["n_trials"]),
+            "Evaluator": r["evaluator"],
+            "Note": r["note"] or "",
+        }
+        for r in importance.to_dict("records")
+    ]
     return pd.DataFrame(rows).set_index("Protocol") if rows else pd.DataFrame()
 
 
 def to_markdown(grid: pd.DataFrame, bold: pd.DataFrame | None = None) -> str:
     """A GitHub Markdown table; the index is the first column."""
+
     def cell(text: str, strong: bool) -> str:
         text = str(text).replace("|", r"\|")
         return f"**{text}**" if strong and text != MISSING else text
+
     header = [grid.index.name or ""] + [str(c) for c in grid.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * len(grid.columns)) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + [":---:"] * len(grid.columns)) + "|",
+    ]
     for i, name in enumerate(grid.index):
-        cells = [cell(grid.iat[i, j], bold is not None and bool(bold.iat[i, j]))
-                 for j in range(grid.shape[1])]
+        cells = [
+            cell(grid.iat[i, j], bold is not None and bool(bold.iat[i, j]))
+            for j in range(grid.shape[1])
+        ]
         lines.append("| " + " | ".join([cell(name, False)] + cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -115,25 +161,40 @@ def tex_escape(text: str) -> str:
     return re.sub(r"\bL\\_([PIR])\b", r"$L_\1$", text)  # loss names as math: + $L_P$ + $L_I$
 
 
-def to_latex(grid: pd.DataFrame, bold: pd.DataFrame | None = None, caption: str = "",
-             label: str = "", midrule_before: tuple[str, ...] = ()) -> str:
+def to_latex(
+    grid: pd.DataFrame,
+    bold: pd.DataFrame | None = None,
+    caption: str = "",
+    label: str = "",
+    midrule_before: tuple[str, ...] = (),
+) -> str:
     """A booktabs table (\\toprule / \\midrule / \\bottomrule) in a table float; a \\midrule
     also precedes each row named in midrule_before (e.g. the gain row)."""
+
     def head(text: str) -> str:
         return TEX_HEADERS.get(text, tex_escape(text))
+
     def cell(text: str, strong: bool) -> str:
-        return rf"\textbf{{{tex_escape(text)}}}" if strong and text != MISSING else tex_escape(text)
+        return (
+            rf"\textbf{{{tex_escape(text)}}}" if strong and text != MISSING else tex_escape(text)
+        )
+
     lines = [r"\begin{table}[t]", r"\centering"]
     if caption:
         lines.append(rf"\caption{{{tex_escape(caption)}}}")
     if label:
         lines.append(rf"\label{{{label}}}")
-    lines += [r"\begin{tabular}{l" + "c" * grid.shape[1] + "}", r"\toprule",
-              " & ".join([head(grid.index.name or "")] + [head(str(c)) for c in grid.columns])
-              + r" \\", r"\midrule"]
+    lines += [
+        r"\begin{tabular}{l" + "c" * grid.shape[1] + "}",
+        r"\toprule",
+        " & ".join([head(grid.index.name or "")] + [head(str(c)) for c in grid.columns]) + r" \\",
+        r"\midrule",
+    ]
     for i, name in enumerate(grid.index):
-        cells = [cell(grid.iat[i, j], bold is not None and bool(bold.iat[i, j]))
-                 for j in range(grid.shape[1])]
+        cells = [
+            cell(grid.iat[i, j], bold is not None and bool(bold.iat[i, j]))
+            for j in range(grid.shape[1])
+        ]
         if name in midrule_before:
             lines.append(r"\midrule")
         lines.append(" & ".join([tex_escape(name)] + cells) + r" \\")

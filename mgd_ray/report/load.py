@@ -3,6 +3,7 @@
 The study may still be running: a trial file that is half-written, unreadable or lacks the keys
 every table needs is skipped with a warning naming it, so the report shows what exists.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,16 +13,47 @@ from typing import Any
 
 import pandas as pd
 
-from mgd_ray.schema import (KINDS, POINT_KEYS, PROTOCOLS, RECORD_FIELDS, STATUSES, TrialRecord,
-                            finite_or_none, read_json_object, read_records)
+from mgd_ray.schema import (
+    KINDS,
+    POINT_KEYS,
+    PROTOCOLS,
+    RECORD_FIELDS,
+    STATUSES,
+    TrialRecord,
+    finite_or_none,
+    read_json_object,
+    read_records,
+)
 
 CONFIG_KEYS = POINT_KEYS  # a trial's config: its point, one column per key
 # Every column a trials frame has after `normalize_trials`, in this order: the record's fields
 # with its config spread into one column per point key.
-TRIAL_COLUMNS = ("trial_id", "protocol", "kind", "variant", "status", "seed", *CONFIG_KEYS) + tuple(
-    f for f in RECORD_FIELDS if f not in ("trial_id", "protocol", "kind", "variant", "status", "seed", "config"))
-NUMERIC = CONFIG_KEYS + ("seed", "miou", "best_miou", "kept_fraction", "iteration", "max_iterations",
-                         "num_devices", "wall_s", "device_hours", "restarts", "world_size")
+TRIAL_COLUMNS = (
+    "trial_id",
+    "protocol",
+    "kind",
+    "variant",
+    "status",
+    "seed",
+    *CONFIG_KEYS,
+) + tuple(
+    f
+    for f in RECORD_FIELDS
+    if f not in ("trial_id", "protocol", "kind", "variant", "status", "seed", "config")
+)
+NUMERIC = CONFIG_KEYS + (
+    "seed",
+    "miou",
+    "best_miou",
+    "kept_fraction",
+    "iteration",
+    "max_iterations",
+    "num_devices",
+    "wall_s",
+    "device_hours",
+    "restarts",
+    "world_size",
+)
 
 
 class ReportInputError(ValueError):
@@ -50,8 +82,10 @@ def normalize_trials(trials: pd.DataFrame) -> pd.DataFrame:
     for column, allowed in (("status", STATUSES), ("kind", KINDS), ("protocol", PROTOCOLS)):
         bad = sorted(set(frame[column].dropna().astype(str)) - set(allowed))
         if bad or frame[column].isna().any():
-            raise ReportInputError(f"trials column {column!r} has {bad or ['missing values']}; "
-                                   f"expected one of {list(allowed)}")
+            raise ReportInputError(
+                f"trials column {column!r} has {bad or ['missing values']}; "
+                f"expected one of {list(allowed)}"
+            )
     frame["history"] = [h if isinstance(h, list) else [] for h in frame["history"]]
     frame["diverged"] = [d if isinstance(d, dict) else None for d in frame["diverged"]]
     return frame[list(TRIAL_COLUMNS)].reset_index(drop=True)
@@ -60,8 +94,10 @@ def normalize_trials(trials: pd.DataFrame) -> pd.DataFrame:
 def load_trials(results_dir: str) -> pd.DataFrame:
     """All RESULTS_DIR/trials/*/*.json records as a normalised frame (empty frame when none); a
     file that is not a readable record is skipped with a warning naming it."""
+
     def warn(path: str, error: Exception) -> None:
         warnings.warn(f"skipping trial file {path}: {error}", stacklevel=3)
+
     rows = [trial_row(record) for record in read_records(results_dir, on_skip=warn)]
     return normalize_trials(pd.DataFrame(rows, columns=list(TRIAL_COLUMNS)))
 
@@ -69,14 +105,18 @@ def load_trials(results_dir: str) -> pd.DataFrame:
 def load_study(results_dir: str) -> dict[str, Any]:
     """RESULTS_DIR/study.json as a dict; {} with a warning if it is absent or unreadable."""
     if not os.path.isdir(results_dir):
-        raise FileNotFoundError(f"results folder {results_dir!r} does not exist; expected the "
-                                "RESULTS_DIR of a study (holding study.json and trials/)")
+        raise FileNotFoundError(
+            f"results folder {results_dir!r} does not exist; expected the "
+            "RESULTS_DIR of a study (holding study.json and trials/)"
+        )
     path = os.path.join(results_dir, "study.json")
     try:
         return read_json_object(path)
     except (OSError, ValueError) as err:
-        warnings.warn(f"study file {path} unreadable ({err}); reporting from the trial files only",
-                      stacklevel=2)
+        warnings.warn(
+            f"study file {path} unreadable ({err}); reporting from the trial files only",
+            stacklevel=2,
+        )
         return {}
 
 
@@ -96,11 +136,18 @@ def load_teachers(results_dir: str) -> dict[str, Any]:
     try:
         return read_json_object(path)
     except (OSError, ValueError) as err:
-        warnings.warn(f"teacher file {path} unreadable ({err}); teacher rows left empty", stacklevel=2)
+        warnings.warn(
+            f"teacher file {path} unreadable ({err}); teacher rows left empty", stacklevel=2
+        )
         return {}
 
 
 def teacher_mious(teachers: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     """{protocol: {"deep": miou, "wide": miou}} from `load_teachers`' dict (None when unknown)."""
-    return {protocol: {role: finite_or_none((entry or {}).get("miou")) for role, entry in roles.items()}
-            for protocol, roles in teachers.items() if isinstance(roles, dict)}
+    return {
+        protocol: {
+            role: finite_or_none((entry or {}).get("miou")) for role, entry in roles.items()
+        }
+        for protocol, roles in teachers.items()
+        if isinstance(roles, dict)
+    }

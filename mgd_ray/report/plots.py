@@ -4,8 +4,8 @@ Each function takes a trials frame or a long-form table from `tables.py` and a p
 PNG atomically (a reader never sees half a file) and returns the path. Missing data is drawn as
 missing (no bar, no point, a "no data" note), never as zero.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import matplotlib
 
@@ -36,8 +36,9 @@ def plot_optimization_history(trials: pd.DataFrame, protocols: list[str], path: 
     """One panel per protocol: each search trial's last mIoU (%) in order of start, and the
     running best over completed trials. Early-stopped trials are hollow, failed ones ticks."""
     frame = normalize_trials(trials)
-    fig, axes = plt.subplots(1, max(len(protocols), 1), figsize=(4.5 * max(len(protocols), 1), 3.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(len(protocols), 1), figsize=(4.5 * max(len(protocols), 1), 3.6), squeeze=False
+    )
     for ax, protocol in zip(axes[0], protocols or [None]):
         search = frame[(frame["kind"] == "search") & (frame["protocol"] == protocol)]
         search = search.sort_values(["started_at", "trial_id"], na_position="last", kind="stable")
@@ -53,18 +54,27 @@ def plot_optimization_history(trials: pd.DataFrame, protocols: list[str], path: 
             _no_data(ax, "no evaluated search trial yet")
             continue
         done = status == "completed"
-        styles = {"completed": dict(color="C0", label="completed"),
-                  "early_stopped": dict(facecolors="none", edgecolors="C0",
-                                        label="early-stopped (last mIoU)"),
-                  "running": dict(marker="^", color="C2", label="running (latest mIoU)")}
+        styles = {
+            "completed": dict(color="C0", label="completed"),
+            "early_stopped": dict(
+                facecolors="none", edgecolors="C0", label="early-stopped (last mIoU)"
+            ),
+            "running": dict(marker="^", color="C2", label="running (latest mIoU)"),
+        }
         for name, style in styles.items():
             shown = (status == name) & np.isfinite(miou)
             if shown.any():  # an empty scatter would still claim a legend entry
                 ax.scatter(order[shown], miou[shown], zorder=3, **style)
         failed = order[status == "failed"]
         if len(failed):
-            ax.scatter(failed, np.full(len(failed), np.nanmin(miou)), marker="x", color="C3",
-                       label="failed (no mIoU)", zorder=3)
+            ax.scatter(
+                failed,
+                np.full(len(failed), np.nanmin(miou)),
+                marker="x",
+                color="C3",
+                label="failed (no mIoU)",
+                zorder=3,
+            )
         # cummax leaves NaN where a trial is not completed; the best so far carries over them.
         best = pd.Series(np.where(done, miou, np.nan)).cummax().ffill().to_numpy()
         if np.isfinite(best).any():
@@ -124,10 +134,21 @@ def plot_threshold_curve(threshold: pd.DataFrame, path: str) -> str:
         cells = threshold[threshold["protocol"] == protocol].set_index("bin").reindex(labels)
         if not cells["n"].gt(0).any():
             continue  # keeps the colour: protocol k is C{k} in every run of the report
-        ax.plot(x, 100 * cells["miou"].to_numpy(dtype=float), "o-", color=f"C{k}",
-                label=f"{protocol} mIoU")
-        kept_ax.plot(x, cells["kept_fraction"].to_numpy(dtype=float), "s--", color=f"C{k}",
-                     alpha=0.6, label=f"{protocol} kept fraction")
+        ax.plot(
+            x,
+            100 * cells["miou"].to_numpy(dtype=float),
+            "o-",
+            color=f"C{k}",
+            label=f"{protocol} mIoU",
+        )
+        kept_ax.plot(
+            x,
+            cells["kept_fraction"].to_numpy(dtype=float),
+            "s--",
+            color=f"C{k}",
+            alpha=0.6,
+            label=f"{protocol} kept fraction",
+        )
     ax.set_xticks(x, labels)
     ax.set_xlabel("confidence threshold tau (bin)")
     ax.set_ylabel("mIoU (%)  (mean over search trials)")
@@ -140,7 +161,13 @@ def plot_threshold_curve(threshold: pd.DataFrame, path: str) -> str:
     else:
         handles = ax.get_legend_handles_labels()
         kept = kept_ax.get_legend_handles_labels()
-        ax.legend(handles[0] + kept[0], handles[1] + kept[1], fontsize=7, loc="upper center",
-                  bbox_to_anchor=(0.5, -0.18), ncol=max(len(handles[0]), 1))
+        ax.legend(
+            handles[0] + kept[0],
+            handles[1] + kept[1],
+            fontsize=7,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.18),
+            ncol=max(len(handles[0]), 1),
+        )
     ax.grid(alpha=0.3)
     return _save(fig, path)
