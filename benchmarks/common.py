@@ -1,9 +1,9 @@
-"""What the benchmark scripts share: the machine line, interleaved timing, the dense-matmul reference
-rate, the default synthetic run's config, and random-weight teacher files.
+"""What the benchmark scripts share: the machine line, interleaved timing, the dense-matmul
+reference rate, the default synthetic run's config, and random-weight teacher files.
 
 Benchmarks print figures; they assert nothing (tests do that). Every comparison is measured in one
-process, with the repetitions of its variants interleaved (A B A B ...) so that load from other users
-of this shared machine falls on all variants alike; figures are medians.
+process, with the repetitions of its variants interleaved (A B A B ...) so that load from other
+users of this shared machine falls on all variants alike; figures are medians.
 """
 
 from __future__ import annotations
@@ -118,9 +118,9 @@ def synthetic_distill_config(
 
 
 def random_teachers(cfg: DistillConfig) -> dict[str, str]:
-    """{"teacher_deep_checkpoint", "teacher_wide_checkpoint"}: state-dict files of randomly initialised
-    teachers (seeded, cached). Speed does not depend on the weights, so throughput benchmarks need no
-    trained teacher."""
+    """{"teacher_deep_checkpoint", "teacher_wide_checkpoint"}: state-dict files of randomly
+    initialised teachers (seeded, cached). Speed does not depend on the weights, so throughput
+    benchmarks need no trained teacher."""
     num_classes = NUM_CLASSES[cfg.data.dataset]
     paths = {}
     for key, arch in (

@@ -2,9 +2,9 @@
 
 1. MGD distillation iterations/s and images/s per student, and the utilisation ratio: the
    multiply-accumulates of one iteration (counted by torch.utils.flop_counter over the student's
-   forward + backward and the teacher forwards the step really runs) per second, over the MAC rate of
-   a dense n x n matmul timed in the same rounds. Components (student forward + backward alone, each
-   teacher's forward alone) get their own ratio, which says where the time goes.
+   forward + backward and the teacher forwards the step really runs) per second, over the MAC rate
+   of a dense n x n matmul timed in the same rounds. Components (student forward + backward alone,
+   each teacher's forward alone) get their own ratio, which says where the time goes.
 2. The step time and the share of it spent in teacher forwards, side by side (issue 12 item 5):
    eval-mode BN batched; the paper's train-mode BN as the official code runs it (one forward per
    named batch, with and without autograd); and the engine's default, train-mode BN in one batched
@@ -16,9 +16,9 @@
     python benchmarks/engine.py --quick      # 2 rounds, ResNet-18 only
 
 The iteration timed here is the step of distill_student on batches already in memory (losses,
-backward, SGD step, one host read of the logged values); data loading is benchmarks/data_pipeline.py.
-On CUDA the step runs as the engine runs it there: bf16 autocast, channels_last, and the reference
-is a bf16 matmul.
+backward, SGD step, one host read of the logged values); data loading is
+benchmarks/data_pipeline.py. On CUDA the step runs as the engine runs it there: bf16 autocast,
+channels_last, and the reference is a bf16 matmul.
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ ENGINE_TEACHER_FORWARD = mgd_step.teacher_forward
 
 
 def separate_forwards(teacher, images, autograd: bool):
-    """The reference-code way: one forward per named batch; with `autograd`, the teacher's parameters
-    require grad and the forward records a graph (outputs detached, as a frozen target would be)."""
+    """The reference-code way: one forward per named batch; with `autograd`, the teacher's
+    parameters require grad and the forward records a graph (outputs detached, as a frozen target
+    would be)."""
     if not autograd:
         with torch.no_grad():
             return {name: teacher(x) for name, x in images.items()}
@@ -95,7 +96,8 @@ TEACHER_WAYS = {
 
 
 class TeacherClock:
-    """Replaces mgd_step.teacher_forward with `way`, timing every call (device drained at both ends)."""
+    """Replaces mgd_step.teacher_forward with `way`, timing every call (device drained at both
+    ends)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.seconds = device, 0.0
@@ -260,9 +262,11 @@ def main(args: argparse.Namespace) -> None:
     benches = {s: StudentBench(s, device, args.crop_size, args.batch_size) for s in args.students}
     any_bench = next(iter(benches.values()))
     print(
-        f"setup: synthetic, crop {any_bench.cfg.data.crop_size}, batch {any_bench.cfg.data.batch_size} "
-        f"(+{2 * any_bench.cfg.data.batch_size} unlabeled), weights {any_bench.weights}, device {device}, "
-        f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}; {args.rounds} interleaved rounds, medians"
+        f"setup: synthetic, crop {any_bench.cfg.data.crop_size}, batch "
+        f"{any_bench.cfg.data.batch_size} (+{2 * any_bench.cfg.data.batch_size} unlabeled), "
+        f"weights {any_bench.weights}, device {device}, "
+        f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}; {args.rounds} interleaved "
+        "rounds, medians"
     )
 
     clock = TeacherClock(device)

@@ -2,9 +2,9 @@
 step time, images/s, peak GPU memory and bf16 utilisation, per images-per-device.
 
 Runs: the CPS teacher runs (two branches of ResNet-101 / WRN-50-2) and the MGD student runs
-(ResNet-18 / MobileNetV2 from both frozen teachers, train-mode teacher BN as the paper). Each is the
-engine's own task (CPSTask / MGDTask) with the VOC preset's config (21 classes, lr, OHEM setting,
-bf16 autocast and channels_last as the engine runs on CUDA), stepped by the loop's own
+(ResNet-18 / MobileNetV2 from both frozen teachers, train-mode teacher BN as the paper). Each is
+the engine's own task (CPSTask / MGDTask) with the VOC preset's config (21 classes, lr, OHEM
+setting, bf16 autocast and channels_last as the engine runs on CUDA), stepped by the loop's own
 `optimizer_step` (the host read that is the divergence check, backward, SGD). Inputs are random
 tensors of the crop size already on the GPU (data loading is benchmarks/data_pipeline.py); teachers
 and students have random weights (speed and memory do not depend on them).
@@ -18,9 +18,9 @@ engine/device.py's compile_for_device does). `--profile N` adds kernel launches 
 and CUDA-graph launches) and GPU kernel time per step over N further steps.
 
 Images per device: 2 is the official recipe (total batch 8 over 4 GPUs), 8 the whole batch on one
-GPU. Peak memory is torch's max_memory_allocated / max_memory_reserved over warm-up and timed steps;
-the CUDA context (not counted by torch) is printed once. "fits 24 GB" compares reserved + context
-with an A10G's 24 GB (22.0 GiB usable after the driver's share). Utilisation is the step's
+GPU. Peak memory is torch's max_memory_allocated / max_memory_reserved over warm-up and timed
+steps; the CUDA context (not counted by torch) is printed once. "fits 24 GB" compares reserved +
+context with an A10G's 24 GB (22.0 GiB usable after the driver's share). Utilisation is the step's
 multiply-accumulates (torch.utils.flop_counter: convolutions and matrix products) per second over
 the rate of a bf16 n x n matmul timed in the same process.
 
@@ -62,7 +62,8 @@ A10G_USABLE_GIB = 22.0
 
 
 def inputs(images: int, crop: int, device: torch.device, seed: int = 0):
-    """x_l, y, u0, u1, mask as the loop hands them to a task (images on the device, channels_last)."""
+    """x_l, y, u0, u1, mask as the loop hands them to a task (images on the device,
+    channels_last)."""
     g = torch.Generator().manual_seed(seed)
     x_l, u0, u1 = (
         to_device(torch.randn(images, 3, crop, crop, generator=g), device, True) for _ in range(3)
@@ -252,7 +253,8 @@ def main(args: argparse.Namespace) -> None:
         total - free
     ) / 2**30  # before any tensor: the CUDA context and the driver's share
     print(
-        f"GPU memory {total / 2**30:.1f} GiB; in use before any tensor (CUDA context): {context_gib:.2f} GiB"
+        f"GPU memory {total / 2**30:.1f} GiB; in use before any tensor (CUDA context): "
+        f"{context_gib:.2f} GiB"
     )
     mm = matmul_call(args.matmul_size, device, torch.bfloat16)
     mm_times = []

@@ -2,13 +2,14 @@
 
 a. The same distill_student run (default synthetic student run, random-weight teachers) in a bare
    loop (LocalContext) and through a one-worker TorchTrainer (ray.init(num_cpus=2), the study's
-   student_loop and RayContext), interleaved; both at the same torch thread count. Throughput is the
-   engine's own "iter_per_s" of its last report window (evaluation excluded, start-up excluded:
+   student_loop and RayContext), interleaved; both at the same torch thread count. Throughput is
+   the engine's own "iter_per_s" of its last report window (evaluation excluded, start-up excluded:
    the run evaluates halfway and the second window is read).
 b. Trial start-up: one trial of the default synthetic study's search (the study's own run_trial
    trainable and run config, 2 iterations, evaluating after each), timed by a Tune callback:
    start -> first result, minus first -> second result (one steady iteration + one evaluation).
-   Set against the length of a default-study trial (400 iterations, 2 evaluations) at the measured rate.
+   Set against the length of a default-study trial (400 iterations, 2 evaluations) at the measured
+   rate.
 
     python benchmarks/ray_overhead.py            # 2 rounds of 2 x 4 iterations each way
     python benchmarks/ray_overhead.py --quick    # 1 round of 2 x 2 iterations
@@ -41,8 +42,8 @@ from mgd_ray.engine import LocalContext, distill_student
 
 def bench_loop(config: dict) -> None:
     """train_loop_per_worker: the study's student_loop (on config[DISTILL_KEY], a trial's
-    DistillConfig) at a fixed torch thread count; the thread count Ray gave the worker is written to
-    config["probe"] first."""
+    DistillConfig) at a fixed torch thread count; the thread count Ray gave the worker is written
+    to config["probe"] first."""
     with open(config["probe"], "w") as f:
         json.dump(
             {"default_threads": torch.get_num_threads(), "omp": os.environ.get("OMP_NUM_THREADS")},
@@ -156,13 +157,15 @@ def main(args: argparse.Namespace) -> None:
     cfg = DistillConfig.from_dict({**cfg.to_dict(), **random_teachers(cfg)})
     print(
         f"run: {cfg.student}, crop {cfg.data.crop_size}, batch {cfg.data.batch_size}, "
-        f"{cfg.data.num_workers} loader worker(s) (the study's default), {args.threads} torch threads, "
-        f"{cfg.iterations} iterations (timed window: the last {args.window}); {args.rounds} interleaved rounds"
+        f"{cfg.data.num_workers} loader worker(s) (the study's default), {args.threads} torch "
+        f"threads, {cfg.iterations} iterations (timed window: the last {args.window}); "
+        f"{args.rounds} interleaved rounds"
     )
-    # Every run asks for the 2 cores and runs alone. Logical CPUs are padded by 2 per run (+1 for the
-    # start-up trial): when another Ray instance runs on this machine (other users' tests here), Ray
-    # Train's PlacementGroupCleaner cannot tell which is its own ("Found multiple active Ray
-    # instances") and each finished run leaks its placement group; unpadded, the next run waits forever.
+    # Every run asks for the 2 cores and runs alone. Logical CPUs are padded by 2 per run (+1 for
+    # the start-up trial): when another Ray instance runs on this machine (other users' tests
+    # here), Ray Train's PlacementGroupCleaner cannot tell which is its own ("Found multiple active
+    # Ray instances") and each finished run leaks its placement group; unpadded, the next run waits
+    # forever.
     ray.init(
         num_cpus=2 * (args.rounds + 1) + 1,
         include_dashboard=False,
@@ -192,8 +195,8 @@ def main(args: argparse.Namespace) -> None:
     with open(probe) as f:
         given = json.load(f)
     print(
-        f"Ray worker's own torch threads before the benchmark set {args.threads}: {given['default_threads']} "
-        f"(OMP_NUM_THREADS={given['omp']}, from its CPU resources)"
+        f"Ray worker's own torch threads before the benchmark set {args.threads}: "
+        f"{given['default_threads']} (OMP_NUM_THREADS={given['omp']}, from its CPU resources)"
     )
 
     if not args.no_startup:
@@ -226,7 +229,8 @@ def main(args: argparse.Namespace) -> None:
             )
         )
         print(
-            "default trial length = start-up + 400 iterations at the TorchTrainer rate above + 2 evaluations"
+            "default trial length = start-up + 400 iterations at the TorchTrainer rate above + 2 "
+            "evaluations"
         )
     ray.shutdown()
 

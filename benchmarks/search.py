@@ -4,13 +4,15 @@ without early stopping (Optuna RandomSampler, FIFO), at the same trial budget, t
 (the paper's weights), the same teachers and seed. Figures: best mIoU found, device-hours spent in
 all, and device-hours spent until the trial that found the best had finished.
 
-The budget is deliberately tiny (a few trials of a few iterations at a reduced crop) so that it runs
-in minutes on 2 cores: one seed, one protocol. It shows the machinery and the order of the compute
-saving; it cannot rank the two searchers' quality.
+The budget is deliberately tiny (a few trials of a few iterations at a reduced crop) so that it
+runs in minutes on 2 cores: one seed, one protocol. It shows the machinery and the order of the
+compute saving; it cannot rank the two searchers' quality.
 
-    python benchmarks/search.py                        # 6 trials each, 8 iterations, crop 48, batch 2
-    python benchmarks/search.py --quick                # 4 trials each, 4 iterations
-    python benchmarks/search.py --teacher-iterations 0 # random-weight teachers (no CPS training first)
+    python benchmarks/search.py                         # 6 trials each, 8 iterations, crop 48,
+                                                        # batch 2
+    python benchmarks/search.py --quick                 # 4 trials each, 4 iterations
+    python benchmarks/search.py --teacher-iterations 0  # random-weight teachers (no CPS
+                                                        # training first)
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from mgd_ray.schema import best_trial, read_records
 
 
 def trained_teachers(crop: int, batch: int, iterations: int) -> dict[str, str]:
-    """Teacher state-dict files: CPS-trained for `iterations` (cached by schedule), or random ones at 0."""
+    """Teacher state-dict files: CPS-trained for `iterations` (cached by schedule), or random ones
+    at 0."""
     cfg = synthetic_distill_config(data={"crop_size": crop, "batch_size": batch, "num_workers": 0})
     if iterations == 0:
         return random_teachers(cfg)
@@ -46,7 +49,8 @@ def trained_teachers(crop: int, batch: int, iterations: int) -> dict[str, str]:
         ("teacher_deep_checkpoint", TEACHER_DEEP),
         ("teacher_wide_checkpoint", TEACHER_WIDE),
     ):
-        # "preset": trained with the study's teacher recipe (its warm-up included; earlier caches were not)
+        # "preset": trained with the study's teacher recipe (its warm-up included; earlier caches
+        # were not)
         folder = CACHE / f"cps-{arch}-crop{crop}-batch{batch}-it{iterations}-preset"
         model = folder / "checkpoint" / "model.pt"
         if not model.exists():
@@ -59,7 +63,8 @@ def trained_teachers(crop: int, batch: int, iterations: int) -> dict[str, str]:
 
 
 def random_search(study: StudyConfig, spec: TrialSpec) -> None:
-    """run_search's twin with the searcher and scheduler swapped: random points, no early stopping."""
+    """run_search's twin with the searcher and scheduler swapped: random points, no early
+    stopping."""
     slug = protocol_slug(spec.protocol)
     searcher = HonestOptunaSearch(
         space=search_space,
@@ -164,9 +169,10 @@ def main(args: argparse.Namespace) -> None:
         rows.append([name, *summarise(study.output_dir, args.protocol)])
     ray.shutdown()
     print(
-        f"\nbudget: {args.trials} trials each, {args.iterations} iterations per trial (evaluated every "
-        f"{args.eval_every}), crop {args.crop_size}, batch {args.batch_size}, protocol {args.protocol}, seed "
-        f"{args.seed}, teachers after {args.teacher_iterations} CPS iterations; 2 trials in flight, 1 CPU each"
+        f"\nbudget: {args.trials} trials each, {args.iterations} iterations per trial (evaluated "
+        f"every {args.eval_every}), crop {args.crop_size}, batch {args.batch_size}, protocol "
+        f"{args.protocol}, seed {args.seed}, teachers after {args.teacher_iterations} CPS "
+        "iterations; 2 trials in flight, 1 CPU each"
     )
     print(
         table(

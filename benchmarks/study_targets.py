@@ -9,7 +9,8 @@ writers that computed them (targets.json); the wall time of its student phases (
 progress line to its end); and the results, which must agree (same seeds, same training).
 
     python benchmarks/study_targets.py                          # 1/8, 200 iterations, 3 + 6 trials
-    python benchmarks/study_targets.py --iterations 16 --eval-every 16 --protocols 1/8 1/4   # the default study
+    # the default study
+    python benchmarks/study_targets.py --iterations 16 --eval-every 16 --protocols 1/8 1/4
 """
 
 from __future__ import annotations
@@ -128,8 +129,9 @@ def main(args: argparse.Namespace) -> None:
         print(f"  {rows[-1]}", flush=True)
     live, shared = (next(r for r in rows if r[0] == v) for v in ("live", "shared"))
     print(
-        f"\nsynthetic study, protocols {' '.join(args.protocols)}, {args.iterations} student iterations, "
-        f"evaluated every {args.eval_every}; default study size (search trials, ablation rows, seeds)"
+        f"\nsynthetic study, protocols {' '.join(args.protocols)}, {args.iterations} student "
+        f"iterations, evaluated every {args.eval_every}; default study size (search trials, "
+        "ablation rows, seeds)"
     )
     print(
         table(
@@ -155,8 +157,9 @@ def main(args: argparse.Namespace) -> None:
     ]
     gap = max((abs(found["live"][k] - found["shared"][k]) for k in common), default=float("nan"))
     print(
-        f"trials run by both (same variant, seed and point; TPE's later points and ASHA's stops depend on "
-        f"timing): {len(common)}; largest final-mIoU difference among them: {gap:.2e}; results in {root}"
+        "trials run by both (same variant, seed and point; TPE's later points and ASHA's stops "
+        f"depend on timing): {len(common)}; largest final-mIoU difference among them: {gap:.2e}; "
+        f"results in {root}"
     )
 
 

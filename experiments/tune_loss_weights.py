@@ -3,12 +3,13 @@
     python experiments/tune_loss_weights.py              # the synthetic study on this machine
     python experiments/tune_loss_weights.py --smoke      # the smallest complete run
     python experiments/tune_loss_weights.py --dataset voc --data-root /data/VOC2012 \
-        --protocols 1/16 1/8 1/4 1/2 --gpus-per-trial 1 --storage-path s3://bucket/mgd --address auto
+        --protocols 1/16 1/8 1/4 1/2 --gpus-per-trial 1 --storage-path s3://bucket/mgd \
+        --address auto
 
-On VOC and Cityscapes every network starts from torchvision's ImageNet weights (--pretrained imagenet,
-the paper's regime): the files are found in --pretrained-dir or torch hub's cache, or downloaded, on
-this machine before Ray starts, and copied to STORAGE_PATH/pretrained/ for the workers. The synthetic
-set trains from scratch (--pretrained none).
+On VOC and Cityscapes every network starts from torchvision's ImageNet weights (--pretrained
+imagenet, the paper's regime): the files are found in --pretrained-dir or torch hub's cache, or
+downloaded, on this machine before Ray starts, and copied to STORAGE_PATH/pretrained/ for the
+workers. The synthetic set trains from scratch (--pretrained none).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--protocols",
         nargs="+",
         metavar="P",
-        help=f"partition protocols, from {', '.join(PROTOCOLS)} (default: {' '.join(D.protocols)})",
+        help=f"partition protocols, from {', '.join(PROTOCOLS)} (default: "
+        f"{' '.join(D.protocols)})",
     )
     add("--student", choices=STUDENTS, help=f"(default: {D.student})")
     add(
@@ -99,15 +101,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     add(
         "--gpus-per-trial",
         type=int,
-        help="GPUs per trial; 0 = train on the CPU (default: 1 when this machine, "
-        "or the cluster at --address, has a GPU, with the preset's GPU budget for every budget option not "
+        help="GPUs per trial; 0 = train on the CPU (default: 1 when this machine, or the cluster "
+        "at --address, has a GPU, with the preset's GPU budget for every budget option not "
         "given; else 0)",
     )
     add(
         "--trials-per-gpu",
         type=int,
-        help="single-worker trials sharing each GPU (each asks Ray for 1/N GPU): "
-        "small models leave a GPU mostly idle (default: 1, or the preset's GPU budget when GPUs are detected)",
+        help="single-worker trials sharing each GPU (each asks Ray for 1/N GPU): small models "
+        "leave a GPU mostly idle (default: 1, or the preset's GPU budget when GPUs are "
+        "detected)",
     )
     add(
         "--workers-per-trial",
@@ -131,9 +134,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         dest="worker_start_timeout_s",
         type=float,
         metavar="S",
-        help="seconds a trial's Train workers may wait for their resources (a GPU node the autoscaler starts, "
-        "CPUs held by another job) before the start is retried; the progress line says meanwhile what they "
-        f"wait for, and who holds the cluster once they have waited that long (default: {D.worker_start_timeout_s:g})",
+        help="seconds a trial's Train workers may wait for their resources (a GPU node the "
+        "autoscaler starts, CPUs held by another job) before the start is retried; the "
+        "progress line says meanwhile what they wait for, and who holds the cluster once "
+        f"they have waited that long (default: {D.worker_start_timeout_s:g})",
     )
     add(
         "--worker-start-retries",
@@ -146,14 +150,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     add(
         "--pretrained",
         choices=["imagenet", "none"],
-        help="start students and both CPS branches of each "
-        "teacher from torchvision's ImageNet weights, or from scratch (default: imagenet for VOC and "
-        "Cityscapes, the paper's regime; none for synthetic)",
+        help="start students and both CPS branches of each teacher from torchvision's ImageNet "
+        "weights, or from scratch (default: imagenet for VOC and Cityscapes, the paper's "
+        "regime; none for synthetic)",
     )
     add(
         "--pretrained-dir",
-        help="folder holding torchvision's ImageNet files (resnet18-f37072fd.pth, ...), "
-        "looked at before torch hub's cache and before any download (for machines without internet)",
+        help="folder holding torchvision's ImageNet files (resnet18-f37072fd.pth, ...), looked "
+        "at before torch hub's cache and before any download (for machines without internet)",
     )
     add(
         "--output-dir",
@@ -179,17 +183,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     add(
         "--keep-trial-weights",
         action="store_true",
-        help="keep every trial's Train run folder (weights and "
-        "training state; 100+ MB per ResNet-18 trial); by default only each protocol's best student is kept, "
-        "in OUTPUT_DIR/models/",
+        help="keep every trial's Train run folder (weights and training state; 100+ MB per "
+        "ResNet-18 trial); by default only each protocol's best student is kept, in "
+        "OUTPUT_DIR/models/",
     )
     add(
         "--teacher-targets",
         choices=["shared", "live"],
-        help="shared (default): each protocol's teacher "
-        "outputs are computed once, before its search, into a store on the storage path that every trial "
-        "reads (no trial loads a teacher; the same training, ~3x less compute); live: every trial runs "
-        "both teachers itself",
+        help="shared (default): each protocol's teacher outputs are computed once, before its "
+        "search, into a store on the storage path that every trial reads (no trial loads a "
+        "teacher; the same training, ~3x less compute); live: every trial runs both "
+        "teachers itself",
     )
     add(
         "--keep-targets",
@@ -200,7 +204,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add(
         "--export-ablation-students",
         action="store_true",
-        help="also write each ablation row's best student to OUTPUT_DIR/models/<protocol>/<variant>.pt",
+        help="also write each ablation row's best student to "
+        "OUTPUT_DIR/models/<protocol>/<variant>.pt",
     )
     return p
 

@@ -66,7 +66,8 @@ def check_confidence_threshold(value: float) -> None:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """w_sup * L_sup + w_P * L_P + lambda_I * L_I + lambda_R * L_R; a zero weight removes a term."""
+    """w_sup * L_sup + w_P * L_P + lambda_I * L_I + lambda_R * L_R; a zero weight removes a
+    term."""
 
     sup: float = 1.0
     pixel: float = 1.0
@@ -87,8 +88,8 @@ class DataConfig:
     root: str | None = None  # None: the synthetic set's cache folder
     protocol: str = "1/8"
     split_dir: str | None = None  # user-provided split lists (win over everything else)
-    # VOC / Cityscapes at 1/16..1/2: the paper's shipped lists (mgd_ray/splits/); False or any other
-    # protocol or data: a seeded split is generated
+    # VOC / Cityscapes at 1/16..1/2: the paper's shipped lists (mgd_ray/splits/); False or any
+    # other protocol or data: a seeded split is generated
     paper_split: bool = True
     split_out_dir: str | None = None  # where a generated split is written (next to the results)
     crop_size: int = 64
@@ -228,7 +229,8 @@ def _from_dict(cls, d: dict[str, Any]):
             bad = sorted(set(value) - allowed)
             if bad:
                 raise ValueError(
-                    f"{cls.__name__}.{key}: unknown option(s) {bad}; expected some of {sorted(allowed)}"
+                    f"{cls.__name__}.{key}: unknown option(s) {bad}; expected some of "
+                    f"{sorted(allowed)}"
                 )
             value = nested(**value)
         kwargs[key] = value

@@ -1,8 +1,9 @@
 """MGD's loss terms: supervised CE (optionally OHEM), pixel-, image- and region-level distillation.
 
 Every term is a scalar tensor; the step collects them in a dict keyed by the LossWeights names
-("sup", "pixel", "semantic", "region") and `weighted_total` sums weight * term over that dict, so an
-ablation is a zero weight, never a flag. Terms are computed in float32 whatever the autocast dtype.
+("sup", "pixel", "semantic", "region") and `weighted_total` sums weight * term over that dict, so
+an ablation is a zero weight, never a flag. Terms are computed in float32 whatever the autocast
+dtype.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ def masked_cross_entropy(
 ) -> torch.Tensor:
     """Mean CE over pixels whose target is not `ignore_index`; 0 (with a graph) when none is kept.
 
-    logits B x C x H x W, target B x H x W int64. F.cross_entropy's "mean" divides by the kept count
-    and gives NaN when that is 0 (e.g. a confidence threshold that keeps nothing); this never does."""
+    logits B x C x H x W, target B x H x W int64. F.cross_entropy's "mean" divides by the kept
+    count and gives NaN when that is 0 (e.g. a confidence threshold that keeps nothing); this never
+    does."""
     _check_logits_target(logits, target)
     total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
     kept = (target != ignore_index).sum()
@@ -42,10 +44,10 @@ def supervised_loss(
 ) -> torch.Tensor:
     """L_sup: CE(S(x_l), y) with ignore index; logits B x C x H x W, target B x H x W.
 
-    OHEM (Cityscapes in the paper, as CPS's ProbOhemCrossEntropy2d): keep only the hard pixels, those
-    whose probability of the true class is <= ohem_threshold, but at least the `min_kept` hardest
-    (the threshold rises to the min_kept-th smallest probability); with fewer than `min_kept` valid
-    pixels all are kept. min_kept None = OHEM_MIN_KEPT_PER_IMAGE x B, the official
+    OHEM (Cityscapes in the paper, as CPS's ProbOhemCrossEntropy2d): keep only the hard pixels,
+    those whose probability of the true class is <= ohem_threshold, but at least the `min_kept`
+    hardest (the threshold rises to the min_kept-th smallest probability); with fewer than
+    `min_kept` valid pixels all are kept. min_kept None = OHEM_MIN_KEPT_PER_IMAGE x B, the official
     50,000 x images per device (city8.*/train.py: 50000 * batch_size // world_size)."""
     if not ohem:
         return masked_cross_entropy(logits, target, ignore_index)
@@ -185,13 +187,13 @@ def semantic_sensitive_from_pooled(
 def semantic_sensitive_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor
 ) -> torch.Tensor:
-    """L_I: |GAP(student logits) - GAP(teacher logits)| (pre-softmax), summed over classes, averaged
-    over the B images and multiplied by SEMANTIC_IMAGES_PER_DEVICE (2).
+    """L_I: |GAP(student logits) - GAP(teacher logits)| (pre-softmax), summed over classes,
+    averaged over the B images and multiplied by SEMANTIC_IMAGES_PER_DEVICE (2).
 
-    The official term is the sum over the 2 images of a GPU; this normalisation gives the same value
-    at B = 2 and the same per-image weight at any B, so the paper's lambda_I means the same thing
-    whatever the images per device (at B = 8 a plain sum would be 4x stronger). Both B x C x H x W
-    (sizes may differ: each is pooled over its own H x W)."""
+    The official term is the sum over the 2 images of a GPU; this normalisation gives the same
+    value at B = 2 and the same per-image weight at any B, so the paper's lambda_I means the same
+    thing whatever the images per device (at B = 8 a plain sum would be 4x stronger). Both
+    B x C x H x W (sizes may differ: each is pooled over its own H x W)."""
     if student_logits.shape[:2] != teacher_logits.shape[:2] or teacher_logits.dim() != 4:
         raise ValueError(
             f"semantic_sensitive_loss: expected B x C x H x W logits with the same B and C, got "

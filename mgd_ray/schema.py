@@ -1,4 +1,5 @@
-"""What the layers must agree on, and the one atomic file writer; plain Python, no torch/ray/pandas.
+"""What the layers must agree on, and the one atomic file writer; plain Python, no
+torch/ray/pandas.
 
 The protocols and their file names, the loss terms and a trial's point, and the trial record with
 its one reader and the rules every consumer applies to it (completed, best); losses, data and
@@ -196,7 +197,8 @@ def best_trial(records: Iterable, kind: str | None = None, variant: str | None =
 
 
 def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON object in `path`; OSError when unreadable, ValueError when not JSON or not an object."""
+    """The JSON object in `path`; OSError when unreadable, ValueError when not JSON or not an
+    object."""
     with open(path) as f:
         payload = json.load(f)
     if not isinstance(payload, dict):

@@ -50,7 +50,8 @@ def upload(local_path: str, uri: str) -> None:
     fs.create_dir(os.path.dirname(path), recursive=True)
     partial = path + ".partial"
     if isinstance(fs, pafs.LocalFileSystem):
-        # Same disk: a hard link shares the bytes (ImageNet files, teachers) instead of copying them.
+        # Same disk: a hard link shares the bytes (ImageNet files, teachers) instead of copying
+        # them.
         try:
             if os.path.exists(partial):
                 os.remove(partial)

@@ -83,8 +83,8 @@ def write_cityscapes_tree(
 ) -> dict[str, np.ndarray]:
     """ROOT/leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png and
     ROOT/gtFine/<split>/<city>/..._gtFine_labelIds.png (+ _labelTrainIds.png when `train_ids`,
-    holding train id 5 everywhere, so a test can tell which file was read); returns {id: raw labelIds}
-    with id "<city>/<city>_<seq>_<frame>"."""
+    holding train id 5 everywhere, so a test can tell which file was read); returns {id: raw
+    labelIds} with id "<city>/<city>_<seq>_<frame>"."""
     rng = np.random.default_rng(seed)
     raw = {}
     for split, counts in cities.items():

@@ -73,17 +73,19 @@ def random_teacher_files(folder) -> dict[str, str]:
 
 
 def alive_nodes(address: str, env: dict[str, str]) -> dict[str, dict]:
-    """{node id: resources} of the live nodes of the cluster at `address`, asked by a separate client
-    process (the test process itself never joins a Ray cluster)."""
+    """{node id: resources} of the live nodes of the cluster at `address`, asked by a separate
+    client process (the test process itself never joins a Ray cluster)."""
     code = (
         "import json, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
-        "print('NODES', json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))"
+        "print('NODES', json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if "
+        "n['Alive']}))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, address], capture_output=True, text=True, timeout=120, env=env
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    # Ray may print to stdout too (e.g. a just-killed node's "lagging heartbeats" notice), after the line
+    # Ray may print to stdout too (e.g. a just-killed node's "lagging heartbeats" notice), after
+    # the line
     [line] = [line for line in done.stdout.splitlines() if line.startswith("NODES ")]
     return json.loads(line.removeprefix("NODES "))
 
@@ -141,7 +143,9 @@ class Head:
 
     def stop(self) -> None:
         os.killpg(self.process.pid, signal.SIGTERM)
-        try:  # `ray start --block` takes up to 30 s to stop its processes one by one: they go with the session
+        try:
+            # `ray start --block` takes up to 30 s to stop its processes one by one: they go with
+            # the session
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)

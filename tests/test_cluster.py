@@ -157,7 +157,8 @@ def security_problems(config, aws_config):
 
 
 def node_type_problems(config):
-    """Autoscaling requirements: explicit resources everywhere, GPU workers that scale from zero."""
+    """Autoscaling requirements: explicit resources everywhere, GPU workers that scale from
+    zero."""
     problems = []
     head = config["head_node_type"]
     for name, node_type in config["available_node_types"].items():
@@ -169,7 +170,8 @@ def node_type_problems(config):
             continue
         if name != head and node_type.get("min_workers", 0) != 0:
             problems.append(
-                f"cluster.yaml node type {name}: min_workers must be 0, got {node_type['min_workers']}"
+                f"cluster.yaml node type {name}: min_workers must be 0, got "
+                f"{node_type['min_workers']}"
             )
         if name != head and node_type.get("max_workers", 0) < 1:
             problems.append(f"cluster.yaml node type {name}: max_workers must be set and >= 1")

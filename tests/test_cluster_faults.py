@@ -206,9 +206,9 @@ def test_a_worker_node_lost_mid_trial_costs_a_restart_from_the_checkpoint_not_th
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
     print(
-        f"node lost at iteration {first['iteration']}: seen dead by the cluster after {gone - killed_at:.0f} s, "
-        f"first report from the new node {restarted - killed_at:.0f} s after the kill "
-        f"(at iteration {moved[0]['iteration']})"
+        f"node lost at iteration {first['iteration']}: seen dead by the cluster after "
+        f"{gone - killed_at:.0f} s, first report from the new node {restarted - killed_at:.0f} s "
+        f"after the kill (at iteration {moved[0]['iteration']})"
     )
     [trial] = records(out)
     assert trial["status"] == "completed" and trial["restarts"] == 1
@@ -288,8 +288,8 @@ def test_a_killed_driver_resumes_on_the_cluster_without_repeating_a_trial(
             os.killpg(resumed.pid, signal.SIGKILL)
     second = [r for r in before.values() if r["status"] == "running"]
     print(
-        f"driver killed with the second trial at iteration {second[0]['iteration'] if second else None}; "
-        f"the resumed study reported again after "
+        "driver killed with the second trial at iteration "
+        f"{second[0]['iteration'] if second else None}; the resumed study reported again after "
         f"{continued - started:.0f} s and finished after {time.time() - started:.0f} s"
     )
     after = {r["trial_id"]: r for r in records(out)}

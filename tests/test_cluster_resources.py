@@ -55,8 +55,9 @@ def test_more_workers_than_the_whole_cluster_can_host_names_the_worker_option():
 def test_resources_no_node_offers_are_refused_before_anything_is_written(
     tmp_path, capsys, monkeypatch
 ):
-    """The cluster's answer (node shapes) is faked: no Ray. A refused study leaves no output folder,
-    so the corrected command runs without --resume; it gets past the check and writes study.json."""
+    """The cluster's answer (node shapes) is faked: no Ray. A refused study leaves no output
+    folder, so the corrected command runs without --resume; it gets past the check and writes
+    study.json."""
     from mgd_ray.distributed import study
     from tests.study_helpers import run_cli
 
@@ -87,7 +88,8 @@ def test_trial_slots_count_what_is_free_now_or_what_an_autoscaler_may_start():
     assert trial_slots(scaling(1, cpus=4, gpus=1), [HEAD, GPU_1X], [{"CPU": 8.0}]) == 8
     # Four trials share each GPU (1/4 GPU per worker): 2 gpu_4x nodes x 4 GPUs x 4.
     assert trial_slots(scaling(1, cpus=1, gpus=0.25), [HEAD, GPU_4X], [{"CPU": 8.0}]) == 32
-    # CPU-only trials on a cluster of GPU node types: no slot on them (the autoscaler keeps them for GPUs).
+    # CPU-only trials on a cluster of GPU node types: no slot on them (the autoscaler keeps them
+    # for GPUs).
     assert trial_slots(scaling(1), [HEAD, GPU_1X], [{"CPU": 3.0}]) == 3
     # Nothing fits now and no autoscaler: one trial in flight, which waits (and is said to wait).
     assert trial_slots(scaling(2), [HEAD], [{"CPU": 1.0}]) == 1

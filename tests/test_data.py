@@ -225,7 +225,10 @@ def test_cityscapes_prefers_label_train_ids_and_reads_cps_lists(tmp_path):
     write_cityscapes_tree(root, {"train": {"aachen": 4}, "val": {"lindau": 1}}, train_ids=True)
     split = tmp_path / "cps"
     split.mkdir()
-    pair = "train/aachen/aachen_{:06d}_000019_leftImg8bit.png\ttrain/aachen/aachen_{:06d}_000019_gtFine_labelTrainIds.png\n"
+    pair = (
+        "train/aachen/aachen_{:06d}_000019_leftImg8bit.png\t"
+        "train/aachen/aachen_{:06d}_000019_gtFine_labelTrainIds.png\n"
+    )
     (split / "labeled.txt").write_text(pair.format(0, 0))
     (split / "unlabeled.txt").write_text("".join(pair.format(i, i) for i in (1, 2, 3)))
     data = build_datasets(
@@ -295,8 +298,8 @@ COLOURS = {0: (200, 10, 10), 3: (10, 200, 10), IGNORE_INDEX: (10, 10, 200)}
 
 def test_augmentation_keeps_labels_aligned_in_range_and_ignore_at_255():
     # Big blocks whose colour names the class: wherever an augmented pixel has exactly a class
-    # colour, its label must be that class; padding is the mean colour (0 once normalised) with label
-    # 255, centred as the official pad_image_to_shape.
+    # colour, its label must be that class; padding is the mean colour (0 once normalised) with
+    # label 255, centred as the official pad_image_to_shape.
     label = np.zeros((48, 60), np.uint8)
     label[:, 20:40] = 3
     label[24:, 40:] = IGNORE_INDEX
@@ -435,7 +438,8 @@ def test_label_values_out_of_range(voc_root, tmp_path):
     write_png_label(root / "SegmentationClassAug" / f"{VOC_VAL[1]}.png", bad)
     with pytest.raises(
         DatasetError,
-        match=rf"label .*{VOC_VAL[1]}\.png: values \[21\] out of range, expected class ids 0..20 or 255",
+        match=rf"label .*{VOC_VAL[1]}\.png: values \[21\] out of range, "
+        r"expected class ids 0..20 or 255",
     ):
         build_datasets(voc_cfg(root, tmp_path))
 

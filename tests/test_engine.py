@@ -1,7 +1,8 @@
 """The MGD engine: the step, optimiser, evaluation, checkpoints, resume and divergence.
 
-Nets are tiny (a strided conv + BN) where a test is about the step rather than the networks, and the
-real ResNet-18 DeepLabv3+ at 32 px where the real model matters; data is a few random tensors."""
+Nets are tiny (a strided conv + BN) where a test is about the step rather than the networks, and
+the real ResNet-18 DeepLabv3+ at 32 px where the real model matters; data is a few random
+tensors."""
 
 import copy
 import math
@@ -123,7 +124,8 @@ def test_pixel_term_equals_four_separate_ce_terms():
         {"sup": 0, "pixel": 1, "semantic": 0, "region": 0},
     )
     assert stats["kept_fraction"].item() == 1.0
-    student.eval()  # train-mode BN of the combined forward differs from separate forwards; compare in eval
+    # train-mode BN of the combined forward differs from separate forwards; compare in eval
+    student.eval()
     x_m = (1 - mask.unsqueeze(1)) * u0 + mask.unsqueeze(1) * u1
     with torch.no_grad():
         expected = 0.0
@@ -205,8 +207,8 @@ def test_real_student_optimisation_steps_reduce_the_loss():
     torch.manual_seed(0)
     student = build_model("deeplabv3plus_resnet18", C)
     weights = {"sup": 1.0, "pixel": 1.0, "semantic": 0.002, "region": 100.0}
-    # A small lr: the randomly initialised DeepLabv3+ head starts with large logits. (0.002 since BN
-    # normalises x_l and x_m with their own statistics, as the official two forwards do.)
+    # A small lr: the randomly initialised DeepLabv3+ head starts with large logits. (0.002 since
+    # BN normalises x_l and x_m with their own statistics, as the official two forwards do.)
     optimizer = build_optimizer([student], OptimConfig(lr=0.002))
     losses = []
     for _ in range(8):
@@ -244,7 +246,8 @@ def test_param_groups_and_poly_schedule():
 
 
 class OneHotModel(nn.Module):
-    """Reads the class id stored in channel 0 of the image: an exact segmenter if every pixel is covered."""
+    """Reads the class id stored in channel 0 of the image: an exact segmenter if every pixel is
+    covered."""
 
     def forward(self, x):
         return {
@@ -296,11 +299,12 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
     assert torch.equal(load_checkpoint(str(path))["a"], torch.ones(3))
 
 
-# ---- whole runs on a tiny in-memory problem ------------------------------------------------------
+# ---- whole runs on a tiny in-memory problem -----------------------------------------------------
 
 
 class TrainSet(Dataset):
-    """Class = which colour channel is brightest in each 8 x 8 block: learnable by a small conv net."""
+    """Class = which colour channel is brightest in each 8 x 8 block: learnable by a small conv
+    net."""
 
     def __init__(self, n, size=16, labeled=True, seed=0):
         g = torch.Generator().manual_seed(seed)
@@ -479,7 +483,8 @@ def loaded_optimizer_states(monkeypatch):
 def test_finished_run_keeps_no_optimizer_state_and_resumes(
     tiny_world, monkeypatch, loaded_optimizer_states
 ):
-    # A wide net, so that SGD's momentum (one buffer per trainable weight) is most of an unfinished state.pt.
+    # A wide net, so that SGD's momentum (one buffer per trainable weight) is most of an unfinished
+    # state.pt.
     monkeypatch.setattr(
         distill_module,
         "build_model",
@@ -518,8 +523,9 @@ def test_finished_run_keeps_no_optimizer_state_and_resumes(
     )  # conv, BN and head weights and biases
     assert all(torch.equal(loaded[i]["momentum_buffer"], m) for i, m in momentum.items())
 
-    # The finished run's state.pt holds counters, RNG and metrics, not the optimizer: far smaller than
-    # the weights, where the unfinished one was larger than them (weights-sized momentum + the rest).
+    # The finished run's state.pt holds counters, RNG and metrics, not the optimizer: far smaller
+    # than the weights, where the unfinished one was larger than them (weights-sized momentum + the
+    # rest).
     state = load_checkpoint(os.path.join(ctx.latest_checkpoint(), "state.pt"))
     assert "optimizer" not in state and state["iteration"] == 4 and state["metrics"] == final
     assert (
@@ -627,7 +633,8 @@ def test_runner_plan_pairs_students_on_one_split_and_summarises_seeds(tmp_path):
         )
     ]
     text = format_results(rows, args)
-    # supervised 0.25 +- 0.0707 (sample std of 0.2, 0.3), mgd 0.27 +- 0.0283, gains +0.05 and -0.01.
+    # supervised 0.25 +- 0.0707 (sample std of 0.2, 0.3), mgd 0.27 +- 0.0283, gains +0.05
+    # and -0.01.
     assert "supervised   mean 0.2500 +- 0.0707 over 2 seeds" in text
     assert "mgd          mean 0.2700 +- 0.0283 over 2 seeds" in text
     assert "MGD - supervised: mean +0.0200, ahead on 1 of 2 seeds" in text

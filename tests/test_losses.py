@@ -35,7 +35,10 @@ TEACHER = _pixels([(2.0, 0.0), (1.0, 0.0), (0.0, 3.0), (0.0, 0.5)])
 def test_pseudo_label_labels_and_confidence():
     label, confidence = pseudo_label(TEACHER)
     assert label.tolist() == [[[0, 0], [1, 1]]]
-    sig = lambda x: 1.0 / (1.0 + math.exp(-x))
+
+    def sig(x):
+        return 1.0 / (1.0 + math.exp(-x))
+
     expected = torch.tensor([[[sig(2), sig(1)], [sig(3), sig(0.5)]]])
     assert torch.allclose(confidence, expected, atol=1e-6)
     label, _ = pseudo_label(TEACHER, threshold=0.7)
@@ -47,7 +50,10 @@ def test_confidence_is_rounded_to_a_code_before_the_threshold():
     live path compares too. At tau = 0.75 the lowest kept code is 192 (191 / 255 = 0.749), so a
     confidence of 0.7505 (code 191) is dropped although above 0.75; 0.7512 (code 192) is kept."""
     assert [lowest_kept_code(t) for t in (0.0, 0.5, 0.75, 0.8, 1.0)] == [1, 128, 192, 205, 256]
-    logit = lambda p: math.log(p / (1 - p))  # 2 classes: softmax of (logit(p), 0) is p
+
+    def logit(p):  # 2 classes: softmax of (logit(p), 0) is p
+        return math.log(p / (1 - p))
+
     teacher = _pixels([(logit(0.7505), 0.0), (logit(0.7512), 0.0), (0.0, 9.0), (0.0, 0.0)])
     label, confidence = pseudo_label(teacher, threshold=0.75)
     assert confidence_code(confidence).tolist() == [[[191, 192], [255, 128]]]
@@ -119,9 +125,11 @@ def test_semantic_sensitive_gradient_per_image_is_the_same_at_2_and_8_images_per
     assert loss2.item() == pytest.approx(official.item(), rel=1e-6)
     assert loss8.item() == pytest.approx(official.item(), rel=1e-6)
     assert shared8.item() == pytest.approx(shared2.item(), rel=1e-5)
-    # Per image, as a share of the batch: B x dL/d(logits of image i) is the same at B = 2 and B = 8.
+    # Per image, as a share of the batch: B x dL/d(logits of image i) is the same at B = 2 and
+    # B = 8.
     assert torch.allclose(8 * logits_grad8[:2], 2 * logits_grad2, atol=1e-9)
-    # The hand value: d/ds of lambda_I * 2/B * |mean(s) - mean(t)| at each pixel is lambda_I * 2/B * sign / (6 * 6).
+    # The hand value: d/ds of lambda_I * 2/B * |mean(s) - mean(t)| at each pixel is
+    # lambda_I * 2/B * sign / (6 * 6).
     sign = torch.sign(student.mean(dim=(2, 3)) - teacher.mean(dim=(2, 3)))[
         :, :, None, None
     ].expand(2, 5, 6, 6)
@@ -129,8 +137,8 @@ def test_semantic_sensitive_gradient_per_image_is_the_same_at_2_and_8_images_per
 
 
 def test_content_aware_hand_computed():
-    # grid 2 on a 2 x 2 map pools nothing; regions (1,0), (0,1), (1,1), (1,0) against a teacher whose
-    # regions are all parallel (similarity 1 everywhere).
+    # grid 2 on a 2 x 2 map pools nothing; regions (1,0), (0,1), (1,1), (1,0) against a teacher
+    # whose regions are all parallel (similarity 1 everywhere).
     student = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]]).T.reshape(1, 2, 2, 2)
     teacher = torch.tensor([[2.0, 0.0]] * 4).T.reshape(1, 2, 2, 2)
     c = 1 - 2**-0.5

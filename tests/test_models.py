@@ -1,4 +1,5 @@
-"""DeepLabv3+ networks: shapes, feature contract, torchvision parity, weights loading, complexity."""
+"""DeepLabv3+ networks: shapes, feature contract, torchvision parity, weights loading,
+complexity."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from torch.nn import functional as F
 from mgd_ray.models import ARCHS, build_model, complexity, convert_sync_batchnorm
 
 # torchvision's published parameter counts (whole ImageNet network) and the sizes of what our
-# backbones leave out: the classifier, and for MobileNetV2 also features.18 (1x1 conv 320 -> 1280 + BN).
+# backbones leave out: the classifier, and for MobileNetV2 also features.18
+# (1x1 conv 320 -> 1280 + BN).
 TORCHVISION_PARAMS = {
     "deeplabv3plus_resnet18": (11_689_512, 513_000),
     "deeplabv3plus_resnet50": (25_557_032, 2_049_000),
@@ -31,8 +33,8 @@ TORCHVISION_GMACS = {
     "deeplabv3plus_wide_resnet50_2": (11.398, 2048 * 1000),
     "deeplabv3plus_mobilenetv2": (0.301, 1280 * 1000 + 320 * 1280 * 7 * 7),
 }
-# Parameter totals of the official MGD networks at 21 classes (docs/design.md; the official ResNet-18 and
-# ResNet-101 have deep stems, ours torchvision's 7x7 stems: < 0.3% apart).
+# Parameter totals of the official MGD networks at 21 classes (docs/design.md; the official
+# ResNet-18 and ResNet-101 have deep stems, ours torchvision's 7x7 stems: < 0.3% apart).
 OFFICIAL_TOTAL_PARAMS = {
     "deeplabv3plus_resnet18": 16.627e6,
     "deeplabv3plus_mobilenetv2": 5.760e6,
@@ -204,7 +206,8 @@ def _randomised(model: nn.Module) -> dict[str, torch.Tensor]:
             "deeplabv3plus_resnet18",
             {"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)},
         ),
-        # a torchvision MobileNetV2 file also holds features.18 (the 1280 conv the official student drops)
+        # a torchvision MobileNetV2 file also holds features.18 (the 1280 conv the official student
+        # drops)
         (
             "deeplabv3plus_mobilenetv2",
             {
@@ -296,8 +299,8 @@ def test_bad_arguments_are_named():
 
 @pytest.mark.parametrize("arch", ["deeplabv3plus_resnet18", "deeplabv3plus_mobilenetv2"])
 def test_fresh_head_starts_near_uniform(arch):
-    # classifier N(0, 0.01^2), bias 0: logits ~0 and the initial cross-entropy ~log(C), not the 5-7 of
-    # a He-initialised classifier, so early SGD steps are not dominated by random logits
+    # classifier N(0, 0.01^2), bias 0: logits ~0 and the initial cross-entropy ~log(C), not the 5-7
+    # of a He-initialised classifier, so early SGD steps are not dominated by random logits
     torch.manual_seed(0)
     model = build_model(arch, 6).train()
     logits = model(torch.randn(2, 3, 48, 48))["logits"]
@@ -319,7 +322,8 @@ def test_fresh_residual_blocks_start_as_identity(arch):
 
 
 def test_train_mode_batch_of_one_and_backward():
-    # the image-pooling branch sees one value per channel: BN there would refuse batch 1 in train mode
+    # the image-pooling branch sees one value per channel: BN there would refuse batch 1 in train
+    # mode
     torch.manual_seed(0)
     model = build_model("deeplabv3plus_mobilenetv2", 3).train()
     out = model(torch.randn(1, 3, 64, 64))
@@ -341,7 +345,8 @@ def test_sync_batchnorm_and_channels_last():
     synced = synced.to(memory_format=torch.channels_last)
     with torch.no_grad():
         out = synced(x.contiguous(memory_format=torch.channels_last))
-    # same maths in another memory order: equal up to float32 summation order (tolerance scaled to the logits)
+    # same maths in another memory order: equal up to float32 summation order (tolerance scaled to
+    # the logits)
     torch.testing.assert_close(
         out["logits"], reference, rtol=1e-4, atol=1e-5 * reference.abs().max().item()
     )
@@ -368,10 +373,12 @@ def test_head_macs_and_params_by_hand(arch, output_stride):
     low, high = STAGE_CHANNELS[arch.removeprefix("deeplabv3plus_")]
     reduced = 24 if low == 24 else 48  # the official decoder: 48 for ResNets, 24 for MobileNetV2
     h, h4 = math.ceil(size / output_stride) ** 2, math.ceil(size / 4) ** 2
-    # 4 map convs + 1x1 reduction of the 1024 concatenated channels; pooling branch: two 1x1 at 1 x 1
+    # 4 map convs + 1x1 reduction of the 1024 concatenated channels; pooling branch: two 1x1 at
+    # 1 x 1
     aspp_macs = (high * 256 + 3 * 9 * high * 256 + 1024 * 256) * h + high * 256 + 256 * 256
     decoder_macs = (low * reduced + 9 * (256 + reduced) * 256 + 9 * 256 * 256 + 256 * classes) * h4
-    # convs, map_bn (1024), red_conv, pooling conv + BN, pool_red_conv, red_bn: no conv bias anywhere
+    # convs, map_bn (1024), red_conv, pooling conv + BN, pool_red_conv, red_bn: no conv bias
+    # anywhere
     aspp_params = (
         high * 256
         + 3 * 9 * high * 256
@@ -420,8 +427,9 @@ def _randomise_bn(module: nn.Module, seed: int = 0) -> None:
 
 
 def test_aspp_is_the_official_formula():
-    # independent restatement of the official ASPP (exp.voc/*/network.py): concat -> BN -> LeakyReLU ->
-    # 1x1; pooling branch GAP -> 1x1 -> BN -> LeakyReLU -> 1x1, ADDED; then BN -> LeakyReLU; no dropout
+    # independent restatement of the official ASPP (exp.voc/*/network.py): concat -> BN ->
+    # LeakyReLU -> 1x1; pooling branch GAP -> 1x1 -> BN -> LeakyReLU -> 1x1, ADDED; then BN ->
+    # LeakyReLU; no dropout
     from mgd_ray.models.deeplabv3plus import ASPP
 
     torch.manual_seed(0)
@@ -456,8 +464,9 @@ def test_aspp_is_the_official_formula():
 
 
 def test_pooling_bn_at_batch_one_uses_running_statistics():
-    # batch 1 in train mode: one value per channel after pooling, so that BN (only that one) normalises
-    # with its running statistics and leaves them alone; at batch 2 it uses and updates batch statistics
+    # batch 1 in train mode: one value per channel after pooling, so that BN (only that one)
+    # normalises with its running statistics and leaves them alone; at batch 2 it uses and updates
+    # batch statistics
     torch.manual_seed(0)
     model = build_model("deeplabv3plus_resnet18", 3).train()
     bn, red_bn = model.head.aspp.global_pooling_bn, model.head.aspp.red_bn
@@ -471,8 +480,8 @@ def test_pooling_bn_at_batch_one_uses_running_statistics():
 
 
 def test_resnet_layer4_multigrid_as_official():
-    # official _nostride_dilate over layer4's blocks at output stride 16: dilations 2/4/8 on every 3x3
-    # conv of block 0/1/2 (ResNet-18: 2/4), the strided conv and the 1x1 shortcut at stride 1;
+    # official _nostride_dilate over layer4's blocks at output stride 16: dilations 2/4/8 on every
+    # 3x3 conv of block 0/1/2 (ResNet-18: 2/4), the strided conv and the 1x1 shortcut at stride 1;
     # layer3 keeps its stride and no dilation
     for arch, rates in (
         ("deeplabv3plus_resnet101", (2, 4, 8)),
@@ -491,7 +500,8 @@ def test_resnet_layer4_multigrid_as_official():
 
 
 def test_mobilenetv2_as_official_student():
-    # no 1280 conv; features.14 keeps stride 2 (stride 32 reached); depthwise 3x3 of 15/16/17 dilated 2/4/8
+    # no 1280 conv; features.14 keeps stride 2 (stride 32 reached); depthwise 3x3 of 15/16/17
+    # dilated 2/4/8
     backbone = _meta_model("deeplabv3plus_mobilenetv2").backbone
     assert len(backbone.features) == 18 and backbone.features[17].out_channels == 320
     assert backbone.features[14].conv[1][0].stride == (2, 2)

@@ -12,7 +12,8 @@ from mgd_ray.engine.presets import load_preset, preset_optim, read_preset
 
 R18, MBV2 = "deeplabv3plus_resnet18", "deeplabv3plus_mobilenetv2"
 
-# docs/design.md, "The recipe": official lr / total batch, CPS weight, epochs (1/16, 1/8, 1/4, 1/2).
+# docs/design.md, "The recipe": official lr / total batch, CPS weight, epochs
+# (1/16, 1/8, 1/4, 1/2).
 RECIPE = {
     "voc": {
         "student_lr": {R18: 0.01, MBV2: 0.014},
@@ -48,7 +49,8 @@ def test_official_values_match_the_design_table(dataset):
             and preset["teacher_batch_size"] == table["teacher_batch"]
         )
         assert preset["cps_weight"] == table["cps"] and preset["warmup_fraction"] == 0.0
-        # In our gradient convention (plain mean losses, DDP averaging): lr / NGPUS, weight decay x NGPUS.
+        # In our gradient convention (plain mean losses, DDP averaging): lr / NGPUS, weight decay x
+        # NGPUS.
         assert preset["lr"] == pytest.approx(lr / table["gpus"])
         assert preset["weight_decay"] == pytest.approx(1e-4 * table["gpus"])
         optim = preset_optim(preset, "student", 1000)
@@ -154,8 +156,9 @@ def test_ohem_min_kept_defaults_to_50000_per_image(monkeypatch):
     monkeypatch.setattr(
         losses, "OHEM_MIN_KEPT_PER_IMAGE", 1
     )  # 1 pixel per image, to see the scaling
-    # Two images of 2 pixels; true-class probabilities 0.9, 0.95 | 0.99, 0.6. Threshold 0.7 keeps only
-    # 0.6; min_kept = 1 x 2 images = 2 raises the threshold to the 2nd smallest probability, 0.9.
+    # Two images of 2 pixels; true-class probabilities 0.9, 0.95 | 0.99, 0.6. Threshold 0.7 keeps
+    # only 0.6; min_kept = 1 x 2 images = 2 raises the threshold to the 2nd smallest probability,
+    # 0.9.
     probs = torch.tensor([[0.9, 0.95], [0.99, 0.6]])
     logits = torch.stack([torch.log(1 - probs), torch.log(probs)], dim=1)[
         :, :, None, :

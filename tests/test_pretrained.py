@@ -72,7 +72,8 @@ def _write_named(folder, stem: str, state: dict) -> str:
 
 
 def _torchvision_resnet18_state() -> dict:
-    """Our backbone's tensors (torchvision naming), randomised, plus torchvision's fc classifier."""
+    """Our backbone's tensors (torchvision naming), randomised, plus torchvision's fc
+    classifier."""
     gen = torch.Generator().manual_seed(3)
     backbone = build_model(R18, 2).backbone.state_dict()
     state = {

@@ -1,7 +1,7 @@
-"""The private Ray and Optuna-integration APIs the study relies on (mgd_ray/distributed/ray_private.py)
-are still there, with the shape the study reads, in the pinned Ray: an upgrade that moves one fails
-here, by name, rather than in the middle of a study. No Ray instance is started (the Ray tests use
-placement_groups() and actors() against live clusters)."""
+"""The private Ray and Optuna-integration APIs the study relies on
+(mgd_ray/distributed/ray_private.py) are still there, with the shape the study reads, in the pinned
+Ray: an upgrade that moves one fails here, by name, rather than in the middle of a study. No Ray
+instance is started (the Ray tests use placement_groups() and actors() against live clusters)."""
 
 import optuna
 import ray.train

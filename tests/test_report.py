@@ -137,7 +137,8 @@ def test_ablation_means_stds_missing_and_gain():
 
 
 def test_equal_rows_get_no_best_and_background_rows_are_flagged():
-    # 1/8: every row at 0.0940, the all-background score (the smoke study's table): no best, all flagged.
+    # 1/8: every row at 0.0940, the all-background score (the smoke study's table): no best, all
+    #      flagged.
     # 1/4: supervised 0.30, 0.32 (std 0.01414) vs MGD 0.36, 0.38: lead 0.06 > 0.01414 -> MGD best.
     # 1/2: one seed each, 0.300 vs 0.315: lead 0.015 < the 0.02 single-seed margin -> no best;
     #      0.40 vs 0.30 (pixel vs supervised, one seed each): lead 0.10 > 0.02 -> pixel best.
@@ -373,7 +374,8 @@ def test_importance_rebuilds_study_with_log_bounds_from_data():
     table = importance_table(pd.DataFrame(rows), ["1/8"], evaluator=evaluator)
     dist = evaluator.distributions
     assert set(dist) == {"w_pixel", "lambda_semantic", "lambda_region"}  # constant ones dropped
-    # w_pixel on the log scale the search samples it on (spec.search_space); the threshold is linear.
+    # w_pixel on the log scale the search samples it on (spec.search_space); the threshold is
+    # linear.
     assert (dist["w_pixel"].low, dist["w_pixel"].high, dist["w_pixel"].log) == (0.5, 2.5, True)
     assert dist["lambda_semantic"].log and dist["lambda_semantic"].low == pytest.approx(1e-4)
     assert dist["lambda_region"].log and (
@@ -713,7 +715,8 @@ def test_report_opens_with_what_the_run_was(tmp_path):
         "Seeds per ablation row: 1; search trials per protocol: 3",
         "9.40 mIoU",
         "it cannot rank the loss terms",
-        "do not differ by more than their seed spread, and its teachers score at the all-background level",
+        "do not differ by more than their seed spread, and its teachers score at the "
+        "all-background level",
         "run `python experiments/tune_loss_weights.py --x 1` on a GPU.",
     ):
         assert text in opening, text

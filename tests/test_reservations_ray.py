@@ -119,7 +119,8 @@ def train_groups():
 
 def test_trials_give_back_their_workers_however_they_end(head, tmp_path):
     """Every ending on the head without the dashboard (where leaks used to stall the study); on the
-    other heads the two endings that stop a trial from outside, after the trial ASHA compares with."""
+    other heads the two endings that stop a trial from outside, after the trial ASHA compares
+    with."""
     cluster_is_idle()
     cfg = study_config(tmp_path)
     spec = plan_protocol(cfg, "1/8").trial_spec(
@@ -153,7 +154,8 @@ def test_trials_give_back_their_workers_however_they_end(head, tmp_path):
         trainable=scripted_trial,
     )
     print(
-        f"[{head}] {len(endings)} trials, each ending its own way, in {time.time() - started:.0f} s"
+        f"[{head}] {len(endings)} trials, each ending its own way, in "
+        f"{time.time() - started:.0f} s"
     )
 
     by_ending = {r["variant"]: r for r in records(tmp_path / "out")}

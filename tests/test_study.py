@@ -288,7 +288,8 @@ def test_records_count_restarts_of_the_worker_group_and_list_its_nodes(tmp_path)
     )
     trial = fake_trial("a")
     recorder.on_trial_start(0, [], trial)
-    # Two reports from the first start on node n1, then the run restarted on n2 from the checkpoint at 8.
+    # Two reports from the first start on node n1, then the run restarted on n2 from the checkpoint
+    # at 8.
     for it, start, node in ((4, "s1", "n1"), (8, "s1", "n1"), (12, "s2", "n2")):
         recorder.on_trial_result(
             0,
@@ -312,14 +313,18 @@ def test_records_count_restarts_of_the_worker_group_and_list_its_nodes(tmp_path)
 
 
 def test_error_summary_without_divergence_takes_the_last_error_line():
-    text = "Traceback\nValueError: inner\nThe above exception...\nRuntimeError: outer problem\n  detail\n"
+    text = (
+        "Traceback\nValueError: inner\nThe above exception...\n"
+        "RuntimeError: outer problem\n  detail\n"
+    )
     assert error_summary(text) == "RuntimeError: outer problem"
 
 
 def test_error_summary_keeps_the_cause_a_ray_wrapper_gives_on_the_next_line():
     text = (
-        "Failure # 1\nray::ImplicitFunc.train()\nray.train.ControllerError: Training failed due to "
-        "controller error:\nThe worker group startup timed out after 3.0 seconds waiting for 2 workers.\n"
+        "Failure # 1\nray::ImplicitFunc.train()\n"
+        "ray.train.ControllerError: Training failed due to controller error:\n"
+        "The worker group startup timed out after 3.0 seconds waiting for 2 workers.\n"
     )
     assert error_summary(text) == (
         "ray.train.ControllerError: Training failed due to controller error: "
@@ -354,7 +359,8 @@ def test_every_default_is_resolved_once_and_explicit_options_win():
         budget["teacher_iterations"],
     )
     assert cfg.seeds == 5 and cfg.trials_per_gpu == budget["trials_per_gpu"] and "4 GPU(s)" in said
-    # --gpus-per-trial given (even 0 on a GPU machine): used as given, no GPU budget, nothing detected.
+    # --gpus-per-trial given (even 0 on a GPU machine): used as given, no GPU budget, nothing
+    # detected.
     for given in (0, 2):
         cfg, _ = resolve_study(
             gpus=lambda address: pytest.fail("detected"), gpus_per_trial=given, workers_per_trial=1
@@ -614,5 +620,6 @@ def test_holders_names_the_trial_whose_train_run_holds_a_group(monkeypatch):
     monkeypatch.setattr(ray_private, "trial_actor_id", lambda trial: "trial")
     assert (
         cluster.holders([group, other], [Trial], "01000000")
-        == "trial abc_00001: 2 x {CPU: 1}; job 02000000: 1 x {GPU: 1}; actor Holder of job 03000000: {CPU: 1}"
+        == "trial abc_00001: 2 x {CPU: 1}; job 02000000: 1 x {GPU: 1}; actor Holder of job "
+        "03000000: {CPU: 1}"
     )

@@ -189,9 +189,11 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
     driver = subprocess.Popen(
         argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
     )
-    try:  # killed once an ablation trial has finished: after the search's best was exported and its
+    try:
+        # killed once an ablation trial has finished: after the search's best was exported and its
         # finished trials' weights were pruned, the riskiest point for --resume. The bound only
-        # catches a study that never gets there (about 4 minutes on 2 cores; allow a slower machine).
+        # catches a study that never gets there (about 4 minutes on 2 cores; allow a slower
+        # machine).
         wait_for(
             lambda: any(
                 r["status"] == "completed" and r["kind"] == "ablation" for r in records(out)

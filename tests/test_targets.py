@@ -313,7 +313,10 @@ def test_a_resumed_writer_writes_only_the_missing_iterations(world, monkeypatch,
 
     first = write(range(0, 2))  # one chunk, then the whole range: only the other chunk is written
     assert (first["iterations"], first["files_written"]) == (2, 2)
-    path = lambda t: str(tmp_path / "store" / "rank0of1" / f"{t:07d}.npz")
+
+    def path(t):
+        return str(tmp_path / "store" / "rank0of1" / f"{t:07d}.npz")
+
     kept_file = os.stat(path(0)).st_mtime_ns
     second = write(range(0, 4))
     assert (second["iterations"], second["files_written"]) == (2, 2)

@@ -109,9 +109,10 @@ def _check_listed_images(samples: list[Sample], list_path: Path, root: Path, dat
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         raise DatasetError(
-            f"split list {list_path}: {len(missing)} of its {len(samples)} images are missing from data root "
-            f"{root} ({shown}); expected {_LAYOUT[dataset]} holding every image the list names "
-            "(the paper's lists need the whole training set; pass --split-dir with lists of your images)"
+            f"split list {list_path}: {len(missing)} of its {len(samples)} images are missing "
+            f"from data root {root} ({shown}); expected {_LAYOUT[dataset]} holding every image "
+            "the list names (the paper's lists need the whole training set; pass --split-dir "
+            "with lists of your images)"
         )
 
 
@@ -130,7 +131,8 @@ def build_datasets(cfg: DataConfig, save_split: bool = True) -> SemiSupervisedDa
         root = Path(cfg.root)
     if not root.is_dir():
         raise DatasetError(
-            f"data root {root} (dataset {cfg.dataset!r}): folder not found, expected {_LAYOUT[cfg.dataset]}"
+            f"data root {root} (dataset {cfg.dataset!r}): folder not found, expected "
+            f"{_LAYOUT[cfg.dataset]}"
         )
     split_out = (
         Path(cfg.split_out_dir) if cfg.split_out_dir else _default_split_dir(cfg.dataset, root)

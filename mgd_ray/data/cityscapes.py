@@ -35,7 +35,8 @@ def _label_for(root: Path, image_rel: str) -> str:
 
 
 def scan_pairs(root: str | Path, split: str) -> list[str]:
-    """Every `image<TAB>label` pair (paths relative to root) of a split ("train" / "val"), sorted."""
+    """Every `image<TAB>label` pair (paths relative to root) of a split ("train" / "val"),
+    sorted."""
     root = Path(root)
     image_dir = root / "leftImg8bit" / split
     if not image_dir.is_dir():
@@ -52,7 +53,8 @@ def scan_pairs(root: str | Path, split: str) -> list[str]:
 
 
 def pair_id(pair: str) -> str:
-    """A pair's id, "<city>/<name>": "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png<TAB>..."
+    """A pair's id, "<city>/<name>":
+    "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png<TAB>..."
     -> "aachen/aachen_000000_000019"."""
     image = Path(pair.split()[0])
     name = image.name[: -len(IMAGE_SUFFIX)] if image.name.endswith(IMAGE_SUFFIX) else image.stem

@@ -6,8 +6,8 @@ import numpy as np
 
 from ..schema import IGNORE_INDEX
 
-# labelId -> trainId from cityscapesScripts/helpers/labels.py; ids not listed (ego vehicle, parking,
-# rail track, guard rail, ...) are not evaluated and become the ignore index.
+# labelId -> trainId from cityscapesScripts/helpers/labels.py; ids not listed (ego vehicle,
+# parking, rail track, guard rail, ...) are not evaluated and become the ignore index.
 LABEL_ID_TO_TRAIN_ID = {
     7: 0,
     8: 1,

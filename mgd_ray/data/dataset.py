@@ -1,4 +1,5 @@
-"""One dataset class for every source, with a mode of labeled / unlabeled / val (as in UniMatch)."""
+"""One dataset class for every source, with a mode of labeled / unlabeled / val (as in
+UniMatch)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ class DatasetError(ValueError):
 
 
 def cache_root() -> Path:
-    """Where generated data, splits and validation markers live: $MGD_RAY_DATA or ~/.cache/mgd_ray."""
+    """Where generated data, splits and validation markers live: $MGD_RAY_DATA or
+    ~/.cache/mgd_ray."""
     env = os.environ.get("MGD_RAY_DATA")
     return Path(env) if env else Path.home() / ".cache" / "mgd_ray"
 
@@ -70,7 +71,8 @@ def write_label(path: str | os.PathLike, label: np.ndarray) -> None:
 
 
 def read_list(path: str | os.PathLike) -> list[list[str]]:
-    """A split list: one entry per non-empty line, each split on whitespace (tab-separated pairs)."""
+    """A split list: one entry per non-empty line, each split on whitespace (tab-separated
+    pairs)."""
     path = str(path)
     if not os.path.isfile(path):
         raise DatasetError(f"split list {path}: file not found")

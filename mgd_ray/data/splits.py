@@ -3,9 +3,9 @@
 A split directory holds `labeled.txt` and `unlabeled.txt`, one row per line (an id for VOC and the
 synthetic set, an `image<TAB>label` pair for Cityscapes). User lists are read as given; the paper's
 own lists (VOC and Cityscapes, 1/16 to 1/2) ship in mgd_ray/splits/ and are the default there;
-otherwise a split is drawn with a seeded permutation (labeled count ceil(N / k) for protocol 1/k) and
-written, once the data has been validated, so that the study can be reproduced. For "full" every
-image is labeled and `unlabeled.txt` is empty.
+otherwise a split is drawn with a seeded permutation (labeled count ceil(N / k) for protocol 1/k)
+and written, once the data has been validated, so that the study can be reproduced. For "full"
+every image is labeled and `unlabeled.txt` is empty.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def _key(row: str) -> str:
 
 
 def read_split(split_dir: str | Path, protocol: str) -> tuple[list[str], list[str], Path]:
-    """User lists from `split_dir` (or `split_dir/<protocol slug>/`): (labeled, unlabeled, folder)."""
+    """User lists from `split_dir` (or `split_dir/<protocol slug>/`): (labeled, unlabeled,
+    folder)."""
     base = Path(split_dir)
     folder = base if (base / LABELED).is_file() else base / protocol_slug(protocol)
     if not (folder / LABELED).is_file():

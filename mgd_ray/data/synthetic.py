@@ -1,16 +1,16 @@
 """The built-in synthetic dataset: procedural scenes written once in the VOC layout and cached.
 
 Six classes: 0 = background and five objects, each defined by a shape AND a texture
-(disc + stripes, square + checker, triangle + dots, cross + grid, ring + speckle). Colours are drawn
-per object (two far-apart colours for the texture's two phases), so colour says nothing about the
-class. The set is built to be learnable from scratch in a few hundred CPU iterations while staying
-non-trivial:
+(disc + stripes, square + checker, triangle + dots, cross + grid, ring + speckle). Colours are
+drawn per object (two far-apart colours for the texture's two phases), so colour says nothing about
+the class. The set is built to be learnable from scratch in a few hundred CPU iterations while
+staying non-trivial:
 - objects are large (background is roughly half of the pixels) and high-contrast, and the five
   textures are strongly distinct and coarse enough (period >= 7 px) to survive the 0.5x scale
   augmentation;
 - the background is a smooth random colour field with its own faint, low-contrast texture;
-- a "distractor" (one class's shape painted with another class's texture) appears in about a third of
-  the scenes and is background, so neither texture nor shape alone gives the class;
+- a "distractor" (one class's shape painted with another class's texture) appears in about a third
+  of the scenes and is background, so neither texture nor shape alone gives the class;
 - objects are cut by the image border and occlude each other;
 - as in VOC, a thin (1 px) band of 255 (ignore) runs along object boundaries.
 
@@ -63,7 +63,8 @@ def _rotated(points: np.ndarray, angle: float, center: tuple[float, float]) -> n
 def _shape_mask(
     shape: int, center: tuple[float, float], radius: float, angle: float
 ) -> np.ndarray:
-    """uint8 H x W, 1 inside shape `shape` (1..5) centred at (x, y) with the given size and rotation."""
+    """uint8 H x W, 1 inside shape `shape` (1..5) centred at (x, y) with the given size and
+    rotation."""
     mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     cx, cy = int(round(center[0])), int(round(center[1]))
     r = radius
@@ -161,7 +162,8 @@ def render_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         _paint(canvas, mask, _texture(int(texture), rng), *_colour_pair(rng))
         label[mask.astype(bool)] = cls
 
-    # Ignore band, 1 px wide as VOC's outlines: pixels whose right or lower neighbour has another class.
+    # Ignore band, 1 px wide as VOC's outlines: pixels whose right or lower neighbour has another
+    # class.
     boundary = np.zeros(label.shape, dtype=bool)
     boundary[:, :-1] |= label[:, :-1] != label[:, 1:]
     boundary[:-1, :] |= label[:-1, :] != label[1:, :]

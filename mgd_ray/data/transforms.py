@@ -1,8 +1,8 @@
 """Training augmentation with OpenCV: random scale, horizontal flip, random crop, normalisation.
 
 As the official code (dataloader.py, furnace/utils/img_utils.py): an image smaller than the crop is
-padded CENTRED with 0 of the normalised image, i.e. the ImageNet mean colour (rounded to uint8 here,
-since normalisation comes last: 0.006 std from 0), and its label with 255.
+padded CENTRED with 0 of the normalised image, i.e. the ImageNet mean colour (rounded to uint8
+here, since normalisation comes last: 0.006 std from 0), and its label with 255.
 Random draws come from a torch generator (torch's global one by default, which DataLoader seeds
 per worker) so that workers never share a random stream.
 """

@@ -1,5 +1,6 @@
 """Check a dataset before any training starts, once: every file named by the lists exists, every
-image decodes, every label is a single-channel map of the image's size with values in 0..C-1 or 255.
+image decodes, every label is a single-channel map of the image's size with values in 0..C-1 or
+255.
 
 Decoding 10k VOC files takes a while, so a passing check leaves a marker file keyed by the exact
 list of files with their sizes and modification times; a later run with the same files skips the

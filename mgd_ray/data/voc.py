@@ -1,6 +1,7 @@
-"""PASCAL VOC 2012 + SBD ("train_aug") in the UniMatch / CPS layout, also used by the synthetic set:
-ROOT/JPEGImages/<id>.jpg, ROOT/SegmentationClassAug/<id>.png (index PNG, 0..20, 255 = ignore;
-ROOT/SegmentationClass/ when the Aug folder is absent), ROOT/ImageSets/Segmentation/{train_aug,val}.txt.
+"""PASCAL VOC 2012 + SBD ("train_aug") in the UniMatch / CPS layout, also used by the synthetic
+set: ROOT/JPEGImages/<id>.jpg, ROOT/SegmentationClassAug/<id>.png (index PNG, 0..20, 255 = ignore;
+ROOT/SegmentationClass/ when the Aug folder is absent),
+ROOT/ImageSets/Segmentation/{train_aug,val}.txt.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def label_dir(root: str | Path) -> Path:
 
 
 def _row_id(fields: list[str]) -> str:
-    # UniMatch-style lists give "JPEGImages/<id>.jpg SegmentationClass/<id>.png"; plain lists the id.
+    # UniMatch-style lists give "JPEGImages/<id>.jpg SegmentationClass/<id>.png"; plain lists the
+    # id.
     return Path(fields[0]).stem if len(fields) > 1 or fields[0].endswith(".jpg") else fields[0]
 
 
@@ -48,7 +50,8 @@ def train_ids(root: str | Path) -> list[str]:
 
 
 def val_ids(root: str | Path, split_dir: str | Path | None = None) -> list[str]:
-    """Ids of the validation list: split_dir/val.txt when given there, else ImageSets/Segmentation/val.txt."""
+    """Ids of the validation list: split_dir/val.txt when given there, else
+    ImageSets/Segmentation/val.txt."""
     if split_dir is not None and (Path(split_dir) / "val.txt").is_file():
         return read_ids(Path(split_dir) / "val.txt")
     path = Path(root) / LIST_DIR / "val.txt"

@@ -59,9 +59,9 @@ def free_port(host: str = "") -> int:
 def connect(address: str | None, worker_start_timeout_s: float, **init_kwargs: Any) -> str:
     """ray.init for the study; return the GCS address it is connected to.
 
-    address: as ray.init's ("auto", "host:port"); None connects where ray.init() would (RAY_ADDRESS,
-    the last `ray start` cluster) or starts a local instance, on a GCS port chosen here so that its
-    address is known before it starts.
+    address: as ray.init's ("auto", "host:port"); None connects where ray.init() would
+    (RAY_ADDRESS, the last `ray start` cluster) or starts a local instance, on a GCS port chosen
+    here so that its address is known before it starts.
     When Ray is already initialised (a notebook, a test) the caller's runtime env is kept and only
     the driver's own environment is set."""
     if ray.is_initialized():
@@ -69,7 +69,8 @@ def connect(address: str | None, worker_start_timeout_s: float, **init_kwargs: A
         os.environ.update(study_env(gcs, worker_start_timeout_s))
         return gcs
     if address is None and ray_private.local_address() is None:
-        # ray.init() would start a new local instance (no RAY_ADDRESS, no `ray start` cluster here).
+        # ray.init() would start a new local instance (no RAY_ADDRESS, no `ray start` cluster
+        # here).
         port = free_port()
         gcs = f"{ray.util.get_node_ip_address()}:{port}"
         previous = os.environ.get(GCS_PORT_ENV)
@@ -140,8 +141,9 @@ def workers_per_node(node: dict[str, float], per_worker: dict[str, float]) -> fl
 def check_trial_fits(
     scaling: dict[str, int], shapes: list[tuple[str, dict[str, float], float]]
 ) -> None:
-    """Raise UnmeetableResources (naming the option) when no node can ever host one Train worker of a
-    trial, or all of them together cannot host a trial's workers. `scaling`: TrainRun.scaling()."""
+    """Raise UnmeetableResources (naming the option) when no node can ever host one Train worker of
+    a trial, or all of them together cannot host a trial's workers. `scaling`:
+    TrainRun.scaling()."""
     per_worker = {
         "CPU": float(scaling["cpus_per_worker"]),
         "GPU": float(scaling["gpus_per_worker"]),
@@ -254,7 +256,8 @@ def wait_released(
         time.sleep(0.5)
     if held:
         log(
-            f"WARNING: {len(held)} placement group(s) of Train runs still held after {timeout_s:g} s: "
+            f"WARNING: {len(held)} placement group(s) of Train runs still held after "
+            f"{timeout_s:g} s: "
             + "; ".join(f"{g.group_id[:8]} {g.state} {_bundles(g)}" for g in held)
         )
     return held
@@ -341,8 +344,8 @@ class ReservationWatch(Callback):
         if waited >= self.starved_after_s and now - self._holders_said_at >= self.starved_after_s:
             self._holders_said_at = now
             print(
-                f"[reservations] {what}: nothing could be placed for {waited:.0f} s; the cluster is "
-                f"held by: {holders(groups, trials, job)}",
+                f"[reservations] {what}: nothing could be placed for {waited:.0f} s; the cluster "
+                f"is held by: {holders(groups, trials, job)}",
                 flush=True,
             )
 
@@ -383,5 +386,6 @@ def holders(groups: list[ray_private.Reservation], trials, job_id: str) -> str:
     ]
     return (
         "; ".join(held)
-        or "none (the resources the trials ask for do not exist yet: an autoscaler may be starting a node)"
+        or "none (the resources the trials ask for do not exist yet: an autoscaler may be "
+        "starting a node)"
     )

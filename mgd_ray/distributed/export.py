@@ -1,9 +1,10 @@
 """What a finished study keeps: the best student of each protocol as a plain state dict with its
 config and scores beside it, and no weights of finished trials unless asked.
 
-RESULTS_DIR/models/<protocol_slug>/best_student.pt   build_model(arch, num_classes) + load_state_dict
-RESULTS_DIR/models/<protocol_slug>/best_student.json arch, num_classes, trial, config, mIoU, teachers
-RESULTS_DIR/models/<protocol_slug>/<variant>.pt      each ablation row's best seed, when asked
+RESULTS_DIR/models/<protocol_slug>/
+    best_student.pt     build_model(arch, num_classes) + load_state_dict
+    best_student.json   arch, num_classes, trial, config, mIoU, teachers
+    <variant>.pt        each ablation row's best seed, when asked
 
 Order makes --resume safe at every point: a Tune run's trials are pruned only after that run has
 finished (Tune never restarts a finished trial, so nothing reads their Train folders again) and
@@ -75,7 +76,8 @@ def export_best(
             return target  # what is there is already the best (its Train folder may be pruned)
         os.makedirs(folder, exist_ok=True)
         if not _copy_weights(record.checkpoint_path, target):
-            continue  # pruned earlier, after an export at least as good, or --keep-trial-weights off
+            # pruned earlier, after an export at least as good, or --keep-trial-weights off
+            continue
         info = {
             "arch": study.get("student"),
             "num_classes": study.get("num_classes"),

@@ -50,7 +50,8 @@ FAKE_HEAD_NODE_ID = (
 
 
 def descendants(pid: int) -> list[int]:
-    """Process ids under `pid`, children first (Linux /proc; the fake nodes are all under the head)."""
+    """Process ids under `pid`, children first (Linux /proc; the fake nodes are all under the
+    head)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -116,7 +117,8 @@ def autoscaling_config(config_path: str, address: str, idle_timeout_minutes: flo
         config = yaml.safe_load(f)
     if not isinstance(config, dict) or config.get("provider", {}).get("type") != "fake_multinode":
         raise ValueError(
-            f"--config {config_path}: expected an autoscaler config with provider type fake_multinode"
+            f"--config {config_path}: expected an autoscaler config with provider type "
+            "fake_multinode"
         )
     config["provider"]["gcs_address"] = address  # where the fake nodes join (default: port 6379)
     # fake_multinode plus a lost node reported terminated, so that the autoscaler replaces it.
@@ -168,8 +170,9 @@ def up(
         "--dashboard-host=127.0.0.1",
         "--disable-usage-stats",
     ]
-    # Token auth as Ray 2.60 sets it up for any new cluster (a token in ~/.ray/auth_token, generated
-    # when missing), but said explicitly, so that `ray status` and other clients send the token.
+    # Token auth as Ray 2.60 sets it up for any new cluster (a token in ~/.ray/auth_token,
+    # generated when missing), but said explicitly, so that `ray status` and other clients send the
+    # token.
     process_env = {
         "RAY_AUTH_MODE": "token",
         **os.environ,
@@ -238,7 +241,8 @@ def kill_node(node_id: str, state_path: str = DEFAULT_STATE) -> list[int]:
         raise FileNotFoundError(f"no local cluster recorded in {state_path}: run `up` first")
     with open(state_path) as f:
         state = json.load(f)
-    # The raylet and the node's own processes carry the node id; its workers and agents are their children.
+    # The raylet and the node's own processes carry the node id; its workers and agents are their
+    # children.
     pids = [p for p in descendants(state["pid"]) if process_env(p).get(NODE_ID_ENV) == node_id]
     pids = sorted({q for p in pids for q in [p, *descendants(p)]})
     if not pids:
@@ -257,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "node_id",
         nargs="?",
-        help="kill-node: the worker node to kill (as `ray status -v` or a trial record's `nodes` name it)",
+        help="kill-node: the worker node to kill (as `ray status -v` or a trial record's `nodes` "
+        "name it)",
     )
     p.add_argument(
         "--config",
@@ -292,14 +297,17 @@ def main(argv: list[str] | None = None) -> int:
             dashboard_port=args.dashboard_port,
         )
         print(
-            f"local cluster up: --address {state['address']} (head pid {state['pid']}, logs in {state['temp_dir']})"
+            f"local cluster up: --address {state['address']} (head pid {state['pid']}, logs in "
+            f"{state['temp_dir']})"
         )
         print(
-            f"dashboard and job API: {state['dashboard']} (clients need RAY_AUTH_MODE=token and the token)"
+            f"dashboard and job API: {state['dashboard']} (clients need RAY_AUTH_MODE=token and "
+            "the token)"
         )
         print(f"for the study's resource check: export {AUTOSCALING_CONFIG_ENV}={state['config']}")
         print(
-            "worker nodes start when trials wait for them; `python -m mgd_ray.distributed.local_cluster down` stops all"
+            "worker nodes start when trials wait for them; `python -m "
+            "mgd_ray.distributed.local_cluster down` stops all"
         )
         return 0
     if args.action == "down":

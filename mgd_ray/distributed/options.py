@@ -71,8 +71,8 @@ class StudyConfig:
     batch_size: int | None = None  # images per device; None: the preset's, per run role
     loader_workers: int = 1
     gpus_per_trial: int = 0
-    # >1: that many single-worker trials share each GPU (each asks Ray for 1/N GPU). Small models are
-    # launch-bound: one trial keeps an H100 ~20-30% busy (docs/benchmarks.md, section 7).
+    # >1: that many single-worker trials share each GPU (each asks Ray for 1/N GPU). Small models
+    # are launch-bound: one trial keeps an H100 ~20-30% busy (docs/benchmarks.md, section 7).
     trials_per_gpu: int = 1
     workers_per_trial: int = 1
     cpus_per_worker: int = 1
@@ -101,7 +101,8 @@ class StudyConfig:
     verbose_ray: bool = False  # Ray Train's per-report INFO lines on the console (else: log files)
     keep_trial_weights: bool = False  # keep every trial's Train run folder (weights + state)
     # "shared": the teachers' targets computed once per protocol, read by every trial (study.py);
-    # "live": every trial runs the teachers itself (the same training, docs/benchmarks.md section 9)
+    # "live": every trial runs the teachers itself (the same training, docs/benchmarks.md
+    # section 9)
     teacher_targets: str = "shared"
     keep_targets: bool = (
         False  # keep each protocol's store of teacher targets after its last phase
@@ -171,9 +172,9 @@ class StudyConfig:
             )
         if self.trials_per_gpu > 1 and (self.gpus_per_trial != 1 or self.workers_per_trial != 1):
             raise ValueError(
-                f"--trials-per-gpu={self.trials_per_gpu} shares one GPU between single-worker trials: "
-                f"it needs --gpus-per-trial 1 and --workers-per-trial 1 (got {self.gpus_per_trial} "
-                f"and {self.workers_per_trial})"
+                f"--trials-per-gpu={self.trials_per_gpu} shares one GPU between single-worker "
+                "trials: it needs --gpus-per-trial 1 and --workers-per-trial 1 (got "
+                f"{self.gpus_per_trial} and {self.workers_per_trial})"
             )
         check_regime(self.pretrained)
         if self.teacher_targets not in TEACHER_TARGETS:
@@ -199,7 +200,8 @@ class StudyConfig:
 
     @property
     def devices_per_trial(self) -> float:
-        """Devices one trial holds (a fraction of a GPU when trials share one): device-hours count these."""
+        """Devices one trial holds (a fraction of a GPU when trials share one): device-hours count
+        these."""
         if self.gpus_per_trial:
             return self.gpus_per_worker * self.workers_per_trial
         return self.workers_per_trial * self.cpus_per_worker
@@ -259,9 +261,10 @@ def resolve_study(
     """The study's config from the options a user gave (keyword arguments named as StudyConfig's
     fields; None means not given), and a sentence saying where its trials run.
 
-    Explicit options always win; then --smoke's values; then, when --gpus-per-trial is not given and
-    `gpus(address)` (default: detect_gpus) finds GPUs, one GPU per trial with the preset's GPU budget; then the preset's
-    study size, the dataset's regime and results folder, and StudyConfig's own defaults."""
+    Explicit options always win; then --smoke's values; then, when --gpus-per-trial is not given
+    and `gpus(address)` (default: detect_gpus) finds GPUs, one GPU per trial with the preset's GPU
+    budget; then the preset's study size, the dataset's regime and results folder, and
+    StudyConfig's own defaults."""
     values = {key: value for key, value in given.items() if value is not None}
     dataset = values.get("dataset", StudyConfig.dataset)
     if smoke:
@@ -274,8 +277,9 @@ def resolve_study(
         shared = values.get("trials_per_gpu", 1)
         per_gpu = "one GPU per trial" if shared == 1 else f"{shared} trials share each GPU"
         devices = (
-            f"{found} GPU(s) found: {per_gpu}, up to {found * shared} trial(s) at a time; GPU budget "
-            f"applied: {', '.join(f'{k}={v}' for k, v in applied.items()) or 'none (all given)'} "
+            f"{found} GPU(s) found: {per_gpu}, up to {found * shared} trial(s) at a time; GPU "
+            "budget applied: "
+            f"{', '.join(f'{k}={v}' for k, v in applied.items()) or 'none (all given)'} "
             "(--gpus-per-trial 0 trains on the CPU)"
         )
     else:
@@ -345,7 +349,8 @@ def check_study_folder(cfg: StudyConfig) -> dict[str, Any] | None:
     }
     if changed:
         raise ValueError(
-            f"--resume: {path} was started with different options (option: (study, now)): {changed}"
+            f"--resume: {path} was started with different options (option: (study, now)): "
+            f"{changed}"
         )
     return study
 
@@ -398,7 +403,7 @@ def separating_command(cfg: StudyConfig) -> tuple[str, str]:
             f"those flags take hours)",
         )
     return (
-        f"{base} --dataset {cfg.dataset} --data-root {cfg.data_root} --protocols {' '.join(cfg.protocols)} "
-        f"--gpus-per-trial 1 --seeds 3",
+        f"{base} --dataset {cfg.dataset} --data-root {cfg.data_root} --protocols "
+        f"{' '.join(cfg.protocols)} --gpus-per-trial 1 --seeds 3",
         " (the paper's schedule, three seeds per row)",
     )

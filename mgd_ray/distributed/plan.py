@@ -21,7 +21,8 @@ from .teachers import stage_pretrained
 @dataclass(frozen=True)
 class ProtocolPlan:
     """One protocol's runs before its teachers exist: the trials' base config (no teacher files
-    yet), each teacher's config by architecture (each has its own lr), and the Train run settings."""
+    yet), each teacher's config by architecture (each has its own lr), and the Train run
+    settings."""
 
     protocol: str
     distill: DistillConfig

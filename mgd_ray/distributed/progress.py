@@ -76,7 +76,8 @@ class StudyProgress:
         self.show()
 
     def left_seconds(self) -> float | None:
-        """Estimated seconds left, or None while a kind with runs to go has no finished run to time."""
+        """Estimated seconds left, or None while a kind with runs to go has no finished run to
+        time."""
         left = 0.0
         for kind in RUN_KINDS:
             remaining = max(0, self.planned[kind] - self.done[kind])
@@ -84,7 +85,8 @@ class StudyProgress:
                 continue
             rate = self._spent[kind] / self._session[kind] if self._session[kind] else None
             if rate is None and kind == "trial" and self._session["teacher"]:
-                # Before the first trial ends: a student trial costs about a third of a teacher run.
+                # Before the first trial ends: a student trial costs about a third of a teacher
+                # run.
                 rate = self._spent["teacher"] / self._session["teacher"] / 3
             if rate is None:
                 return None
@@ -94,12 +96,16 @@ class StudyProgress:
     def line(self) -> str:
         where = ""
         if self.protocol is not None and self.protocol in self.protocols:
-            where = f", protocol {self.protocol} ({self.protocols.index(self.protocol) + 1} of {len(self.protocols)})"
+            where = (
+                f", protocol {self.protocol} ({self.protocols.index(self.protocol) + 1} of "
+                f"{len(self.protocols)})"
+            )
         left = self.left_seconds()
         estimate = "unknown yet" if left is None else f"~{format_duration(left)} (estimate)"
         return (
-            f"== study: {self.phase}{where} | teachers {self.done['teacher']}/{self.planned['teacher']}, "
-            f"trials {self.done['trial']}/{self.planned['trial']} finished | elapsed "
+            f"== study: {self.phase}{where} | teachers "
+            f"{self.done['teacher']}/{self.planned['teacher']}, trials "
+            f"{self.done['trial']}/{self.planned['trial']} finished | elapsed "
             f"{format_duration(self._clock() - self._start)} | left {estimate}"
             + (f" | {self.waiting}" if self.waiting else "")
             + " =="

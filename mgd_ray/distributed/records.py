@@ -1,7 +1,8 @@
 """One JSON record per trial, kept on the driver as trials start, report, end or fail.
 
 RESULTS_DIR/trials/<protocol_slug>/<trial_id>.json is rewritten atomically after every event, so a
-study killed at any point leaves readable records of everything so far; `mgd_ray.report` reads them.
+study killed at any point leaves readable records of everything so far; `mgd_ray.report` reads
+them.
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ def error_summary(text: str) -> str:
         return (lines[-1] if lines else "unknown error")[:500]
     summary = lines[errors[-1]]
     if summary.endswith(":") and errors[-1] + 1 < len(lines):
-        # Ray's wrappers end in a colon and give the cause on the next line ("ray.train.ControllerError:
-        # Training failed due to controller error:" / "The worker group startup timed out after ...").
+        # Ray's wrappers end in a colon and give the cause on the next line
+        # ("ray.train.ControllerError: Training failed due to controller error:" / "The worker
+        # group startup timed out after ...").
         summary += " " + lines[errors[-1] + 1]
     return summary[:500]
 
@@ -137,7 +139,8 @@ class TrialRecorder(Callback):
             "kept_fraction": finite_or_none(result.get("kept_fraction")),
             "loss": finite_or_none(result.get("loss")),
         }
-        # A trial resumed from an earlier checkpoint reports some iterations again: keep the new ones.
+        # A trial resumed from an earlier checkpoint reports some iterations again: keep the new
+        # ones.
         record.history = [h for h in record.history if h["iteration"] < step["iteration"]] + [step]
         checkpoint = result.get("checkpoint_path")
         if (
@@ -158,7 +161,8 @@ class TrialRecorder(Callback):
         if result.get("node_id") and result["node_id"] not in record.nodes:
             record.nodes.append(result["node_id"])  # a run restarted on another node adds one
         if result.get("run_start") and result["run_start"] != record.run_start:
-            # The worker group started again (Ray Train after a lost worker, or --resume) from the last checkpoint.
+            # The worker group started again (Ray Train after a lost worker, or --resume) from the
+            # last checkpoint.
             record.restarts += 1 if record.run_start else 0
             record.run_start = result["run_start"]
         self._save(trial, record)

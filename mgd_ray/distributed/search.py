@@ -46,7 +46,8 @@ class HonestOptunaSearch(OptunaSearch):
 
     max_iterations: the iteration a trial must reach to count as finished.
     iteration_key: the result key holding that iteration (the engine's "iteration").
-    Other arguments as OptunaSearch (space, metric, mode, points_to_evaluate, sampler, storage, ...).
+    Other arguments as OptunaSearch (space, metric, mode, points_to_evaluate, sampler, storage,
+    ...).
     """
 
     def __init__(
@@ -54,7 +55,8 @@ class HonestOptunaSearch(OptunaSearch):
     ) -> None:
         if isinstance(kwargs.get("metric"), list):
             raise ValueError(
-                "HonestOptunaSearch: single-objective only (Optuna cannot prune multi-objective trials)"
+                "HonestOptunaSearch: single-objective only (Optuna cannot prune multi-objective "
+                "trials)"
             )
         super().__init__(*args, **kwargs)
         self.max_iterations = int(max_iterations)

@@ -8,9 +8,9 @@ threshold. In a Tune config, a trial record and the report it is flat, keyed by 
 module-level function so the searcher can be pickled and restored.
 
 The study builds one `TrialSpec` per protocol once its teachers exist, and never changes it. Tune
-hands a trial a plain dict: `param_space` makes that dict (the spec under "run", plus the searcher's
-point or the ablation row), and `from_tune` is the one place that reads it back, for the trial's
-driver (trial.py) and the trial records (records.py).
+hands a trial a plain dict: `param_space` makes that dict (the spec under "run", plus the
+searcher's point or the ablation row), and `from_tune` is the one place that reads it back, for the
+trial's driver (trial.py) and the trial records (records.py).
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ class SearchPoint:
         return {**flat, THRESHOLD_KEY: float(self.confidence_threshold)}
 
     def searched(self) -> dict[str, float]:
-        """The keys the search space suggests (a point the searcher evaluates must have those only)."""
+        """The keys the search space suggests (a point the searcher evaluates must have those
+        only)."""
         return {key: value for key, value in self.to_tune().items() if key in BOUNDS}
 
 
@@ -101,7 +102,8 @@ def ablation_point(variant: str, paper: SearchPoint, best: SearchPoint | None) -
 
 @dataclass(frozen=True)
 class TrainRun:
-    """How one Ray Train run (a teacher's or a trial's) scales and where it keeps its checkpoints."""
+    """How one Ray Train run (a teacher's or a trial's) scales and where it keeps its
+    checkpoints."""
 
     storage_path: str  # <storage>/<study name>: the Train run folders
     workers: int = 1
@@ -124,8 +126,8 @@ class TrainRun:
 @dataclass(frozen=True)
 class TrialSpec:
     """Everything the trials of one protocol share: the base DistillConfig (data, schedule, recipe,
-    teacher and ImageNet files, the paper's weights and threshold, the study seed) and the TrainRun.
-    A trial changes its point and seed only."""
+    teacher and ImageNet files, the paper's weights and threshold, the study seed) and the
+    TrainRun. A trial changes its point and seed only."""
 
     distill: DistillConfig
     run: TrainRun

@@ -53,8 +53,8 @@ from .trial import DISTILL_KEY, run_trial, scaling_config, targets_loop, train_r
 
 # The trial function only drives a TorchTrainer; its workers hold the CPUs and GPUs. Tune needs a
 # non-empty request, so the driver asks for memory only, and a sliver of the head's own resource:
-# trial drivers (and the Train controllers Ray places beside them) then live on the head, and losing
-# a worker node costs a Train restart, never the trial.
+# trial drivers (and the Train controllers Ray places beside them) then live on the head, and
+# losing a worker node costs a Train restart, never the trial.
 TARGETS_JSON = "targets.json"  # RESULTS_DIR/targets.json: each protocol's store, its cost and size
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2, "node:__internal_head__": 0.001}
 
@@ -128,13 +128,15 @@ def tune_run(
         )
     try:
         return tuner.fit()
-    finally:  # however the run ended, its trials' reservations are given back before the next phase
+    finally:
+        # however the run ended, its trials' reservations are given back before the next phase
         wait_released(ray.get_runtime_context().get_job_id())
         say_waiting(study_name(cfg), "")
 
 
 def run_search(cfg: StudyConfig, spec: TrialSpec, extra_points: list[SearchPoint] = ()) -> None:
-    """The protocol's Tune + Optuna search: the paper's point first, then `extra_points`, then TPE's."""
+    """The protocol's Tune + Optuna search: the paper's point first, then `extra_points`, then
+    TPE's."""
     slug, iterations = protocol_slug(spec.protocol), spec.distill.iterations
     # ASHA-stopped trials reach Optuna as PRUNED, failed ones as FAIL (search.py).
     searcher = HonestOptunaSearch(
@@ -147,8 +149,8 @@ def run_search(cfg: StudyConfig, spec: TrialSpec, extra_points: list[SearchPoint
         storage=optuna.storages.RDBStorage(cfg.resolved_optuna_storage()),
         study_name=f"mgd-{slug}",
     )
-    # stop_last_trials=False: a trial that reaches max_t ends as its Train run returns, having given
-    # back its workers itself, rather than being stopped at its last report (cluster.py).
+    # stop_last_trials=False: a trial that reaches max_t ends as its Train run returns, having
+    # given back its workers itself, rather than being stopped at its last report (cluster.py).
     scheduler = ASHAScheduler(
         time_attr="iteration",
         metric="miou",
@@ -189,7 +191,8 @@ def run_ablation(cfg: StudyConfig, spec: TrialSpec) -> None:
     variants = [v for v in cfg.ablation_variants if v != "mgd_best" or best is not None]
     if best is None:
         print(
-            f"[{spec.protocol}] no completed search trial: the ablation has no 'MGD (best found)' row",
+            f"[{spec.protocol}] no completed search trial: the ablation has no 'MGD (best "
+            "found)' row",
             flush=True,
         )
     rows = [
@@ -254,8 +257,8 @@ def keep_best_drop_the_rest(cfg: StudyConfig, spec: TrialSpec, kind: str) -> Non
         is_completed(r) for r in records
     ):  # never delete the only copies of the weights
         print(
-            f"[{spec.protocol}] WARNING: no trial's weights could be exported; keeping every trial's "
-            f"Train folder under {spec.run.storage_path}",
+            f"[{spec.protocol}] WARNING: no trial's weights could be exported; keeping every "
+            f"trial's Train folder under {spec.run.storage_path}",
             flush=True,
         )
     elif (
@@ -346,8 +349,8 @@ def prepare_targets(cfg: StudyConfig, spec: TrialSpec) -> TrialSpec:
         return time.time() - started
 
     print(
-        f"[{spec.protocol}] teacher targets: {iterations} iterations x {len(streams)} mask stream(s) "
-        f"into {store}, {chunks} writer(s) side by side",
+        f"[{spec.protocol}] teacher targets: {iterations} iterations x {len(streams)} mask "
+        f"stream(s) into {store}, {chunks} writer(s) side by side",
         flush=True,
     )
     started = time.time()
@@ -367,8 +370,8 @@ def prepare_targets(cfg: StudyConfig, spec: TrialSpec) -> TrialSpec:
     }
     write_json_atomic(os.path.join(cfg.output_dir, TARGETS_JSON), listing)
     print(
-        f"[{spec.protocol}] teacher targets ready: {listing[spec.protocol]['bytes'] / 1e6:.1f} MB, "
-        f"{listing[spec.protocol]['wall_s']:.0f} s",
+        f"[{spec.protocol}] teacher targets ready: {listing[spec.protocol]['bytes'] / 1e6:.1f} "
+        f"MB, {listing[spec.protocol]['wall_s']:.0f} s",
         flush=True,
     )
     return dataclasses.replace(spec, distill=distill)
@@ -395,8 +398,8 @@ def prepare_teachers(
 ) -> list[TrialSpec]:
     """Train (or find cached) both teachers of every protocol, as many runs at a time as the
     cluster holds, write
-    RESULTS_DIR/teachers.json (where each teacher is, its size and its val mIoU) for the report, and
-    return each protocol's TrialSpec (with its teachers' storage URIs)."""
+    RESULTS_DIR/teachers.json (where each teacher is, its size and its val mIoU) for the report,
+    and return each protocol's TrialSpec (with its teachers' storage URIs)."""
     teachers_root = storage.join(cfg.resolved_storage(), "teachers")
     given = {TEACHER_DEEP: cfg.teacher_deep_checkpoint, TEACHER_WIDE: cfg.teacher_wide_checkpoint}
     jobs = [
@@ -452,8 +455,8 @@ def _size_or_none(uri: str) -> int | None:
 
 def prepare_study(cfg: StudyConfig, plans: list[ProtocolPlan] | None = None) -> list[ProtocolPlan]:
     """Write what the study starts from, once every check has passed (plan_study, and the cluster's
-    in run_study): the generated split lists, the ImageNet files copied next to the cached teachers,
-    and study.json (a matching one on --resume is kept)."""
+    in run_study): the generated split lists, the ImageNet files copied next to the cached
+    teachers, and study.json (a matching one on --resume is kept)."""
     plans = plans if plans is not None else plan_study(cfg)
     data = [
         build_datasets(plan.distill.data) for plan in plans
@@ -506,7 +509,8 @@ def run_study(
 ) -> dict[str, str]:
     """Run (or resume) the whole study; return the report's file paths. `extra_points` (flat, by
     POINT_KEYS) are configurations the searcher evaluates right after the paper's defaults.
-    Nothing is written to OUTPUT_DIR before every check has passed, the cluster's resources included."""
+    Nothing is written to OUTPUT_DIR before every check has passed, the cluster's resources
+    included."""
     plans = plans if plans is not None else plan_study(cfg)
     points = [
         SearchPoint.from_tune(point) for point in extra_points
@@ -546,8 +550,9 @@ def run_study(
     teachers_root = os.path.join(cfg.resolved_storage(), "teachers")
     if "://" not in teachers_root:
         print(
-            f"results folder: {folder_size(cfg.output_dir, exclude=(teachers_root,)) / 1e6:.0f} MB without the "
-            f"cached teachers ({folder_size(teachers_root) / 1e6:.0f} MB in {teachers_root})",
+            f"results folder: {folder_size(cfg.output_dir, exclude=(teachers_root,)) / 1e6:.0f} "
+            f"MB without the cached teachers ({folder_size(teachers_root) / 1e6:.0f} MB in "
+            f"{teachers_root})",
             flush=True,
         )
     print(f"report: {paths['index']}", flush=True)

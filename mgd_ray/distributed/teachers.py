@@ -1,5 +1,6 @@
 """Teachers: trained once per (dataset, protocol, architecture, seed, schedule) through Ray Train,
-kept on the study's storage as a plain state-dict file and reused by every trial and later study."""
+kept on the study's storage as a plain state-dict file and reused by every trial and later
+study."""
 
 from __future__ import annotations
 

@@ -100,7 +100,8 @@ class RayContext:
         self.device = ray.train.torch.get_device()
         self._checkpoint = ray.train.get_checkpoint()
         self._checkpoint_dir: str | None = None
-        # One id per start of the worker group: a restart (lost node, resumed driver) reports a new one.
+        # One id per start of the worker group: a restart (lost node, resumed driver) reports a new
+        # one.
         self._run_start = uuid.uuid4().hex
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -133,7 +134,8 @@ class RayContext:
 
 
 def teacher_loop(config: dict[str, Any]) -> None:
-    """train_loop_per_worker for one teacher (CPS) run; its ImageNet file is fetched to this node first."""
+    """train_loop_per_worker for one teacher (CPS) run; its ImageNet file is fetched to this node
+    first."""
     config = dict(config)
     if config.get("backbone_weights"):
         config["backbone_weights"] = storage.download(config["backbone_weights"])

@@ -1,11 +1,11 @@
 """Batch-norm per named batch inside one batched forward.
 
-The official code runs each named batch (u0, u1, x_l, x_m for a teacher; x_m and x_l for the student)
-through its own forward with train-mode BN, so each batch is normalised with its own statistics.
-One forward over the concatenated batches with `batch_groups(model, groups)` active gives the same
-outputs (and, with gradients, the same gradients) with fewer, larger kernels: every BatchNorm of the
-model splits its input into `groups` equal consecutive slices of the batch and normalises each
-slice with the slice's own mean and variance.
+The official code runs each named batch (u0, u1, x_l, x_m for a teacher; x_m and x_l for the
+student) through its own forward with train-mode BN, so each batch is normalised with its own
+statistics. One forward over the concatenated batches with `batch_groups(model, groups)` active
+gives the same outputs (and, with gradients, the same gradients) with fewer, larger kernels: every
+BatchNorm of the model splits its input into `groups` equal consecutive slices of the batch and
+normalises each slice with the slice's own mean and variance.
 
 Running statistics are updated as `groups` consecutive forwards would update them, except for a
 frozen teacher (BN momentum 0), whose BNs write nothing at all (see `_updates_running_stats`). A

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes (`schema.atomic_write`: temp file in the same folder, fsync, rename) and safe loads.
+"""Checkpoints: atomic writes (`schema.atomic_write`: temp file in the same folder, fsync, rename)
+and safe loads.
 
 A reader, or a run killed mid-write, sees either the previous file or the complete new one, never a
 truncated one: os.replace within one file system is atomic. Loads use weights_only=True, so a
@@ -29,7 +30,8 @@ def load_checkpoint(path: str) -> Any:
 
 
 def load_model_state(path: str) -> dict[str, torch.Tensor]:
-    """A plain model state dict from `path`: a model.pt, or a state.pt whose "model" entry is one."""
+    """A plain model state dict from `path`: a model.pt, or a state.pt whose "model" entry is
+    one."""
     state = load_checkpoint(path)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]

@@ -119,8 +119,9 @@ class MGDTask:
 
 def distill_student(cfg: DistillConfig, ctx: RunContext) -> dict:
     """Train cfg.student for cfg.iterations MGD iterations; evaluate and ctx.report every
-    cfg.eval_every iterations and at the end (with state.pt / model.pt). Reports "iteration", "miou",
-    "loss", "loss_sup", "loss_pixel", "loss_semantic", "loss_region" (0.0 for a term that is off),
-    "kept_fraction", "lr", "iter_per_s", "data_wait_share", "done"; returns the final metrics."""
+    cfg.eval_every iterations and at the end (with state.pt / model.pt). Reports "iteration",
+    "miou", "loss", "loss_sup", "loss_pixel", "loss_semantic", "loss_region" (0.0 for a term that
+    is off), "kept_fraction", "lr", "iter_per_s", "data_wait_share", "done"; returns the final
+    metrics."""
     data = build_datasets(cfg.data)
     return fit(MGDTask(cfg, data, ctx), cfg, data, ctx)

@@ -15,8 +15,8 @@ from .device import autocast, to_device
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
-    """Window offsets along one axis: every `stride`, plus a last one flush with the end so the whole
-    length is covered (a length <= window gives the single offset 0)."""
+    """Window offsets along one axis: every `stride`, plus a last one flush with the end so the
+    whole length is covered (a length <= window gives the single offset 0)."""
     if length <= window:
         return [0]
     starts = list(range(0, length - window + 1, stride))
@@ -35,8 +35,9 @@ def sliding_window_logits(
     windows_per_batch: int = 8,
 ) -> torch.Tensor:
     """1 x C x H x W logits of a 1 x 3 x H x W image: window x window crops every `stride` pixels
-    (default ceil(2/3 window)), logits averaged where windows overlap. An image smaller than the window
-    is padded with 0 (the normalised mean colour, as in training crops) and the padding cut off."""
+    (default ceil(2/3 window)), logits averaged where windows overlap. An image smaller than the
+    window is padded with 0 (the normalised mean colour, as in training crops) and the padding cut
+    off."""
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(
             f"sliding_window_logits: expected a 1 x 3 x H x W image, got {tuple(image.shape)}"
@@ -54,7 +55,9 @@ def sliding_window_logits(
     count = torch.zeros(1, 1, full_h, full_w, device=image.device)
     for first in range(0, len(boxes), windows_per_batch):
         chunk = boxes[first : first + windows_per_batch]
-        crops = torch.cat([padded[..., t : t + window, l : l + window] for t, l in chunk])
+        crops = torch.cat(
+            [padded[..., top : top + window, left : left + window] for top, left in chunk]
+        )
         out = model(crops)["logits"].float()
         for (top, left), crop_logits in zip(chunk, out):
             logits[0, :, top : top + window, left : left + window] += crop_logits
@@ -83,7 +86,8 @@ def evaluate(
         for image, label, *_ in loader:
             if image.shape[0] != 1:
                 raise ValueError(
-                    f"evaluate: val batches must hold one image (full resolution), got {image.shape[0]}"
+                    "evaluate: val batches must hold one image (full resolution), got "
+                    f"{image.shape[0]}"
                 )
             image, label = to_device(image, device, True), to_device(label, device)
             with autocast(device, amp):

@@ -1,8 +1,8 @@
 """`fit`: the one training loop of the engine, for teacher (CPS) and student (MGD) runs alike.
 
-A run is a `Task` (its models, its losses for one iteration's inputs, its evaluation and its part of
-the checkpoint); `fit` owns everything else: the optimizer and the lr of each iteration, the data
-stream and CutMix masks, the divergence check, running means of the logged values, and every
+A run is a `Task` (its models, its losses for one iteration's inputs, its evaluation and its part
+of the checkpoint); `fit` owns everything else: the optimizer and the lr of each iteration, the
+data stream and CutMix masks, the divergence check, running means of the logged values, and every
 cfg.eval_every iterations an evaluation, a report and a checkpoint, and resuming from the last one.
 The loop knows nothing of what it trains (as detectron2's `run_step` and torchvision's
 `train_one_epoch`).
@@ -91,10 +91,10 @@ class Task(Protocol):
 
 
 def fit(task: Task, cfg: TeacherConfig | DistillConfig, data, ctx: RunContext) -> dict[str, Any]:
-    """Train `task` on `data` for cfg.iterations iterations (from ctx's latest checkpoint when there
-    is one) and ctx.report every cfg.eval_every iterations and at the end, with a checkpoint. Reports
-    "iteration", "miou", the means of task.logged (0.0 when none ran), "lr", the task's other
-    evaluation metrics, "iter_per_s", "data_wait_share", "done"; returns the final report."""
+    """Train `task` on `data` for cfg.iterations iterations (from ctx's latest checkpoint when
+    there is one) and ctx.report every cfg.eval_every iterations and at the end, with a checkpoint.
+    Reports "iteration", "miou", the means of task.logged (0.0 when none ran), "lr", the task's
+    other evaluation metrics, "iter_per_s", "data_wait_share", "done"; returns the final report."""
     device = ctx.device
     if (
         device.type == "cuda"
@@ -215,9 +215,9 @@ def checkpoint_state(
 def report_with_checkpoint(
     ctx: RunContext, metrics: dict[str, Any], build_state: Callable[[], tuple[dict, dict]]
 ) -> None:
-    """Every rank calls ctx.report; rank 0 writes state.pt and model.pt (the plain model state dict,
-    stored once) into a fresh temporary folder, passes it along, and removes it once the context has
-    kept a copy."""
+    """Every rank calls ctx.report; rank 0 writes state.pt and model.pt (the plain model state
+    dict, stored once) into a fresh temporary folder, passes it along, and removes it once the
+    context has kept a copy."""
     if not is_main_process():
         ctx.report(metrics, None)
         return

@@ -1,12 +1,13 @@
-"""One MGD distillation iteration's losses (docs/design.md, "The method"), computed from the teachers'
-TARGETS (engine/targets.py), whether the teachers ran in this process or a store holds their
-outputs, and only what trains the student: a term whose weight is 0 is skipped together with
+"""One MGD distillation iteration's losses (docs/design.md, "The method"), computed from the
+teachers' TARGETS (engine/targets.py), whether the teachers ran in this process or a store holds
+their outputs, and only what trains the student: a term whose weight is 0 is skipped together with
 everything only it needs, so a supervised-only run needs no teacher.
 
     x_m = (1 - M) * u0 + M * u1
     Y_T = argmax[(1 - M) * T(u0) + M * T(u1)] = where(M, argmax T(u1), argmax T(u0))   (M binary)
     L_sup = CE(S(x_l), y)
-    L_P   = CE(S(x_m), Y_TW) + CE(S(x_m), Y_TD) + CE(S(x_l), argmax T_W(x_l)) + CE(S(x_l), argmax T_D(x_l))
+    L_P   = CE(S(x_m), Y_TW) + CE(S(x_m), Y_TD)
+            + CE(S(x_l), argmax T_W(x_l)) + CE(S(x_l), argmax T_D(x_l))
             over the pixels whose rounded confidence is above the threshold (losses.pseudo_label)
     L_I   = 2 * mean_images sum_c |GAP S(x_m) - GAP T_D(x_m)|   (logits; the official 2-image sum)
     L_R   = MSE(sim(S_feat(x_m)), sim(T_W_feat(x_m)))
@@ -66,7 +67,8 @@ def required_keys(active: set[str]) -> list[str]:
 
 def freeze(teacher: nn.Module, train_mode: bool = False) -> nn.Module:
     """No gradients; eval mode, or train mode (the paper's: BN normalises with the batch's own
-    statistics) with BN momentum 0, so the running statistics, and hence the teacher, never change."""
+    statistics) with BN momentum 0, so the running statistics, and hence the teacher, never
+    change."""
     teacher.requires_grad_(False)
     teacher.train(train_mode)
     if train_mode:
@@ -74,7 +76,8 @@ def freeze(teacher: nn.Module, train_mode: bool = False) -> nn.Module:
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.momentum = 0.0
             elif isinstance(module, nn.Dropout):
-                module.eval()  # batch statistics, yes; random dropped activations in the targets, no
+                # batch statistics, yes; random dropped activations in the targets, no
+                module.eval()
     return teacher
 
 
@@ -86,8 +89,8 @@ def _distributed() -> bool:
 def teacher_forward(
     teacher: nn.Module, images: dict[str, torch.Tensor]
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """name -> {"logits", "features"} for each named batch (all B x 3 x S x S), from ONE forward over
-    the concatenated batches (fewer, larger kernels than a forward per batch).
+    """name -> {"logits", "features"} for each named batch (all B x 3 x S x S), from ONE forward
+    over the concatenated batches (fewer, larger kernels than a forward per batch).
 
     In eval mode every layer treats each image on its own. In train mode (the paper's) each named
     batch must be normalised with its own statistics, as the official per-batch forwards do:

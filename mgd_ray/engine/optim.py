@@ -1,5 +1,5 @@
-"""SGD with the DeepLab / CPS conventions: momentum 0.9, weight decay except on BN and biases, and a
-poly learning-rate schedule stepped every iteration."""
+"""SGD with the DeepLab / CPS conventions: momentum 0.9, weight decay except on BN and biases, and
+a poly learning-rate schedule stepped every iteration."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from ..config import OptimConfig
 
 def param_groups(models: Iterable[nn.Module], weight_decay: float) -> list[dict]:
     """Two groups over the trainable parameters of `models`: weights of convolutions and linear
-    layers (decayed) and 1-D tensors, i.e. BatchNorm scales/shifts and biases (not decayed: decaying
-    them only shrinks normalisation and offsets, which regularises nothing useful)."""
+    layers (decayed) and 1-D tensors, i.e. BatchNorm scales/shifts and biases (not decayed:
+    decaying them only shrinks normalisation and offsets, which regularises nothing useful)."""
     decay, no_decay = [], []
     seen: set[int] = set()
     for model in models:

@@ -1,10 +1,11 @@
 """Flat per-dataset YAML presets (mgd_ray/presets/<dataset>.yaml) resolved for one protocol, one
 student and a run's number of devices.
 
-The VOC and Cityscapes presets hold the official recipe (docs/design.md, "The recipe"): a TOTAL batch per
-iteration, split over the devices of a run, so a 1-device and a 4-device run train the same recipe;
-the official learning rates per architecture; an epoch of ceil(max(labeled, unlabeled) / total
-batch) iterations. The synthetic preset gives a per-device batch and iterations instead.
+The VOC and Cityscapes presets hold the official recipe (docs/design.md, "The recipe"): a TOTAL
+batch per iteration, split over the devices of a run, so a 1-device and a 4-device run train the
+same recipe; the official learning rates per architecture; an epoch of
+ceil(max(labeled, unlabeled) / total batch) iterations. The synthetic preset gives a per-device
+batch and iterations instead.
 
 Official gradient scale. Every official train.py all-reduces each loss term in place and divides it
 by the world size before backward; the all-reduce is not differentiated through, so each GPU's
@@ -86,12 +87,13 @@ def load_preset(
 ) -> dict:
     """The resolved recipe of one dataset, protocol, student and device count:
 
-    "crop_size"; "batch_size" and "teacher_batch_size" (images per device per batch: the total batch
-    / num_devices); "lr" (the student's) and "teacher_lr" ({teacher arch: lr}) and "weight_decay",
-    in our gradient convention (module docstring: the preset's own values are the official code's);
-    "warmup_fraction"; "cps_weight"; "ohem" (OHEM keeps at least 50,000 pixels per image of a
-    device's batch: losses.supervised_loss); "student_iterations", "teacher_iterations",
-    "eval_every", "teacher_eval_every"; "weights" (the paper's LossWeights for the student)."""
+    "crop_size"; "batch_size" and "teacher_batch_size" (images per device per batch: the total
+    batch / num_devices); "lr" (the student's) and "teacher_lr" ({teacher arch: lr}) and
+    "weight_decay", in our gradient convention (module docstring: the preset's own values are the
+    official code's); "warmup_fraction"; "cps_weight"; "ohem" (OHEM keeps at least 50,000 pixels
+    per image of a device's batch: losses.supervised_loss); "student_iterations",
+    "teacher_iterations", "eval_every", "teacher_eval_every"; "weights" (the paper's LossWeights
+    for the student)."""
     raw, path = read_preset(dataset)
     check_protocol(protocol)
     if int(num_devices) < 1:
@@ -127,7 +129,8 @@ def load_preset(
             raise ValueError(f"preset {path}: needs {role}_iterations or {role}_epochs")
         if protocol not in table:
             raise ValueError(
-                f"preset {path}: {role} schedule has no protocol {protocol!r} (has {sorted(table)})"
+                f"preset {path}: {role} schedule has no protocol {protocol!r} (has "
+                f"{sorted(table)})"
             )
         return int(table[protocol]) * scale
 
@@ -160,8 +163,8 @@ def load_preset(
 
 def preset_optim(preset: dict, role: str, iterations: int, arch: str | None = None) -> OptimConfig:
     """The OptimConfig of a "student" or "teacher" run of `iterations` under a resolved preset: its
-    learning rate (a teacher's by `arch`; arch may be left out when both teachers share one), weight
-    decay, and a linear warm-up over the preset's warmup_fraction of the run."""
+    learning rate (a teacher's by `arch`; arch may be left out when both teachers share one),
+    weight decay, and a linear warm-up over the preset's warmup_fraction of the run."""
     if role == "student":
         lr = preset["lr"]
     elif role == "teacher":

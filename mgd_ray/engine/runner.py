@@ -2,8 +2,8 @@
 
     python -m mgd_ray.engine.runner --protocol 1/8
 
-trains both CPS teachers on the synthetic set (or reuses their model.pt files in --output-dir), then
-for each student seed two students from the same labeled split, initial weights and iteration
+trains both CPS teachers on the synthetic set (or reuses their model.pt files in --output-dir),
+then for each student seed two students from the same labeled split, initial weights and iteration
 budget, supervised only and full MGD with the paper's weights, and prints their mIoU side by side,
 the mean of each variant over the seeds and the per-seed MGD gain.
 """
@@ -51,8 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--teacher-iterations",
         type=positive_int,
         default=2000,
-        help="iterations of each teacher (default 2000; teachers are trained longer than students, "
-        "as in the paper)",
+        help="iterations of each teacher (default 2000; teachers are trained longer than "
+        "students, as in the paper)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the labeled split and of the teachers"
@@ -63,9 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[0, 1, 2, 3, 4],
         metavar="SEED",
-        help="student initialisation and augmentation seeds, one supervised + one MGD student each, "
-        "all on the same split and teachers (default 0 1 2 3 4: one seed's gap is within "
-        "the run-to-run noise)",
+        help="student initialisation and augmentation seeds, one supervised + one MGD student "
+        "each, all on the same split and teachers (default 0 1 2 3 4: one seed's gap is "
+        "within the run-to-run noise)",
     )
     parser.add_argument(
         "--output-dir", default="./results/runner", help="teachers, students and their metrics"
@@ -139,7 +139,8 @@ def plan(
 def train_or_reuse_teacher(
     role: str, cfg: TeacherConfig, args: argparse.Namespace, device: torch.device
 ) -> None:
-    """Train the teacher into teacher_<role>.pt unless it is already there (an interrupted run resumes)."""
+    """Train the teacher into teacher_<role>.pt unless it is already there (an interrupted run
+    resumes)."""
     path = teacher_model_path(args.output_dir, role)
     if os.path.isfile(path):
         print(f"reusing teacher_{role} ({cfg.arch}) from {path}", flush=True)
@@ -154,8 +155,8 @@ def train_or_reuse_teacher(
     )
     checkpoint = ctx.latest_checkpoint()
     atomic_save(load_model_state(os.path.join(checkpoint, "model.pt")), path)
-    # The resume checkpoint (both CPS branches and their momentum: 1.2-1.6 GB for these teachers) is
-    # spent once teacher_<role>.pt exists; the run's metrics.jsonl stays.
+    # The resume checkpoint (both CPS branches and their momentum: 1.2-1.6 GB for these teachers)
+    # is spent once teacher_<role>.pt exists; the run's metrics.jsonl stays.
     shutil.rmtree(checkpoint)
 
 
@@ -180,10 +181,11 @@ def main(args: argparse.Namespace, configs: tuple | None = None) -> list[dict]:
 
 
 def format_results(rows: list[dict], args: argparse.Namespace) -> str:
-    """Per-seed mIoUs, then per variant the mean and sample std over seeds, and MGD minus supervised."""
+    """Per-seed mIoUs, then per variant the mean and sample std over seeds, and MGD minus
+    supervised."""
     lines = [
-        f"\nprotocol {args.protocol}, split seed {args.seed}, {args.iterations} student iterations, "
-        f"{args.teacher_iterations} teacher iterations",
+        f"\nprotocol {args.protocol}, split seed {args.seed}, {args.iterations} student "
+        f"iterations, {args.teacher_iterations} teacher iterations",
         f"{'student':<28} {'variant':<12} {'seed':>4} {'mIoU':>7}",
     ]
     lines += [
@@ -193,8 +195,8 @@ def format_results(rows: list[dict], args: argparse.Namespace) -> str:
     if len(by_variant["mgd"]) > 1:
         for variant, values in by_variant.items():
             lines.append(
-                f"{variant:<12} mean {statistics.mean(values):.4f} +- {statistics.stdev(values):.4f} "
-                f"over {len(values)} seeds"
+                f"{variant:<12} mean {statistics.mean(values):.4f} +- "
+                f"{statistics.stdev(values):.4f} over {len(values)} seeds"
             )
         gains = [m - s for s, m in zip(by_variant["supervised"], by_variant["mgd"])]
         lines.append(

@@ -1,10 +1,10 @@
 """`train_teacher`: Cross Pseudo Supervision with CutMix (Chen et al., CVPR 2021) for one teacher
 architecture, on the same partition the students use.
 
-Two branches of cfg.arch start from different seeds. Each iteration, both branches are supervised on
-the labeled batch, and each branch's hard pseudo labels on the CutMix-mixed unlabeled image
-supervise the other branch (weight cfg.cps_weight). Pseudo labels of the mix are built as MGD builds
-them: argmax of (1 - M) * P(u0) + M * P(u1), from no-grad forwards on the unmixed images.
+Two branches of cfg.arch start from different seeds. Each iteration, both branches are supervised
+on the labeled batch, and each branch's hard pseudo labels on the CutMix-mixed unlabeled image
+supervise the other branch (weight cfg.cps_weight). Pseudo labels of the mix are built as MGD
+builds them: argmax of (1 - M) * P(u0) + M * P(u1), from no-grad forwards on the unmixed images.
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ class CPSTask:
 
 def train_teacher(cfg: TeacherConfig, ctx: RunContext) -> dict:
     """Train two CPS branches of cfg.arch; evaluate both and ctx.report every cfg.eval_every
-    iterations and at the end. model.pt holds the branch with the higher val mIoU (metric "branch").
-    Reports "iteration", "miou", "loss", "loss_sup", "loss_cps", "lr", "branch", "miou_branch0/1",
-    "iter_per_s", "data_wait_share", "done"; returns the final metrics."""
+    iterations and at the end. model.pt holds the branch with the higher val mIoU (metric
+    "branch"). Reports "iteration", "miou", "loss", "loss_sup", "loss_cps", "lr", "branch",
+    "miou_branch0/1", "iter_per_s", "data_wait_share", "done"; returns the final metrics."""
     data = build_datasets(cfg.data)
     return fit(CPSTask(cfg, data, ctx), cfg, data, ctx)

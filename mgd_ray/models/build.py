@@ -16,8 +16,9 @@ from .weights import load_backbone_weights
 # teachers) are not mistaken for the current one. 2: the official MGD ASPP/decoder and MobileNetV2.
 NETWORK_VERSION = 2
 
-# arch -> (backbone builder taking output_stride, default output stride). Students: ResNet-18 at 16,
-# MobileNetV2 at 32 (the network the paper's FLOPs are for); teachers: ResNet-101 and WRN-50-2 at 16.
+# arch -> (backbone builder taking output_stride, default output stride). Students: ResNet-18 at
+# 16, MobileNetV2 at 32 (the network the paper's FLOPs are for); teachers: ResNet-101 and WRN-50-2
+# at 16.
 ARCHS: dict[str, tuple[Callable[[int], nn.Module], int]] = {
     "deeplabv3plus_resnet18": (resnet18, 16),
     "deeplabv3plus_resnet50": (resnet50, 16),
@@ -45,9 +46,10 @@ def build_model(
 ) -> DeepLabV3Plus:
     """A DeepLabv3+ network: model(x: B x 3 x H x W) -> {"logits": B x C x H x W,
     "features": B x 256 x H/4 x W/4}. `backbone_weights` is a torchvision ImageNet checkpoint file
-    (`pretrained.resolve_imagenet_weights(arch)` finds or fetches it), loaded strictly into the backbone:
-    every backbone key must be in the file; only the file's classifier (and MobileNetV2's features.18,
-    the 1280-channel conv the official student drops) is left unused. The head starts from scratch."""
+    (`pretrained.resolve_imagenet_weights(arch)` finds or fetches it), loaded strictly into the
+    backbone: every backbone key must be in the file; only the file's classifier (and MobileNetV2's
+    features.18, the 1280-channel conv the official student drops) is left unused. The head starts
+    from scratch."""
     builder, default_os = ARCHS[_check_arch(arch)]
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes={num_classes!r}: expected a positive integer")

@@ -69,8 +69,8 @@ def compression_rows(
 
 def _network_table(rows: list[dict], num_classes: int) -> list[str]:
     lines = [
-        "| network | role | output stride | backbone GMACs | total GMACs | backbone params (M) | total params (M) "
-        "| official total (M) |",
+        "| network | role | output stride | backbone GMACs | total GMACs | backbone params (M) | "
+        "total params (M) | official total (M) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     networks = {r["student"]: (r["student_stats"], "student") for r in rows}  # students first
@@ -83,23 +83,24 @@ def _network_table(rows: list[dict], num_classes: int) -> list[str]:
         )
         lines.append(
             f"| {_short(arch)} | {role} | {st['output_stride']} | {st['backbone_gmacs']:.2f} | "
-            f"{st['total_gmacs']:.2f} | {st['backbone_params'] / 1e6:.2f} | {st['total_params'] / 1e6:.3f} | "
-            f"{official} |"
+            f"{st['total_gmacs']:.2f} | {st['backbone_params'] / 1e6:.2f} | "
+            f"{st['total_params'] / 1e6:.3f} | {official} |"
         )
     return lines
 
 
 def _ratio_table(rows: list[dict]) -> list[str]:
     lines = [
-        "| student | vs teacher | backbone GMACs | total GMACs | backbone params | total params | paper (backbone) |",
+        "| student | vs teacher | backbone GMACs | total GMACs | backbone params | total params "
+        "| paper (backbone) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lo, hi = PAPER_BACKBONE_RATIO[r["student"]]
         lines.append(
-            f"| {_short(r['student'])} | {_short(r['teacher'])} ({r['role']}) | {r['backbone_gmacs_ratio']:.1f}x | "
-            f"{r['total_gmacs_ratio']:.1f}x | {r['backbone_params_ratio']:.1f}x | "
-            f"{r['total_params_ratio']:.1f}x | {lo}-{hi}x |"
+            f"| {_short(r['student'])} | {_short(r['teacher'])} ({r['role']}) | "
+            f"{r['backbone_gmacs_ratio']:.1f}x | {r['total_gmacs_ratio']:.1f}x | "
+            f"{r['backbone_params_ratio']:.1f}x | {r['total_params_ratio']:.1f}x | {lo}-{hi}x |"
         )
     return lines
 
@@ -107,9 +108,10 @@ def _ratio_table(rows: list[dict]) -> list[str]:
 def official_stem_extra_gmacs(arch: str, size: int) -> float:
     """GMACs the official code's deep stem adds to `arch`'s backbone over torchvision's 7x7 stem.
 
-    Deep stem: three 3x3 convs of widths w, w, 2w at stride 2 (ResNet-18 w = 32, ResNet-101 w = 64);
-    with 2w = 128 channels out, layer1's first bottleneck (its 1x1 conv to 64 and its 1x1 shortcut
-    to 256) reads 64 more channels. WRN-50-2 and MobileNetV2 keep torchvision's stems: 0."""
+    Deep stem: three 3x3 convs of widths w, w, 2w at stride 2 (ResNet-18 w = 32,
+    ResNet-101 w = 64); with 2w = 128 channels out, layer1's first bottleneck (its 1x1 conv to 64
+    and its 1x1 shortcut to 256) reads 64 more channels. WRN-50-2 and MobileNetV2 keep
+    torchvision's stems: 0."""
     w = OFFICIAL_STEM_WIDTH.get(arch)
     if w is None:
         return 0.0
@@ -146,32 +148,35 @@ def _verdict(student: str, rows: list[dict], size: int) -> str:
         _backbone_ratios(rows, student, size, True),
     )
     text = (
-        f"{_short(student)}: backbone compression {ours[0]:.1f}-{ours[-1]:.1f}x against the paper's "
-        f"{lo}-{hi}x (largest relative difference {gap(ours):.0%}); with the official code's deep stems "
-        f"on ResNet-18 and ResNet-101 (not built here: torchvision's ImageNet checkpoints have 7x7 stems) "
-        f"it is {official[0]:.2f}-{official[-1]:.2f}x ({gap(official):.1%} from the paper)."
+        f"{_short(student)}: backbone compression {ours[0]:.1f}-{ours[-1]:.1f}x against the "
+        f"paper's {lo}-{hi}x (largest relative difference {gap(ours):.0%}); with the official "
+        "code's deep stems on ResNet-18 and ResNet-101 (not built here: torchvision's ImageNet "
+        f"checkpoints have 7x7 stems) it is {official[0]:.2f}-{official[-1]:.2f}x "
+        f"({gap(official):.1%} from the paper)."
     )
     if student == "deeplabv3plus_mobilenetv2":
         text += (
-            " The student is the official network: no 1280-channel conv, ASPP on the 320-channel block, "
-            "output stride 32 against teachers at 16."
+            " The student is the official network: no 1280-channel conv, ASPP on the 320-channel "
+            "block, output stride 32 against teachers at 16."
         )
     if gap(official) > 0.02:
         text += (
-            " The rest of the difference is in what is counted: only convolutions and matrix products "
-            "here, and the paper names neither its counter nor its image size."
+            " The rest of the difference is in what is counted: only convolutions and matrix "
+            "products here, and the paper names neither its counter nor its image size."
         )
     return text
 
 
 def compression_report(size: int = 512, num_classes: int = 21) -> str:
-    """The Markdown report: per-network figures, teacher / student ratios, and a verdict per student."""
+    """The Markdown report: per-network figures, teacher / student ratios, and a verdict per
+    student."""
     rows = compression_rows(size, num_classes)
     out = [
-        f"## MGD students vs complementary teachers (one {size} x {size} image, {num_classes} classes)",
+        f"## MGD students vs complementary teachers (one {size} x {size} image, {num_classes} "
+        "classes)",
         "",
-        "MACs of convolutions and matrix products (torch.utils.flop_counter; FLOPs / 2). Ratios are "
-        "teacher / student.",
+        "MACs of convolutions and matrix products (torch.utils.flop_counter; FLOPs / 2). Ratios "
+        "are teacher / student.",
         "",
         *_network_table(rows, num_classes),
         "",

@@ -19,8 +19,8 @@ ASPP_RATES = (6, 12, 18)
 
 
 def aspp_rates(output_stride: int) -> tuple[int, ...]:
-    """6/12/18 at output stride 16 and, as in the official code, also at 32 (the MobileNetV2 student);
-    doubled at 8 (DeepLabv3's convention; the paper does not use 8)."""
+    """6/12/18 at output stride 16 and, as in the official code, also at 32 (the MobileNetV2
+    student); doubled at 8 (DeepLabv3's convention; the paper does not use 8)."""
     return tuple(r * 2 for r in ASPP_RATES) if output_stride == 8 else ASPP_RATES
 
 
@@ -92,8 +92,9 @@ class ASPP(nn.Module):
 
 
 def check_feature_info(backbone: nn.Module) -> list[dict]:
-    """The backbone's `feature_info`, checked: a non-empty list of {"num_chs": int > 0, "reduction":
-    power of two, non-decreasing, "module": a submodule name}, with a stage at reduction 4."""
+    """The backbone's `feature_info`, checked: a non-empty list of {"num_chs": int > 0,
+    "reduction": power of two, non-decreasing, "module": a submodule name}, with a stage at
+    reduction 4."""
     info = getattr(backbone, "feature_info", None)
     name = type(backbone).__name__
     if not isinstance(info, list) or not info:
@@ -103,7 +104,8 @@ def check_feature_info(backbone: nn.Module) -> list[dict]:
     for stage in info:
         if not isinstance(stage, dict) or set(stage) != {"num_chs", "reduction", "module"}:
             raise ValueError(
-                f"{name}.feature_info stage {stage!r}: expected the keys num_chs, reduction, module"
+                f"{name}.feature_info stage {stage!r}: expected the keys num_chs, reduction, "
+                "module"
             )
         chs, red = stage["num_chs"], stage["reduction"]
         if not isinstance(chs, int) or chs < 1:
@@ -112,7 +114,8 @@ def check_feature_info(backbone: nn.Module) -> list[dict]:
             )
         if not isinstance(red, int) or red < previous or red & (red - 1):
             raise ValueError(
-                f"{name}.feature_info stage {stage}: reductions must be non-decreasing powers of two"
+                f"{name}.feature_info stage {stage}: reductions must be non-decreasing powers of "
+                "two"
             )
         if stage["module"] not in modules:
             raise ValueError(
@@ -129,7 +132,8 @@ class DeepLabV3PlusHead(nn.Module):
 
     The official decoder: the stride-4 feature reduced by a 1x1 conv to 48 channels (24 for
     MobileNetV2's 24-channel feature: min(48, its channels)), concatenated with the ASPP output
-    upsampled with align_corners=True, two 3x3 convs of 256 (BN, ReLU), a 1x1 classifier with bias."""
+    upsampled with align_corners=True, two 3x3 convs of 256 (BN, ReLU), a 1x1 classifier with
+    bias."""
 
     def __init__(self, feature_info: list[dict], num_classes: int, output_stride: int) -> None:
         super().__init__()
@@ -146,12 +150,13 @@ class DeepLabV3PlusHead(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The head always starts from scratch, initialised as torchvision's segmentation models and
-        the DeepLab references: He (fan_out) for the convolutions feeding a ReLU, BN scale 1 and shift 0,
-        and the 1x1 classifier N(0, 0.01^2) with bias 0, so the initial logits are ~0 and the initial
-        cross-entropy is ~log(num_classes). (He init on a 256 -> C classifier gives logits of std ~5 and
-        an initial CE of 5-7, which makes the first SGD steps erratic.) The official code initialises
-        every head conv, the classifier included, He (fan_in) with the classifier's default bias."""
+        """The head always starts from scratch, initialised as torchvision's segmentation models
+        and the DeepLab references: He (fan_out) for the convolutions feeding a ReLU, BN scale 1
+        and shift 0, and the 1x1 classifier N(0, 0.01^2) with bias 0, so the initial logits are ~0
+        and the initial cross-entropy is ~log(num_classes). (He init on a 256 -> C classifier gives
+        logits of std ~5 and an initial CE of 5-7, which makes the first SGD steps erratic.) The
+        official code initialises every head conv, the classifier included, He (fan_in) with the
+        classifier's default bias."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -172,7 +177,8 @@ class DeepLabV3PlusHead(nn.Module):
 
 
 class DeepLabV3Plus(nn.Module):
-    """model(x: B x 3 x H x W) -> {"logits": B x C x H x W, "features": B x 256 x ceil(H/4) x ceil(W/4)}.
+    """model(x: B x 3 x H x W) -> {"logits": B x C x H x W,
+    "features": B x 256 x ceil(H/4) x ceil(W/4)}.
 
     "features" is the decoder output before the classifier (MGD's region-level loss reads it)."""
 

@@ -3,7 +3,8 @@
 The network is built on the "meta" device: shapes propagate through every op but nothing is
 allocated or computed, so even a ResNet-101 teacher at 512 x 512 is counted in well under a second.
 torch.utils.flop_counter counts convolutions and matrix products (2 FLOPs per multiply-accumulate);
-BatchNorm, activations, pooling and interpolation are not counted, as in the papers' GFLOPs figures.
+BatchNorm, activations, pooling and interpolation are not counted, as in the papers' GFLOPs
+figures.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ def count_params(module: nn.Module) -> int:
 def complexity(
     arch: str, num_classes: int = 21, size: int = 512, output_stride: int | None = None
 ) -> dict:
-    """MACs (in G) and parameters of the backbone and of the whole network for one size x size image.
+    """MACs (in G) and parameters of the backbone and of the whole network for one size x size
+    image.
 
-    Returns {"backbone_gmacs", "total_gmacs", "backbone_params", "total_params", "output_stride"}."""
+    Returns {"backbone_gmacs", "total_gmacs", "backbone_params", "total_params",
+    "output_stride"}."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 32:
         raise ValueError(f"size={size!r}: expected an integer image side >= 32")
     with torch.device("meta"):

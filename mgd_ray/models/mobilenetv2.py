@@ -1,12 +1,12 @@
 """MobileNetV2 backbone as the official MGD student: torchvision's layout and naming, without the
 final 1x1 conv to 1280 channels.
 
-`features.N` holds torchvision's modules 0..17: features.0 is a Conv-BN-ReLU6 triple (`features.0.0`,
-`features.0.1`), features.1..17 are InvertedResidual blocks whose layers live in a `conv` Sequential
-(`features.N.conv.0.0` ... `features.N.conv.3`), so a torchvision ImageNet checkpoint loads key for
-key. Two parts of that file are not used: `classifier.*` (the ImageNet classifier) and `features.18.*`
-(the 320 -> 1280 1x1 conv, which the official student drops: its ASPP reads the 320-channel
-features.17).
+`features.N` holds torchvision's modules 0..17: features.0 is a Conv-BN-ReLU6 triple
+(`features.0.0`, `features.0.1`), features.1..17 are InvertedResidual blocks whose layers live in a
+`conv` Sequential (`features.N.conv.0.0` ... `features.N.conv.3`), so a torchvision ImageNet
+checkpoint loads key for key. Two parts of that file are not used: `classifier.*` (the ImageNet
+classifier) and `features.18.*` (the 320 -> 1280 1x1 conv, which the official student drops: its
+ASPP reads the 320-channel features.17).
 
 Output stride 32 as the official code sets it: features.14 keeps its stride (the network reaches
 stride 32 there) and the depthwise 3x3 convs of features.15, .16, .17 are dilated 2 / 4 / 8 (the
@@ -21,7 +21,8 @@ from torch import nn
 
 from .resnet import nostride_dilate
 
-# (expand ratio t, output channels c, repeats n, first stride s): torchvision's width_mult = 1.0 table
+# (expand ratio t, output channels c, repeats n, first stride s): torchvision's width_mult = 1.0
+# table
 _SETTING = [
     (1, 16, 1, 1),
     (6, 24, 2, 2),
@@ -78,8 +79,8 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
     """MobileNetV2 trunk (features.0 .. 17). forward(x: B x 3 x H x W) -> the features of
-    features.3 (24 ch, reduction 4), .6 (32 ch, 8), .13 (96 ch, 16) and .17 (320 ch, output stride),
-    as declared in `feature_info`."""
+    features.3 (24 ch, reduction 4), .6 (32 ch, 8), .13 (96 ch, 16) and .17 (320 ch, output
+    stride), as declared in `feature_info`."""
 
     # in a torchvision checkpoint: the ImageNet classifier and the 1280-channel conv, unused here
     unused_checkpoint_prefixes = ("classifier.", "features.18.")

@@ -1,5 +1,5 @@
-"""torchvision's published ImageNet checkpoints: which file each architecture starts from, and where
-to find it on this machine.
+"""torchvision's published ImageNet checkpoints: which file each architecture starts from, and
+where to find it on this machine.
 
 Every official MGD network (students and both CPS branches of each teacher) starts from ImageNet
 weights; on VOC and Cityscapes that is the paper's regime ("imagenet"), training from scratch
@@ -19,7 +19,8 @@ import urllib.parse
 import torch
 
 REGIMES = ("imagenet", "none")
-# torchvision's IMAGENET1K_V1 files; the hex digits before ".pth" are the first digits of the sha256.
+# torchvision's IMAGENET1K_V1 files; the hex digits before ".pth" are the first digits of the
+# sha256.
 IMAGENET_URLS = {
     "deeplabv3plus_resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
     "deeplabv3plus_resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
@@ -59,7 +60,8 @@ def checkpoint_file_name(arch: str) -> str:
 
 
 def hash_prefix(file_name: str) -> str:
-    """The sha256 prefix torchvision puts in a checkpoint's name: resnet18-f37072fd.pth -> f37072fd."""
+    """The sha256 prefix torchvision puts in a checkpoint's name: resnet18-f37072fd.pth ->
+    f37072fd."""
     return os.path.splitext(file_name)[0].rsplit("-", 1)[-1]
 
 
@@ -81,8 +83,9 @@ def _check_hash(path: str, url: str) -> str:
     actual = _sha256(path)
     if not actual.startswith(expected):
         raise PretrainedWeightsError(
-            f"ImageNet checkpoint {path}: sha256 {actual[: len(expected)]}... does not match the {expected} in its "
-            f"name (a truncated or different file); delete it and fetch {url} again"
+            f"ImageNet checkpoint {path}: sha256 {actual[: len(expected)]}... does not match the "
+            f"{expected} in its name (a truncated or different file); delete it and fetch {url} "
+            "again"
         )
     return path
 
@@ -116,8 +119,9 @@ def resolve_imagenet_weights(arch: str, pretrained_dir: str | None = None) -> st
     ) as error:  # no network, proxy, HTTP error, read-only cache: one message for all
         folder = pretrained_dir or cache
         raise PretrainedWeightsError(
-            f"ImageNet checkpoint {name} for {arch} is not on this machine and could not be downloaded from {url} "
-            f"({type(error).__name__}: {error}). Download it where there is internet and put it in {folder}"
+            f"ImageNet checkpoint {name} for {arch} is not on this machine and could not be "
+            f"downloaded from {url} ({type(error).__name__}: {error}). Download it where there "
+            f"is internet and put it in {folder}"
             + ("" if pretrained_dir else " (or in a folder given with --pretrained-dir)")
             + ", or train from scratch with --pretrained none."
         ) from error

@@ -9,8 +9,8 @@ Output stride as the official MGD code sets it (`_nostride_dilate` over layer4's
 layer4 loses its stride (the strided 3x3 conv and the 1x1 downsample conv) and the 3x3 convs of its
 blocks are dilated 2 / 4 / 8, one rate per block (multi-grid; ResNet-18 has two blocks: 2 / 4);
 layer3 keeps its stride. At 8 (not used by the paper) layer3 is dilated 2 as well and layer4's
-rates double (4 / 8 / 16); at 32 the network is torchvision's, undilated. The official ResNet-18 and
-ResNet-101 use a deep 3-conv stem; torchvision's 7x7 stem is kept here so that the published
+rates double (4 / 8 / 16); at 32 the network is torchvision's, undilated. The official ResNet-18
+and ResNet-101 use a deep 3-conv stem; torchvision's 7x7 stem is kept here so that the published
 torchvision checkpoints load with every key matched (parameter totals differ by < 0.3%).
 """
 
@@ -29,8 +29,9 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 def nostride_dilate(module: nn.Module, dilation: int) -> None:
-    """The official `_nostride_dilate`: every stride-2 conv in `module` gets stride 1, every 3x3 conv
-    dilation (and padding) `dilation`; 1x1 convs (the downsample shortcut) only lose their stride."""
+    """The official `_nostride_dilate`: every stride-2 conv in `module` gets stride 1, every 3x3
+    conv dilation (and padding) `dilation`; 1x1 convs (the downsample shortcut) only lose their
+    stride."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             if m.stride == (2, 2):
@@ -101,9 +102,9 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet trunk without avgpool/fc. forward(x: B x 3 x H x W) -> [layer1, layer2, layer3, layer4]
-    features; `feature_info[i]` gives their channels (num_chs), reduction (input size / feature size)
-    and module name."""
+    """ResNet trunk without avgpool/fc. forward(x: B x 3 x H x W) -> [layer1, layer2, layer3,
+    layer4] features; `feature_info[i]` gives their channels (num_chs), reduction (input size /
+    feature size) and module name."""
 
     unused_checkpoint_prefixes = ("fc.",)  # the ImageNet classifier in a torchvision file
 
@@ -189,5 +190,6 @@ def resnet101(output_stride: int = 32) -> ResNet:
 
 
 def wide_resnet50_2(output_stride: int = 32) -> ResNet:
-    """The official code's `wide_resnet34_2`: Bottleneck [3, 4, 6, 3] of width 128, i.e. WRN-50-2."""
+    """The official code's `wide_resnet34_2`: Bottleneck [3, 4, 6, 3] of width 128, i.e.
+    WRN-50-2."""
     return ResNet(Bottleneck, [3, 4, 6, 3], output_stride, width_per_group=128)

@@ -3,9 +3,10 @@
 The reference MGD code left part of the ResNet-18 stem randomly initialised because of a key
 mismatch that `strict=False` hid; here a missing, unexpected or mis-shaped key is an error that
 names the file and lists the keys. Only what the backbone declares unused in a torchvision file
-(`unused_checkpoint_prefixes`: "fc." for ResNets; "classifier." and "features.18." -- the 1280-channel
-conv the official student drops -- for MobileNetV2) is dropped, and BatchNorm's `num_batches_tracked`
-counters may be absent (older torchvision files do not store them; they hold no learned value).
+(`unused_checkpoint_prefixes`: "fc." for ResNets; "classifier." and "features.18." -- the
+1280-channel conv the official student drops -- for MobileNetV2) is dropped, and BatchNorm's
+`num_batches_tracked` counters may be absent (older torchvision files do not store them; they hold
+no learned value).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ _MAX_LISTED = 20
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file: a plain state dict, or one under "state_dict" / "model"."""
+    """The tensors of a checkpoint file: a plain state dict, or one under "state_dict" /
+    "model"."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"backbone_weights={path!r}: no such file (expected a torchvision "
@@ -55,8 +57,8 @@ def _listed(keys: list[str]) -> str:
 
 
 def load_backbone_weights(backbone: nn.Module, path: str) -> list[str]:
-    """Copy the checkpoint at `path` into `backbone` strictly (the backbone's unused_checkpoint_prefixes
-    ignored).
+    """Copy the checkpoint at `path` into `backbone` strictly (the backbone's
+    unused_checkpoint_prefixes ignored).
 
     Returns the names of the loaded tensors; raises ValueError listing every missing, unexpected
     or mis-shaped key."""

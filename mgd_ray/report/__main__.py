@@ -1,4 +1,5 @@
-"""`python -m mgd_ray.report RESULTS_DIR`: regenerate the tables, plots and REPORT.md of a study."""
+"""`python -m mgd_ray.report RESULTS_DIR`: regenerate the tables, plots and REPORT.md of a
+study."""
 
 from __future__ import annotations
 

@@ -55,7 +55,8 @@ def number_cell(value, spec: str = ".4g") -> str:
 
 def ablation_grid(ablation: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows = teacher rows (when the table has them), ablation labels, then the gain row
-    (percentage points); columns = protocols. A cell at the all-background score ends in a dagger."""
+    (percentage points); columns = protocols. A cell at the all-background score ends in a
+    dagger."""
     protocols = list(dict.fromkeys(ablation["protocol"]))
     present = set(ablation["variant"])
     labels = (

@@ -61,7 +61,8 @@ class ReportInputError(ValueError):
 
 
 def trial_row(record: TrialRecord) -> dict[str, Any]:
-    """One trial record as a frame row: its fields, with its "config" spread into the point keys."""
+    """One trial record as a frame row: its fields, with its "config" spread into the point
+    keys."""
     row = {key: value for key, value in record.to_json().items() if key != "config"}
     config = record.config or {}
     row.update({key: config.get(key) for key in CONFIG_KEYS})
@@ -121,7 +122,8 @@ def load_study(results_dir: str) -> dict[str, Any]:
 
 
 def study_protocols(study: dict[str, Any], trials: pd.DataFrame) -> list[str]:
-    """The study's protocols in its own order, then any others found in trials (canonical order)."""
+    """The study's protocols in its own order, then any others found in trials (canonical
+    order)."""
     listed = [p for p in study.get("protocols") or [] if p in PROTOCOLS]
     seen = set(trials["protocol"].dropna()) if "protocol" in trials else set()
     return list(dict.fromkeys(listed)) + [p for p in PROTOCOLS if p in seen and p not in listed]

@@ -38,14 +38,14 @@ from mgd_ray.schema import write_text_atomic
 
 REPORT_SUBDIR = "report"
 CAPTIONS = {
-    "ablation": "Loss-term ablation: mIoU (%) on val, mean \u00b1 sample std over seeds of completed "
-    "trials (n = seeds; -- = no completed trial); teacher rows: each teacher's own mIoU. "
-    "Bold: the best student row of a protocol, only where it leads the runner-up by more "
-    "than the larger seed std of the two (by more than "
-    f"{100 * SINGLE_SEED_MARGIN:.2f} points when neither has a spread); no bold = the rows "
-    f"are not separated. \u2020 = within {100 * BACKGROUND_MARGIN:.2f} points of the "
-    "all-background score (predicting background everywhere). Gain in percentage points: "
-    "best MGD row minus supervised only.",
+    "ablation": "Loss-term ablation: mIoU (%) on val, mean \u00b1 sample std over seeds of "
+    "completed trials (n = seeds; -- = no completed trial); teacher rows: each "
+    "teacher's own mIoU. Bold: the best student row of a protocol, only where it "
+    "leads the runner-up by more than the larger seed std of the two (by more than "
+    f"{100 * SINGLE_SEED_MARGIN:.2f} points when neither has a spread); no bold = "
+    f"the rows are not separated. \u2020 = within {100 * BACKGROUND_MARGIN:.2f} "
+    "points of the all-background score (predicting background everywhere). Gain in "
+    "percentage points: best MGD row minus supervised only.",
     "search": "Search per protocol: best completed trial's loss weights and confidence threshold "
     "tau, its mIoU (%), trials by status and device-hours spent on all search trials.",
     "threshold": "Threshold sensitivity: mean mIoU (%) and kept-pixel fraction of search trials "
@@ -88,7 +88,8 @@ def _students(study: dict[str, Any]) -> str:
 def regime(study: dict[str, Any]) -> str:
     """ "from scratch" or "ImageNet-initialised", from study.json's "pretrained" when present."""
     if "pretrained" in study:
-        # "imagenet" / "none" (the --pretrained regime); booleans from earlier studies read the same way
+        # "imagenet" / "none" (the --pretrained regime); booleans from earlier studies read the
+        # same way
         return (
             "ImageNet-initialised" if study["pretrained"] in (True, "imagenet") else "from scratch"
         )
@@ -108,12 +109,13 @@ def what_the_run_was(study: dict[str, Any], ablation: pd.DataFrame | None = None
         f"- Dataset: {study.get('dataset', fmt.MISSING)}"
         + (f" ({study['num_classes']} classes)" if study.get("num_classes") else "")
         + f"; regime: {regime(study)}; device: {study.get('device', fmt.MISSING)}",
-        f"- Budget per run: teachers {_per_protocol(budget.get('teacher_iterations'))} iterations, "
-        f"students {_per_protocol(budget.get('student_iterations', study.get('iterations')))} iterations"
+        f"- Budget per run: teachers {_per_protocol(budget.get('teacher_iterations'))} "
+        "iterations, students "
+        f"{_per_protocol(budget.get('student_iterations', study.get('iterations')))} iterations"
         + (f", batch {budget['batch_size']}" if budget.get("batch_size") else "")
         + (f", crop {budget['crop_size']}" if budget.get("crop_size") else ""),
-        f"- Seeds per ablation row: {budget.get('ablation_seeds', fmt.MISSING)}; search trials per "
-        f"protocol: {budget.get('search_trials', fmt.MISSING)}",
+        f"- Seeds per ablation row: {budget.get('ablation_seeds', fmt.MISSING)}; search trials "
+        f"per protocol: {budget.get('search_trials', fmt.MISSING)}",
     ]
     if background is not None:
         lines.append(
@@ -147,8 +149,9 @@ def mgd_against_supervised(ablation: pd.DataFrame) -> list[str]:
         margin = max(spreads) if spreads else SINGLE_SEED_MARGIN
         gain = mgd["mean"] - sup["mean"]
         said = (
-            f"{protocol}: MGD with the paper's weights {100 * mgd['mean']:.2f} against supervised only "
-            f"{100 * sup['mean']:.2f}, {100 * gain:+.2f} points (margin {100 * margin:.2f})"
+            f"{protocol}: MGD with the paper's weights {100 * mgd['mean']:.2f} against "
+            f"supervised only {100 * sup['mean']:.2f}, {100 * gain:+.2f} points (margin "
+            f"{100 * margin:.2f})"
         )
         teachers = by_variant.loc[
             [v for v in ("teacher_deep", "teacher_wide") if v in by_variant.index]
@@ -162,8 +165,8 @@ def mgd_against_supervised(ablation: pd.DataFrame) -> list[str]:
         elif not math.isnan(best_teacher) and best_teacher - sup["mean"] <= margin:
             lines.append(
                 f"{said}: not ahead; the teachers are too close to the students (best teacher "
-                f"{100 * best_teacher:.2f}, {100 * (best_teacher - sup['mean']):+.2f} points over the "
-                "supervised student: within the margin, they have little to teach)."
+                f"{100 * best_teacher:.2f}, {100 * (best_teacher - sup['mean']):+.2f} points "
+                "over the supervised student: within the margin, they have little to teach)."
             )
         else:
             lines.append(
@@ -211,8 +214,8 @@ def _verdict(ablation: pd.DataFrame | None, command: str | None, note: str = "")
             "whatever the rows show"
         )
     return (
-        f"**This budget tests the pipeline end to end; it cannot rank the loss terms**: {', and '.join(reasons)}."
-        + run
+        "**This budget tests the pipeline end to end; it cannot rank the loss terms**: "
+        f"{', and '.join(reasons)}." + run
     )
 
 
@@ -389,7 +392,8 @@ def _files_section(teachers: dict[str, Any], models: dict[str, Any]) -> list[str
     if models:
         lines.append(
             "Best students (plain state dicts: `build_model(arch, num_classes)` then "
-            "`load_state_dict(torch.load(path))`; the `.json` beside each holds its config and scores):"
+            "`load_state_dict(torch.load(path))`; the `.json` beside each holds its config and "
+            "scores):"
         )
         for path, info in models.items():
             miou = info.get("miou")
@@ -403,7 +407,8 @@ def _files_section(teachers: dict[str, Any], models: dict[str, Any]) -> list[str
     if teachers:
         lines += [
             "",
-            "Teachers (cached; later studies with the same data, protocol and schedule reuse them):",
+            "Teachers (cached; later studies with the same data, protocol and schedule reuse "
+            "them):",
         ]
         total = 0
         for protocol, roles in teachers.items():
@@ -412,8 +417,9 @@ def _files_section(teachers: dict[str, Any], models: dict[str, Any]) -> list[str
                 total += entry.get("size_bytes") or 0
                 miou = entry.get("miou")
                 lines.append(
-                    f"- {protocol} {role} ({entry.get('arch', fmt.MISSING)}): `{entry.get('path', fmt.MISSING)}`, "
-                    f"{_size(entry.get('size_bytes'))}, val mIoU "
+                    f"- {protocol} {role} ({entry.get('arch', fmt.MISSING)}): "
+                    f"`{entry.get('path', fmt.MISSING)}`, {_size(entry.get('size_bytes'))}, "
+                    "val mIoU "
                     + (f"{100 * miou:.2f}" if isinstance(miou, (int, float)) else fmt.MISSING)
                 )
         lines.append(f"- total: {_size(total)}")
