@@ -42,7 +42,7 @@ from mgd_ray.engine.batches import IterationData, cutmix_mask_at, iteration_load
 from mgd_ray.engine.checkpoint import atomic_save, load_model_state
 from mgd_ray.engine.mgd_step import active_terms, freeze, required_keys, teacher_forward
 from mgd_ray.engine.presets import preset_configs
-from mgd_ray.engine.target_store import TargetReader, encode, write_targets
+from mgd_ray.engine.target_store import TargetReader, encode, file_name, load_arrays, write_targets
 from mgd_ray.engine.targets import compute_targets, load_teacher
 from mgd_ray.losses import REGION_GRID, confidence_code, label_and_code, lowest_kept_code
 from mgd_ray.models import build_model
@@ -210,7 +210,8 @@ def synthetic_store(cfg: DistillConfig, iterations: int, streams: int) -> dict:
             store,
         )
         sizes = file_sizes(os.path.join(store, "rank0of1"))
-        one = dict(np.load(os.path.join(store, "rank0of1", "0000000.npz")))
+        with open(os.path.join(store, "rank0of1", file_name(0)), "rb") as f:
+            one = load_arrays(f.read())
         reader = TargetReader(store, 0, 1, 0, required_keys(active_terms(cfg.weights.as_dict())))
         seconds = read_seconds(reader, list(range(iterations)), 3)
     pixel = len(encode({k: torch.from_numpy(v) for k, v in one.items() if "@" not in k}))
@@ -296,7 +297,7 @@ def voc_file(targets: dict[str, torch.Tensor], folder: str) -> dict:
     store = os.path.join(folder, f"voc-{time.time_ns()}")
     os.makedirs(os.path.join(store, "rank0of1"))
     raw = encode(targets)
-    with open(os.path.join(store, "rank0of1", "0000000.npz"), "wb") as f:
+    with open(os.path.join(store, "rank0of1", file_name(0)), "wb") as f:
         f.write(raw)
     weights = {"sup": 1.0, "pixel": 1.0, "semantic": 1.0, "region": 1.0}
     seconds = read_seconds(

@@ -77,9 +77,10 @@ def download(uri: str, local_dir: str | None = None) -> str:
 
 
 def read_bytes(uri: str) -> bytes:
-    """The whole content of the file `uri`."""
+    """The whole content of the file `uri`, as stored (pyarrow would otherwise decompress a file
+    whose name ends in .zst or .gz on the fly: compression=None everywhere here)."""
     fs, path = _resolve(uri)
-    with fs.open_input_stream(path) as f:
+    with fs.open_input_stream(path, compression=None) as f:
         return f.read()
 
 
@@ -90,7 +91,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs, path = _resolve(uri)
     fs.create_dir(os.path.dirname(path), recursive=True)
     if not isinstance(fs, pafs.LocalFileSystem):
-        with fs.open_output_stream(path) as f:
+        with fs.open_output_stream(path, compression=None) as f:
             f.write(data)
         return
     partial = f"{path}.{secrets.token_hex(4)}.partial"
@@ -137,7 +138,7 @@ def sha256(uri: str, chunk: int = 1 << 22) -> str:
     if len(kept) == 3 and " ".join(kept[:2]) == stamp:
         return kept[2]
     digest = hashlib.sha256()
-    with fs.open_input_stream(path) as f:
+    with fs.open_input_stream(path, compression=None) as f:
         while block := f.read(chunk):
             digest.update(block)
     try:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import zstandard
 from torch import nn
 
 from mgd_ray.config import DataConfig, DistillConfig, LossWeights, OptimConfig
@@ -31,7 +32,7 @@ from mgd_ray.engine import targets as targets_module
 from mgd_ray.engine.batches import Batches, IterationData, iteration_loader
 from mgd_ray.engine.checkpoint import atomic_save, load_checkpoint
 from mgd_ray.engine.mgd_step import freeze, mix
-from mgd_ray.engine.target_store import write_targets
+from mgd_ray.engine.target_store import load_arrays, write_targets
 from mgd_ray.engine.targets import compute_targets
 from mgd_ray.losses import confidence_code, pseudo_label
 
@@ -241,15 +242,15 @@ def test_training_from_the_store_equals_training_with_live_teachers(
 def test_the_writer_reports_and_lays_out_what_it_wrote(world):
     stats = world["stats"]
     files = sorted(os.listdir(os.path.join(world["store"], "rank0of1")))
-    assert files == [f"{t:07d}.npz" for t in range(ITERATIONS)]
+    assert files == [f"{t:07d}.npz.zst" for t in range(ITERATIONS)]
     assert stats["iterations"] == stats["files_written"] == ITERATIONS
     folder = os.path.join(world["store"], "rank0of1")
     assert stats["bytes_written"] == sum(os.path.getsize(os.path.join(folder, f)) for f in files)
     manifest = json.load(open(os.path.join(world["store"], "manifest.json")))
     assert manifest["streams"] == STREAMS and manifest["iterations"] == ITERATIONS
     assert (manifest["world_size"], manifest["batch_size"], manifest["num_classes"]) == (1, 2, 6)
-    with np.load(os.path.join(folder, files[0])) as f:
-        arrays = {k: f[k] for k in f.files}
+    with open(os.path.join(folder, files[0]), "rb") as f:
+        arrays = load_arrays(f.read())
     assert arrays["deep.u0.label"].dtype == arrays["wide.x_l.code"].dtype == np.uint8
     assert arrays["deep.u1.label"].shape == (2, 32, 32)
     for s in STREAMS:
@@ -315,17 +316,17 @@ def test_a_resumed_writer_writes_only_the_missing_iterations(world, monkeypatch,
     assert (first["iterations"], first["files_written"]) == (2, 2)
 
     def path(t):
-        return str(tmp_path / "store" / "rank0of1" / f"{t:07d}.npz")
+        return str(tmp_path / "store" / "rank0of1" / f"{t:07d}.npz.zst")
 
     kept_file = os.stat(path(0)).st_mtime_ns
     second = write(range(0, 4))
     assert (second["iterations"], second["files_written"]) == (2, 2)
     assert os.stat(path(0)).st_mtime_ns == kept_file
-    before = dict(np.load(path(3)))
+    before = load_arrays(open(path(3), "rb").read())
     os.remove(path(3))  # a writer that died before this file
     third = write(range(0, 4))
     assert (third["iterations"], third["files_written"]) == (1, 1)
-    after = dict(np.load(path(3)))
+    after = load_arrays(open(path(3), "rb").read())
     assert before.keys() == after.keys()
     assert all(np.array_equal(before[k], after[k]) for k in before)
     assert write(range(0, 4))["iterations"] == 0
@@ -342,7 +343,8 @@ def test_codes_are_stored_as_their_2d_difference_and_read_back_exactly():
     assert not diff[0, 1:, 1:].any() and diff[0, 0, 0] == 7
     targets = {"wide.x_l.code": torch.from_numpy(codes), "wide.x_l.label": torch.from_numpy(codes)}
     raw = store_module.encode(targets)
-    with np.load(io.BytesIO(raw)) as stored:
+    unpacked = zstandard.ZstdDecompressor().decompress(raw)  # an .npz inside the zstd frame
+    with np.load(io.BytesIO(unpacked)) as stored:
         assert np.array_equal(stored["wide.x_l.code"], store_module.difference(codes))
         assert np.array_equal(stored["wide.x_l.label"], codes)
     back = store_module.decode(raw, {k: k for k in targets})
@@ -549,7 +551,10 @@ def test_training_from_the_store_equals_live_teachers_on_two_ddp_ranks(tmp_path)
         assert_same_training(result["live"], result["stored"])
     assert 0.05 < results[0]["live"][0][0]["kept_fraction"] < 0.95
     # The ranks trained on other images: their first-iteration files differ.
-    first = [dict(np.load(tmp_path / "store" / f"rank{r}of2" / "0000000.npz")) for r in range(2)]
+    first = [
+        load_arrays((tmp_path / "store" / f"rank{r}of2" / "0000000.npz.zst").read_bytes())
+        for r in range(2)
+    ]
     assert not np.array_equal(first[0]["deep.u0.label"], first[1]["deep.u0.label"])
 
 
