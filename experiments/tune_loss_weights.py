@@ -192,8 +192,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         choices=["shared", "live"],
         help="shared (default): each protocol's teacher outputs are computed once, before its "
         "search, into a store on the storage path that every trial reads (no trial loads a "
-        "teacher; the same training, ~3x less compute); live: every trial runs both "
+        "teacher; the same training for less compute: docs/benchmarks.md); live: every trial "
+        "runs both "
         "teachers itself",
+    )
+    add(
+        "--compile",
+        choices=["on", "off"],
+        help="torch.compile the students and CPS branches, and capture the frozen teachers' "
+        "forward in CUDA graphs (default: on with a GPU, off on the CPU)",
     )
     add(
         "--keep-targets",
@@ -212,7 +219,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     try:  # bad options or data: said before Ray starts, writing nothing
-        cfg, devices = resolve_study(**vars(args))
+        given = vars(args) | {"compile": {"on": True, "off": False}.get(args.compile)}
+        cfg, devices = resolve_study(**given)
         print(f"devices: {devices}", flush=True)
         plans = plan_study(cfg)
     except (ValueError, OSError) as error:

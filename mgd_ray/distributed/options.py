@@ -104,6 +104,9 @@ class StudyConfig:
     # "live": every trial runs the teachers itself (the same training, docs/benchmarks.md
     # section 9)
     teacher_targets: str = "shared"
+    # torch.compile: students and CPS branches compiled, frozen teachers captured in CUDA graphs
+    # (engine/device.compile_for_device); None = on CUDA only, False = off
+    compile: bool | None = None
     keep_targets: bool = (
         False  # keep each protocol's store of teacher targets after its last phase
     )

@@ -84,6 +84,11 @@ def plan_protocol(
         imagenet=imagenet,
         seed=cfg.seed,
     )
+    if cfg.compile is not None:  # else the engine's default: on CUDA only
+        distill = dataclasses.replace(distill, compile=cfg.compile)
+        teachers = {
+            arch: dataclasses.replace(t, compile=cfg.compile) for arch, t in teachers.items()
+        }
     return ProtocolPlan(protocol, distill, teachers, train_run(cfg))
 
 

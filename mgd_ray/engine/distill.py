@@ -18,7 +18,7 @@ from ..schema import LOSS_TERMS
 from . import seeds
 from .checkpoint import cpu_state_dict, load_model_state, unwrap
 from .context import RunContext, rank
-from .device import channels_last
+from .device import channels_last, compile_for_device
 from .evaluate import evaluate
 from .loop import fit
 from .mgd_step import active_terms, mgd_losses, needs_teachers
@@ -56,6 +56,7 @@ class MGDTask:
                     f"teacher_{role}_checkpoint",
                     ctx.device,
                     cfg.teacher_train_mode,
+                    cfg.compile,
                 )
                 for role, needed in (("deep", need_deep), ("wide", need_wide))
                 if needed
@@ -65,7 +66,9 @@ class MGDTask:
         student = build_model(
             cfg.student, data.num_classes, cfg.student_output_stride, cfg.backbone_weights
         )
-        self.student = ctx.prepare_model(channels_last(student, ctx.device))
+        # compiled (on CUDA by default) before any DDP wrapping: dynamo traces no torch module
+        student = compile_for_device(channels_last(student, ctx.device), ctx.device, cfg.compile)
+        self.student = ctx.prepare_model(student)
         self.models = [self.student]
         self.global_seed = seeds.student_global(cfg.seed, self.rank)
         self.sup_loss = partial(supervised_loss, ohem=cfg.ohem)

@@ -136,6 +136,8 @@ def fit(task: Task, cfg: TeacherConfig | DistillConfig, data, ctx: RunContext) -
         model.train()
     metrics: dict[str, Any] = {}
     for iteration in range(start, cfg.iterations):
+        if device.type == "cuda":  # a captured teacher's outputs live until the next replay
+            torch.compiler.cudagraph_mark_step_begin()
         lr = lr_at(cfg.optim, iteration, cfg.iterations)
         set_lr(optimizer, lr)
         inputs, stored = batches.next_inputs(device, iteration, task.cutmix_seed(iteration))

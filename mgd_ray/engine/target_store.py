@@ -273,6 +273,7 @@ def write_targets(
             f"teacher_{t}_checkpoint",
             device,
             cfg.teacher_train_mode,
+            cfg.compile,
         )
         for t in TEACHERS
     }
@@ -287,6 +288,8 @@ def write_targets(
     items = IterationData(data.labeled, data.unlabeled, cfg.data, world, this_rank)
     files = written = 0
     for item in iteration_loader(items, todo, cfg.data.num_workers, device):
+        if device.type == "cuda":  # a captured teacher's outputs live until the next replay
+            torch.compiler.cudagraph_mark_step_begin()
         t = item["iteration"]
         x_l = to_device(item["x_l"], device, True)
         u0, u1 = to_device(item["u"], device, True).chunk(2)

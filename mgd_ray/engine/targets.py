@@ -24,7 +24,7 @@ from ..losses import REGION_GRID, label_and_code, pooled_logits, region_similari
 from ..models import build_model
 from . import mgd_step
 from .checkpoint import load_model_state
-from .device import channels_last
+from .device import channels_last, compile_for_device
 from .mgd_step import MIXED, PIXEL_BATCHES, freeze, mix, needed
 
 MAX_CLASSES = 255  # labels are uint8 targets, 0..254 (255 is the ignore index)
@@ -37,8 +37,10 @@ def load_teacher(
     option: str,
     device: torch.device,
     train_mode: bool,
+    compiled: bool | None = False,
 ) -> nn.Module:
-    """A frozen teacher from a plain state-dict file (model.pt or a state.pt)."""
+    """A frozen teacher from a plain state-dict file (model.pt or a state.pt), its forward
+    captured when `compiled` (a config's `compile`: None = on CUDA; device.compile_for_device)."""
     if path is None:
         raise ValueError(
             f"DistillConfig.{option} is required: the loss weights use this teacher "
@@ -53,7 +55,8 @@ def load_teacher(
         raise ValueError(
             f"DistillConfig.{option}={path}: not a {arch} with {num_classes} classes ({err})"
         ) from err
-    return channels_last(freeze(teacher.to(device), train_mode), device)
+    teacher = channels_last(freeze(teacher.to(device), train_mode), device)
+    return compile_for_device(teacher, device, compiled, frozen=True)
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from . import seeds
 from .batch_groups import batch_groups
 from .checkpoint import cpu_state_dict, unwrap
 from .context import RunContext, rank
-from .device import channels_last
+from .device import channels_last, compile_for_device
 from .evaluate import evaluate
 from .loop import fit
 from .mgd_step import mix
@@ -75,7 +75,8 @@ class CPSTask:
             model = build_model(
                 cfg.arch, data.num_classes, cfg.output_stride, cfg.backbone_weights
             )
-            self.models.append(ctx.prepare_model(channels_last(model, ctx.device)))
+            model = compile_for_device(channels_last(model, ctx.device), ctx.device, cfg.compile)
+            self.models.append(ctx.prepare_model(model))
         self.rank = rank()
         self.global_seed = seeds.teacher_global(cfg.seed, self.rank)
         self.stored_inputs = None
