@@ -45,7 +45,7 @@ from .options import (
 from .plan import ProtocolPlan, concurrency, plan_study, planned_runs
 from .progress import ProgressCallback, StudyProgress, register, say_waiting
 from .ray_private import trainer_without_ray_cleaner
-from .records import TrialRecorder, now_iso
+from .records import TrialRecorder, error_summary, now_iso
 from .search import HonestOptunaSearch
 from .spec import SearchPoint, TrialSpec, ablation_point, param_space, search_space
 from .teachers import ensure_teacher, read_teacher_metrics, stage_pretrained
@@ -354,8 +354,20 @@ def prepare_targets(cfg: StudyConfig, spec: TrialSpec) -> TrialSpec:
         flush=True,
     )
     started = time.time()
-    with ThreadPoolExecutor(max_workers=chunks) as pool:
-        seconds = list(pool.map(write, range(chunks)))
+    try:
+        with ThreadPoolExecutor(max_workers=chunks) as pool:
+            seconds = list(pool.map(write, range(chunks)))
+    except Exception as error:  # noqa: BLE001 -- a writer that cannot start or fails
+        # The trials can still run their teachers themselves: each then succeeds or fails on its
+        # own, recorded, and the study goes on, as without shared targets. What was written stays
+        # for a --resume to finish.
+        print(
+            f"[{spec.protocol}] WARNING: teacher targets could not be computed "
+            f"({error_summary(str(error))}); this protocol's trials run their teachers "
+            "themselves",
+            flush=True,
+        )
+        return spec
     listing = _json_or_empty(os.path.join(cfg.output_dir, TARGETS_JSON))
     spent = listing.get(spec.protocol, {})
     listing[spec.protocol] = {
