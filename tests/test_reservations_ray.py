@@ -40,14 +40,15 @@ ENDINGS = ("completes", "stopped_by_asha", "fails", "diverges", "interrupted")
 
 @pytest.fixture(scope="module", params=SETUPS)
 def head(request):
-    other = Head(num_cpus=1) if request.param == "beside a second instance" else None
-    main = Head(num_cpus=2, dashboard=request.param == "dashboard", token_auth=False)
-    ray.init(address=main.address, log_to_driver=False)
-    yield request.param
-    ray.shutdown()
-    main.stop()
-    if other is not None:
-        other.stop()
+    heads = [Head(num_cpus=1)] if request.param == "beside a second instance" else []
+    try:  # the heads are stopped however the module ends: a leftover head holds ports (52365)
+        heads.append(Head(num_cpus=2, dashboard=request.param == "dashboard", token_auth=False))
+        ray.init(address=heads[-1].address, log_to_driver=False)
+        yield request.param
+    finally:
+        ray.shutdown()
+        for head in heads:
+            head.stop()
 
 
 def scripted_loop(config):

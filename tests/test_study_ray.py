@@ -46,10 +46,12 @@ def cluster():
     machine (a `ray start` head of 1 CPU): the setups in which Ray Train's own placement-group
     cleaner fails (it needs the state API, and scans the machine for its cluster)."""
     other = Head(num_cpus=1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-    other.stop()
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        other.stop()
 
 
 def test_ddp_study_records_a_diverging_trial_and_finishes_the_rest(cluster, tmp_path):
