@@ -81,6 +81,51 @@ def results(out: str) -> dict:
     }
 
 
+# docs/benchmarks.md section 7, run A (H100, 8 images per device, per-batch BN): seconds per step
+CPS_STEP = {"resnet101": 0.220, "wide_resnet50_2": 0.193}
+MGD_STEP = 0.152  # ResNet-18 student, both teachers live
+# GMACs of that MGD step (section 7) and of its student alone (forward + backward, about 3x the
+# forward's 41.2 per 512 x 512 image, on x_m and x_l: 16 images)
+MGD_GMACS, STUDENT_GMACS = 8888, 3 * 41.2 * 16
+VOC_EPOCHS = {"1/16": 32, "1/8": 34, "1/4": 40, "1/2": 60}
+VOC_ITERATIONS_PER_EPOCH = {"1/16": 1240, "1/8": 1158, "1/4": 992, "1/2": 662}
+
+
+def voc_on_paper(search_trials: int = 16, seeds: int = 2) -> list[list]:
+    """GPU-hours of a whole VOC study (4 protocols, ResNet-18) on paper, from measured step times,
+    counting no evaluation or start-up: live teachers against shared targets, the student step
+    from targets taken as the MGD step's student share by MACs, or by launches (a third)."""
+    rows = []
+    for label, student in (
+        ("MAC share", MGD_STEP * STUDENT_GMACS / MGD_GMACS),
+        ("a third (launch-bound)", MGD_STEP / 3),
+    ):
+        before = after = teachers = 0.0
+        for protocol, epochs in VOC_EPOCHS.items():
+            iterations = VOC_ITERATIONS_PER_EPOCH[protocol] * epochs
+            # ASHA, reduction factor 2, grace 10 epochs: half stop at 10, a quarter at 20
+            asha = (0.5 * 10 + 0.25 * 20 + 0.25 * epochs) / epochs
+            distilling = (search_trials * asha + 5 * seeds) * iterations  # 5 rows use teachers
+            supervised = seeds * iterations
+            cps = sum(CPS_STEP.values()) * iterations
+            # u0, u1, x_l once; x_m once per mask stream (seed)
+            writer = (MGD_STEP - student) * iterations * (3 + seeds) / 4
+            teachers += cps
+            before += cps + distilling * MGD_STEP + supervised * student
+            after += cps + writer + (distilling + supervised) * student
+        rows.append(
+            [
+                label,
+                round(student * 1000),
+                round(before / 3600),
+                round(after / 3600),
+                round(before / after, 2),
+                round((before - teachers) / (after - teachers), 2),
+            ]
+        )
+    return rows
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -95,10 +140,35 @@ def get_args_parser() -> argparse.ArgumentParser:
         choices=["live", "shared"],
         help="which study runs first (it trains the teachers the second reuses)",
     )
+    p.add_argument(
+        "--voc-on-paper",
+        action="store_true",
+        help="only print a whole VOC study's GPU-hours on paper, live against shared",
+    )
     return p
 
 
 def main(args: argparse.Namespace) -> None:
+    if args.voc_on_paper:
+        print(
+            "VOC study on paper (4 protocols, 16 search trials with ASHA, 6 ablation rows x 2 "
+            "seeds, ResNet-18; H100 step times of docs/benchmarks.md section 7; no evaluation "
+            "or start-up)"
+        )
+        print(
+            table(
+                [
+                    "student step from targets",
+                    "ms",
+                    "GPU-h live teachers",
+                    "GPU-h shared targets",
+                    "ratio",
+                    "ratio without teacher training",
+                ],
+                voc_on_paper(),
+            )
+        )
+        return
     print(f"machine: {machine()}")
     root = tempfile.mkdtemp(prefix="bench-study-targets-")
     storage = os.path.join(root, "storage")
