@@ -41,8 +41,11 @@ def nostride_dilate(module: nn.Module, dilation: int) -> None:
                 m.padding = (dilation, dilation)
 
 
-class BasicBlock(nn.Module):
-    expansion = 1
+class ResidualBlock(nn.Module):
+    """What torchvision's two blocks share: their constructor's arguments, and the shortcut
+    (`downsample`, or the identity) added to the residual branch before a last ReLU. A block
+    builds its branch's modules in `build` (in torchvision's order, which is also the order in
+    which ResNet draws their initial weights) and applies them in `branch`."""
 
     def __init__(
         self,
@@ -53,6 +56,24 @@ class BasicBlock(nn.Module):
         base_width: int = 64,
     ) -> None:
         super().__init__()
+        self.build(inplanes, planes, stride, base_width)
+        self.downsample = downsample
+
+    def build(self, inplanes: int, planes: int, stride: int, base_width: int) -> None:
+        raise NotImplementedError
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.branch(x) + identity)
+
+
+class BasicBlock(ResidualBlock):
+    expansion = 1
+
+    def build(self, inplanes: int, planes: int, stride: int, base_width: int) -> None:
         if base_width != 64:
             raise ValueError("BasicBlock only supports base_width=64 (as torchvision)")
         self.conv1 = conv3x3(inplanes, planes, stride)
@@ -60,29 +81,18 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return self.bn2(self.conv2(out))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     """torchvision's V1.5 bottleneck: the stride sits on the 3x3 conv."""
 
     expansion = 4
 
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        base_width: int = 64,
-    ) -> None:
-        super().__init__()
+    def build(self, inplanes: int, planes: int, stride: int, base_width: int) -> None:
         width = int(planes * (base_width / 64.0))
         self.conv1 = conv1x1(inplanes, width)
         self.bn1 = nn.BatchNorm2d(width)
@@ -91,14 +101,11 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return self.bn3(self.conv3(out))
 
 
 class ResNet(nn.Module):
