@@ -25,7 +25,7 @@ import argparse
 from collections import Counter
 
 import torch
-from common import interleaved, machine, median, table
+from common import arg_parser, interleaved, machine, median, table
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -172,9 +172,7 @@ def print_kernels() -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = arg_parser(__doc__)
     p.add_argument("--crop-size", type=int, default=64)
     p.add_argument("--images", type=int, default=2, help="images per named batch")
     p.add_argument("--rounds", type=int, default=7)

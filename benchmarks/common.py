@@ -1,5 +1,6 @@
-"""What the benchmark scripts share: the machine line, interleaved timing, the dense-matmul
-reference rate, the default synthetic run's config, and random-weight teacher files.
+"""What the benchmark scripts share: their argument parser, the machine line, interleaved timing,
+the dense-matmul reference rate, the default synthetic run's config, and random-weight teacher
+files.
 
 Benchmarks print figures; they assert nothing (tests do that). Every comparison is measured in one
 process, with the repetitions of its variants interleaved (A B A B ...) so that load from other
@@ -8,6 +9,7 @@ users of this shared machine falls on all variants alike; figures are medians.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import platform
@@ -33,6 +35,13 @@ from mgd_ray.engine.presets import preset_configs  # noqa: E402
 from mgd_ray.models import build_model  # noqa: E402
 
 CACHE = Path(os.environ.get("MGD_BENCH_CACHE", Path.home() / ".cache" / "mgd_ray" / "benchmarks"))
+
+
+def arg_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark script's parser, described by the first paragraph of its docstring `doc`."""
+    return argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def machine() -> str:

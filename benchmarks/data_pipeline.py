@@ -23,7 +23,7 @@ import tempfile
 import time
 
 import torch
-from common import machine, median, random_teachers, synthetic_distill_config, table
+from common import arg_parser, machine, median, random_teachers, synthetic_distill_config, table
 
 from mgd_ray.config import DistillConfig
 from mgd_ray.data import build_datasets
@@ -52,9 +52,7 @@ def training_run(cfg: DistillConfig) -> dict:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = arg_parser(__doc__)
     p.add_argument(
         "--workers", type=int, nargs="+", default=[0, 1, 2], help="loader worker counts to compare"
     )

@@ -31,6 +31,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from common import (
+    arg_parser,
     interleaved,
     machine,
     matmul_call,
@@ -228,9 +229,7 @@ class StudentBench:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = arg_parser(__doc__)
     p.add_argument(
         "--rounds", type=int, default=3, help="timed rounds, each running every variant once"
     )

@@ -40,7 +40,7 @@ from contextlib import nullcontext
 from types import SimpleNamespace
 
 import torch
-from common import machine, matmul_call, matmul_macs, median, table
+from common import arg_parser, machine, matmul_call, matmul_macs, median, table
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -197,9 +197,7 @@ def measure(
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = arg_parser(__doc__)
     p.add_argument(
         "--runs",
         nargs="+",

@@ -27,7 +27,15 @@ import time
 import ray  # noqa: E402  (benchmarks sit beside the distributed layer; mgd_ray's core stays Ray-free)
 import ray.train
 import torch
-from common import CACHE, machine, median, random_teachers, synthetic_distill_config, table
+from common import (
+    CACHE,
+    arg_parser,
+    machine,
+    median,
+    random_teachers,
+    synthetic_distill_config,
+    table,
+)
 from ray import tune
 from ray.train.torch import TorchTrainer
 
@@ -132,9 +140,7 @@ def trial_startup(storage: str) -> dict:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = arg_parser(__doc__)
     p.add_argument("--rounds", type=int, default=2, help="bare / Ray pairs, interleaved")
     p.add_argument(
         "--window", type=int, default=4, help="iterations per timed window (each run does 2)"

@@ -23,7 +23,15 @@ import tempfile
 
 import optuna
 import ray
-from common import CACHE, machine, random_teachers, synthetic_distill_config, table, teacher_config
+from common import (
+    CACHE,
+    arg_parser,
+    machine,
+    random_teachers,
+    synthetic_distill_config,
+    table,
+    teacher_config,
+)
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
@@ -116,9 +124,7 @@ def summarise(output_dir: str, protocol: str) -> list:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = arg_parser(__doc__)
     p.add_argument("--trials", type=int, default=6, help="trial budget of each searcher")
     p.add_argument("--iterations", type=int, default=8, help="student iterations per trial")
     p.add_argument("--eval-every", type=int, default=2, help="ASHA rungs come from these reports")

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from common import REPO, machine, table
+from common import REPO, arg_parser, machine, table
 
 from mgd_ray.schema import read_records
 
@@ -127,9 +127,7 @@ def voc_on_paper(search_trials: int = 16, seeds: int = 2) -> list[list]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = arg_parser(__doc__)
     p.add_argument("--protocols", nargs="+", default=["1/8"])
     p.add_argument("--iterations", type=int, default=200, help="student iterations per trial")
     p.add_argument("--eval-every", type=int, default=50)

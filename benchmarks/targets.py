@@ -31,7 +31,7 @@ import time
 import cv2
 import numpy as np
 import torch
-from common import CACHE, machine, random_teachers, synthetic_distill_config, table
+from common import CACHE, arg_parser, machine, random_teachers, synthetic_distill_config, table
 
 from mgd_ray.config import TEACHER_DEEP, DataConfig, DistillConfig
 from mgd_ray.data import build_datasets
@@ -313,9 +313,7 @@ def voc_file(targets: dict[str, torch.Tensor], folder: str) -> dict:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = arg_parser(__doc__)
     p.add_argument(
         "--teacher-arch",
         default="deeplabv3plus_resnet18",
