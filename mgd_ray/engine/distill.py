@@ -19,11 +19,11 @@ from . import seeds
 from .checkpoint import cpu_state_dict, load_model_state, unwrap
 from .context import RunContext, rank
 from .device import channels_last, compile_for_device
-from .evaluate import evaluate
+from .evaluate import run_miou
 from .loop import fit
 from .mgd_step import active_terms, mgd_losses, needs_teachers
 from .target_store import TargetReader, open_store
-from .targets import live_targets, load_teacher
+from .targets import config_teacher, live_targets, load_teacher
 
 __all__ = ["MGDTask", "distill_student", "load_teacher"]
 
@@ -49,15 +49,7 @@ class MGDTask:
             self.stored_inputs = open_store(cfg, data, ctx.device)
         else:
             teachers = {
-                role: load_teacher(
-                    getattr(cfg, f"teacher_{role}"),
-                    data.num_classes,
-                    getattr(cfg, f"teacher_{role}_checkpoint"),
-                    f"teacher_{role}_checkpoint",
-                    ctx.device,
-                    cfg.teacher_train_mode,
-                    cfg.compile,
-                )
+                role: config_teacher(cfg, role, data.num_classes, ctx.device)
                 for role, needed in (("deep", need_deep), ("wide", need_wide))
                 if needed
             }
@@ -103,14 +95,7 @@ class MGDTask:
 
     def evaluate(self, val_loader) -> dict[str, Any]:
         return {
-            "miou": evaluate(
-                self.student,
-                val_loader,
-                self.num_classes,
-                self.cfg.data.crop_size,
-                self.device,
-                self.cfg.amp,
-            )["miou"]
+            "miou": run_miou(self.student, val_loader, self.num_classes, self.cfg, self.device)
         }
 
     def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from ..config import DistillConfig, TeacherConfig
 from ..metrics import confusion_matrix, mean_iou
 from .context import all_reduce_sum
 from .device import autocast, to_device
@@ -101,3 +102,15 @@ def evaluate(
         "iou": [float(v) for v in result["iou"]],
         "pixel_accuracy": result["pixel_accuracy"],
     }
+
+
+def run_miou(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    num_classes: int,
+    cfg: TeacherConfig | DistillConfig,
+    device: torch.device,
+) -> float:
+    """The val mIoU of a run's network: `evaluate` at the crop size and AMP setting of the run's
+    config."""
+    return evaluate(model, loader, num_classes, cfg.data.crop_size, device, cfg.amp)["miou"]

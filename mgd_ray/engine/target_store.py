@@ -44,7 +44,7 @@ from .batches import STREAM_VERSION, IterationData, cutmix_mask_at, iteration_lo
 from .context import RunContext, all_reduce_sum, is_distributed, rank, world_size
 from .device import autocast, to_device
 from .mgd_step import TEACHERS, active_terms, needed, required_keys
-from .targets import compute_targets, load_teacher
+from .targets import compute_targets, config_teacher
 
 # what a file holds and how (keys, uint8, differenced codes, zstd)
 FORMAT = "mgd_ray.teacher_targets/2"
@@ -265,18 +265,7 @@ def write_targets(
         "iterations": cfg.iterations,
     }
     _ensure_manifest(store, manifest)
-    teachers = {
-        t: load_teacher(
-            getattr(cfg, f"teacher_{t}"),
-            data.num_classes,
-            getattr(cfg, f"teacher_{t}_checkpoint"),
-            f"teacher_{t}_checkpoint",
-            device,
-            cfg.teacher_train_mode,
-            cfg.compile,
-        )
-        for t in TEACHERS
-    }
+    teachers = {t: config_teacher(cfg, t, data.num_classes, device) for t in TEACHERS}
     folder = rank_folder(store, this_rank, world)
     present = set(storage.list_files(folder))
     # Collective: a teacher forward in train mode combines BN statistics over the ranks, so every

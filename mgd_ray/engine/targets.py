@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import DistillConfig
 from ..losses import REGION_GRID, label_and_code, pooled_logits, region_similarity
 from ..models import build_model
 from . import mgd_step
@@ -57,6 +58,22 @@ def load_teacher(
         ) from err
     teacher = channels_last(freeze(teacher.to(device), train_mode), device)
     return compile_for_device(teacher, device, compiled, frozen=True)
+
+
+def config_teacher(
+    cfg: DistillConfig, role: str, num_classes: int, device: torch.device
+) -> nn.Module:
+    """The frozen `role` ("deep" or "wide") teacher a distillation config names (load_teacher:
+    its architecture and file, its train mode and compile switch)."""
+    return load_teacher(
+        getattr(cfg, f"teacher_{role}"),
+        num_classes,
+        getattr(cfg, f"teacher_{role}_checkpoint"),
+        f"teacher_{role}_checkpoint",
+        device,
+        cfg.teacher_train_mode,
+        cfg.compile,
+    )
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from .batch_groups import batch_groups
 from .checkpoint import cpu_state_dict, unwrap
 from .context import RunContext, rank
 from .device import channels_last, compile_for_device
-from .evaluate import evaluate
+from .evaluate import run_miou
 from .loop import fit
 from .mgd_step import mix
 
@@ -95,14 +95,7 @@ class CPSTask:
 
     def evaluate(self, val_loader) -> dict[str, Any]:
         mious = [
-            evaluate(
-                branch,
-                val_loader,
-                self.num_classes,
-                self.cfg.data.crop_size,
-                self.device,
-                self.cfg.amp,
-            )["miou"]
+            run_miou(branch, val_loader, self.num_classes, self.cfg, self.device)
             for branch in self.models
         ]
         self.best = int(mious[1] > mious[0])
