@@ -79,6 +79,15 @@ def at_background(
     return background is not None and not math.isnan(mean) and mean <= background + margin
 
 
+def _ablation_row(
+    variant: str, label: str, protocol: str, mean: float, std: float, n: int
+) -> dict:
+    """One row of the long-form ablation table, not (yet) marked best."""
+    return dict(
+        variant=variant, label=label, protocol=protocol, mean=mean, std=std, n=n, best=False
+    )
+
+
 def ablation_table(
     trials: pd.DataFrame,
     protocols: list[str],
@@ -103,17 +112,8 @@ def ablation_table(
             for protocol in protocols:
                 miou = (teachers.get(protocol) or {}).get(variant.removeprefix("teacher_"))
                 miou = math.nan if miou is None else float(miou)
-                rows.append(
-                    dict(
-                        variant=variant,
-                        label=label,
-                        protocol=protocol,
-                        mean=miou,
-                        std=math.nan,
-                        n=0 if math.isnan(miou) else 1,
-                        best=False,
-                    )
-                )
+                n = 0 if math.isnan(miou) else 1
+                rows.append(_ablation_row(variant, label, protocol, miou, math.nan, n))
     for variant, label in ABLATION_ROWS:
         for protocol in protocols:
             mean, std, n = (
@@ -121,17 +121,8 @@ def ablation_table(
                 if (variant, protocol) in stats.index
                 else (math.nan, math.nan, 0)
             )
-            rows.append(
-                dict(
-                    variant=variant,
-                    label=label,
-                    protocol=protocol,
-                    mean=float(mean),
-                    std=float(std) if n >= 2 else math.nan,
-                    n=int(n),
-                    best=False,
-                )
-            )
+            std = float(std) if n >= 2 else math.nan
+            rows.append(_ablation_row(variant, label, protocol, float(mean), std, int(n)))
     table = pd.DataFrame(
         rows, columns=["variant", "label", "protocol", "mean", "std", "n", "best"]
     )
@@ -143,17 +134,7 @@ def ablation_table(
         column = table[students & (table["protocol"] == protocol)].set_index("variant")["mean"]
         mgd = column[["mgd_paper", "mgd_best"]].max()  # skips a missing MGD row
         gain = mgd - column["supervised"]  # NaN if either side is missing
-        gains.append(
-            dict(
-                variant=GAIN_VARIANT,
-                label=GAIN_LABEL,
-                protocol=protocol,
-                mean=float(gain),
-                std=math.nan,
-                n=0,
-                best=False,
-            )
-        )
+        gains.append(_ablation_row(GAIN_VARIANT, GAIN_LABEL, protocol, float(gain), math.nan, 0))
     gains = pd.DataFrame(gains, columns=table.columns)
     table = pd.concat([table, gains], ignore_index=True).astype({"n": "Int64"})
     table.loc[table["variant"] == GAIN_VARIANT, "n"] = pd.NA  # a difference has no seed count
