@@ -21,12 +21,13 @@ import torch
 REGIMES = ("imagenet", "none")
 # torchvision's IMAGENET1K_V1 files; the hex digits before ".pth" are the first digits of the
 # sha256.
+TORCHVISION_MODELS = "https://download.pytorch.org/models/"
 IMAGENET_URLS = {
-    "deeplabv3plus_resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-    "deeplabv3plus_resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-    "deeplabv3plus_resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
-    "deeplabv3plus_wide_resnet50_2": "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",
-    "deeplabv3plus_mobilenetv2": "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+    "deeplabv3plus_resnet18": TORCHVISION_MODELS + "resnet18-f37072fd.pth",
+    "deeplabv3plus_resnet50": TORCHVISION_MODELS + "resnet50-0676ba61.pth",
+    "deeplabv3plus_resnet101": TORCHVISION_MODELS + "resnet101-63fe2227.pth",
+    "deeplabv3plus_wide_resnet50_2": TORCHVISION_MODELS + "wide_resnet50_2-95faca4d.pth",
+    "deeplabv3plus_mobilenetv2": TORCHVISION_MODELS + "mobilenet_v2-b0353104.pth",
 }
 
 
