@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from ray import tune
 
 from ..config import DistillConfig, LossWeights, check_confidence_threshold
-from ..schema import ABLATION_VARIANTS, LOG_SCALE, THRESHOLD_KEY, WEIGHT_KEYS
+from ..schema import ABLATION_TERMS, ABLATION_VARIANTS, LOG_SCALE, THRESHOLD_KEY, WEIGHT_KEYS
 
 SPEC_KEY = "run"  # a trial config's spec
 ABLATION_KEY = "ablation"  # an ablation trial's row: {"variant", "seed", POINT_KEYS...}
@@ -82,19 +82,12 @@ def ablation_point(variant: str, paper: SearchPoint, best: SearchPoint | None) -
                 "ablation variant mgd_best needs a finished search (no completed trial)"
             )
         return best
-    on = {
-        "supervised": (),
-        "pixel": ("pixel",),
-        "pixel_semantic": ("pixel", "semantic"),
-        "pixel_region": ("pixel", "region"),
-        "mgd_paper": ("pixel", "semantic", "region"),
-    }
-    if variant not in on:
+    if variant not in ABLATION_TERMS:
         raise ValueError(
             f"ablation variant {variant!r}: expected one of {', '.join(ABLATION_VARIANTS)}"
         )
     weights = {
-        term: weight if term == "sup" or term in on[variant] else 0.0
+        term: weight if term == "sup" or term in ABLATION_TERMS[variant] else 0.0
         for term, weight in paper.weights.as_dict().items()
     }
     return SearchPoint(LossWeights(**weights), paper.confidence_threshold)
