@@ -110,19 +110,11 @@ def test_supervised_only_runs_no_teacher_and_zero_weights_skip_teacher_inputs():
 
 def test_pixel_term_equals_four_separate_ce_terms():
     student = TinySeg()
-    x_l, y, u0, u1, mask = _batch()
+    batch = _batch()
+    x_l, _, u0, u1, mask = batch
     deep, wide = _teachers()
-    terms, stats = mgd_losses(
-        student,
-        deep,
-        wide,
-        x_l,
-        y,
-        u0,
-        u1,
-        mask,
-        {"sup": 0, "pixel": 1, "semantic": 0, "region": 0},
-    )
+    pixel_only = {"sup": 0, "pixel": 1, "semantic": 0, "region": 0}
+    terms, stats = mgd_losses(student, deep, wide, *batch, pixel_only)
     assert stats["kept_fraction"].item() == 1.0
     # train-mode BN of the combined forward differs from separate forwards; compare in eval
     student.eval()
@@ -135,17 +127,7 @@ def test_pixel_term_equals_four_separate_ce_terms():
             expected += F.cross_entropy(s_m, mixed.argmax(1)) + F.cross_entropy(
                 s_l, t(x_l)["logits"].argmax(1)
             )
-    terms, _ = mgd_losses(
-        student,
-        deep,
-        wide,
-        x_l,
-        y,
-        u0,
-        u1,
-        mask,
-        {"sup": 0, "pixel": 1, "semantic": 0, "region": 0},
-    )
+    terms, _ = mgd_losses(student, deep, wide, *batch, pixel_only)
     assert terms["pixel"].item() == pytest.approx(float(expected), rel=1e-5)
 
 
