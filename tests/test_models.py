@@ -162,32 +162,34 @@ def test_default_output_strides():
 
 
 def test_torchvision_key_names():
-    resnet = _meta_model("deeplabv3plus_resnet50").backbone.state_dict()
-    for key in (
-        "conv1.weight",
-        "bn1.running_var",
-        "layer1.0.downsample.0.weight",
-        "layer1.0.downsample.1.bias",
-        "layer3.5.conv3.weight",
-        "layer4.2.bn3.running_mean",
-    ):
-        assert key in resnet
-    mbv2 = _meta_model("deeplabv3plus_mobilenetv2").backbone.state_dict()
-    for key in (
-        "features.0.0.weight",
-        "features.0.1.running_mean",
-        "features.1.conv.0.0.weight",
-        "features.1.conv.1.weight",
-        "features.1.conv.2.bias",
-        "features.2.conv.0.0.weight",
-        "features.2.conv.1.1.weight",
-        "features.2.conv.2.weight",
-        "features.2.conv.3.running_var",
-        "features.17.conv.3.weight",
-        "features.17.conv.1.0.weight",
-    ):
-        assert key in mbv2
-    assert not any(k.startswith(("fc.", "classifier.", "features.18.")) for k in (*resnet, *mbv2))
+    expected = {
+        "deeplabv3plus_resnet50": (
+            "conv1.weight",
+            "bn1.running_var",
+            "layer1.0.downsample.0.weight",
+            "layer1.0.downsample.1.bias",
+            "layer3.5.conv3.weight",
+            "layer4.2.bn3.running_mean",
+        ),
+        "deeplabv3plus_mobilenetv2": (
+            "features.0.0.weight",
+            "features.0.1.running_mean",
+            "features.1.conv.0.0.weight",
+            "features.1.conv.1.weight",
+            "features.1.conv.2.bias",
+            "features.2.conv.0.0.weight",
+            "features.2.conv.1.1.weight",
+            "features.2.conv.2.weight",
+            "features.2.conv.3.running_var",
+            "features.17.conv.3.weight",
+            "features.17.conv.1.0.weight",
+        ),
+    }
+    for arch, keys in expected.items():
+        state = _meta_model(arch).backbone.state_dict()
+        for key in keys:
+            assert key in state
+        assert not any(k.startswith(("fc.", "classifier.", "features.18.")) for k in state)
 
 
 def _randomised(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -17,28 +17,30 @@ def test_the_pinned_ray_is_the_one_these_apis_were_checked_against():
 
 
 def test_gcs_tables_still_carry_the_fields_the_study_reads():
-    group_fields = {f.name for f in gcs_pb2.PlacementGroupTableData.DESCRIPTOR.fields}
-    assert {
-        "placement_group_id",
-        "state",
-        "bundles",
-        "creator_job_id",
-        "creator_actor_id",
-        "creator_actor_dead",
-        "is_detached",
-    } <= group_fields
-    actor_fields = {f.name for f in gcs_pb2.ActorTableData.DESCRIPTOR.fields}
-    assert {
-        "actor_id",
-        "class_name",
-        "state",
-        "job_id",
-        "address",
-        "owner_address",
-        "is_detached",
-        "placement_group_id",
-        "required_resources",
-    } <= actor_fields
+    read = {
+        gcs_pb2.PlacementGroupTableData: {
+            "placement_group_id",
+            "state",
+            "bundles",
+            "creator_job_id",
+            "creator_actor_id",
+            "creator_actor_dead",
+            "is_detached",
+        },
+        gcs_pb2.ActorTableData: {
+            "actor_id",
+            "class_name",
+            "state",
+            "job_id",
+            "address",
+            "owner_address",
+            "is_detached",
+            "placement_group_id",
+            "required_resources",
+        },
+    }
+    for table, fields in read.items():
+        assert fields <= {f.name for f in table.DESCRIPTOR.fields}, table.__name__
     assert set(gcs_pb2.PlacementGroupTableData.PlacementGroupState.keys()) >= {
         "PENDING",
         "CREATED",
