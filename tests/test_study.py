@@ -189,16 +189,21 @@ def read_record(tmp_path, trial_id):
         return json.load(f)
 
 
-def test_records_follow_a_trial_through_results_early_stop_and_failure(tmp_path):
-    recorder = TrialRecorder(
+def search_recorder(tmp_path, max_iterations, num_devices):
+    """A quiet TrialRecorder of protocol 1/8's search, on CPU, writing to `tmp_path`."""
+    return TrialRecorder(
         str(tmp_path),
         "1/8",
         "search",
-        max_iterations=100,
+        max_iterations=max_iterations,
         device="cpu",
-        num_devices=2,
+        num_devices=num_devices,
         verbose=False,
     )
+
+
+def test_records_follow_a_trial_through_results_early_stop_and_failure(tmp_path):
+    recorder = search_recorder(tmp_path, max_iterations=100, num_devices=2)
     done, stopped = fake_trial("a"), fake_trial("b")
     failed = fake_trial("c", str(tmp_path / "error.txt"), str(tmp_path / "error.pkl"))
     for trial in (done, stopped, failed):
@@ -251,15 +256,7 @@ def test_records_follow_a_trial_through_results_early_stop_and_failure(tmp_path)
 
 
 def test_a_failure_that_is_no_divergence_keeps_its_error_line_and_no_diverged_field(tmp_path):
-    recorder = TrialRecorder(
-        str(tmp_path),
-        "1/8",
-        "search",
-        max_iterations=100,
-        device="cpu",
-        num_devices=1,
-        verbose=False,
-    )
+    recorder = search_recorder(tmp_path, max_iterations=100, num_devices=1)
     trial = fake_trial("e", str(tmp_path / "error.txt"), str(tmp_path / "error.pkl"))
     recorder.on_trial_start(0, [], trial)
     (tmp_path / "error.txt").write_text(
@@ -277,15 +274,7 @@ def test_a_failure_that_is_no_divergence_keeps_its_error_line_and_no_diverged_fi
 
 
 def test_records_count_restarts_of_the_worker_group_and_list_its_nodes(tmp_path):
-    recorder = TrialRecorder(
-        str(tmp_path),
-        "1/8",
-        "search",
-        max_iterations=12,
-        device="cpu",
-        num_devices=1,
-        verbose=False,
-    )
+    recorder = search_recorder(tmp_path, max_iterations=12, num_devices=1)
     trial = fake_trial("a")
     recorder.on_trial_start(0, [], trial)
     # Two reports from the first start on node n1, then the run restarted on n2 from the checkpoint
