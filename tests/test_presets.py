@@ -12,33 +12,28 @@ from mgd_ray.engine.presets import load_preset, preset_optim, read_preset
 
 R18, MBV2 = "deeplabv3plus_resnet18", "deeplabv3plus_mobilenetv2"
 
-# docs/design.md, "The recipe": official lr / total batch, CPS weight, epochs
-# (1/16, 1/8, 1/4, 1/2).
+# docs/design.md, "The recipe", row by row: official lr / total batch, CPS weight, epochs
+# (1/16, 1/8, 1/4, 1/2); and the GPUs of the official runs.
 RECIPE = {
-    "voc": {
-        "student_lr": {R18: 0.01, MBV2: 0.014},
-        "student_batch": 8,
-        "teacher_lr": {TEACHER_DEEP: 0.01, TEACHER_WIDE: 0.004},
-        "teacher_batch": 8,
-        "cps": 1.0,
-        "epochs": {"1/16": 32, "1/8": 34, "1/4": 40, "1/2": 60},
-        "gpus": 4,
+    "student_lr": {"voc": {R18: 0.01, MBV2: 0.014}, "cityscapes": {R18: 0.02}},
+    "student_batch": {"voc": 8, "cityscapes": 16},
+    "teacher_lr": {
+        "voc": {TEACHER_DEEP: 0.01, TEACHER_WIDE: 0.004},
+        "cityscapes": {TEACHER_DEEP: 0.02, TEACHER_WIDE: 0.02},
     },
-    "cityscapes": {
-        "student_lr": {R18: 0.02},
-        "student_batch": 16,
-        "teacher_lr": {TEACHER_DEEP: 0.02, TEACHER_WIDE: 0.02},
-        "teacher_batch": 8,
-        "cps": 5.0,
-        "epochs": {"1/16": 128, "1/8": 137, "1/4": 160, "1/2": 240},
-        "gpus": 8,
+    "teacher_batch": {"voc": 8, "cityscapes": 8},
+    "cps": {"voc": 1.0, "cityscapes": 5.0},
+    "epochs": {
+        "voc": {"1/16": 32, "1/8": 34, "1/4": 40, "1/2": 60},
+        "cityscapes": {"1/16": 128, "1/8": 137, "1/4": 160, "1/2": 240},
     },
+    "gpus": {"voc": 4, "cityscapes": 8},
 }
 
 
-@pytest.mark.parametrize("dataset", sorted(RECIPE))
+@pytest.mark.parametrize("dataset", ["cityscapes", "voc"])
 def test_official_values_match_the_design_table(dataset):
-    table = RECIPE[dataset]
+    table = {row: by_dataset[dataset] for row, by_dataset in RECIPE.items()}
     for student, lr in table["student_lr"].items():
         preset, raw = load_preset(dataset, "1/8", student), read_preset(dataset)[0]
         assert raw["lr"][student] == lr  # the preset file holds the official values
