@@ -1,5 +1,5 @@
-"""What the study tests share: the CLI module, the trial records a study left, random teachers,
-Ray heads of their own, and waiting on a condition with a bound."""
+"""What the study tests share: the CLI (as a module and as a command line), the trial records a
+study left, random teachers, Ray heads of their own, and waiting on a condition with a bound."""
 
 import glob
 import importlib.util
@@ -16,14 +16,15 @@ import pytest
 import ray
 import torch
 
+from mgd_ray.config import TEACHER_DEEP, TEACHER_WIDE
 from mgd_ray.data import NUM_CLASSES
 from mgd_ray.distributed.cluster import free_port  # noqa: F401 -- the tests' port finder
 from mgd_ray.models import build_model
 
-_spec = importlib.util.spec_from_file_location(
-    "tune_loss_weights",
-    os.path.join(os.path.dirname(__file__), "..", "experiments", "tune_loss_weights.py"),
-)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The study's command line, run as a process of its own.
+CLI = [sys.executable, os.path.join(REPO, "experiments", "tune_loss_weights.py")]
+_spec = importlib.util.spec_from_file_location("tune_loss_weights", CLI[1])
 tune_loss_weights = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tune_loss_weights)
 
@@ -60,16 +61,43 @@ def records(results_dir):
 
 
 def random_teacher_files(folder) -> dict[str, str]:
-    """{"--teacher-deep-checkpoint": path, "--teacher-wide-checkpoint": path}: untrained synthetic
-    teachers (no time spent training them; the tests are about the study, not the teachers)."""
+    """{"deep": path, "wide": path}: untrained synthetic teachers, saved in `folder` (no time spent
+    training them; the tests are about the study, not the teachers)."""
     out = {}
-    for option, arch in (
-        ("--teacher-deep-checkpoint", "deeplabv3plus_resnet101"),
-        ("--teacher-wide-checkpoint", "deeplabv3plus_wide_resnet50_2"),
-    ):
-        out[option] = str(folder / f"{arch}.pt")
-        torch.save(build_model(arch, NUM_CLASSES["synthetic"]).state_dict(), out[option])
+    for role, arch in (("deep", TEACHER_DEEP), ("wide", TEACHER_WIDE)):
+        out[role] = str(folder / f"{arch}.pt")
+        torch.save(build_model(arch, NUM_CLASSES["synthetic"]).state_dict(), out[role])
     return out
+
+
+def random_teacher_options(folder) -> list[str]:
+    """The CLI's --teacher-deep-checkpoint and --teacher-wide-checkpoint options, naming
+    random_teacher_files(folder)."""
+    files = random_teacher_files(folder)
+    return [x for role, path in files.items() for x in (f"--teacher-{role}-checkpoint", path)]
+
+
+def smoke_argv(address: str, out, teachers: list[str], *options: str) -> list[str]:
+    """The command line of a --smoke study without ablation on the cluster at `address`, writing
+    to `out`, with the teacher options `teachers` (random_teacher_options), then `options`."""
+    return CLI + [
+        "--smoke",
+        "--no-ablation",
+        "--address",
+        address,
+        "--output-dir",
+        str(out),
+        *teachers,
+        *options,
+    ]
+
+
+def start_driver(argv: list[str], log, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The study command `argv` started in a session of its own (os.killpg ends it with every Ray
+    process it started), its output written to the file `log`."""
+    return subprocess.Popen(
+        argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
 
 
 def alive_nodes(address: str, env: dict[str, str]) -> dict[str, dict]:
@@ -90,7 +118,6 @@ def alive_nodes(address: str, env: dict[str, str]) -> dict[str, dict]:
     return json.loads(line.removeprefix("NODES "))
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 # The environment of every Ray process the tests start: this checkout importable, no inherited
 # cluster address. Ray 2.60 turns token auth on for every new cluster (generating

@@ -13,19 +13,26 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from mgd_ray.distributed import local_cluster
 from mgd_ray.distributed.cluster import AUTOSCALING_CONFIG_ENV
-from tests.study_helpers import alive_nodes, free_port, random_teacher_files, records, wait_for
+from tests.study_helpers import (
+    CLI,
+    RAY,
+    REPO,
+    alive_nodes,
+    free_port,
+    random_teacher_options,
+    records,
+    smoke_argv,
+    start_driver,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLI = [sys.executable, os.path.join(REPO, "experiments", "tune_loss_weights.py")]
-RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 TOKEN = secrets.token_hex(16)
 # The cluster's own token, given to the head and every client here through the environment, so
 # the test neither reads nor writes ~/.ray/auth_token.
@@ -55,26 +62,19 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    files = random_teacher_files(tmp_path_factory.mktemp("teachers"))
-    return [x for option, path in files.items() for x in (option, path)]
+    return random_teacher_options(tmp_path_factory.mktemp("teachers"))
 
 
-def study_argv(cluster, out, teachers, *extra):
-    return CLI + [
-        "--smoke",
-        "--no-ablation",
-        "--address",
-        cluster["address"],
-        "--output-dir",
-        str(out),
-        "--quiet",
-        *teachers,
-        *extra,
-    ]
+def study_argv(cluster, out, teachers, options):
+    """A quiet --smoke study without ablation on the cluster, writing to `out`, with `options` (the
+    command-line words after the teacher options, as one string)."""
+    return smoke_argv(cluster["address"], out, teachers, "--quiet", *options.split())
 
 
-def study_env(cluster):
-    return {**ENV, AUTOSCALING_CONFIG_ENV: cluster["config"]}
+def start_study(cluster, argv, log):
+    """The study driver `argv` started on the cluster (its autoscaling config in the environment),
+    its output in `log`."""
+    return start_driver(argv, log, {**ENV, AUTOSCALING_CONFIG_ENV: cluster["config"]})
 
 
 def iterations(record):
@@ -157,25 +157,9 @@ def test_a_worker_node_lost_mid_trial_costs_a_restart_from_the_checkpoint_not_th
 ):
     out, log = tmp_path / "study", tmp_path / "driver.log"
     argv = study_argv(
-        cluster,
-        out,
-        teachers,
-        "--num-samples",
-        "1",
-        "--iterations",
-        "24",
-        "--eval-every",
-        "4",
-        "--max-failures",
-        "1",
+        cluster, out, teachers, "--num-samples 1 --iterations 24 --eval-every 4 --max-failures 1"
     )
-    driver = subprocess.Popen(
-        argv,
-        stdout=open(log, "w"),
-        stderr=subprocess.STDOUT,
-        env=study_env(cluster),
-        start_new_session=True,
-    )
+    driver = start_study(cluster, argv, log)
     try:
         # The first checkpoint (iteration 4) is in: kill the node the run trains on.
         first = wait_for(
@@ -231,22 +215,9 @@ def test_a_killed_driver_resumes_on_the_cluster_without_repeating_a_trial(
         cluster,
         out,
         teachers,
-        "--num-samples",
-        "2",
-        "--max-concurrent-trials",
-        "1",
-        "--iterations",
-        "12",
-        "--eval-every",
-        "4",
+        "--num-samples 2 --max-concurrent-trials 1 --iterations 12 --eval-every 4",
     )
-    driver = subprocess.Popen(
-        argv,
-        stdout=open(log, "w"),
-        stderr=subprocess.STDOUT,
-        env=study_env(cluster),
-        start_new_session=True,
-    )
+    driver = start_study(cluster, argv, log)
     try:  # killed once the first trial is done and the second has started
         wait_for(
             lambda: (
@@ -263,13 +234,7 @@ def test_a_killed_driver_resumes_on_the_cluster_without_repeating_a_trial(
     before = {r["trial_id"]: r for r in records(out)}
     resumed_log = tmp_path / "resumed.log"
     started = time.time()
-    resumed = subprocess.Popen(
-        argv + ["--resume"],
-        stdout=open(resumed_log, "w"),
-        stderr=subprocess.STDOUT,
-        env=study_env(cluster),
-        start_new_session=True,
-    )
+    resumed = start_study(cluster, argv + ["--resume"], resumed_log)
     try:
 
         def moved_on():

@@ -6,7 +6,6 @@ The head is started with `ray start --block --temp-dir` in its own session and s
 that session, so no other Ray instance on the machine is touched and Ray's default
 /tmp/ray/ray_current_cluster is never written."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -15,11 +14,9 @@ import time
 import pytest
 
 from tests.study_helpers import RAY_ENV as ENV
-from tests.study_helpers import Head, random_teacher_files, records
+from tests.study_helpers import Head, random_teacher_options, records, smoke_argv
 
 pytestmark = pytest.mark.ray
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLI = [sys.executable, os.path.join(REPO, "experiments", "tune_loss_weights.py")]
 
 
 @pytest.fixture(scope="module")
@@ -31,35 +28,15 @@ def head():
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    return random_teacher_files(tmp_path_factory.mktemp("teachers"))
-
-
-def teacher_args(teachers):
-    return [x for option, path in teachers.items() for x in (option, path)]
+    return random_teacher_options(tmp_path_factory.mktemp("teachers"))
 
 
 def test_a_trial_asking_more_gpus_than_any_node_offers_is_refused_before_the_search(
     head, teachers, tmp_path
 ):
+    argv = smoke_argv(head, tmp_path / "out", teachers, "--gpus-per-trial", "1")
     started = time.time()
-    done = subprocess.run(
-        CLI
-        + [
-            "--smoke",
-            "--no-ablation",
-            "--address",
-            head,
-            "--gpus-per-trial",
-            "1",
-            "--output-dir",
-            str(tmp_path / "out"),
-            *teacher_args(teachers),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=ENV,
-    )
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=ENV)
     print(f"impossible resources refused after {time.time() - started:.1f} s")
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert "--gpus-per-trial" in done.stderr and "no node of this cluster" in done.stderr
@@ -92,33 +69,23 @@ def test_a_worker_group_that_cannot_start_fails_its_trial_and_the_study_goes_on(
     )
     try:
         assert holder.stdout.readline().strip() == "holding"
-        started = time.time()
-        done = subprocess.run(
-            CLI
-            + [
-                "--smoke",
-                "--no-ablation",
-                "--address",
-                head,
-                "--num-samples",
-                "2",
-                "--workers-per-trial",
-                "2",
-                "--max-concurrent-trials",
-                "1",
-                "--worker-start-timeout",
-                "3",
-                "--worker-start-retries",
-                "1",
-                "--output-dir",
-                str(tmp_path / "out"),
-                *teacher_args(teachers),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=400,
-            env=ENV,
+        argv = smoke_argv(
+            head,
+            tmp_path / "out",
+            teachers,
+            "--num-samples",
+            "2",
+            "--workers-per-trial",
+            "2",
+            "--max-concurrent-trials",
+            "1",
+            "--worker-start-timeout",
+            "3",
+            "--worker-start-retries",
+            "1",
         )
+        started = time.time()
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=400, env=ENV)
         print(f"study with 2 unstartable trials ended after {time.time() - started:.1f} s")
     finally:
         holder.kill()

@@ -4,18 +4,15 @@ the middle of a trial. Marked `cluster` (and `ray`): each test brings a cluster 
 
 import os
 import subprocess
-import sys
 import time
 
 import pytest
 
 from mgd_ray.distributed import local_cluster
 from mgd_ray.distributed.cluster import AUTOSCALING_CONFIG_ENV
-from tests.study_helpers import alive_nodes, random_teacher_files, records
+from tests.study_helpers import REPO, alive_nodes, random_teacher_options, records, smoke_argv
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLI = [sys.executable, os.path.join(REPO, "experiments", "tune_loss_weights.py")]
 ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
 ENV.pop("RAY_ADDRESS", None)
 # Ray 2.60 turns token auth on for every new cluster (generating ~/.ray/auth_token when missing);
@@ -38,8 +35,7 @@ def cluster(tmp_path):
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    files = random_teacher_files(tmp_path_factory.mktemp("teachers"))
-    return [x for option, path in files.items() for x in (option, path)]
+    return random_teacher_options(tmp_path_factory.mktemp("teachers"))
 
 
 def test_trials_wait_the_autoscaler_starts_workers_from_zero_and_removes_them_when_idle(
@@ -49,25 +45,10 @@ def test_trials_wait_the_autoscaler_starts_workers_from_zero_and_removes_them_wh
         HEAD_NODE_ID
     ]  # head only, and it has no CPU
     out = tmp_path / "study"
+    argv = smoke_argv(cluster["address"], out, teachers, "--num-samples", "2")
+    env = {**ENV, AUTOSCALING_CONFIG_ENV: cluster["config"]}
     started = time.time()
-    done = subprocess.run(
-        CLI
-        + [
-            "--smoke",
-            "--no-ablation",
-            "--num-samples",
-            "2",
-            "--address",
-            cluster["address"],
-            "--output-dir",
-            str(out),
-            *teachers,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=480,
-        env={**ENV, AUTOSCALING_CONFIG_ENV: cluster["config"]},
-    )
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=480, env=env)
     print(f"smoke study on the autoscaled cluster: {time.time() - started:.0f} s")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trials = records(out)

@@ -11,13 +11,12 @@ import time
 
 import pytest
 
-from tests.study_helpers import free_port, records
+from tests.study_helpers import CLI, REPO, free_port, records, start_driver
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "mgd-test"
 
 
@@ -74,9 +73,7 @@ def keys(client, prefix):
 def test_a_study_on_s3_storage_survives_a_killed_driver_and_reports(s3_env, tmp_path):
     env, client = s3_env
     out = tmp_path / "study"
-    argv = [
-        sys.executable,
-        os.path.join(REPO, "experiments", "tune_loss_weights.py"),
+    argv = CLI + [
         "--smoke",
         "--no-ablation",
         "--num-samples",
@@ -88,18 +85,16 @@ def test_a_study_on_s3_storage_survives_a_killed_driver_and_reports(s3_env, tmp_
         "--output-dir",
         str(out),
     ]
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
+    log = tmp_path / "driver.log"
+    driver = start_driver(argv, log, env)
     deadline = time.time() + 420
     while time.time() < deadline and not any(r["status"] == "completed" for r in records(out)):
-        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        assert driver.poll() is None, log.read_text()[-3000:]
         time.sleep(2)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray instance it started die at once
     driver.wait()
     finished = {r["trial_id"]: r for r in records(out) if r["status"] == "completed"}
-    assert finished, (tmp_path / "driver.log").read_text()[-3000:]
+    assert finished, log.read_text()[-3000:]
     teachers = [k for k in keys(client, "studies/teachers/") if k.endswith(".pt")]
     assert len(teachers) == 2, teachers  # trained once, kept on S3 for the trials to fetch
     assert not os.path.exists(out / "ray")  # nothing of Ray's storage landed locally

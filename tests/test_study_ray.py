@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 
 import optuna
 import pandas as pd
@@ -19,25 +18,23 @@ import pytest
 import ray
 import torch
 
-from mgd_ray.data import NUM_CLASSES
+from mgd_ray.distributed.options import SMOKE
 from mgd_ray.distributed.search import RECORD_TO_OPTUNA_STATE, TRIAL_ID_ATTR
 from mgd_ray.distributed.study import StudyConfig, run_study
 from mgd_ray.models import build_model
-from tests.study_helpers import Head, cluster_is_idle, records, wait_for
+from tests.study_helpers import (
+    CLI,
+    Head,
+    cluster_is_idle,
+    random_teacher_files,
+    records,
+    start_driver,
+    wait_for,
+)
 
 pytestmark = pytest.mark.ray
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(
-    protocols=("1/8",),
-    iterations=4,
-    eval_every=2,
-    teacher_iterations=2,
-    crop_size=32,
-    batch_size=2,
-    loader_workers=0,
-    seeds=1,
-    verbose=False,
-)
+# --smoke's study (one protocol, two search trials, one seed), smaller still, and quiet.
+TINY = dict(SMOKE, iterations=4, teacher_iterations=2, eval_every=2, crop_size=32, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +53,15 @@ def cluster():
 
 def test_ddp_study_records_a_diverging_trial_and_finishes_the_rest(cluster, tmp_path):
     cluster_is_idle()
-    teachers = {}
-    for key, arch in (
-        ("teacher_deep_checkpoint", "deeplabv3plus_resnet101"),
-        ("teacher_wide_checkpoint", "deeplabv3plus_wide_resnet50_2"),
-    ):
-        teachers[key] = str(tmp_path / f"{key}.pt")
-        torch.save(build_model(arch, NUM_CLASSES["synthetic"]).state_dict(), teachers[key])
+    teachers = random_teacher_files(tmp_path)
     out = tmp_path / "study"
     cfg = StudyConfig(
         output_dir=str(out),
-        num_samples=2,
         workers_per_trial=2,
         max_concurrent_trials=1,
         ablation_variants=("supervised", "mgd_best"),
-        **teachers,
+        teacher_deep_checkpoint=teachers["deep"],
+        teacher_wide_checkpoint=teachers["wide"],
         **TINY,
     )
     # The second search point's enormous weights overflow the loss at once: it must diverge.
@@ -169,9 +160,7 @@ def results_bytes(out, exclude):
 def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_path):
     cluster_is_idle()
     out = tmp_path / "study"
-    argv = [
-        sys.executable,
-        os.path.join(REPO, "experiments", "tune_loss_weights.py"),
+    argv = CLI + [
         "--smoke",
         "--num-samples",
         "2",
@@ -188,9 +177,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
         "--quiet",
     ]
     log = tmp_path / "driver.log"
-    driver = subprocess.Popen(
-        argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
+    driver = start_driver(argv, log)
     try:
         # killed once an ablation trial has finished: after the search's best was exported and its
         # finished trials' weights were pruned, the riskiest point for --resume. The bound only
