@@ -91,13 +91,10 @@ class Holder:
 
 def study_config(tmp_path, **changes):
     """One Train worker taking both CPUs of the head (a second worker would only add start-up)."""
+    tiny = dict(protocols=("1/8",), iterations=4, eval_every=1, crop_size=32, batch_size=2)
     options = dict(
+        tiny,
         output_dir=str(tmp_path / "out"),
-        protocols=("1/8",),
-        iterations=4,
-        eval_every=1,
-        crop_size=32,
-        batch_size=2,
         loader_workers=0,
         cpus_per_worker=2,
         worker_start_timeout_s=20,
