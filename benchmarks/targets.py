@@ -314,30 +314,27 @@ def voc_file(targets: dict[str, torch.Tensor], folder: str) -> dict:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = arg_parser(__doc__)
-    p.add_argument(
+    add = p.add_argument
+    add(
         "--teacher-arch",
         default="deeplabv3plus_resnet18",
         help="teacher architecture for both roles (default ResNet-18: minutes to train on a CPU)",
     )
-    p.add_argument(
+    add(
         "--teacher-iterations",
         type=int,
         default=300,
         help="CPS iterations of each trained teacher",
     )
-    p.add_argument(
-        "--random-teachers", action="store_true", help="random-weight teachers, no training"
-    )
-    p.add_argument(
+    add("--random-teachers", action="store_true", help="random-weight teachers, no training")
+    add(
         "--iterations",
         type=int,
         default=40,
         help="data-stream iterations measured (rounding, store)",
     )
-    p.add_argument(
-        "--voc-chunks", type=int, default=4, help="2-image chunks of the VOC-size file (4: B = 8)"
-    )
-    p.add_argument("--quick", action="store_true", help="5 iterations, VOC size at B = 2 only")
+    add("--voc-chunks", type=int, default=4, help="2-image chunks of the VOC-size file (4: B = 8)")
+    add("--quick", action="store_true", help="5 iterations, VOC size at B = 2 only")
     return p
 
 
