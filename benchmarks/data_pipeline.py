@@ -91,31 +91,20 @@ def main(args: argparse.Namespace) -> None:
         for w, cfg in configs.items():
             delivered[w].append(loader_rate(cfg, args.loader_batches))
             reports[w].append(training_run(cfg))
+    columns = [
+        "loader workers",
+        "loaders alone: images/s",
+        "step consumes: images/s",
+        "supply / demand",
+        "data wait share (from the loop)",
+    ]
     rows = []
     for w in args.workers:
         consumed = median([r["iter_per_s"] for r in reports[w]]) * per_iteration
         supplied = median(delivered[w])
-        rows.append(
-            [
-                w,
-                supplied,
-                consumed,
-                supplied / consumed,
-                median([r["data_wait_share"] for r in reports[w]]),
-            ]
-        )
-    print(
-        table(
-            [
-                "loader workers",
-                "loaders alone: images/s",
-                "step consumes: images/s",
-                "supply / demand",
-                "data wait share (from the loop)",
-            ],
-            rows,
-        )
-    )
+        wait_share = median([r["data_wait_share"] for r in reports[w]])
+        rows.append([w, supplied, consumed, supplied / consumed, wait_share])
+    print(table(columns, rows))
 
 
 if __name__ == "__main__":
