@@ -187,11 +187,10 @@ def test_trials_give_back_their_workers_however_they_end(head, tmp_path):
     ]
 
 
+@pytest.mark.parametrize("head", ["no dashboard"], indirect=True)  # the same on every head
 def test_trials_waiting_for_workers_are_said_to_wait_and_who_holds_the_cluster(
     head, tmp_path, capsys
 ):
-    if head != "no dashboard":
-        pytest.skip("the same on every head: run once")
     cluster_is_idle()
     holder = Holder.remote()  # holds 1 of the 2 CPUs: a trial's 2-CPU worker cannot start
     ray.get(holder.ping.remote())
