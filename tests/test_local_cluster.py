@@ -1,9 +1,10 @@
 """Studies on the local autoscaled cluster (cluster-local.yaml, Ray's fake_multinode provider):
 worker nodes started from zero for waiting trials and removed when idle (a node lost mid-trial is
 in test_cluster_faults). Marked `cluster` (and `ray`): the test brings a cluster up and down. Also
-marked `slow` (about 5 minutes on 2 cores, most of it Ray Train's 180 s autoscaler requests
-expiring before the idle nodes can go), so the default suite leaves it out: test_cluster_faults
-starts worker nodes from zero on the same cluster layout. `pytest -m cluster` runs it."""
+marked `slow` (2 to 5 minutes on 2 cores: 113 s and about 300 s measured, up to 180 s of it
+waiting for Ray Train's autoscaler requests to expire before the idle nodes can go), so the
+default suite leaves it out: test_cluster_faults starts worker nodes from zero on the same
+cluster layout. `pytest -m cluster` runs it."""
 
 import os
 import subprocess

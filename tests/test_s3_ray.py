@@ -3,6 +3,7 @@ teachers trained once and uploaded, fetched by the trial workers, checkpoints on
 killed mid-study and resumed, and the report of the result. The endpoint reaches Ray, pyarrow and
 boto3 through the standard AWS_* variables, as a user of an S3-compatible store would set them."""
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from tests.study_helpers import CLI, REPO, free_port, records, start_driver
+from tests.study_helpers import CLI, REPO, free_port, records, start_driver, wait_for
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
@@ -87,10 +88,15 @@ def test_a_study_on_s3_storage_survives_a_killed_driver_and_reports(s3_env, tmp_
     ]
     log = tmp_path / "driver.log"
     driver = start_driver(argv, log, env)
-    deadline = time.time() + 420
-    while time.time() < deadline and not any(r["status"] == "completed" for r in records(out)):
-        assert driver.poll() is None, log.read_text()[-3000:]
-        time.sleep(2)
+    # The bound only catches a study that never gets there (about 4 minutes on 2 cores).
+    wait_for(
+        lambda: any(r["status"] == "completed" for r in records(out)),
+        1200,
+        "a search trial to complete",
+        driver,
+        log,
+        step=2,
+    )
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray instance it started die at once
     driver.wait()
     finished = {r["trial_id"]: r for r in records(out) if r["status"] == "completed"}
@@ -98,6 +104,10 @@ def test_a_study_on_s3_storage_survives_a_killed_driver_and_reports(s3_env, tmp_
     teachers = [k for k in keys(client, "studies/teachers/") if k.endswith(".pt")]
     assert len(teachers) == 2, teachers  # trained once, kept on S3 for the trials to fetch
     assert not os.path.exists(out / "ray")  # nothing of Ray's storage landed locally
+    # The protocol's teacher targets were written to S3 and the trials read them there.
+    store = json.loads((out / "targets.json").read_text())["1/8"]["store"]
+    assert store.startswith(f"s3://{BUCKET}/studies/targets/"), store
+    assert keys(client, "studies/targets/")
     # The search's Tune run did not finish: its finished trials' checkpoints are still on S3.
     assert any(
         "/train-" in k and "/checkpoint_" in k for k in keys(client, f"studies/{out.name}/")
@@ -124,6 +134,10 @@ def test_a_study_on_s3_storage_survives_a_killed_driver_and_reports(s3_env, tmp_
     # deleted from S3 (no --keep-trial-weights).
     assert (out / "models" / "1_8" / "best_student.pt").exists()
     assert not any("/train-" in k and "/checkpoint_" in k for k in study_keys), study_keys
+    # The resumed study finished the store the killed one had written, then deleted it.
+    assert json.loads((out / "targets.json").read_text())["1/8"]["deleted"] is True
+    # Nothing of it is left but the empty "targets/" folder marker that holds every store.
+    assert [k for k in keys(client, "studies/targets/") if not k.endswith("/")] == []
 
     report = subprocess.run(
         [sys.executable, "-m", "mgd_ray.report", str(out)],
