@@ -12,7 +12,7 @@ import re
 
 import pandas as pd
 
-from mgd_ray.report.tables import ABLATION_ROWS, GAIN_LABEL, GAIN_VARIANT, TEACHER_ROWS
+from mgd_ray.report.tables import ABLATION_ROWS, GAIN_ROWS, GAIN_VARIANTS, TEACHER_ROWS
 
 MISSING = "--"
 PM = "\u00b1"  # the +/- sign; LaTeX gets $\pm$
@@ -40,13 +40,24 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def miou_cell(mean: float, std: float, n: int) -> str:
-    """0.7231, 0.0052, 3 -> "72.31 ± 0.52 (n=3)"; one seed has no spread: "72.31 (n=1)"."""
+def miou_cell(mean: float, se: float, n: int) -> str:
+    """0.7231, 0.0052, 3 -> "72.31 ± 0.52 (n=3)" (± one standard error); one seed has none:
+    "72.31 (n=1)"."""
     if n == 0 or _missing(mean):
         return MISSING
-    if n == 1 or _missing(std):
+    if n == 1 or _missing(se):
         return f"{100 * mean:.2f} (n={n})"
-    return f"{100 * mean:.2f} {PM} {100 * std:.2f} (n={n})"
+    return f"{100 * mean:.2f} {PM} {100 * se:.2f} (n={n})"
+
+
+def gain_cell(mean: float, low: float, high: float, n) -> str:
+    """A paired gain in points with its 95% interval: 0.0321, 0.011, 0.0532, 3 ->
+    "+3.21 [+1.10, +5.32] (n=3)"; without an interval (one seed): "+3.21 (n=1)"."""
+    if _missing(mean) or not n:
+        return MISSING
+    if _missing(low):
+        return f"{100 * mean:+.2f} (n={n})"
+    return f"{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] (n={n})"
 
 
 def number_cell(value, spec: str = ".4g") -> str:
@@ -54,25 +65,23 @@ def number_cell(value, spec: str = ".4g") -> str:
 
 
 def ablation_grid(ablation: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows = teacher rows (when the table has them), ablation labels, then the gain row
-    (percentage points); columns = protocols. A cell at the all-background score ends in a
-    dagger."""
+    """Rows = teacher rows (when the table has them), ablation labels, then the gain rows
+    (percentage points, with their 95% interval); columns = protocols. A cell at the
+    all-background score ends in a dagger."""
     protocols = list(dict.fromkeys(ablation["protocol"]))
     present = set(ablation["variant"])
     labels = (
         [label for variant, label in TEACHER_ROWS if variant in present]
         + [label for _, label in ABLATION_ROWS]
-        + [GAIN_LABEL]
+        + [label for _, label, _ in GAIN_ROWS]
     )
     text = pd.DataFrame(MISSING, index=labels, columns=protocols)
     bold = pd.DataFrame(False, index=labels, columns=protocols)
     for row in ablation.itertuples():
-        if row.variant == GAIN_VARIANT:
-            text.loc[row.label, row.protocol] = (
-                MISSING if _missing(row.mean) else f"{100 * row.mean:+.2f}"
-            )
+        if row.variant in GAIN_VARIANTS:
+            text.loc[row.label, row.protocol] = gain_cell(row.mean, row.low, row.high, row.n)
         else:
-            cell = miou_cell(row.mean, row.std, row.n)
+            cell = miou_cell(row.mean, row.se, row.n)
             if getattr(row, "background", False) and cell != MISSING:
                 cell += f" {BACKGROUND_MARK}"
             text.loc[row.label, row.protocol] = cell

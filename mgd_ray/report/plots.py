@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mgd_ray.report.load import normalize_trials  # noqa: E402
-from mgd_ray.report.tables import ABLATION_ROWS, GAIN_VARIANT  # noqa: E402
+from mgd_ray.report.tables import ABLATION_ROWS, GAIN_VARIANTS  # noqa: E402
 from mgd_ray.schema import atomic_write  # noqa: E402
 
 
@@ -85,9 +85,10 @@ def plot_optimization_history(trials: pd.DataFrame, protocols: list[str], path: 
 
 
 def plot_ablation_bars(ablation: pd.DataFrame, path: str) -> str:
-    """Grouped bars: mean mIoU (%) per ablation row within each protocol, error bars = sample std
-    over seeds (none for one seed); missing cells have no bar and are labelled "n/a"."""
-    rows = ablation[ablation["variant"] != GAIN_VARIANT]
+    """Grouped bars: mean mIoU (%) per ablation row within each protocol, error bars = the 95%
+    interval of the mean over seeds (none for one seed); missing cells have no bar and are
+    labelled "n/a"."""
+    rows = ablation[~ablation["variant"].isin(GAIN_VARIANTS)]
     protocols = list(dict.fromkeys(rows["protocol"]))
     fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * len(protocols) + 3), 4.2))
     width = 0.8 / len(ABLATION_ROWS)
@@ -96,7 +97,7 @@ def plot_ablation_bars(ablation: pd.DataFrame, path: str) -> str:
     for k, (variant, label) in enumerate(ABLATION_ROWS):
         cells = rows[rows["variant"] == variant].set_index("protocol").reindex(protocols)
         mean = 100 * cells["mean"].to_numpy(dtype=float)
-        std = 100 * cells["std"].to_numpy(dtype=float)
+        std = 100 * (cells["high"] - cells["mean"]).to_numpy(dtype=float)
         pos = x - 0.4 + width * (k + 0.5)
         shown = np.isfinite(mean)
         ax.bar(pos[shown], mean[shown], width, label=label, color=f"C{k}")
@@ -108,14 +109,14 @@ def plot_ablation_bars(ablation: pd.DataFrame, path: str) -> str:
         for p in pos[~shown] if any_data else []:
             ax.text(p, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
     ax.set_xticks(x, [f"protocol {p}" for p in protocols])
-    ax.set_ylabel("mIoU (%)  (mean, error bar = std over seeds)")
+    ax.set_ylabel("mIoU (%)  (mean, error bar = 95% interval over seeds)")
     ax.set_title("Loss-term ablation (black edge: best per protocol)")
     ax.set_xlim(-0.5, max(len(protocols), 1) - 0.5)
     if not any_data:
         ax.set_ylim(0, 100)
         _no_data(ax, "no completed ablation trial yet")
     else:
-        top = np.nanmax(100 * (rows["mean"] + rows["std"].fillna(0.0)).to_numpy(dtype=float))
+        top = np.nanmax(100 * rows["high"].fillna(rows["mean"]).to_numpy(dtype=float))
         ax.set_ylim(0, top * 1.25)  # room for the legend above the bars
         ax.legend(fontsize=7, ncol=3, loc="upper center")
     ax.grid(axis="y", alpha=0.3)
@@ -170,4 +171,61 @@ def plot_threshold_curve(threshold: pd.DataFrame, path: str) -> str:
             ncol=max(len(handles[0]), 1),
         )
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# The rows a learning curve compares: the baseline and the paper's method.
+CURVE_ROWS = (("supervised", "Supervised only", "C0"), ("mgd_paper", "MGD (paper weights)", "C3"))
+
+
+def plot_learning_curves(trials: pd.DataFrame, protocols: list[str], path: str) -> str:
+    """One panel per protocol: val mIoU (%) against iteration for supervised only and MGD with
+    the paper's weights, from each completed ablation trial's history: a thin line per seed, the
+    band between the lowest and highest seed at each evaluation, and the mean over seeds."""
+    frame = normalize_trials(trials)
+    count = max(len(protocols), 1)
+    fig, axes = plt.subplots(1, count, figsize=(4.8 * count, 3.6), squeeze=False)
+    for ax, protocol in zip(axes[0], protocols or [None]):
+        ax.set_title(f"protocol {protocol}" if protocol else "no protocols")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("val mIoU (%)")
+        drawn = False
+        for variant, label, colour in CURVE_ROWS:
+            runs = frame[
+                (frame["kind"] == "ablation")
+                & (frame["protocol"] == protocol)
+                & (frame["variant"] == variant)
+                & (frame["status"] == "completed")
+            ]
+            curves = {}
+            for seed, history in zip(runs["seed"], runs["history"]):
+                points = {
+                    int(h["iteration"]): 100 * float(h["miou"])
+                    for h in history
+                    if isinstance(h, dict) and h.get("miou") is not None
+                }
+                if points:
+                    curves[seed] = pd.Series(points).sort_index()
+            if not curves:
+                continue
+            drawn = True
+            table = pd.DataFrame(curves).sort_index()
+            for seed in table.columns:
+                ax.plot(table.index, table[seed], color=colour, alpha=0.35, linewidth=0.8)
+            ax.fill_between(
+                table.index, table.min(axis=1), table.max(axis=1), color=colour, alpha=0.15
+            )
+            ax.plot(
+                table.index,
+                table.mean(axis=1),
+                color=colour,
+                linewidth=2,
+                label=f"{label} (mean of {table.shape[1]} seed(s))",
+            )
+        if drawn:
+            ax.legend(fontsize=7, loc="lower right")
+            ax.grid(alpha=0.3)
+        else:
+            ax.set_ylim(0, 100)
+            _no_data(ax, "no completed supervised / MGD ablation trial yet")
     return _save(fig, path)

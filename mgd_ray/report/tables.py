@@ -2,18 +2,21 @@
 
 Tables come out in long (tidy) form with numbers, mIoU as a fraction like the trial files; turning
 them into text (percent, "--" for missing, bold best) is `write.py`'s job. A missing value is NaN
-with n = 0, never 0.0, so an interrupted study cannot pass off an empty cell as a result.
+with n = 0, never 0.0, so an interrupted study cannot pass off an empty cell as a result. Means,
+standard errors, intervals and paired differences come from `stats.py`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
 from mgd_ray.report.load import CONFIG_KEYS, normalize_trials
+from mgd_ray.report.stats import Estimate, ahead, paired_difference
 from mgd_ray.schema import ABLATION_VARIANTS, best_trial
 
 ABLATION_LABELS = {
@@ -26,14 +29,18 @@ ABLATION_LABELS = {
 }
 # (variant, row label) in the order the ablation table shows them (schema.ABLATION_VARIANTS).
 ABLATION_ROWS = tuple((variant, ABLATION_LABELS[variant]) for variant in ABLATION_VARIANTS)
-GAIN_VARIANT, GAIN_LABEL = "gain", "Gain of MGD over supervised"
+GAIN_VARIANT, GAIN_LABEL = "gain", "Gain of MGD (paper weights) over supervised"
+GAIN_BEST_VARIANT, GAIN_BEST_LABEL = "gain_best", "Gain of MGD (best found) over supervised"
+# The gain rows: (variant, label, the MGD row it measures); each is that row minus supervised only,
+# paired by seed (stats.paired_difference).
+GAIN_ROWS = (
+    (GAIN_VARIANT, GAIN_LABEL, "mgd_paper"),
+    (GAIN_BEST_VARIANT, GAIN_BEST_LABEL, "mgd_best"),
+)
+GAIN_VARIANTS = tuple(variant for variant, _, _ in GAIN_ROWS)
 # The teachers' own scores head the ablation table, as in the paper's tables: a distillation row
 # means nothing without them.
 TEACHER_ROWS = (("teacher_deep", "Teacher T_D (deep)"), ("teacher_wide", "Teacher T_W (wide)"))
-# With one seed a row has no spread: "best" then needs a lead of more than this much mIoU. Two
-# points: on the synthetic set the supervised student's seed-to-seed std was 1.26 points (5 seeds,
-# 150 iterations, `mgd_ray.engine.runner`), so a smaller lead from one seed each can be chance.
-SINGLE_SEED_MARGIN = 0.02
 # A row within this much mIoU of the all-background score learned nothing beyond the class prior.
 BACKGROUND_MARGIN = 0.01
 THRESHOLD_EDGES = (0.0, 0.5, 0.7, 0.8, 0.9, 1.0)
@@ -50,6 +57,18 @@ SEARCH_COLUMNS = [
     "gpu_hours",
     "cpu_hours",
 ]
+ABLATION_COLUMNS = [
+    "variant",
+    "label",
+    "protocol",
+    "mean",
+    "std",
+    "se",
+    "low",
+    "high",
+    "n",
+    "best",
+]
 
 
 def _dedupe_seeds(done: pd.DataFrame) -> pd.DataFrame:
@@ -58,18 +77,22 @@ def _dedupe_seeds(done: pd.DataFrame) -> pd.DataFrame:
     return order.drop_duplicates(["protocol", "variant", "seed"], keep="last")
 
 
-def separated_best(column: pd.DataFrame, margin: float = SINGLE_SEED_MARGIN) -> list:
-    """Index of the row to mark best in one protocol's column (mean, std, n), or [] when the top
-    row does not lead the runner-up by more than the larger seed spread (sample std) of the two,
-    or by more than `margin` when neither has a spread (one seed each). One measured row, or a
-    tie, has nothing it beats."""
+def per_seed(done: pd.DataFrame, variant: str, protocol: str) -> dict[int, float]:
+    """{seed: mIoU} of one row's completed ablation trials (deduplicated)."""
+    rows = done[(done["variant"] == variant) & (done["protocol"] == protocol)]
+    return {int(seed): float(miou) for seed, miou in zip(rows["seed"], rows["miou"])}
+
+
+def separated_best(column: pd.DataFrame, seeds: Mapping[str, Mapping[int, float]]) -> list:
+    """Index of the row to mark best in one protocol's student rows (columns variant, mean, n),
+    or []: the top row by mean is best only when it is ahead of the runner-up (stats.ahead: the
+    95% interval of their paired difference over common seeds lies above 0). `seeds` maps each
+    variant to its {seed: mIoU}. One measured row, or one seed, has nothing it beats."""
     measured = column[column["n"] > 0].sort_values("mean", ascending=False, kind="stable")
     if len(measured) < 2:
         return []
     top, second = measured.iloc[0], measured.iloc[1]
-    spreads = [s for s in (top["std"], second["std"]) if not math.isnan(s)]
-    needed = max(spreads) if spreads else margin
-    return [measured.index[0]] if top["mean"] - second["mean"] > needed else []
+    return [measured.index[0]] if ahead(seeds[top["variant"]], seeds[second["variant"]]) else []
 
 
 def at_background(
@@ -79,12 +102,19 @@ def at_background(
     return background is not None and not math.isnan(mean) and mean <= background + margin
 
 
-def _ablation_row(
-    variant: str, label: str, protocol: str, mean: float, std: float, n: int
-) -> dict:
+def _ablation_row(variant: str, label: str, protocol: str, estimate: Estimate) -> dict:
     """One row of the long-form ablation table, not (yet) marked best."""
     return dict(
-        variant=variant, label=label, protocol=protocol, mean=mean, std=std, n=n, best=False
+        variant=variant,
+        label=label,
+        protocol=protocol,
+        mean=estimate.mean,
+        std=estimate.std,
+        se=estimate.se,
+        low=estimate.low,
+        high=estimate.high,
+        n=estimate.n,
+        best=False,
     )
 
 
@@ -94,52 +124,44 @@ def ablation_table(
     teachers: dict | None = None,
     background: float | None = None,
 ) -> pd.DataFrame:
-    """Loss-term ablation, long form: one row per (ablation row, protocol) with columns
-    variant, label, protocol, mean, std (ddof=1; NaN for n < 2), n, best, background; then the
-    gain rows (mean = best MGD mean - supervised mean). Only completed trials with a finite mIoU
-    count. `teachers` ({protocol: {"deep": miou, "wide": miou}}) adds the two teacher rows first
-    (n = 1, never best); `background` (the all-background mIoU) flags rows at that level.
-    "best" follows `separated_best`."""
+    """Loss-term ablation, long form: one row per (ablation row, protocol) with columns variant,
+    label, protocol, mean, std (ddof=1), se (std / sqrt(n)), low / high (the 95% t-interval of the
+    mean; NaN for n < 2), n, best, background; then the gain rows: each MGD row minus supervised
+    only, paired by seed (mean, se and interval of the per-seed differences, n = seeds both rows
+    have). Only completed trials with a finite mIoU count. `teachers` ({protocol: {"deep": miou,
+    "wide": miou}}) adds the two teacher rows first (n = 1, never best); `background` (the
+    all-background mIoU) flags rows at that level. "best" follows `separated_best`."""
     frame = normalize_trials(trials)
     done = frame[
         (frame["kind"] == "ablation") & (frame["status"] == "completed") & frame["miou"].notna()
     ]
     done = _dedupe_seeds(done)
-    stats = done.groupby(["variant", "protocol"])["miou"].agg(["mean", "std", "count"])
     rows = []
     if teachers is not None:
         for variant, label in TEACHER_ROWS:
             for protocol in protocols:
                 miou = (teachers.get(protocol) or {}).get(variant.removeprefix("teacher_"))
-                miou = math.nan if miou is None else float(miou)
-                n = 0 if math.isnan(miou) else 1
-                rows.append(_ablation_row(variant, label, protocol, miou, math.nan, n))
+                estimate = Estimate.of([] if miou is None else [float(miou)])
+                rows.append(_ablation_row(variant, label, protocol, estimate))
+    seeds = {
+        protocol: {variant: per_seed(done, variant, protocol) for variant, _ in ABLATION_ROWS}
+        for protocol in protocols
+    }
     for variant, label in ABLATION_ROWS:
         for protocol in protocols:
-            mean, std, n = (
-                stats.loc[(variant, protocol)]
-                if (variant, protocol) in stats.index
-                else (math.nan, math.nan, 0)
-            )
-            std = float(std) if n >= 2 else math.nan
-            rows.append(_ablation_row(variant, label, protocol, float(mean), std, int(n)))
-    table = pd.DataFrame(
-        rows, columns=["variant", "label", "protocol", "mean", "std", "n", "best"]
-    )
+            estimate = Estimate.of(seeds[protocol][variant].values())
+            rows.append(_ablation_row(variant, label, protocol, estimate))
+    for variant, label, mgd in GAIN_ROWS:
+        for protocol in protocols:
+            gain = paired_difference(seeds[protocol][mgd], seeds[protocol]["supervised"])
+            rows.append(_ablation_row(variant, label, protocol, gain))
+    table = pd.DataFrame(rows, columns=ABLATION_COLUMNS).astype({"n": "Int64"})
     students = table["variant"].isin([v for v, _ in ABLATION_ROWS])
     for protocol in protocols:
-        table.loc[separated_best(table[students & (table["protocol"] == protocol)]), "best"] = True
-    gains = []
-    for protocol in protocols:
-        column = table[students & (table["protocol"] == protocol)].set_index("variant")["mean"]
-        mgd = column[["mgd_paper", "mgd_best"]].max()  # skips a missing MGD row
-        gain = mgd - column["supervised"]  # NaN if either side is missing
-        gains.append(_ablation_row(GAIN_VARIANT, GAIN_LABEL, protocol, float(gain), math.nan, 0))
-    gains = pd.DataFrame(gains, columns=table.columns)
-    table = pd.concat([table, gains], ignore_index=True).astype({"n": "Int64"})
-    table.loc[table["variant"] == GAIN_VARIANT, "n"] = pd.NA  # a difference has no seed count
+        column = table[students & (table["protocol"] == protocol)]
+        table.loc[separated_best(column, seeds[protocol]), "best"] = True
     table["background"] = [
-        variant != GAIN_VARIANT and at_background(mean, background)
+        variant not in GAIN_VARIANTS and at_background(mean, background)
         for variant, mean in zip(table["variant"], table["mean"])
     ]
     return table

@@ -22,14 +22,16 @@ from mgd_ray.report.load import (
     load_study,
     load_teachers,
     load_trials,
+    normalize_trials,
     study_protocols,
     teacher_mious,
 )
+from mgd_ray.report.stats import CONFIDENCE, Estimate
 from mgd_ray.report.tables import (
     BACKGROUND_MARGIN,
-    GAIN_LABEL,
+    GAIN_ROWS,
     GAIN_VARIANT,
-    SINGLE_SEED_MARGIN,
+    GAIN_VARIANTS,
     ablation_table,
     search_table,
     threshold_table,
@@ -38,16 +40,19 @@ from mgd_ray.schema import write_text_atomic
 
 REPORT_SUBDIR = "report"
 CAPTIONS = {
-    "ablation": "Loss-term ablation: mIoU (%) on val, mean \u00b1 sample std over seeds of "
-    "completed trials (n = seeds; -- = no completed trial); teacher rows: each "
-    "teacher's own mIoU. Bold: the best student row of a protocol, only where it "
-    "leads the runner-up by more than the larger seed std of the two (by more than "
-    f"{100 * SINGLE_SEED_MARGIN:.2f} points when neither has a spread); no bold = "
-    f"the rows are not separated. \u2020 = within {100 * BACKGROUND_MARGIN:.2f} "
-    "points of the all-background score (predicting background everywhere). Gain in "
-    "percentage points: best MGD row minus supervised only.",
+    "ablation": "Loss-term ablation: mIoU (%) on val, mean \u00b1 standard error over seeds of "
+    "completed trials (n = seeds; -- = no completed trial); teacher rows: each teacher's own "
+    "mIoU. Seeds are paired across rows (a seed fixes the student's initial weights, data order "
+    "and CutMix masks in every row). Bold: the best student row of a protocol, only where the "
+    f"{100 * CONFIDENCE:.0f}% interval of its per-seed difference from the runner-up lies above "
+    "zero; no bold = the rows are not separated (never with one seed). \u2020 = within "
+    f"{100 * BACKGROUND_MARGIN:.2f} points of the all-background score (predicting background "
+    "everywhere). Gains in percentage points: each MGD row minus supervised only, per seed, mean "
+    f"and its {100 * CONFIDENCE:.0f}% Student-t interval [low, high] over the seeds both rows "
+    "have.",
     "search": "Search per protocol: best completed trial's loss weights and confidence threshold "
-    "tau, its mIoU (%), trials by status and device-hours spent on all search trials.",
+    "tau, its mIoU (%) on the held-out selection set the search ranks trials on (val for "
+    "protocol full), trials by status and device-hours spent on all search trials.",
     "threshold": "Threshold sensitivity: mean mIoU (%) and kept-pixel fraction of search trials "
     "by confidence-threshold bin; early-stopped trials count with their last mIoU.",
     "importance": "Hyperparameter importance of the search (Optuna evaluator over completed "
@@ -98,9 +103,17 @@ def regime(study: dict[str, Any]) -> str:
     return "ImageNet-initialised (assumed: study.json does not say)"
 
 
-def what_the_run_was(study: dict[str, Any], ablation: pd.DataFrame | None = None) -> list[str]:
-    """REPORT.md's opening: dataset, regime, budget per run, seeds, and one sentence on what this
-    budget can and cannot show, with the command whose results separate the rows."""
+def what_the_run_was(
+    study: dict[str, Any],
+    ablation: pd.DataFrame | None = None,
+    trials: pd.DataFrame | None = None,
+    showcase: dict[str, Any] | None = None,
+) -> list[str]:
+    """REPORT.md's opening: dataset, regime, budget per run, seeds, how trials were selected and
+    how rows are compared; then the verdicts, each from the statistics of `stats.py`: whether any
+    row is separated, MGD against supervised, the search's spread against the seed spread, and
+    whether TPE and ASHA acted. A study that is not the showcase quotes the showcase's measured
+    verdict (`showcase`: the record shipped in mgd_ray/presets/showcase.json)."""
     budget = study.get("budget") or {}
     background = study.get("background_miou")
     lines = [
@@ -108,7 +121,8 @@ def what_the_run_was(study: dict[str, Any], ablation: pd.DataFrame | None = None
         "",
         f"- Dataset: {study.get('dataset', fmt.MISSING)}"
         + (f" ({study['num_classes']} classes)" if study.get("num_classes") else "")
-        + f"; regime: {regime(study)}; device: {study.get('device', fmt.MISSING)}",
+        + f"; regime: {regime(study)}; device: {study.get('device', fmt.MISSING)}"
+        + (f"; budget: {budget['name']}" if budget.get("name") else ""),
         f"- Budget per run: teachers {_per_protocol(budget.get('teacher_iterations'))} "
         "iterations, students "
         f"{_per_protocol(budget.get('student_iterations', study.get('iterations')))} iterations"
@@ -116,6 +130,19 @@ def what_the_run_was(study: dict[str, Any], ablation: pd.DataFrame | None = None
         + (f", crop {budget['crop_size']}" if budget.get("crop_size") else ""),
         f"- Seeds per ablation row: {budget.get('ablation_seeds', fmt.MISSING)}; search trials "
         f"per protocol: {budget.get('search_trials', fmt.MISSING)}",
+        "- Selection: the search ranks its trials on a held-out selection set of the training "
+        "split (unlabeled images whose labels training never uses"
+        + (
+            f": {_per_protocol(budget['selection_images'])} images"
+            if budget.get("selection_images")
+            else ""
+        )
+        + '); every ablation row, "MGD (best found)" included, is trained again with seeds '
+        "the search never used and reported on val.",
+        f"- Comparisons: seeds are paired across rows (common random numbers: a seed fixes the "
+        f"student's initial weights, data order and CutMix masks in every row); a row is ahead "
+        f"of another only when the {100 * CONFIDENCE:.0f}% Student-t interval of their per-seed "
+        f"difference excludes zero.",
     ]
     if background is not None:
         lines.append(
@@ -128,60 +155,140 @@ def what_the_run_was(study: dict[str, Any], ablation: pd.DataFrame | None = None
     ]
     if ablation is not None:
         lines += [f"- {line}" for line in mgd_against_supervised(ablation)]
+    if trials is not None:
+        lines += [f"- {line}" for line in search_spread(trials, ablation, budget)]
+    if showcase and budget.get("name") != "showcase" and study.get("dataset") == "synthetic":
+        lines += ["", *showcase_lines(showcase)]
     return lines
 
 
+def showcase_lines(record: dict[str, Any]) -> list[str]:
+    """What the showcase found, as a record: its command, when and where it was measured, how
+    long it took, and its verdicts."""
+    return [
+        f"**What the showcase found** (a record, not this run's result): `{record['command']}`, "
+        f"measured on {record['date']} at commit {record['commit']}, {record['minutes']:.0f} "
+        f"minutes on {record['machine']}:",
+        *(f"- {line}" for line in record["verdicts"]),
+    ]
+
+
+def _row(ablation: pd.DataFrame, variant: str, protocol: str) -> pd.Series | None:
+    rows = ablation[(ablation["variant"] == variant) & (ablation["protocol"] == protocol)]
+    return rows.iloc[0] if len(rows) else None
+
+
+def _estimate_text(row: pd.Series) -> str:
+    if not row["n"] or pd.isna(row["n"]):
+        return fmt.MISSING
+    if pd.isna(row["se"]):
+        return f"{100 * row['mean']:.2f} (n={row['n']})"
+    return f"{100 * row['mean']:.2f} \u00b1 {100 * row['se']:.2f} (n={row['n']})"
+
+
 def mgd_against_supervised(ablation: pd.DataFrame) -> list[str]:
-    """Per protocol with both rows measured: whether MGD with the paper's weights leads supervised
-    only by more than the report's margin (the larger seed std of the two rows, or 2 points when
-    neither has a spread), and when not, why: teachers at the background level, teachers too close
-    to the supervised student (within the margin), or else the budget (too few iterations or
-    seeds for the gain to exceed the margin)."""
+    """Per protocol with both rows measured: MGD with the paper's weights against supervised only,
+    by their paired gain and its interval: ahead (interval above zero), behind (below), or not
+    separated; and when not ahead, why: teachers at the background level, teachers not above the
+    supervised student, one seed (no interval), or else the budget."""
     lines = []
-    for protocol, rows in ablation.groupby("protocol", sort=False):
-        by_variant = rows.set_index("variant")
-        if not {"supervised", "mgd_paper"} <= set(by_variant.index):
+    for protocol in dict.fromkeys(ablation["protocol"]):
+        sup, mgd = _row(ablation, "supervised", protocol), _row(ablation, "mgd_paper", protocol)
+        gain = _row(ablation, GAIN_VARIANT, protocol)
+        if sup is None or mgd is None or gain is None or not (sup["n"] and mgd["n"]):
             continue
-        sup, mgd = by_variant.loc["supervised"], by_variant.loc["mgd_paper"]
-        if not (sup["n"] and mgd["n"]) or pd.isna(sup["n"]) or pd.isna(mgd["n"]):
+        if pd.isna(sup["n"]) or pd.isna(mgd["n"]) or pd.isna(gain["mean"]):
             continue
-        spreads = [s for s in (sup["std"], mgd["std"]) if not math.isnan(s)]
-        margin = max(spreads) if spreads else SINGLE_SEED_MARGIN
-        gain = mgd["mean"] - sup["mean"]
         said = (
-            f"{protocol}: MGD with the paper's weights {100 * mgd['mean']:.2f} against "
-            f"supervised only {100 * sup['mean']:.2f}, {100 * gain:+.2f} points (margin "
-            f"{100 * margin:.2f})"
+            f"{protocol}: MGD with the paper's weights {_estimate_text(mgd)} against supervised "
+            f"only {_estimate_text(sup)}: paired gain "
+            f"{fmt.gain_cell(*gain[['mean', 'low', 'high', 'n']])}"
         )
-        teachers = by_variant.loc[
-            [v for v in ("teacher_deep", "teacher_wide") if v in by_variant.index]
+        difference = Estimate(*gain[["mean", "std", "se", "low", "high", "n"]])
+        if difference.n >= 2:
+            said += f", {difference.standard_errors:.1f} standard errors"
+        teachers = [
+            row
+            for variant in ("teacher_deep", "teacher_wide")
+            if (row := _row(ablation, variant, protocol)) is not None and row["n"]
         ]
-        teachers = teachers[teachers["n"].fillna(0) > 0]
-        best_teacher = teachers["mean"].max() if len(teachers) else math.nan
-        if gain > margin:
-            lines.append(f"{said}: **MGD leads by more than the margin**.")
-        elif len(teachers) and teachers["background"].all():
-            lines.append(f"{said}: not ahead; the teachers score at the all-background level.")
-        elif not math.isnan(best_teacher) and best_teacher - sup["mean"] <= margin:
+        best_teacher = max((t["mean"] for t in teachers), default=math.nan)
+        if difference.excludes_zero and difference.mean > 0:
+            lines.append(f"{said}: **MGD is ahead** (the interval lies above zero).")
+        elif difference.excludes_zero:
+            lines.append(f"{said}: **MGD is behind** (the interval lies below zero).")
+        elif teachers and all(bool(t["background"]) for t in teachers):
+            lines.append(f"{said}: not separated; the teachers score at the all-background level.")
+        elif not math.isnan(best_teacher) and best_teacher <= sup["mean"]:
             lines.append(
-                f"{said}: not ahead; the teachers are too close to the students (best teacher "
-                f"{100 * best_teacher:.2f}, {100 * (best_teacher - sup['mean']):+.2f} points "
-                "over the supervised student: within the margin, they have little to teach)."
+                f"{said}: not separated; the teachers are not above the supervised student (best "
+                f"teacher {100 * best_teacher:.2f}): they have little to teach."
             )
+        elif difference.n < 2:
+            lines.append(f"{said}: not separated; one paired seed has no interval.")
         else:
             lines.append(
-                f"{said}: not ahead by more than the margin at this budget (more iterations or "
-                "seeds per row would be needed to tell)."
+                f"{said}: not separated at this budget (the interval contains zero; more seeds "
+                "or iterations per row would be needed to tell)."
             )
+    return lines
+
+
+def search_spread(
+    trials: pd.DataFrame, ablation: pd.DataFrame | None, budget: dict[str, Any]
+) -> list[str]:
+    """Per protocol: the best and worst completed search trial against the seed spread (the
+    largest sample std over seeds of the student rows), and whether TPE left its random start-up
+    and ASHA stopped any trial."""
+    frame = normalize_trials(trials)
+    lines = []
+    for protocol in dict.fromkeys(frame["protocol"]):
+        search = frame[(frame["protocol"] == protocol) & (frame["kind"] == "search")]
+        done = search[(search["status"] == "completed") & search["miou"].notna()]
+        if not len(done):
+            continue
+        spread = math.nan
+        if ablation is not None:
+            students = ablation[
+                (ablation["protocol"] == protocol)
+                & ~ablation["variant"].isin([*GAIN_VARIANTS, "teacher_deep", "teacher_wide"])
+            ]
+            spread = students["std"].max()
+        best, worst = done["miou"].max(), done["miou"].min()
+        said = (
+            f"{protocol} search: best trial {100 * best:.2f}, worst {100 * worst:.2f} "
+            f"({len(done)} completed, on the selection set)"
+        )
+        if pd.isna(spread):
+            said += "; no seed spread measured (one seed per row)"
+        elif best - worst > spread:
+            said += (
+                f": **they differ by {100 * (best - worst):.2f} points, more than the seed "
+                f"spread** ({100 * spread:.2f}, the largest std over seeds of a student row)"
+            )
+        else:
+            said += (
+                f": within the seed spread ({100 * spread:.2f}); this search cannot rank its "
+                "trials"
+            )
+        startup = budget.get("tpe_startup_trials")
+        stopped = int((search["status"] == "early_stopped").sum())
+        if startup is not None:
+            modelled = max(0, len(search) - int(startup))
+            said += (
+                f". TPE: {min(len(search), int(startup))} random start-up trial(s), "
+                f"{modelled} suggested from its model"
+            )
+        said += f"; ASHA stopped {stopped} trial(s) early."
+        lines.append(said)
     return lines
 
 
 def _verdict(ablation: pd.DataFrame | None, command: str | None, note: str = "") -> str:
     """One sentence: whether the rows are separated at this budget, and what to run if not."""
+    others = [*GAIN_VARIANTS, "teacher_deep", "teacher_wide"]
     students = (
-        ablation[~ablation["variant"].isin([GAIN_VARIANT, "teacher_deep", "teacher_wide"])]
-        if ablation is not None
-        else pd.DataFrame()
+        ablation[~ablation["variant"].isin(others)] if ablation is not None else pd.DataFrame()
     )
     measured = students[students["n"].fillna(0) > 0] if len(students) else students
     teachers = (
@@ -191,21 +298,23 @@ def _verdict(ablation: pd.DataFrame | None, command: str | None, note: str = "")
     )
     weak_teachers = bool(len(teachers)) and bool(teachers["background"].any())
     separated = bool(len(measured)) and bool(measured["best"].any())
-    run = (
-        f" A larger budget may separate the rows (not measured to do so): run `{command}`{note}."
-        if command
-        else ""
-    )
+    run = f" The rows separate in the showcase: run `{command}`{note}." if command else ""
     if not len(measured):
         return "**No ablation row has finished yet.**" + run
     if separated and not weak_teachers:
         return (
-            "**At this budget some rows are separated**: a bold cell leads its runner-up by more "
-            "than the seed spread; unbolded protocols are not separated." + run
+            "**At this budget some rows are separated**: a bold cell is ahead of its runner-up "
+            f"(the {100 * CONFIDENCE:.0f}% interval of their paired difference lies above zero); "
+            "unbolded protocols are not separated."
         )
-    reasons = (
-        [] if separated else ["its ablation rows do not differ by more than their seed spread"]
-    )
+    seeds = int(measured["n"].max())
+    reasons = []
+    if not separated:
+        reasons.append(
+            "with one seed per row no row can be told apart from another"
+            if seeds < 2
+            else "no row is ahead of its runner-up beyond the interval of their paired difference"
+        )
     if weak_teachers:
         measured_teachers = teachers[teachers["n"].fillna(0) > 0]
         who = "its teachers score" if measured_teachers["background"].all() else "a teacher scores"
@@ -229,10 +338,12 @@ def report_index(
     ablation: pd.DataFrame | None = None,
     teachers: dict[str, Any] | None = None,
     models: dict[str, Any] | None = None,
+    showcase: dict[str, Any] | None = None,
 ) -> str:
-    """REPORT.md's text: what the run was, the study and its state, then each table and plot
-    with links. `sections` maps table name to its Markdown body; `paths` are relative to
-    RESULTS_DIR; `teachers` (teachers.json) and `models` (best students) list files and sizes."""
+    """REPORT.md's text: what the run was (with the showcase's record, `showcase`), the study and
+    its state, then each table and plot with links. `sections` maps table name to its Markdown
+    body; `paths` are relative to RESULTS_DIR; `teachers` (teachers.json) and `models` (best
+    students) list files and sizes."""
     counts = trials["status"].value_counts()
     state = ", ".join(
         f"{int(counts[s])} {s.replace('_', '-')}"
@@ -249,7 +360,7 @@ def report_index(
     lines = [
         "# MGD study report",
         "",
-        *what_the_run_was(study, ablation),
+        *what_the_run_was(study, ablation, trials, showcase),
         "",
         "## Study",
         "",
@@ -287,6 +398,7 @@ def report_index(
         "optimization_history": "Optimisation history",
         "ablation_bars": "Ablation bars",
         "threshold_curve": "Threshold curve",
+        "learning_curves": "Learning curves (supervised only and MGD, every seed)",
     }
     lines += ["", "## Plots"]
     for name, title in figures.items():
@@ -324,7 +436,7 @@ def generate_report(
     }
     paths, sections = {}, {}
     for name, (long, grid, strong) in grids.items():
-        extra = {"midrule_before": (GAIN_LABEL,)} if name == "ablation" else {}
+        extra = {"midrule_before": (GAIN_ROWS[0][1],)} if name == "ablation" else {}
         for ext, path in write_table(out_dir, name, long, grid, strong, **extra).items():
             paths[f"{name}_{ext}"] = path
         sections[name] = fmt.to_markdown(grid, strong) if len(grid) else "(no rows yet)"
@@ -334,6 +446,9 @@ def generate_report(
     )
     paths["ablation_bars"] = plots.plot_ablation_bars(
         ablation, os.path.join(out_dir, "ablation_bars.png")
+    )
+    paths["learning_curves"] = plots.plot_learning_curves(
+        trials, protocols, os.path.join(out_dir, "learning_curves.png")
     )
     paths["threshold_curve"] = plots.plot_threshold_curve(
         threshold, os.path.join(out_dir, "threshold_curve.png")
@@ -350,9 +465,26 @@ def generate_report(
         ablation=ablation,
         teachers=teachers,
         models=_best_students(results_dir),
+        showcase=showcase_record(),
     )
     paths["index"] = write_text_atomic(os.path.join(results_dir, "REPORT.md"), index)
     return {name: os.path.abspath(path) for name, path in paths.items()}
+
+
+SHOWCASE_RECORD = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "presets", "showcase.json"
+)
+
+
+def showcase_record(path: str = SHOWCASE_RECORD) -> dict[str, Any] | None:
+    """The showcase's measured verdict shipped with the package (mgd_ray/presets/showcase.json:
+    command, date, commit, minutes, machine, verdicts), or None when there is none."""
+    if not os.path.exists(path):
+        return None
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _per_protocol(value) -> str:
