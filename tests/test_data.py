@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -31,8 +32,10 @@ from mgd_ray.data import (
     labeled_count,
     to_tensor,
 )
+from mgd_ray.data.build import HOLDOUT_IMAGES, holdout_samples
 from mgd_ray.data.io import read_label
 from mgd_ray.data.splits import write_split
+from mgd_ray.data.synthetic import CLASS_HUES, HUE_JITTER
 from mgd_ray.data.transforms import PAD_COLOUR
 from tests.data_trees import (
     cityscapes_raw_label,
@@ -135,6 +138,29 @@ def test_voc_loads_with_generated_split(voc_root, tmp_path):
         build_datasets(voc_cfg(root, tmp_path, protocol="1/4", crop_size=32)).labeled_ids
         == data.labeled_ids
     )
+
+
+def test_holdout_is_a_seeded_part_of_the_unlabeled_split_with_its_labels(voc_root, tmp_path):
+    root, labels = voc_root
+    cfg = voc_cfg(root, tmp_path, protocol="1/4", crop_size=32)
+    data = build_datasets(cfg)
+    held = [data.holdout[i][2] for i in range(len(data.holdout))]
+    # 12 unlabeled images, fewer than HOLDOUT_IMAGES["voc"]: every one is held out, in list order
+    assert held == data.unlabeled_ids and not set(held) & set(data.labeled_ids)
+    image, label, image_id = data.holdout[0]
+    assert np.array_equal(label.numpy(), labels[image_id]) and image.shape[1:] == label.shape
+    assert len(data.unlabeled) == 12  # the held-out images stay in the unlabeled stream
+
+    samples = [Sample(f"u{i}", f"/none/u{i}.jpg", str(tmp_path / f"u{i}.png")) for i in range(200)]
+    for sample in samples[:150]:  # the last 50 have no label file: never held out
+        Path(sample.label).write_bytes(b"")
+    pick = {seed: holdout_samples(samples, DataConfig(seed=seed)) for seed in (0, 1)}
+    assert len(pick[0]) == HOLDOUT_IMAGES["synthetic"] == 64
+    assert {s.id for s in pick[0]} <= {f"u{i}" for i in range(150)}
+    assert pick[0] == holdout_samples(samples, DataConfig(seed=0))  # seeded
+    assert pick[0] != pick[1]
+    full = build_datasets(voc_cfg(root, tmp_path, protocol="full", crop_size=32))
+    assert len(full.holdout) == 0  # every image is labeled: nothing to hold out
 
 
 def test_voc_palette_labels_in_segmentation_class_are_read_as_indices(tmp_path):
@@ -261,6 +287,20 @@ def test_synthetic_set_is_deterministic_and_in_voc_layout(tmp_path):
     assert (
         0.35 < (labels == 0).mean() < 0.65
     )  # objects are large: background is about half the pixels
+    # Every object class keeps its hue family; a distractor (background) wears one too, so
+    # saturated pixels labelled background exist and colour alone cannot give the class.
+    images = np.stack(
+        [
+            cv2.cvtColor(cv2.imread(str(a / "JPEGImages" / f"{i}.jpg")), cv2.COLOR_BGR2HSV)
+            for i in train[:40]
+        ]
+    )
+    saturated = images[..., 1] > 120
+    for cls, hue in CLASS_HUES.items():
+        hues = images[..., 0][(labels == cls) & saturated].astype(float)
+        distance = np.abs((hues - hue + 90) % 180 - 90)  # hue is circular (0..180)
+        assert np.median(distance) < HUE_JITTER + 3, cls
+    assert ((labels == 0) & saturated).mean() > 0.02  # distractors
     other = generate_synthetic(tmp_path / "c", seed=1)
     assert (other / "JPEGImages" / f"{train[0]}.jpg").read_bytes() != (
         a / "JPEGImages" / f"{train[0]}.jpg"
@@ -269,10 +309,10 @@ def test_synthetic_set_is_deterministic_and_in_voc_layout(tmp_path):
 
 def test_default_config_builds_the_cached_synthetic_set(data_cache, tmp_path):
     data = build_datasets(DataConfig(split_out_dir=str(tmp_path / "splits")))
-    assert (data_cache / "synthetic-v2-seed0" / "meta.json").is_file()
+    assert (data_cache / "synthetic-v3-seed0" / "meta.json").is_file()
     assert data.num_classes == 6 and len(data.labeled_ids) == 40 and len(data.unlabeled_ids) == 280
     assert len(data.val) == 64 and data.val[0][0].shape == (3, 80, 80)
-    assert ensure_synthetic(0) == data_cache / "synthetic-v2-seed0"
+    assert ensure_synthetic(0) == data_cache / "synthetic-v3-seed0"
 
 
 def test_synthetic_creation_race_keeps_the_first_complete_copy(tmp_path, monkeypatch):

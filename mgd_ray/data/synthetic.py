@@ -1,16 +1,17 @@
 """The built-in synthetic dataset: procedural scenes written once in the VOC layout and cached.
 
-Six classes: 0 = background and five objects, each defined by a shape AND a texture
-(disc + stripes, square + checker, triangle + dots, cross + grid, ring + speckle). Colours are
-drawn per object (two far-apart colours for the texture's two phases), so colour says nothing about
-the class. The set is built to be learnable from scratch in a few hundred CPU iterations while
-staying non-trivial:
-- objects are large (background is roughly half of the pixels) and high-contrast, and the five
-  textures are strongly distinct and coarse enough (period >= 7 px) to survive the 0.5x scale
-  augmentation;
-- the background is a smooth random colour field with its own faint, low-contrast texture;
-- a "distractor" (one class's shape painted with another class's texture) appears in about a third
-  of the scenes and is background, so neither texture nor shape alone gives the class;
+Six classes: 0 = background and five objects, each defined by a shape, a texture AND a hue family
+(disc + stripes + red, square + checker + yellow, triangle + dots + green, cross + grid + cyan,
+ring + speckle + purple). Colour alone does not give the class: in half of the scenes a
+"distractor" wears one class's hue with another class's shape and texture, and it is background.
+So a network that reads the hue gets most pixels right after a few hundred iterations from scratch,
+and only one that has learned the conjunction of hue, shape and texture gets the distractors right:
+that part needs examples (a labeled set of 40 images holds about 20 distractors) and capacity,
+which is what the teachers (trained longer, with the unlabeled images through CPS) have over a
+student trained briefly on the labeled images alone. Also:
+- objects are large (background is roughly half of the pixels); the five textures are coarse
+  enough (period >= 7 px) to survive the 0.5x scale augmentation;
+- the background is a smooth grey field with its own faint, low-contrast texture;
 - objects are cut by the image border and occlude each other;
 - as in VOC, a thin (1 px) band of 255 (ignore) runs along object boundaries.
 
@@ -34,7 +35,7 @@ from ..schema import IGNORE_INDEX
 from .io import cache_root, write_label
 from .voc import LIST_DIR
 
-VERSION = "synthetic-v2"
+VERSION = "synthetic-v3"
 CLASS_NAMES = (
     "background",
     "striped_disc",
@@ -49,9 +50,12 @@ SPLITS = {"train": 320, "val": 64}
 JPEG_QUALITY = 95
 _SPLIT_CODES = {"train": 1, "val": 2}
 _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
-OBJECTS_PER_SCENE = (3, 5)  # inclusive range of true objects
+OBJECTS_PER_SCENE = (2, 4)  # inclusive range of true objects
 OBJECT_RADIUS = (16.0, 23.0)  # pixels, at IMAGE_SIZE 80
-DISTRACTOR_PROBABILITY = 0.35  # one wrong-texture shape (background) in this share of scenes
+DISTRACTOR_PROBABILITY = 0.5  # one object of a class's hue in another's shape and texture
+# Each class's hue (OpenCV's 0..180 scale), 36 apart, each object's drawn within +-HUE_JITTER.
+CLASS_HUES = {1: 0.0, 2: 36.0, 3: 72.0, 4: 108.0, 5: 144.0}
+HUE_JITTER = 10.0
 
 
 def _rotated(points: np.ndarray, angle: float, center: tuple[float, float]) -> np.ndarray:
@@ -112,12 +116,19 @@ def _texture(kind: int, rng: np.random.Generator) -> np.ndarray:
     ).astype(np.float32)
 
 
-def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    # Two random colours far apart (high contrast), in random order.
-    while True:
-        a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-        if np.abs(a - b).sum() > 260 and np.abs(a - b).max() > 120:
-            return a.astype(np.float32), b.astype(np.float32)
+def _colour_pair(rng: np.random.Generator, hue_of: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two RGB colours of an object's texture phases: both of class `hue_of`'s hue family,
+    one bright and one dark (high contrast), saturation drawn per colour, in random order."""
+    hue = (CLASS_HUES[hue_of] + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 180
+    hsv = np.array(
+        [
+            [[hue, rng.uniform(150, 255), rng.uniform(170, 255)]],
+            [[hue, rng.uniform(150, 255), rng.uniform(40, 110)]],
+        ],
+        dtype=np.float32,
+    )
+    bright, dark = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[:, 0].astype(np.float32)
+    return (bright, dark) if rng.random() < 0.5 else (dark, bright)
 
 
 def _paint(
@@ -128,8 +139,9 @@ def _paint(
 
 
 def _background(rng: np.random.Generator) -> np.ndarray:
-    """A smooth random colour field with its own faint texture: blurred blobs of +-8..14 levels."""
-    grid = rng.uniform(30, 225, (3, 3, 3)).astype(np.float32)
+    """A smooth random grey field with its own faint texture: blurred blobs of +-8..14 levels
+    (grey, so that hue belongs to the objects)."""
+    grid = rng.uniform(30, 225, (3, 3, 1)).astype(np.float32).repeat(3, axis=2)
     canvas = cv2.resize(grid, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_CUBIC)
     blobs = rng.random((IMAGE_SIZE // 4, IMAGE_SIZE // 4)).astype(np.float32)
     blobs = cv2.GaussianBlur(
@@ -144,14 +156,15 @@ def render_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     canvas = _background(rng)
     label = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     count = int(rng.integers(OBJECTS_PER_SCENE[0], OBJECTS_PER_SCENE[1] + 1))
-    objects = [(k, k, k) for k in rng.integers(1, NUM_CLASSES, count)]
+    # (shape, texture, hue, class); a distractor: one class's hue, another's shape and texture
+    objects = [(k, k, k, k) for k in rng.integers(1, NUM_CLASSES, count)]
     if rng.random() < DISTRACTOR_PROBABILITY:
-        shape = int(rng.integers(1, NUM_CLASSES))
-        texture = int((shape - 1 + rng.integers(1, NUM_CLASSES - 1)) % (NUM_CLASSES - 1) + 1)
-        objects.append((shape, texture, 0))  # distractor: right shape, wrong texture -> background
+        hue = int(rng.integers(1, NUM_CLASSES))
+        other = int((hue - 1 + rng.integers(1, NUM_CLASSES - 1)) % (NUM_CLASSES - 1) + 1)
+        objects.append((other, other, hue, 0))
     margin = 0.1 * IMAGE_SIZE
     for index in rng.permutation(len(objects)):
-        shape, texture, cls = objects[index]
+        shape, texture, hue, cls = objects[index]
         center = (
             rng.uniform(margin, IMAGE_SIZE - margin),
             rng.uniform(margin, IMAGE_SIZE - margin),
@@ -159,7 +172,7 @@ def render_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         mask = _shape_mask(
             int(shape), center, rng.uniform(*OBJECT_RADIUS), rng.uniform(0, 2 * np.pi)
         )
-        _paint(canvas, mask, _texture(int(texture), rng), *_colour_pair(rng))
+        _paint(canvas, mask, _texture(int(texture), rng), *_colour_pair(rng, int(hue)))
         label[mask.astype(bool)] = cls
 
     # Ignore band, 1 px wide as VOC's outlines: pixels whose right or lower neighbour has another
