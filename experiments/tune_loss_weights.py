@@ -173,6 +173,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--resume", action="store_true", help="continue the study in OUTPUT_DIR where it stopped")
     add("--seed", type=int, help=f"(default: {D.seed})")
     add("--smoke", action="store_true", help="the smallest complete run (tests, first try)")
+    add(
+        "--budget",
+        help="a named study size from the dataset's preset (its <NAME>_budget section), e.g. "
+        "showcase: the synthetic study whose rows separate on 2 CPU cores (README); explicit "
+        "options still win",
+    )
+    add(
+        "--teacher-eval-every",
+        type=int,
+        help="evaluate and checkpoint the teachers every N iterations (default: --eval-every, "
+        "else the preset's)",
+    )
     add("--quiet", dest="verbose", action="store_false", help="no line per finished trial")
     add(
         "--verbose-ray",

@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 DATASETS = ("synthetic", "voc", "cityscapes")
+EVALUATION_SETS = ("val", "holdout")
 
 STUDENTS = ("deeplabv3plus_resnet18", "deeplabv3plus_mobilenetv2")
 TEACHER_DEEP = "deeplabv3plus_resnet101"
@@ -188,10 +189,17 @@ class DistillConfig:
     # A store of the teachers' targets (engine/target_store.py: a folder or s3:// URI) to read
     # instead of running the teachers; None = the teachers run in the student's run.
     targets: str | None = None
+    # What the run's evaluations score: "val" (the reported score), or "holdout", the held-out
+    # selection set of the training split (data.HOLDOUT_IMAGES), on which a search ranks trials.
+    evaluate_on: str = "val"
 
     def __post_init__(self) -> None:
         _check_iterations(self.iterations, self.eval_every)
         check_confidence_threshold(self.confidence_threshold)
+        if self.evaluate_on not in EVALUATION_SETS:
+            raise ValueError(
+                f"evaluate_on={self.evaluate_on!r}: expected one of {', '.join(EVALUATION_SETS)}"
+            )
         if self.targets is not None and (not isinstance(self.targets, str) or not self.targets):
             raise ValueError(f"targets={self.targets!r}: expected a store's path or URI, or None")
 

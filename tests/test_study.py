@@ -363,6 +363,50 @@ def test_every_default_is_resolved_once_and_explicit_options_win():
     assert (cfg.pretrained, cfg.num_samples) == ("imagenet", 16)
 
 
+def test_a_named_budget_comes_from_the_preset_and_explicit_options_still_win():
+    import yaml
+
+    from mgd_ray.distributed.options import resolve_study
+    from mgd_ray.engine.presets import PRESET_DIR
+
+    with open(PRESET_DIR / "synthetic.yaml") as f:
+        raw = yaml.safe_load(f)["showcase_budget"]
+    cfg, said = resolve_study(budget="showcase", gpus=lambda address: 4, seeds=5)
+    assert cfg.protocols == tuple(raw["protocols"]) and cfg.budget == "showcase"
+    assert (cfg.iterations, cfg.teacher_iterations, cfg.eval_every, cfg.num_samples) == (
+        raw["student_iterations"],
+        raw["teacher_iterations"],
+        raw["eval_every"],
+        raw["search_trials"],
+    )
+    assert cfg.teacher_eval_every == raw["teacher_eval_every"]
+    assert cfg.seeds == 5 and cfg.output_dir == "results/synthetic-showcase"
+    # a GPU found: the trials use it, but the GPU budget does not replace the named one
+    assert cfg.gpus_per_trial == 1 and cfg.trials_per_gpu == 1 and "applied: none" in said
+    with pytest.raises(ValueError, match="--budget huge: preset synthetic.yaml has no "):
+        resolve_study(budget="huge", gpus=lambda address: 0)
+    with pytest.raises(ValueError, match="--smoke and --budget showcase"):
+        resolve_study(smoke=True, budget="showcase", gpus=lambda address: 0)
+
+
+def test_ablation_seeds_are_never_the_searchs_and_tpe_leaves_its_start_up():
+    from mgd_ray.distributed.options import StudyConfig
+    from mgd_ray.distributed.study import (
+        ablation_seeds,
+        selection_set,
+        target_streams,
+        tpe_startup_trials,
+    )
+
+    cfg = StudyConfig(seed=4, seeds=3)
+    assert ablation_seeds(cfg) == [5, 6, 7] and target_streams(cfg) == [4, 5, 6, 7]
+    assert target_streams(StudyConfig(seed=4, seeds=3, ablation=False)) == [4]
+    # a third of the search at random, within 2..10: 3 trials -> 2 random, 1 from the model;
+    # 8 -> 2 and 6; 60 -> 10 and 50
+    assert [tpe_startup_trials(n) for n in (1, 3, 8, 12, 60)] == [2, 2, 2, 4, 10]
+    assert selection_set("1/8") == "holdout" and selection_set("full") == "val"
+
+
 def test_cli_without_gpus_option_uses_the_gpu_when_there_is_one(monkeypatch, tmp_path):
     from mgd_ray.distributed import options
 

@@ -18,6 +18,10 @@ from .synthetic import ensure_synthetic
 from .validate import validate_samples
 
 NUM_CLASSES: dict[str, int] = {"synthetic": 6, "voc": 21, "cityscapes": 19}
+# The held-out selection set: this many images of the unlabeled part of the training split (their
+# labels are never used in training), drawn with the split's seed. A search ranks its trials on it,
+# so that the val score of the configuration it picks is not the score that picked it.
+HOLDOUT_IMAGES: dict[str, int] = {"synthetic": 64, "voc": 500, "cityscapes": 200}
 # The synthetic images are fixed across a study: DataConfig.seed varies the split, not the images.
 SYNTHETIC_SEED = 0
 
@@ -41,6 +45,9 @@ class SemiSupervisedData:
     labeled_ids: list[str]
     unlabeled_ids: list[str]
     split_dir: str
+    # full-resolution labeled items of the held-out selection set (`holdout_samples`); empty for
+    # protocol "full", which has no unlabeled part
+    holdout: Dataset | None = None
 
 
 def _default_split_dir(dataset: str, root: Path) -> Path:
@@ -141,8 +148,12 @@ def build_datasets(cfg: DataConfig, save_split: bool = True) -> SemiSupervisedDa
     if cfg.protocol == "full":
         unlabeled = list(labeled)
     labeled_keys = {s.image for s in labeled}
+    holdout = holdout_samples(unlabeled if cfg.protocol != "full" else [], cfg)
+    held = {s.image for s in holdout}
     validate_samples(
-        labeled + val, [s for s in unlabeled if s.image not in labeled_keys], num_classes
+        labeled + val + holdout,
+        [s for s in unlabeled if s.image not in labeled_keys | held],
+        num_classes,
     )
     if (
         save_split and write_generated_split is not None
@@ -156,7 +167,30 @@ def build_datasets(cfg: DataConfig, save_split: bool = True) -> SemiSupervisedDa
         labeled_ids=[s.id for s in labeled],
         unlabeled_ids=[s.id for s in unlabeled],
         split_dir=str(folder),
+        holdout=SegmentationDataset(holdout, "val", cfg.crop_size),
     )
 
 
-__all__ = ["NUM_CLASSES", "SYNTHETIC_SEED", "Sample", "SemiSupervisedData", "build_datasets"]
+def holdout_samples(unlabeled: list[Sample], cfg: DataConfig) -> list[Sample]:
+    """The held-out selection set: HOLDOUT_IMAGES[dataset] (or every) unlabeled sample whose
+    label file exists, drawn with the split's seed, in list order. They stay in the unlabeled
+    stream: training sees the images, never their labels."""
+    with_labels = [s for s in unlabeled if s.label is not None and os.path.isfile(s.label)]
+    count = min(HOLDOUT_IMAGES[cfg.dataset], len(with_labels))
+    keys = sorted(
+        with_labels,
+        key=lambda s: hashlib.sha256(f"{cfg.seed}:{s.id}".encode()).hexdigest(),
+    )[:count]
+    chosen = {s.id for s in keys}
+    return [s for s in with_labels if s.id in chosen]
+
+
+__all__ = [
+    "HOLDOUT_IMAGES",
+    "NUM_CLASSES",
+    "SYNTHETIC_SEED",
+    "Sample",
+    "SemiSupervisedData",
+    "build_datasets",
+    "holdout_samples",
+]

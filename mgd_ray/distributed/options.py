@@ -38,13 +38,15 @@ SMOKE = dict(
     loader_workers=0,
 )
 TEACHER_TARGETS = ("shared", "live")
-# study option <- key of a preset's gpu_budget section
-GPU_BUDGET_KEYS = {
+# study option <- key of a preset's named budget section (<name>_budget: gpu_budget, ...)
+BUDGET_KEYS = {
+    "protocols": "protocols",
     "iterations": "student_iterations",
     "teacher_iterations": "teacher_iterations",
     "batch_size": "batch_size",
     "crop_size": "crop_size",
     "eval_every": "eval_every",
+    "teacher_eval_every": "teacher_eval_every",
     "num_samples": "search_trials",
     "seeds": "ablation_seeds",
     "trials_per_gpu": "trials_per_gpu",
@@ -67,6 +69,7 @@ class StudyConfig:
     iterations: int | None = None  # student iterations; None: each protocol's preset schedule
     teacher_iterations: int | None = None
     eval_every: int | None = None
+    teacher_eval_every: int | None = None  # None: eval_every, else the preset's
     crop_size: int | None = None  # None: the preset's
     batch_size: int | None = None  # images per device; None: the preset's, per run role
     loader_workers: int = 1
@@ -111,6 +114,7 @@ class StudyConfig:
         False  # keep each protocol's store of teacher targets after its last phase
     )
     export_ablation_students: bool = False  # models/<protocol>/<variant>.pt per ablation row
+    budget: str | None = None  # the preset's named budget the study size came from (--budget)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -152,6 +156,7 @@ class StudyConfig:
             "iterations",
             "teacher_iterations",
             "eval_every",
+            "teacher_eval_every",
             "crop_size",
             "batch_size",
             "max_concurrent_trials",
@@ -236,16 +241,38 @@ def detect_gpus(address: str | None) -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def gpu_budget(dataset: str) -> dict[str, int]:
-    """The preset's `gpu_budget` section ({} when it has none), as study option names."""
-    raw = read_preset(dataset)[0].get("gpu_budget") or {}
-    unknown = sorted(set(raw) - set(GPU_BUDGET_KEYS.values()))
+def budget_names(dataset: str) -> list[str]:
+    """The named budgets of a dataset's preset (its <name>_budget sections)."""
+    return sorted(k[: -len("_budget")] for k in read_preset(dataset)[0] if k.endswith("_budget"))
+
+
+def named_budget(dataset: str, name: str) -> dict[str, Any]:
+    """The preset's `<name>_budget` section as study option names (protocols as a tuple, every
+    other value an int); {} for "gpu" when the preset has none."""
+    raw = read_preset(dataset)[0].get(f"{name}_budget")
+    if raw is None:
+        if name == "gpu":
+            return {}
+        raise ValueError(
+            f"--budget {name}: preset {dataset}.yaml has no {name}_budget section; its budgets: "
+            f"{', '.join(budget_names(dataset)) or 'none'}"
+        )
+    unknown = sorted(set(raw) - set(BUDGET_KEYS.values()))
     if unknown:
         raise ValueError(
-            f"preset {dataset}.yaml: gpu_budget has unknown key(s) {unknown}; "
-            f"expected some of {sorted(GPU_BUDGET_KEYS.values())}"
+            f"preset {dataset}.yaml: {name}_budget has unknown key(s) {unknown}; "
+            f"expected some of {sorted(BUDGET_KEYS.values())}"
         )
-    return {option: int(raw[key]) for option, key in GPU_BUDGET_KEYS.items() if key in raw}
+    return {
+        option: tuple(raw[key]) if option == "protocols" else int(raw[key])
+        for option, key in BUDGET_KEYS.items()
+        if key in raw
+    }
+
+
+def gpu_budget(dataset: str) -> dict[str, Any]:
+    """The preset's `gpu_budget` section ({} when it has none), as study option names."""
+    return named_budget(dataset, "gpu")
 
 
 def study_budget(dataset: str) -> dict[str, int]:
@@ -259,23 +286,34 @@ def study_budget(dataset: str) -> dict[str, int]:
 
 
 def resolve_study(
-    smoke: bool = False, gpus: Callable[[str | None], int] | None = None, **given: Any
+    smoke: bool = False,
+    gpus: Callable[[str | None], int] | None = None,
+    budget: str | None = None,
+    **given: Any,
 ) -> tuple[StudyConfig, str]:
     """The study's config from the options a user gave (keyword arguments named as StudyConfig's
     fields; None means not given), and a sentence saying where its trials run.
 
-    Explicit options always win; then --smoke's values; then, when --gpus-per-trial is not given
-    and `gpus(address)` (default: detect_gpus) finds GPUs, one GPU per trial with the preset's GPU
-    budget; then the preset's study size, the dataset's regime and results folder, and
-    StudyConfig's own defaults."""
+    Explicit options always win; then --smoke's values, or the preset's named `budget`
+    (--budget NAME: its NAME_budget section); then, when --gpus-per-trial is not given and
+    `gpus(address)` (default: detect_gpus) finds GPUs, one GPU per trial with the preset's GPU
+    budget (not over a named budget); then the preset's study size, the dataset's regime and
+    results folder (results/<dataset>-<budget> for a named budget), and StudyConfig's own
+    defaults."""
     values = {key: value for key, value in given.items() if value is not None}
     dataset = values.get("dataset", StudyConfig.dataset)
+    if smoke and budget is not None:
+        raise ValueError(f"--smoke and --budget {budget}: give one of them")
     if smoke:
         values = {**SMOKE, **values}
+    if budget is not None:
+        values = {**named_budget(dataset, budget), **values, "budget": budget}
+        values.setdefault("output_dir", f"results/{dataset}-{budget}")
     if "gpus_per_trial" in values:
         devices = f"--gpus-per-trial {values['gpus_per_trial']} (given)"
     elif (found := (gpus or detect_gpus)(values.get("address"))) > 0:
-        applied = {key: value for key, value in gpu_budget(dataset).items() if key not in values}
+        on_top = {} if budget is not None else gpu_budget(dataset)
+        applied = {key: value for key, value in on_top.items() if key not in values}
         values.update(applied, gpus_per_trial=1)
         shared = values.get("trials_per_gpu", 1)
         per_gpu = "one GPU per trial" if shared == 1 else f"{shared} trials share each GPU"

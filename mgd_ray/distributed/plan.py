@@ -81,6 +81,7 @@ def plan_protocol(
         iterations=cfg.iterations,
         teacher_iterations=cfg.teacher_iterations,
         eval_every=cfg.eval_every,
+        teacher_eval_every=cfg.teacher_eval_every,
         imagenet=imagenet,
         seed=cfg.seed,
     )

@@ -138,6 +138,11 @@ def run_search(cfg: StudyConfig, spec: TrialSpec, extra_points: list[SearchPoint
     """The protocol's Tune + Optuna search: the paper's point first, then `extra_points`, then
     TPE's."""
     slug, iterations = protocol_slug(spec.protocol), spec.distill.iterations
+    # Trials are ranked on the held-out selection set of the training split, so that the ablation
+    # rows (other seeds, scored on val) report the picked point on images that did not pick it.
+    spec = dataclasses.replace(
+        spec, distill=dataclasses.replace(spec.distill, evaluate_on=selection_set(spec.protocol))
+    )
     # ASHA-stopped trials reach Optuna as PRUNED, failed ones as FAIL (search.py).
     searcher = HonestOptunaSearch(
         space=search_space,
@@ -145,7 +150,9 @@ def run_search(cfg: StudyConfig, spec: TrialSpec, extra_points: list[SearchPoint
         mode="max",
         points_to_evaluate=[point.searched() for point in (spec.paper_point, *extra_points)],
         max_iterations=iterations,
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True),
+        sampler=optuna.samplers.TPESampler(
+            seed=cfg.seed, multivariate=True, n_startup_trials=tpe_startup_trials(cfg.num_samples)
+        ),
         storage=optuna.storages.RDBStorage(cfg.resolved_optuna_storage()),
         study_name=f"mgd-{slug}",
     )
@@ -179,6 +186,30 @@ def run_search(cfg: StudyConfig, spec: TrialSpec, extra_points: list[SearchPoint
     keep_best_drop_the_rest(cfg, spec, "search")
 
 
+def selection_set(protocol: str) -> str:
+    """What a search trial is scored on: the held-out selection set, except for protocol "full",
+    which has no unlabeled part to hold out (its search is then scored on val)."""
+    return "val" if protocol == "full" else "holdout"
+
+
+def selection_size(plan: ProtocolPlan) -> int:
+    """Images a protocol's search is ranked on (the held-out selection set, or val)."""
+    data = build_datasets(plan.distill.data, save_split=False)
+    return len(data.holdout if selection_set(plan.protocol) == "holdout" else data.val)
+
+
+def tpe_startup_trials(num_samples: int) -> int:
+    """Random trials before TPE models the results: a third of the search (Optuna's default of
+    10 would leave a search of up to 10 trials random throughout), at least 2 and at most 10."""
+    return max(2, min(10, num_samples // 3))
+
+
+def ablation_seeds(cfg: StudyConfig) -> list[int]:
+    """The seeds of every ablation row: cfg.seed + 1 onwards, never the search's cfg.seed, so the
+    "MGD (best found)" row is not the winning trial's own run again."""
+    return [cfg.seed + 1 + s for s in range(cfg.seeds)]
+
+
 def best_search_point(cfg: StudyConfig, protocol: str) -> SearchPoint | None:
     """The point of the protocol's best search trial (early-stopped ones ran less: never it)."""
     best = best_trial(read_records(cfg.output_dir, protocol), kind="search")
@@ -196,9 +227,9 @@ def run_ablation(cfg: StudyConfig, spec: TrialSpec) -> None:
             flush=True,
         )
     rows = [
-        (v, cfg.seed + s, ablation_point(v, spec.paper_point, best))
+        (v, seed, ablation_point(v, spec.paper_point, best))
         for v in variants
-        for s in range(cfg.seeds)
+        for seed in ablation_seeds(cfg)
     ]
     recorder = TrialRecorder(
         cfg.output_dir,
@@ -276,7 +307,7 @@ def keep_best_drop_the_rest(cfg: StudyConfig, spec: TrialSpec, kind: str) -> Non
 def target_streams(cfg: StudyConfig) -> list[int]:
     """The mask streams (student seeds) a protocol's trials draw: the search's (cfg.seed) and each
     ablation seed's."""
-    return sorted({cfg.seed, *(cfg.seed + s for s in range(cfg.seeds if cfg.ablation else 0))})
+    return sorted({cfg.seed, *(ablation_seeds(cfg) if cfg.ablation else ())})
 
 
 def targets_store(cfg: StudyConfig, spec: TrialSpec) -> str:
@@ -496,6 +527,9 @@ def prepare_study(cfg: StudyConfig, plans: list[ProtocolPlan] | None = None) -> 
                 "eval_every": first.eval_every,
                 "search_trials": cfg.num_samples,
                 "ablation_seeds": cfg.seeds,
+                "name": cfg.budget,
+                "tpe_startup_trials": tpe_startup_trials(cfg.num_samples),
+                "selection_images": {p.protocol: selection_size(p) for p in plans},
             },
             "background_miou": background_miou(data[0].val, data[0].num_classes),
             "separating_command": separating_command(cfg)[0],

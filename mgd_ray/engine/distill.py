@@ -4,6 +4,7 @@ the teachers either in the run or read back from a store of their targets
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from functools import partial
 from typing import Any
@@ -112,4 +113,11 @@ def distill_student(cfg: DistillConfig, ctx: RunContext) -> dict:
     is off), "kept_fraction", "lr", "iter_per_s", "data_wait_share", "done"; returns the final
     metrics."""
     data = build_datasets(cfg.data)
+    if cfg.evaluate_on == "holdout":
+        if not len(data.holdout):
+            raise ValueError(
+                f"evaluate_on='holdout': protocol {cfg.data.protocol} has no unlabeled image "
+                "with a label to hold out"
+            )
+        data = dataclasses.replace(data, val=data.holdout)
     return fit(MGDTask(cfg, data, ctx), cfg, data, ctx)
