@@ -831,3 +831,76 @@ def test_the_opening_says_whether_mgd_leads_supervised_and_if_not_why():
     (one,) = mgd_against_supervised(table([0.40], [0.45], 0.60))
     assert "+5.00 (n=1)" in one and "one paired seed has no interval" in one
     assert mgd_against_supervised(table([0.40], [math.nan], 0.6)) == []  # nothing to compare yet
+
+
+RECORD = {
+    "command": "python experiments/tune_loss_weights.py --budget showcase",
+    "date": "2026-12-06",
+    "commit": "abc1234",
+    "minutes": 41.6,
+    "machine": "2 CPU cores",
+    "verdicts": ["1/8: MGD is ahead (hand-written)"],
+}
+
+
+@pytest.mark.parametrize("budget, quoted", [(None, True), ("showcase", False)])
+def test_a_synthetic_report_quotes_the_showcase_record_except_the_showcase_itself(
+    tmp_path, monkeypatch, budget, quoted
+):
+    from mgd_ray.report import write
+
+    record = tmp_path / "showcase.json"
+    record.write_text(json.dumps(RECORD))
+    monkeypatch.setattr(write, "SHOWCASE_RECORD", str(record))
+    root = tmp_path / "study"
+    root.mkdir()
+    study = {**STUDY, "budget": {"name": budget, "ablation_seeds": 1}}
+    (root / "study.json").write_text(json.dumps(study))
+    with open(generate_report(str(root))["index"]) as f:
+        opening = f.read().split("## Study")[0]
+    said = (
+        "**What the showcase found** (a record, not this run's result): `python "
+        "experiments/tune_loss_weights.py --budget showcase`, measured on 2026-12-06 at commit "
+        "abc1234, 42 minutes on 2 CPU cores:\n- 1/8: MGD is ahead (hand-written)"
+    )
+    assert (said in opening) == quoted
+
+
+def test_the_shipped_showcase_record_names_the_readme_command_and_a_measurement():
+    from mgd_ray.report.write import showcase_record
+
+    record = showcase_record()
+    assert record is not None, "mgd_ray/presets/showcase.json is missing"
+    assert set(record) >= set(RECORD) and record["verdicts"]
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as f:
+        assert record["command"] in f.read()
+    assert 0 < record["minutes"] <= 60 and len(record["commit"]) >= 7
+
+
+def test_the_verdict_says_mgd_is_ahead_when_only_its_gain_is_separated():
+    from mgd_ray.report.write import _verdict
+
+    # supervised 0.40, 0.41, 0.42; MGD 0.50, 0.512, 0.524 (gains 0.10, 0.102, 0.104: interval
+    # [0.095, 0.109] above zero); + L_P 0.50, 0.511, 0.522 (MGD - L_P = 0, 0.001, 0.002: its
+    # interval [-0.0015, 0.0035] holds zero, so no row is best)
+    rows = [
+        trial(
+            f"{variant}{seed}",
+            "1/8",
+            "ablation",
+            variant,
+            "completed",
+            base + step * seed,
+            seed=seed,
+        )
+        for seed in range(3)
+        for variant, base, step in (
+            ("supervised", 0.40, 0.01),
+            ("mgd_paper", 0.50, 0.012),
+            ("pixel", 0.50, 0.011),
+        )
+    ]
+    table = ablation_table(pd.DataFrame(rows), ["1/8"])
+    assert not table["best"].any()
+    assert _verdict(table, None).startswith("**MGD is ahead of supervised only at this budget**")
+    assert "cannot rank" in _verdict(table[table["variant"] != "gain"], None)

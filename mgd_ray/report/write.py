@@ -307,6 +307,14 @@ def _verdict(ablation: pd.DataFrame | None, command: str | None, note: str = "")
             f"(the {100 * CONFIDENCE:.0f}% interval of their paired difference lies above zero); "
             "unbolded protocols are not separated."
         )
+    gains = ablation[ablation["variant"].isin(GAIN_VARIANTS)] if ablation is not None else []
+    mgd_ahead = bool(len(gains)) and bool(((gains["n"].fillna(0) >= 2) & (gains["low"] > 0)).any())
+    if mgd_ahead and not weak_teachers:
+        return (
+            "**MGD is ahead of supervised only at this budget** (the interval of the paired gain "
+            "lies above zero, below); the distilling rows are not separated from one another, so "
+            "this budget does not rank the loss terms beyond that."
+        )
     seeds = int(measured["n"].max())
     reasons = []
     if not separated:
@@ -476,9 +484,11 @@ SHOWCASE_RECORD = os.path.join(
 )
 
 
-def showcase_record(path: str = SHOWCASE_RECORD) -> dict[str, Any] | None:
-    """The showcase's measured verdict shipped with the package (mgd_ray/presets/showcase.json:
-    command, date, commit, minutes, machine, verdicts), or None when there is none."""
+def showcase_record(path: str | None = None) -> dict[str, Any] | None:
+    """The showcase's measured verdict shipped with the package (SHOWCASE_RECORD,
+    mgd_ray/presets/showcase.json: command, date, commit, minutes, machine, verdicts), or None
+    when there is none."""
+    path = path or SHOWCASE_RECORD
     if not os.path.exists(path):
         return None
     import json
