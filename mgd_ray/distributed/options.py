@@ -111,6 +111,7 @@ class StudyConfig:
         False  # keep each protocol's store of teacher targets after its last phase
     )
     export_ablation_students: bool = False  # models/<protocol>/<variant>.pt per ablation row
+    mlflow_uri: str | None = None  # an MLflow tracking URI: every trial logged there (tracking.py)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
