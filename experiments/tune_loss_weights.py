@@ -237,7 +237,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:  # Ray's known-harmless lines filtered, the progress a live line in a terminal
-        with study_console(status=latest_line) as show, live_status(show):
+        with study_console(status=latest_line, restore=False) as show, live_status(show):
             run_study(cfg, plans)
     except StudyInterrupted as stopped:
         print(f"stopped: {stopped}", file=sys.stderr)

@@ -11,6 +11,7 @@ log file or a pipe (no terminal) the progress is printed as lines instead, one p
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 import threading
@@ -45,7 +46,13 @@ class LiveLine:
     def __init__(self, stream: TextIO) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=0, bar_format="{desc}", file=stream, dynamic_ncols=True)
+        try:
+            width = os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            width = 0
+        # a terminal that says it has no width (some ptys) would cut the line to nothing
+        sized = dict(dynamic_ncols=True) if width > 0 else dict(ncols=160, nrows=24)
+        self._bar = tqdm(total=0, bar_format="{desc}", file=stream, **sized)
         self._lock = threading.RLock()
 
     def show(self, text: str) -> None:
@@ -110,12 +117,16 @@ class FilteredStream:
 
 @contextlib.contextmanager
 def study_console(
-    status: Callable[[], str | None] | None = None, live: bool | None = None, tick_s: float = 1.0
+    status: Callable[[], str | None] | None = None,
+    live: bool | None = None,
+    tick_s: float = 1.0,
+    restore: bool = True,
 ) -> Iterator[Callable[[str], None] | None]:
     """Filter sys.stdout and sys.stderr for the duration; yield the function that shows a
     progress line: a live line (redrawn every `tick_s` from `status()`, so that the elapsed
     time moves) when stderr is a terminal (`live` None) or `live` is True, else None (print the
-    line). Ends with how many lines were hidden."""
+    line). Ends with how many lines were hidden; `restore` False leaves the filter on the streams
+    (an entry script's last lines, printed by Ray at exit, are then filtered too)."""
     out, err = sys.stdout, sys.stderr
     if live is None:
         live = bool(getattr(err, "isatty", lambda: False)())
@@ -141,7 +152,12 @@ def study_console(
                 stream.close_line()
         if line is not None:
             line.close()
-        sys.stdout, sys.stderr = out, err
+        if restore:
+            sys.stdout, sys.stderr = out, err
+        else:  # Ray prints its workers' last lines as the process exits: still filtered
+            for stream in filtered:
+                if isinstance(stream, FilteredStream):
+                    stream.live = None
         hidden = sum(s.hidden for s in filtered if isinstance(s, FilteredStream))
         if hidden:
             print(
