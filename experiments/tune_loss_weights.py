@@ -19,9 +19,12 @@ import sys
 
 from mgd_ray.config import DATASETS, PROTOCOLS, STUDENTS
 from mgd_ray.distributed.cluster import UnmeetableResources
+from mgd_ray.distributed.console import study_console
 from mgd_ray.distributed.options import StudyConfig, resolve_study
 from mgd_ray.distributed.plan import plan_study
+from mgd_ray.distributed.progress import latest_line, live_status
 from mgd_ray.distributed.study import StudyInterrupted, run_study
+from mgd_ray.distributed.tracking import check_tracking
 from mgd_ray.schema import ABLATION_VARIANTS
 
 D = StudyConfig  # the defaults of options no preset or machine decides
@@ -226,6 +229,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="also write each ablation row's best student to "
         "OUTPUT_DIR/models/<protocol>/<variant>.pt",
     )
+    add(
+        "--mlflow-uri",
+        help="log every trial (its point, per-evaluation metrics, final mIoU and status) to "
+        "this MLflow store, with the report attached to a parent run: file:/path/mlruns or "
+        "sqlite:///path/mlflow.db need no server; http://host:5000 a tracking server",
+    )
     return p
 
 
@@ -235,11 +244,13 @@ def main(args: argparse.Namespace) -> int:
         cfg, devices = resolve_study(**given)
         print(f"devices: {devices}", flush=True)
         plans = plan_study(cfg)
+        check_tracking(cfg)  # an MLflow store that cannot be opened: said before Ray starts
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    try:
-        run_study(cfg, plans)
+    try:  # Ray's known-harmless lines filtered, the progress a live line in a terminal
+        with study_console(status=latest_line, restore=False) as show, live_status(show):
+            run_study(cfg, plans)
     except StudyInterrupted as stopped:
         print(f"stopped: {stopped}", file=sys.stderr)
         return 130

@@ -115,6 +115,7 @@ class StudyConfig:
     )
     export_ablation_students: bool = False  # models/<protocol>/<variant>.pt per ablation row
     budget: str | None = None  # the preset's named budget the study size came from (--budget)
+    mlflow_uri: str | None = None  # an MLflow tracking URI: every trial logged there (tracking.py)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:

@@ -1,5 +1,6 @@
-"""One study-level progress line between Tune's tables: phase, protocol k of n, runs finished of
-planned, elapsed time and an estimate of what is left.
+"""One study-level progress line: phase, protocol k of n, runs finished of planned, the best
+final mIoU of the protocol so far, elapsed time and an estimate of what is left. In a terminal it
+is one live line (console.py); elsewhere it is printed as a line at each event.
 
 The estimate is the wall time per finished run of each kind in this session (teacher runs and
 student trials cost very differently) times the runs of that kind still to go; runs finished
@@ -8,12 +9,40 @@ before a --resume count as done but not towards the rates.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
 from ray.tune import Callback
 
+from ..schema import finite_or_none, reached_the_end
+from .spec import from_tune
+
 RUN_KINDS = ("teacher", "trial")  # what the study runs: teacher runs and student trials
+
+
+# console.study_console's live line, when the study's console has one (show_status draws it)
+_STATUS_LINE: list = []
+
+
+def show_status(text: str, flush: bool = True) -> None:
+    """Show the progress line: on the live line when there is one, else printed."""
+    if _STATUS_LINE:
+        _STATUS_LINE[-1](text)
+    else:
+        print(text, flush=flush)
+
+
+@contextlib.contextmanager
+def live_status(show):
+    """Within it, progress lines go to `show` (a console's live line) unless it is None."""
+    if show is not None:
+        _STATUS_LINE.append(show)
+    try:
+        yield
+    finally:
+        if show is not None:
+            _STATUS_LINE.remove(show)
 
 
 def format_duration(seconds: float) -> str:
@@ -27,7 +56,11 @@ class StudyProgress:
     """Counts of planned and finished runs per kind ("teacher", "trial"), and the line to print."""
 
     def __init__(
-        self, protocols: list[str], planned: dict[str, int], clock=time.monotonic, print_fn=print
+        self,
+        protocols: list[str],
+        planned: dict[str, int],
+        clock=time.monotonic,
+        print_fn=show_status,
     ) -> None:
         self.protocols, self.planned = (
             list(protocols),
@@ -40,6 +73,7 @@ class StudyProgress:
         self._start = self._mark = clock()
         self._kind_started = {k: None for k in RUN_KINDS}
         self.phase, self.protocol = "teachers", None
+        self.best: dict[str, float] = {}  # per protocol: the best final mIoU of a completed trial
         self.waiting = (
             ""  # trials whose Train workers wait for resources (cluster.ReservationWatch)
         )
@@ -68,6 +102,12 @@ class StudyProgress:
             )
             self._spent[kind] = now - started
         self.show()
+
+    def scored(self, miou: float) -> None:
+        """A trial of the current protocol completed with final mIoU `miou`."""
+        with self._lock:
+            if self.protocol is not None:
+                self.best[self.protocol] = max(miou, self.best.get(self.protocol, miou))
 
     def set_waiting(self, text: str) -> None:
         """What the study's running trials wait for ("" when none waits); shows the line."""
@@ -105,7 +145,13 @@ class StudyProgress:
         return (
             f"== study: {self.phase}{where} | teachers "
             f"{self.done['teacher']}/{self.planned['teacher']}, trials "
-            f"{self.done['trial']}/{self.planned['trial']} finished | elapsed "
+            f"{self.done['trial']}/{self.planned['trial']} finished"
+            + (
+                f" | best mIoU {self.best[self.protocol]:.4f}"
+                if self.protocol in self.best
+                else ""
+            )
+            + " | elapsed "
             f"{format_duration(self._clock() - self._start)} | left {estimate}"
             + (f" | {self.waiting}" if self.waiting else "")
             + " =="
@@ -123,6 +169,11 @@ _LIVE: dict[str, StudyProgress] = {}
 
 def register(key: str, progress: StudyProgress) -> None:
     _LIVE[key] = progress
+
+
+def latest_line() -> str | None:
+    """The progress line of the study registered last (None when none is): the live line's."""
+    return next(reversed(_LIVE.values())).line() if _LIVE else None
 
 
 def say_waiting(key: str, text: str) -> None:
@@ -147,7 +198,20 @@ class ProgressCallback(Callback):
             progress.finished("trial")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        progress, result = _LIVE.get(self.key), trial.last_result or {}
+        miou = finite_or_none(result.get("miou"))
+        if progress is not None and miou is not None and _ran_to_the_end(trial.config, result):
+            progress.scored(miou)
         self._finished()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finished()
+
+
+def _ran_to_the_end(config, result) -> bool:
+    """Whether a trial reported from its last iteration (an early-stopped one's score is not a
+    final mIoU)."""
+    try:
+        return reached_the_end(result.get("iteration"), from_tune(config).distill.iterations)
+    except (KeyError, TypeError, ValueError):
+        return False

@@ -49,6 +49,8 @@ from .records import TrialRecorder, error_summary, now_iso
 from .search import HonestOptunaSearch
 from .spec import SearchPoint, TrialSpec, ablation_point, param_space, search_space
 from .teachers import ensure_teacher, read_teacher_metrics, stage_pretrained
+from .tracking import check_tracking, open_tracking, trial_callbacks
+from .tracking import register as register_tracking
 from .trial import DISTILL_KEY, run_trial, scaling_config, targets_loop, train_run_config
 
 # The trial function only drives a TorchTrainer; its workers hold the CPUs and GPUs. Tune needs a
@@ -122,8 +124,10 @@ def tune_run(
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage_path,
-                callbacks=[recorder, ProgressCallback(study_name(cfg)), watch],
+                callbacks=[recorder, ProgressCallback(study_name(cfg)), watch]
+                + trial_callbacks(cfg, recorder.protocol, recorder.kind, recorder.max_iterations),
                 failure_config=tune.FailureConfig(fail_fast=False),
+                verbose=None if cfg.verbose_ray else 0,  # Tune's tables: only with --verbose-ray
             ),
         )
     try:
@@ -566,11 +570,13 @@ def run_study(
         f"Ray storage in {cfg.resolved_storage()}",
         flush=True,
     )
+    check_tracking(cfg)  # an MLflow store that cannot be opened: refused before Ray starts
     connect(
         cfg.address, cfg.worker_start_timeout_s
     )  # every process told which cluster (cluster.py)
     check_trial_fits(plans[0].run.scaling(), node_shapes())  # resources no node can ever offer
     prepare_study(cfg, plans)
+    tracking = open_tracking(cfg)  # the study's experiment and parent run (tracking.py)
     print(
         f"{concurrency(cfg, plans[0].run)} trial(s) in flight (asked again before each phase), "
         f"{cfg.devices_per_trial} {cfg.device.upper()}(s) each",
@@ -581,6 +587,7 @@ def run_study(
     )  # extra points count in num_samples
     progress.already_done("trial", finished_trials(cfg))
     register(study_name(cfg), progress)
+    register_tracking(cfg, tracking)
     progress.set_phase("teachers")
     for spec in prepare_teachers(cfg, plans, progress):
         progress.set_phase("targets", spec.protocol)
@@ -593,6 +600,8 @@ def run_study(
         release_targets(cfg, spec)
     progress.set_phase("report")
     paths = generate_report(cfg.output_dir)
+    if tracking is not None:
+        tracking.finish(paths, cfg.output_dir)
     teachers_root = os.path.join(cfg.resolved_storage(), "teachers")
     if "://" not in teachers_root:
         print(
