@@ -175,6 +175,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
         "--output-dir",
         str(out),
         "--quiet",
+        "--mlflow-uri",
+        f"file:{tmp_path / 'mlruns'}",
     ]
     log = tmp_path / "driver.log"
     driver = start_driver(argv, log)
@@ -227,6 +229,10 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
     assert (
         glob.glob(str(out / "ray" / "*" / "train-*")) == []
     )  # no finished trial keeps its weights
+    # The console (both driver sessions) shows none of Ray Train's PreemptionWatcher notices.
+    assert "PreemptionWatcher" not in log.read_text() + resumed.stdout + resumed.stderr
+    assert "known-harmless Ray line(s) hidden" in resumed.stdout + resumed.stderr
+    check_mlflow_store(f"file:{tmp_path / 'mlruns'}", out, list(after.values()))
 
     # The best student is a plain state dict that scores its recorded mIoU, and it is the best one.
     recorded, scored = best_student_miou(out)
@@ -246,3 +252,40 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
     # Plain re-runs never overwrite a study.
     again = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def check_mlflow_store(uri, out, records):
+    """The study's MLflow experiment against its trial records: one run per trial (a trial that
+    the killed driver left running is continued on --resume, not opened twice), its point, seed
+    and variant as params, its mIoU history, final mIoU and status; the report on the parent."""
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mgd-study")
+    runs = client.search_runs([experiment.experiment_id], "tags.role = 'trial'")
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(r["trial_id"] for r in records)
+    [parent] = client.search_runs([experiment.experiment_id], "tags.role = 'study'")
+    assert parent.info.status == "FINISHED"
+    assert {"REPORT.md", "report", "study.json"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
+    by_id = {r["trial_id"]: r for r in records}
+    for run in runs:
+        record = by_id[run.data.tags["trial_id"]]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["status"] == record["status"]
+        assert run.info.status == ("FAILED" if record["status"] == "failed" else "FINISHED")
+        params = run.data.params
+        assert (params["protocol"], params["kind"], params["variant"], int(params["seed"])) == (
+            record["protocol"],
+            record["kind"],
+            record["variant"],
+            record["seed"],
+        )
+        assert {k: float(params[k]) for k in record["config"]} == record["config"]
+        history = client.get_metric_history(run.info.run_id, "miou")
+        assert sorted((m.step, m.value) for m in history) == [
+            (h["iteration"], h["miou"]) for h in record["history"]
+        ]
+        assert run.data.metrics["final_miou"] == pytest.approx(record["miou"])
