@@ -95,6 +95,8 @@ class TrialRecord:
     status: str = "running"  # STATUSES
     error: str | None = None  # the line that says what went wrong
     error_detail: str | None = None  # the end of the traceback
+    # why the searcher could not tell Optuna how this trial ended (TPE then never learnt it)
+    optuna_error: str | None = None
     # None, or {"iteration": int, "losses": {"loss" / "loss_<term>": number, or "nan" / "inf"}}
     diverged: dict[str, Any] | None = None
     miou: float | None = None  # of the last evaluation

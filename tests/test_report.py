@@ -904,3 +904,21 @@ def test_the_verdict_says_mgd_is_ahead_when_only_its_gain_is_separated():
     assert not table["best"].any()
     assert _verdict(table, None).startswith("**MGD is ahead of supervised only at this budget**")
     assert "cannot rank" in _verdict(table[table["variant"] != "gain"], None)
+
+
+def test_a_trial_optuna_was_never_told_of_is_named_in_its_record_and_the_report(tmp_path):
+    from mgd_ray.distributed.records import record_untold
+
+    root = str(tmp_path)
+    write_trial(root, record("s1", "1/8", "search", "search", "completed", 0.4))
+    write_trial(root, record("s2", "1/8", "search", "search", "completed", 0.3))
+    record_untold(root, "1/8", "s2", "OperationalError: database is locked")
+    record_untold(root, "1/8", "gone", "no record: nothing written")
+    with open(os.path.join(root, "trials", "1_8", "s2.json")) as f:
+        assert json.load(f)["optuna_error"] == "OperationalError: database is locked"
+    assert sorted(os.listdir(os.path.join(root, "trials", "1_8"))) == ["s1.json", "s2.json"]
+    with pytest.warns(UserWarning, match="study.json"):
+        paths = generate_report(root)
+    with open(paths["index"]) as f:
+        index = f.read()
+    assert "**Optuna was never told how 1 search trial(s) ended** (s2;" in index

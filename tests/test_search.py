@@ -116,3 +116,44 @@ def test_a_truncated_searcher_checkpoint_is_rebuilt_from_the_optuna_storage(tmp_
         "running"
     ].value == pytest.approx(0.3)
     assert trials["done"].value == pytest.approx(0.4) and len(trials) == 2
+
+
+def flaky_tell(s, monkeypatch, failures):
+    """Make the study's tell raise `failures` times (an OperationalError, as a locked SQLite file
+    gives), then work; returns the list of calls."""
+    calls, real = [], s._ot_study.tell
+
+    def tell(*args, **kwargs):
+        calls.append(args)
+        if len(calls) <= failures:
+            raise RuntimeError("database is locked")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(s._ot_study, "tell", tell)
+    monkeypatch.setattr("mgd_ray.distributed.search.TELL_BACKOFF_S", 0.0)
+    return calls
+
+
+def test_a_tell_that_fails_once_is_retried_and_reaches_optuna(monkeypatch):
+    s = searcher(max_iterations=4)
+    s.suggest("t")
+    calls = flaky_tell(s, monkeypatch, failures=1)
+    s.on_trial_complete("t", result=result(0.3, 4, 1))
+    (trial,) = s._ot_study.get_trials()
+    assert len(calls) == 2 and trial.state == TrialState.COMPLETE
+    assert trial.value == pytest.approx(0.3) and s.untold == {}
+
+
+def test_a_tell_that_keeps_failing_is_not_marked_told_and_is_reported(monkeypatch):
+    said = []
+    s = searcher(max_iterations=4)
+    s.on_untold = lambda trial_id, error: said.append((trial_id, error))
+    s.suggest("t")
+    calls = flaky_tell(s, monkeypatch, failures=99)
+    s.on_trial_complete("t", result=result(0.3, 4, 1))
+    (trial,) = s._ot_study.get_trials()
+    assert len(calls) == 3  # TELL_ATTEMPTS
+    assert trial.state == TrialState.RUNNING  # Optuna never learnt it: TPE does not count it
+    assert "t" not in s._completed_trials  # a later tell (e.g. after --resume) is still allowed
+    assert s.untold == {"t": "RuntimeError: database is locked"}
+    assert said == [("t", "RuntimeError: database is locked")]

@@ -204,6 +204,18 @@ class TrialRecorder(Callback):
             )
 
 
+def record_untold(results_dir: str, protocol: str, trial_id: str, error: str) -> None:
+    """Write into a search trial's record that Optuna could not be told how it ended
+    (HonestOptunaSearch's on_untold)."""
+    path = os.path.join(results_dir, "trials", protocol_slug(protocol), f"{trial_id}.json")
+    try:
+        record = TrialRecord.from_json(read_json_object(path))
+    except (OSError, ValueError):  # no record yet: the recorder writes the trial's own later
+        return
+    record.optuna_error = error
+    write_json_atomic(path, record.to_json())
+
+
 def _pickled_error(trial) -> BaseException | None:
     """The exception Tune kept for a failed trial, in the file beside its error text (None when it
     kept none or it cannot be read)."""

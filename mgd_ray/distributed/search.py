@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+import time
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -33,6 +34,8 @@ from .ray_private import optuna_trial_id, optuna_trials
 logger = logging.getLogger(__name__)
 
 TRIAL_ID_ATTR = "ray_trial_id"
+TELL_ATTEMPTS = 3  # a tell that raised is retried (a locked SQLite file, a dropped connection)
+TELL_BACKOFF_S = 0.5  # seconds before the first retry, doubled after each
 # Trial record status (records.TrialRecorder) -> the Optuna state this searcher tells.
 RECORD_TO_OPTUNA_STATE = {
     "completed": TrialState.COMPLETE,
@@ -46,12 +49,21 @@ class HonestOptunaSearch(OptunaSearch):
 
     max_iterations: the iteration a trial must reach to count as finished.
     iteration_key: the result key holding that iteration (the engine's "iteration").
+    on_untold: called with (Tune trial id, error text) when Optuna could not be told how a trial
+    ended after TELL_ATTEMPTS tries; the trial stays untold (`untold`), so TPE does not learn
+    from it, and the study writes the error into the trial's record. Must pickle (Tune
+    checkpoints the searcher): a module-level function or a functools.partial of one.
     Other arguments as OptunaSearch (space, metric, mode, points_to_evaluate, sampler, storage,
     ...).
     """
 
     def __init__(
-        self, *args: Any, max_iterations: int, iteration_key: str = "iteration", **kwargs: Any
+        self,
+        *args: Any,
+        max_iterations: int,
+        iteration_key: str = "iteration",
+        on_untold: Callable[[str, str], None] | None = None,
+        **kwargs: Any,
     ) -> None:
         if isinstance(kwargs.get("metric"), list):
             raise ValueError(
@@ -61,6 +73,8 @@ class HonestOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.max_iterations = int(max_iterations)
         self.iteration_key = iteration_key
+        self.on_untold = on_untold
+        self.untold: dict[str, str] = {}  # Tune trial id -> why Optuna could not be told
         self._reported_steps: dict[str, set[int]] = {}
 
     def suggest(self, trial_id: str) -> dict | None:
@@ -118,11 +132,40 @@ class HonestOptunaSearch(OptunaSearch):
         if trial_id in told or trial_id not in trials:
             return
         state, value = ending(result, error, self.metric, self.iteration_key, self.max_iterations)
+        problem = tell(study, trials[trial_id], value, state)
+        if problem is None:
+            told.add(trial_id)
+            self.untold.pop(trial_id, None)
+            return
+        logger.error(
+            "Optuna could not be told that trial %s ended %s: %s", trial_id, state.name, problem
+        )
+        self.untold[trial_id] = problem
+        if self.on_untold is not None:
+            self.on_untold(trial_id, problem)
+
+
+def tell(
+    study: optuna.Study, trial: optuna.trial.Trial, value: float | None, state: TrialState
+) -> str | None:
+    """Tell `study` how `trial` ended, TELL_ATTEMPTS times at most; None once told (or found
+    finished in the storage, as after a tell whose answer was lost), else the last error."""
+    problem = None
+    for attempt in range(TELL_ATTEMPTS):
+        if attempt:
+            time.sleep(TELL_BACKOFF_S * 2 ** (attempt - 1))
         try:
-            study.tell(trials[trial_id], value, state=state)
-        except Exception as exc:  # e.g. the trial was already finished in the storage
-            logger.warning("Optuna tell for trial %s (%s) failed: %s", trial_id, state.name, exc)
-        told.add(trial_id)
+            study.tell(trial, value, state=state)
+            return None
+        except Exception as exc:  # noqa: BLE001 -- any storage error; reported, never swallowed
+            problem = f"{type(exc).__name__}: {exc}"
+        try:
+            stored = study.get_trials(deepcopy=False)[trial.number]
+        except Exception:  # noqa: BLE001 -- the storage itself unreachable: try again
+            continue
+        if stored.state.is_finished():
+            return None
+    return problem
 
 
 def ending(

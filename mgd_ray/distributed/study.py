@@ -45,7 +45,7 @@ from .options import (
 from .plan import ProtocolPlan, concurrency, plan_study, planned_runs
 from .progress import ProgressCallback, StudyProgress, register, say_waiting
 from .ray_private import trainer_without_ray_cleaner
-from .records import TrialRecorder, error_summary, now_iso
+from .records import TrialRecorder, error_summary, now_iso, record_untold
 from .search import HonestOptunaSearch
 from .spec import SearchPoint, TrialSpec, ablation_point, param_space, search_space
 from .teachers import ensure_teacher, read_teacher_metrics, stage_pretrained
@@ -154,6 +154,7 @@ def run_search(cfg: StudyConfig, spec: TrialSpec, extra_points: list[SearchPoint
         mode="max",
         points_to_evaluate=[point.searched() for point in (spec.paper_point, *extra_points)],
         max_iterations=iterations,
+        on_untold=partial(record_untold, cfg.output_dir, spec.protocol),
         sampler=optuna.samplers.TPESampler(
             seed=cfg.seed, multivariate=True, n_startup_trials=tpe_startup_trials(cfg.num_samples)
         ),

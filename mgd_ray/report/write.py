@@ -384,6 +384,15 @@ def report_index(
         f"{today.isoformat()}",
         f"- Trials: {len(trials)}" + (f" ({state})" if state else ""),
     ]
+    untold = trials.get("optuna_error")
+    untold = trials[untold.notna()] if untold is not None else trials.iloc[:0]
+    if len(untold):
+        lines += [
+            "",
+            f"**Optuna was never told how {len(untold)} search trial(s) ended** "
+            f"({', '.join(map(str, untold['trial_id']))}; the error is each record's "
+            "`optuna_error`): TPE did not learn from them; their results are in the tables.",
+        ]
     if "running" in counts:
         lines += [
             "",
