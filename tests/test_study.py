@@ -656,3 +656,47 @@ def test_holders_names_the_trial_whose_train_run_holds_a_group(monkeypatch):
         == "trial abc_00001: 2 x {CPU: 1}; job 02000000: 1 x {GPU: 1}; actor Holder of job "
         "03000000: {CPU: 1}"
     )
+
+
+def test_a_target_writer_that_fails_is_recorded_and_its_partial_store_deleted(
+    tmp_path, monkeypatch
+):
+    """The trials then run their teachers themselves (the spec comes back without a store), but
+    the fallback is no longer silent: targets.json says so with the error, and nothing of the
+    half-written store is left on the storage."""
+    from mgd_ray import storage
+    from mgd_ray.distributed import study
+    from mgd_ray.distributed.plan import plan_protocol
+
+    cfg = StudyConfig(output_dir=str(tmp_path), protocols=("1/8",), max_concurrent_trials=2)
+    open_study_folder(cfg)
+    teachers = {}
+    for role in ("deep", "wide"):
+        teachers[role] = str(tmp_path / f"{role}.pt")
+        (tmp_path / f"{role}.pt").write_bytes(role.encode())
+    spec = plan_protocol(cfg, "1/8").trial_spec(teachers["deep"], teachers["wide"])
+    store = study.targets_store(cfg, spec)
+
+    class DyingWriter:
+        def __init__(self, loop, train_loop_config, **kwargs):
+            self.chunk = train_loop_config["first"]
+
+        def fit(self):
+            storage.write_bytes(storage.join(store, f"part-{self.chunk}.zst"), b"half")
+            raise RuntimeError("worker died: out of host memory")
+
+    monkeypatch.setattr(study, "trainer_without_ray_cleaner", DyingWriter)
+    assert study.prepare_targets(cfg, spec) == spec  # live teachers in every trial
+    assert not os.path.exists(store)
+    with open(tmp_path / "targets.json") as f:
+        listing = json.load(f)["1/8"]
+    assert listing["store"] == store and listing["deleted"] is True
+    assert "worker died: out of host memory" in listing["fallback"]
+    from mgd_ray.report import generate_report
+
+    paths = generate_report(str(tmp_path))
+    with open(paths["index"]) as f:
+        assert (
+            "**1/8: the shared teacher targets could not be computed** (worker died: out of "
+            "host memory); the partial store was deleted" in f.read()
+        )

@@ -395,12 +395,16 @@ def prepare_targets(cfg: StudyConfig, spec: TrialSpec) -> TrialSpec:
             seconds = list(pool.map(write, range(chunks)))
     except Exception as error:  # noqa: BLE001 -- a writer that cannot start or fails
         # The trials can still run their teachers themselves: each then succeeds or fails on its
-        # own, recorded, and the study goes on, as without shared targets. What was written stays
-        # for a --resume to finish.
+        # own, recorded, and the study goes on, as without shared targets. The half-written store
+        # is deleted (on VOC it is 100-230 GB), and targets.json and REPORT.md say what happened.
+        why = error_summary(str(error))
+        storage.remove_tree(store)
+        _write_targets_entry(
+            cfg, spec.protocol, {"store": store, "fallback": why, "deleted": True}
+        )
         print(
-            f"[{spec.protocol}] WARNING: teacher targets could not be computed "
-            f"({error_summary(str(error))}); this protocol's trials run their teachers "
-            "themselves",
+            f"[{spec.protocol}] WARNING: teacher targets could not be computed ({why}); the "
+            f"partial store was deleted and this protocol's trials run their teachers themselves",
             flush=True,
         )
         return spec
@@ -423,6 +427,13 @@ def prepare_targets(cfg: StudyConfig, spec: TrialSpec) -> TrialSpec:
         flush=True,
     )
     return dataclasses.replace(spec, distill=distill)
+
+
+def _write_targets_entry(cfg: StudyConfig, protocol: str, entry: dict[str, Any]) -> None:
+    path = os.path.join(cfg.output_dir, TARGETS_JSON)
+    listing = _json_or_empty(path)
+    listing[protocol] = entry
+    write_json_atomic(path, listing)
 
 
 def release_targets(cfg: StudyConfig, spec: TrialSpec) -> None:

@@ -132,15 +132,23 @@ def study_protocols(study: dict[str, Any], trials: pd.DataFrame) -> list[str]:
 def load_teachers(results_dir: str) -> dict[str, Any]:
     """RESULTS_DIR/teachers.json: {protocol: {"deep" | "wide": {"arch", "path", "miou",
     "size_bytes", ...}}} as the study wrote it; {} when absent or unreadable (an older study)."""
-    path = os.path.join(results_dir, "teachers.json")
+    return _listing(os.path.join(results_dir, "teachers.json"), "teacher rows left empty")
+
+
+def load_targets(results_dir: str) -> dict[str, Any]:
+    """RESULTS_DIR/targets.json: {protocol: {"store", "bytes", "wall_s", "deleted", ...}, or
+    {"store", "fallback": error, "deleted"} when its writers failed}; {} when absent or
+    unreadable (--teacher-targets live, an older study)."""
+    return _listing(os.path.join(results_dir, "targets.json"), "teacher targets not reported")
+
+
+def _listing(path: str, without: str) -> dict[str, Any]:
     if not os.path.exists(path):
         return {}
     try:
         return read_json_object(path)
     except (OSError, ValueError) as err:
-        warnings.warn(
-            f"teacher file {path} unreadable ({err}); teacher rows left empty", stacklevel=2
-        )
+        warnings.warn(f"{path} unreadable ({err}); {without}", stacklevel=3)
         return {}
 
 

@@ -20,6 +20,7 @@ from mgd_ray.report import plots
 from mgd_ray.report.importance import importance_table
 from mgd_ray.report.load import (
     load_study,
+    load_targets,
     load_teachers,
     load_trials,
     normalize_trials,
@@ -347,11 +348,13 @@ def report_index(
     teachers: dict[str, Any] | None = None,
     models: dict[str, Any] | None = None,
     showcase: dict[str, Any] | None = None,
+    targets: dict[str, Any] | None = None,
 ) -> str:
     """REPORT.md's text: what the run was (with the showcase's record, `showcase`), the study and
     its state, then each table and plot with links. `sections` maps table name to its Markdown
     body; `paths` are relative to RESULTS_DIR; `teachers` (teachers.json) and `models` (best
-    students) list files and sizes."""
+    students) list files and sizes; `targets` (targets.json) says where shared teacher targets
+    could not be computed."""
     counts = trials["status"].value_counts()
     state = ", ".join(
         f"{int(counts[s])} {s.replace('_', '-')}"
@@ -384,6 +387,14 @@ def report_index(
         f"{today.isoformat()}",
         f"- Trials: {len(trials)}" + (f" ({state})" if state else ""),
     ]
+    for protocol, entry in (targets or {}).items():
+        if isinstance(entry, dict) and entry.get("fallback"):
+            lines += [
+                "",
+                f"**{protocol}: the shared teacher targets could not be computed** "
+                f"({entry['fallback']}); the partial store was deleted and this protocol's "
+                "trials ran their teachers themselves (as with --teacher-targets live).",
+            ]
     untold = trials.get("optuna_error")
     untold = trials[untold.notna()] if untold is not None else trials.iloc[:0]
     if len(untold):
@@ -483,6 +494,7 @@ def generate_report(
         teachers=teachers,
         models=_best_students(results_dir),
         showcase=showcase_record(),
+        targets=load_targets(results_dir),
     )
     paths["index"] = write_text_atomic(os.path.join(results_dir, "REPORT.md"), index)
     return {name: os.path.abspath(path) for name, path in paths.items()}
