@@ -700,3 +700,29 @@ def test_a_target_writer_that_fails_is_recorded_and_its_partial_store_deleted(
             "**1/8: the shared teacher targets could not be computed** (worker died: out of "
             "host memory); the partial store was deleted" in f.read()
         )
+
+
+def test_gpus_are_found_on_the_node_types_of_a_cluster_whose_gpu_workers_start_at_zero(
+    monkeypatch, tmp_path
+):
+    """cluster.yaml's head has no GPU and its GPU workers start at zero: the cluster's current
+    total is 0 GPUs, but its autoscaler can start 8 gpu_1x (1 GPU) and 2 gpu_4x (4 GPUs) nodes."""
+    import ray
+
+    from mgd_ray.distributed import cluster, options
+
+    head = {"Alive": True, "NodeManagerAddress": "10.0.0.1", "NodeID": "f" * 56}
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
+    monkeypatch.setattr(ray, "nodes", lambda: [{**head, "Resources": {"CPU": 8.0}}])
+    monkeypatch.setattr(cluster.ray_private, "cluster_config", lambda: None)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setenv(cluster.AUTOSCALING_CONFIG_ENV, os.path.join(repo, "cluster.yaml"))
+    assert options.detect_gpus("auto") == 8 * 1 + 2 * 4
+    cfg, devices = options.resolve_study(address="auto", output_dir=str(tmp_path))
+    assert cfg.gpus_per_trial == 1 and devices.startswith("16 GPU(s) found")
+
+    cpu_only = tmp_path / "cpu.yaml"
+    cpu_only.write_text("available_node_types:\n  cpu: {resources: {CPU: 4}, max_workers: 3}\n")
+    monkeypatch.setenv(cluster.AUTOSCALING_CONFIG_ENV, str(cpu_only))
+    assert options.detect_gpus("auto") == 0

@@ -132,6 +132,18 @@ def node_shapes() -> list[tuple[str, dict[str, float], float]]:
     return shapes
 
 
+def cluster_gpus(shapes: list[tuple[str, dict[str, float], float]]) -> int:
+    """GPUs a cluster of `shapes` (node_shapes) has or can start: its live nodes' total, or its
+    node types' at their maximum counts (an unbounded type counts one node), whichever is more."""
+    live = sum(r.get("GPU", 0) for name, r, _ in shapes if not name.startswith("node type "))
+    types = sum(
+        r.get("GPU", 0) * (1 if math.isinf(count) else count)
+        for name, r, count in shapes
+        if name.startswith("node type ")
+    )
+    return int(max(live, types))
+
+
 def workers_per_node(node: dict[str, float], per_worker: dict[str, float]) -> float:
     """How many Train workers asking for `per_worker` fit on one node with `node` resources."""
     fits = [node.get(k, 0.0) // v for k, v in per_worker.items() if v > 0]

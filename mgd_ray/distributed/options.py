@@ -232,14 +232,18 @@ class StudyConfig:
 
 
 def detect_gpus(address: str | None) -> int:
-    """GPUs of this machine (no --address) or of the running cluster at `address`."""
+    """GPUs of this machine (no --address), or of the cluster at `address`: what its live nodes
+    have or, on an autoscaling cluster whose GPU workers start at zero, what its node types may
+    start (cluster.cluster_gpus), whichever is more."""
     if address is None:
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
     import ray
 
+    from .cluster import cluster_gpus, node_shapes
+
     if not ray.is_initialized():
         ray.init(address=address)
-    return int(ray.cluster_resources().get("GPU", 0))
+    return cluster_gpus(node_shapes())
 
 
 def budget_names(dataset: str) -> list[str]:
