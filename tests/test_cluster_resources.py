@@ -6,6 +6,7 @@ import math
 import pytest
 
 from mgd_ray.distributed.cluster import UnmeetableResources, check_trial_fits, workers_per_node
+from mgd_ray.distributed.options import StudyConfig
 
 HEAD = ("node head", {"CPU": 8.0, "GPU": 0.0, "memory": 1e10}, 1.0)
 GPU_1X = ("node type gpu_1x", {"CPU": 4.0, "GPU": 1.0}, 8.0)
@@ -27,7 +28,7 @@ def test_trials_that_some_node_type_can_host_pass():
     check_trial_fits(
         scaling(1, cpus=4, gpus=1), [HEAD, GPU_1X]
     )  # no GPU node yet: the autoscaler starts one
-    check_trial_fits(scaling(8, cpus=4, gpus=1), [HEAD, GPU_4X])  # two gpu_4x nodes
+    check_trial_fits(scaling(4, cpus=4, gpus=1), [HEAD, GPU_1X, GPU_4X])  # on one gpu_4x node
     check_trial_fits(scaling(2, cpus=4), [HEAD])
 
 
@@ -45,11 +46,29 @@ def test_more_cpus_per_worker_than_any_node_names_the_cpu_option():
         check_trial_fits(scaling(1, cpus=16), [HEAD, GPU_1X])
 
 
-def test_more_workers_than_the_whole_cluster_can_host_names_the_worker_option():
+def test_more_workers_than_one_node_can_host_names_the_worker_option():
+    """A trial's workers are packed on one node (NCCL on the node): eight gpu_1x nodes hold 8
+    one-GPU workers between them, but never a 2-worker trial; two gpu_4x nodes never an 8-worker
+    one."""
     with pytest.raises(
-        UnmeetableResources, match=r"--workers-per-trial=9: the cluster can host at most 8"
+        UnmeetableResources, match=r"--workers-per-trial=2: no node .* hosts 2 Train workers"
     ):
-        check_trial_fits(scaling(9, cpus=4, gpus=1), [HEAD, GPU_1X])
+        check_trial_fits(scaling(2, cpus=4, gpus=1), [HEAD, GPU_1X])
+    with pytest.raises(UnmeetableResources, match=r"--workers-per-trial=8: .*at most 4"):
+        check_trial_fits(scaling(8, cpus=4, gpus=1), [HEAD, GPU_1X, GPU_4X])
+
+
+def test_a_multi_worker_trial_asks_ray_to_pack_its_workers_on_one_node(tmp_path):
+    from mgd_ray.distributed.plan import plan_protocol
+    from mgd_ray.distributed.trial import scaling_config
+
+    def strategy(**options):
+        cfg = StudyConfig(output_dir=str(tmp_path), protocols=("1/8",), **options)
+        return scaling_config(plan_protocol(cfg, "1/8").run).placement_strategy
+
+    assert strategy(gpus_per_trial=4, workers_per_trial=4) == "STRICT_PACK"
+    assert strategy(gpus_per_trial=0, workers_per_trial=2) == "STRICT_PACK"
+    assert strategy(gpus_per_trial=1, workers_per_trial=1) == "PACK"  # one bundle: no matter
 
 
 def test_resources_no_node_offers_are_refused_before_anything_is_written(
@@ -93,3 +112,8 @@ def test_trial_slots_count_what_is_free_now_or_what_an_autoscaler_may_start():
     assert trial_slots(scaling(1), [HEAD, GPU_1X], [{"CPU": 3.0}]) == 3
     # Nothing fits now and no autoscaler: one trial in flight, which waits (and is said to wait).
     assert trial_slots(scaling(2), [HEAD], [{"CPU": 1.0}]) == 1
+    # 4-worker trials are packed on one node: gpu_1x nodes hold none of them; 2 gpu_4x nodes 2.
+    assert trial_slots(scaling(4, cpus=4, gpus=1), [HEAD, GPU_1X, GPU_4X], [{"CPU": 8.0}]) == 2
+    # Two live nodes with 1 free CPU each: 2 CPUs free, but no node for a 2-worker trial now.
+    assert trial_slots(scaling(2), [HEAD], [{"CPU": 1.0}, {"CPU": 1.0}]) == 1
+    assert trial_slots(scaling(2), [HEAD], [{"CPU": 3.0}, {"CPU": 2.0}]) == 2

@@ -154,8 +154,8 @@ def check_trial_fits(
     scaling: dict[str, int], shapes: list[tuple[str, dict[str, float], float]]
 ) -> None:
     """Raise UnmeetableResources (naming the option) when no node can ever host one Train worker of
-    a trial, or all of them together cannot host a trial's workers. `scaling`:
-    TrainRun.scaling()."""
+    a trial, or none can host all of a trial's workers (scaling_config packs them on one node).
+    `scaling`: TrainRun.scaling()."""
     per_worker = {
         "CPU": float(scaling["cpus_per_worker"]),
         "GPU": float(scaling["gpus_per_worker"]),
@@ -174,11 +174,13 @@ def check_trial_fits(
             f"{option}: no node of this cluster, running or that the autoscaler can start, "
             f"offers that much to one Train worker ({offered or 'no nodes'})"
         )
-    capacity = sum(workers_per_node(r, per_worker) * count for _, r, count in shapes)
-    if capacity < scaling["workers"]:
+    most = max(workers_per_node(r, per_worker) for _, r, _ in shapes)
+    if most < scaling["workers"]:
         raise UnmeetableResources(
-            f"--workers-per-trial={scaling['workers']}: the cluster can host at most {capacity:g} "
-            f"Train workers of {per_worker['CPU']:g} CPU, {per_worker['GPU']:g} GPU ({offered})"
+            f"--workers-per-trial={scaling['workers']}: no node of this cluster, running or that "
+            f"the autoscaler can start, hosts {scaling['workers']} Train workers of "
+            f"{per_worker['CPU']:g} CPU, {per_worker['GPU']:g} GPU (a trial's workers are packed "
+            f"on one node; at most {most:g} fit one: {offered})"
         )
 
 
@@ -192,8 +194,9 @@ def trial_slots(
     shapes: list[tuple[str, dict[str, float], float]],
     free: list[dict[str, float]],
 ) -> int:
-    """How many trials of `scaling` (TrainRun.scaling()) can run at once: the Train workers that
-    fit in what the live nodes have free now, or, on an autoscaling cluster, on the node types it
+    """How many trials of `scaling` (TrainRun.scaling()) can run at once, each with all its Train
+    workers on one node (scaling_config packs them): those that fit in what the live nodes have
+    free now, or, on an autoscaling cluster, on the node types it
     may start at their maximum counts, whichever is more; at least 1 (an autoscaler starting from
     zero GPU nodes scales up for the one trial that waits). CPU-only trials count no GPU node type:
     Ray's autoscaler keeps GPU nodes for GPU work. Asked before every phase: on a shared cluster,
@@ -202,16 +205,17 @@ def trial_slots(
         "CPU": float(scaling["cpus_per_worker"]),
         "GPU": float(scaling["gpus_per_worker"]),
     }
-    on_free = sum(workers_per_node(node, per_worker) for node in free)
+    workers = scaling["workers"]
+    on_free = sum(workers_per_node(node, per_worker) // workers for node in free)
     on_types = sum(
-        workers_per_node(resources, per_worker) * count
+        workers_per_node(resources, per_worker) // workers * count
         for name, resources, count in shapes
         if name.startswith("node type ") and (per_worker["GPU"] or not resources.get("GPU"))
     )
-    workers = max(on_free, on_types)
-    if math.isinf(workers):
+    trials = max(on_free, on_types)
+    if math.isinf(trials):
         return 1_000_000  # an unbounded autoscaler: Tune's own limit (num_samples) applies
-    return max(1, int(workers // scaling["workers"]))
+    return max(1, int(trials))
 
 
 # What trials reserve, and giving it back. A trial's Ray Train run holds its workers' resources in

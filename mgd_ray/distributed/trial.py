@@ -43,8 +43,15 @@ def scaling_config(run: TrainRun) -> ray.train.ScalingConfig:
     resources = {"CPU": run.cpus_per_worker}
     if run.gpus_per_worker:
         resources["GPU"] = run.gpus_per_worker
+    # A multi-worker trial's workers all on one node: DDP's all-reduce stays on the node (NVLink
+    # or PCIe for NCCL, shared memory for gloo) instead of crossing the network, as cluster.yaml's
+    # gpu_4x type is sized for. Ray's default PACK is best-effort and spreads when no node has
+    # room; STRICT_PACK waits for (or makes the autoscaler start) a node that holds them all.
     return ray.train.ScalingConfig(
-        num_workers=run.workers, use_gpu=bool(run.gpus_per_worker), resources_per_worker=resources
+        num_workers=run.workers,
+        use_gpu=bool(run.gpus_per_worker),
+        resources_per_worker=resources,
+        placement_strategy="STRICT_PACK" if run.workers > 1 else "PACK",
     )
 
 
