@@ -157,8 +157,8 @@ def train(cfg: DistillConfig, folder: str, ctx_type=LocalContext) -> tuple[list[
     ctx = ctx_type(folder, verbose=False)
     with recorded_steps() as steps:
         distill_student(cfg, ctx)
-    if ctx.latest_checkpoint() is None:  # a rank > 0 keeps no checkpoint
-        return steps, {}
+    if ctx.latest_checkpoint() is None:  # a rank > 0 keeps no checkpoint: its weights in memory
+        return steps, {k: v.detach().clone() for k, v in ctx.model.module.state_dict().items()}
     return steps, load_checkpoint(os.path.join(folder, "checkpoint", "model.pt"))
 
 
@@ -504,7 +504,8 @@ def test_named_seed_streams_are_distinct_and_stable():
 
 class DDPContext(LocalContext):
     def prepare_model(self, model):
-        return nn.parallel.DistributedDataParallel(model.to(self.device))
+        self.model = nn.parallel.DistributedDataParallel(model.to(self.device))
+        return self.model
 
 
 def _two_rank_worker(rank: int, world: int, folder: str) -> None:
@@ -548,7 +549,10 @@ def test_training_from_the_store_equals_live_teachers_on_two_ddp_ranks(tmp_path)
     for result in results:
         assert result["stats"]["files_written"] == 2 * ITERATIONS  # summed over the ranks
         assert result["built"] == ["deeplabv3plus_resnet18"]
+        assert result["live"][1] and result["stored"][1]  # weights on both ranks, not {} vs {}
         assert_same_training(result["live"], result["stored"])
+    # DDP keeps the ranks' weights equal: rank 1's in memory are rank 0's checkpoint.
+    assert_same_training(results[0]["stored"], results[1]["stored"])
     assert 0.05 < results[0]["live"][0][0]["kept_fraction"] < 0.95
     # The ranks trained on other images: their first-iteration files differ.
     first = [
@@ -577,3 +581,118 @@ def test_a_files_digest_is_kept_beside_it_while_the_file_is_unchanged(tmp_path):
     path.write_bytes(b"weights two")
     os.utime(path, ns=(1, 1))  # a rewrite: another size and mtime
     assert storage.sha256(str(path)) == hashlib.sha256(b"weights two").hexdigest()
+
+
+# ---- one step's terms, written out from raw teacher outputs -------------------------------------
+
+
+def _frozen_train_mode(model: nn.Module) -> nn.Module:
+    """The paper's teachers: train-mode BN (batch statistics), never updated."""
+    model.requires_grad_(False).train()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.0
+    return model
+
+
+def _ce(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean over kept pixels of -log softmax(logits)[target], written out."""
+    log_p = logits - logits.exp().sum(dim=1, keepdim=True).log()
+    picked = torch.gather(log_p, 1, torch.where(keep, target, 0).unsqueeze(1)).squeeze(1)
+    return -(picked * keep).sum() / keep.sum().clamp(min=1)
+
+
+def _region_pool(features: torch.Tensor, grid: int) -> torch.Tensor:
+    """B x C x grid^2 averages over the windows [floor(i H / g), ceil((i + 1) H / g))."""
+    b, c, h, w = features.shape
+    cells = []
+    for i in range(grid):
+        for j in range(grid):
+            r0, r1 = (i * h) // grid, -((-(i + 1) * h) // grid)
+            c0, c1 = (j * w) // grid, -((-(j + 1) * w) // grid)
+            cells.append(features[:, :, r0:r1, c0:c1].mean(dim=(2, 3)))
+    return torch.stack(cells, dim=2)
+
+
+def _similarity(features: torch.Tensor) -> torch.Tensor:
+    pooled = _region_pool(features, 7)
+    pooled = pooled / pooled.pow(2).sum(dim=1, keepdim=True).sqrt()
+    return pooled.transpose(1, 2) @ pooled  # B x 49 x 49 cosines
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5])
+def test_one_steps_terms_equal_the_formulas_written_out_from_raw_teacher_outputs(threshold):
+    """L_sup, L_P, L_I and L_R of one step of the engine (live_targets then mgd_losses) against
+    the method's formulas computed here from the teachers' and the student's raw outputs, with
+    one forward per batch (the official code's): softmax, argmax, rounded confidence, mixing by
+    the binary mask, global pooling, 7 x 7 region pooling and cosine similarity, each written out
+    in this test rather than taken from mgd_ray.losses or engine/targets.py."""
+    import copy
+
+    from mgd_ray.engine.mgd_step import mgd_losses
+    from mgd_ray.engine.targets import live_targets
+
+    torch.manual_seed(0)
+    teachers = {}
+    for index, role in enumerate(("deep", "wide")):
+        torch.manual_seed(10 + index)
+        teachers[role] = TinySeg(6)
+        with torch.no_grad():
+            teachers[role].classifier.weight.mul_(6.0)
+        _frozen_train_mode(teachers[role])
+    torch.manual_seed(3)
+    student = TinySeg(6).train()
+    b, s = 2, 32
+    x_l, u0, u1 = (torch.randn(b, 3, s, s) for _ in range(3))
+    y = torch.randint(0, 6, (b, s, s))
+    y[:, :3] = 255  # ignored rows
+    mask = torch.zeros(b, s, s, dtype=torch.int64)
+    mask[0, 4:20, 8:30] = 1
+    mask[1, 10:32, 0:12] = 1
+    active = {"sup", "pixel", "semantic", "region"}
+
+    engine_student = copy.deepcopy(student)
+    targets = live_targets(teachers["deep"], teachers["wide"], x_l, u0, u1, mask, active)
+    terms, stats = mgd_losses(engine_student, targets, x_l, y, u0, u1, mask, active, threshold)
+
+    m = mask.unsqueeze(1).float()
+    x_m = (1 - m) * u0 + m * u1
+    with torch.no_grad():
+        raw = {
+            role: {n: t(x) for n, x in zip(("u0", "u1", "x_l", "x_m"), (u0, u1, x_l, x_m))}
+            for role, t in teachers.items()
+        }
+    s_m, s_l = student(x_m), student(x_l)  # two forwards: BN statistics per batch
+
+    def label_and_kept(logits):
+        p = logits.exp() / logits.exp().sum(dim=1, keepdim=True)
+        confidence, label = p.max(dim=1)
+        return label, torch.round(confidence * 255) / 255 > threshold
+
+    pixel, kept, counted = [], 0, 0
+    shows_u1 = mask.bool()
+    for role in ("wide", "deep"):
+        (a, keep_a), (c, keep_c) = (label_and_kept(raw[role][n]["logits"]) for n in ("u0", "u1"))
+        label_m, keep_m = torch.where(shows_u1, c, a), torch.where(shows_u1, keep_c, keep_a)
+        label_l, keep_l = label_and_kept(raw[role]["x_l"]["logits"])
+        pixel += [_ce(s_m["logits"], label_m, keep_m), _ce(s_l["logits"], label_l, keep_l)]
+        kept += int(keep_m.sum() + keep_l.sum())
+        counted += 2 * b * s * s
+    expected = {
+        "sup": _ce(s_l["logits"], y, y != 255),
+        "pixel": sum(pixel),
+        "semantic": 2
+        * (s_m["logits"].mean(dim=(2, 3)) - raw["deep"]["x_m"]["logits"].mean(dim=(2, 3)))
+        .abs()
+        .sum(dim=1)
+        .mean(),
+        "region": (
+            (_similarity(s_m["features"]) - _similarity(raw["wide"]["x_m"]["features"])) ** 2
+        ).mean(),
+    }
+    assert set(terms) == set(expected)
+    for name, value in expected.items():
+        assert float(terms[name].detach()) == pytest.approx(float(value), rel=1e-5, abs=1e-6), name
+    assert float(stats["kept_fraction"]) == pytest.approx(kept / counted)
+    if threshold:
+        assert 0.05 < kept / counted < 0.95  # the threshold decides some pixels
