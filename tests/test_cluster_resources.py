@@ -2,6 +2,7 @@
 types), without Ray: what can never be met is refused naming the option."""
 
 import math
+import os
 
 import pytest
 
@@ -117,3 +118,56 @@ def test_trial_slots_count_what_is_free_now_or_what_an_autoscaler_may_start():
     # Two live nodes with 1 free CPU each: 2 CPUs free, but no node for a 2-worker trial now.
     assert trial_slots(scaling(2), [HEAD], [{"CPU": 1.0}, {"CPU": 1.0}]) == 1
     assert trial_slots(scaling(2), [HEAD], [{"CPU": 3.0}, {"CPU": 2.0}]) == 2
+
+
+def test_trials_sharing_a_gpu_are_refused_when_they_cannot_fit_its_memory(
+    tmp_path, monkeypatch, capsys
+):
+    """One worker per shared trial: it holds the whole batch of 8 on one device. Measured at crop
+    512 (docs/benchmarks.md section 7): a ResNet-101 CPS step at 8 images reserves 16.9 GiB, a
+    ResNet-18 MGD step 6.88 GiB, each plus a 0.51 GiB CUDA context; an A10G has 22.5 GiB."""
+    from mgd_ray.distributed import plan
+    from mgd_ray.distributed.plan import check_gpu_sharing, plan_protocol, plan_study
+
+    a10g = lambda address: (22.5, "A10G")  # noqa: E731
+    monkeypatch.setattr(plan, "gpu_memory", a10g)
+    shared = dict(gpus_per_trial=1, protocols=("1/8",), crop_size=512, batch_size=8)
+    cfg = StudyConfig(output_dir=str(tmp_path / "a"), trials_per_gpu=4, **shared)
+    with pytest.raises(ValueError) as refused:
+        plan_study(cfg)  # before Ray starts, before any data is built
+    assert (
+        "--trials-per-gpu=4: 4 teacher runs (deeplabv3plus_resnet101, 8 images per device at "
+        "crop 512) need about 4 x 17.4 = 69.6 GiB, more than the 22.5 GiB of A10G; at most 1 "
+        "fit" in str(refused.value)
+    )
+    assert not os.path.exists(tmp_path / "a")
+
+    teachers = {}
+    for role in ("deep", "wide"):  # given teachers: no teacher is trained, students alone count
+        (tmp_path / f"{role}.pt").write_bytes(b"")
+        teachers[f"teacher_{role}_checkpoint"] = str(tmp_path / f"{role}.pt")
+    for n, fits in ((4, False), (3, True)):  # 4 x 7.39 = 29.6 GiB; 3 x 7.39 = 22.2 GiB
+        cfg = StudyConfig(output_dir=str(tmp_path / "b"), trials_per_gpu=n, **shared, **teachers)
+        plans = [plan_protocol(cfg, "1/8")]
+        if fits:
+            check_gpu_sharing(cfg, plans, a10g)
+        else:
+            with pytest.raises(ValueError, match=r"4 student trial runs .* 4 x 7\.4 = 29\.6 GiB"):
+                check_gpu_sharing(cfg, plans, a10g)
+
+    # The synthetic GPU budget (crop 48, batch 8, 4 trials per GPU) fits a 15 GiB T4.
+    small = StudyConfig(
+        output_dir=str(tmp_path / "c"), gpus_per_trial=1, trials_per_gpu=4, batch_size=8
+    )
+    check_gpu_sharing(small, [plan_protocol(small, "1/8")], lambda address: (15.0, "T4"))
+    check_gpu_sharing(small, [plan_protocol(small, "1/8")], lambda address: None)
+    assert "the GPU's memory is unknown here" in capsys.readouterr().out
+
+
+def test_the_gpu_types_of_a_cluster_come_from_ray_resources_and_instance_types(monkeypatch):
+    from mgd_ray.distributed import cluster
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setenv(cluster.AUTOSCALING_CONFIG_ENV, os.path.join(repo, "cluster.yaml"))
+    live = [("node 10.0.0.2 (ab)", {"CPU": 8.0, "GPU": 1.0, "accelerator_type:L4": 1.0}, 1.0)]
+    assert cluster.cluster_accelerators(live) == {"L4", "A10G"}  # g5.xlarge, g5.12xlarge: A10G

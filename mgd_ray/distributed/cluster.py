@@ -29,6 +29,7 @@ import yaml
 from ray.tune import Callback
 
 from . import ray_private
+from .memory import accelerator_of_instance
 
 WORKER_START_TIMEOUT_ENV = (
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # read by Ray Train V2's controller
@@ -121,15 +122,38 @@ def node_shapes() -> list[tuple[str, dict[str, float], float]]:
                 count = math.inf if group.max_count < 0 else float(group.max_count)
                 shapes.append((f"node type {group.name}", dict(group.resources), count))
         return shapes
-    bootstrap = os.path.expanduser(os.environ.get(AUTOSCALING_CONFIG_ENV) or BOOTSTRAP_CONFIG)
-    if os.path.exists(bootstrap):
-        with open(bootstrap) as f:
-            types = (yaml.safe_load(f) or {}).get("available_node_types", {})
-        for name, node_type in types.items():
-            count = float(node_type.get("max_workers", 0))
-            if count:
-                shapes.append((f"node type {name}", dict(node_type.get("resources", {})), count))
+    for name, node_type in bootstrap_node_types().items():
+        count = float(node_type.get("max_workers", 0))
+        if count:
+            shapes.append((f"node type {name}", dict(node_type.get("resources", {})), count))
     return shapes
+
+
+def bootstrap_node_types() -> dict[str, dict[str, Any]]:
+    """The `available_node_types` of the config `ray up` leaves on the head (or the file named by
+    MGD_RAY_AUTOSCALING_CONFIG); {} without one."""
+    bootstrap = os.path.expanduser(os.environ.get(AUTOSCALING_CONFIG_ENV) or BOOTSTRAP_CONFIG)
+    if not os.path.exists(bootstrap):
+        return {}
+    with open(bootstrap) as f:
+        return (yaml.safe_load(f) or {}).get("available_node_types", {}) or {}
+
+
+def cluster_accelerators(shapes: list[tuple[str, dict[str, float], float]]) -> set[str]:
+    """The GPU types of a cluster: the "accelerator_type:<name>" resources Ray gives GPU nodes
+    (live ones, and node types that declare it), and the GPUs of the AWS instance types that
+    `ray up` node types with GPUs name."""
+    found = {
+        key.split(":", 1)[1]
+        for _, resources, _ in shapes
+        for key in resources
+        if key.startswith("accelerator_type:")
+    }
+    for node_type in bootstrap_node_types().values():
+        if node_type.get("resources", {}).get("GPU", 1):
+            instance = (node_type.get("node_config") or {}).get("InstanceType", "")
+            found.add(accelerator_of_instance(instance) or "")
+    return found - {""}
 
 
 def cluster_gpus(shapes: list[tuple[str, dict[str, float], float]]) -> int:

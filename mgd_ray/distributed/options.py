@@ -246,6 +246,30 @@ def detect_gpus(address: str | None) -> int:
     return cluster_gpus(node_shapes())
 
 
+def gpu_memory(address: str | None) -> tuple[float, str] | None:
+    """(GiB, name) of the GPU trials run on: this machine's first GPU (no --address), or the
+    smallest GPU type of the cluster at `address` (memory.ACCELERATOR_GIB of the types
+    cluster.cluster_accelerators finds); None when unknown."""
+    if address is None:
+        if not torch.cuda.is_available():
+            return None
+        props = torch.cuda.get_device_properties(0)
+        return props.total_memory / 2**30, props.name
+    import ray
+
+    from .cluster import cluster_accelerators, node_shapes
+    from .memory import ACCELERATOR_GIB
+
+    if not ray.is_initialized():
+        ray.init(address=address)
+    known = [
+        (ACCELERATOR_GIB[name], name)
+        for name in cluster_accelerators(node_shapes())
+        if name in ACCELERATOR_GIB
+    ]
+    return min(known) if known else None
+
+
 def budget_names(dataset: str) -> list[str]:
     """The named budgets of a dataset's preset (its <name>_budget sections)."""
     return sorted(k[: -len("_budget")] for k in read_preset(dataset)[0] if k.endswith("_budget"))

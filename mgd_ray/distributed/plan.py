@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..config import TEACHER_DEEP, TEACHER_WIDE, DistillConfig, TeacherConfig
 from ..data import build_datasets
 from ..engine.presets import preset_configs
 from .cluster import free_resources_per_node, node_shapes, trial_slots
-from .options import StudyConfig, check_study_folder, check_teachers, study_name
+from .memory import check_sharing
+from .options import StudyConfig, check_study_folder, check_teachers, gpu_memory, study_name
 from .spec import TrainRun, TrialSpec
 from .teachers import stage_pretrained
 
@@ -108,9 +110,42 @@ def plan_study(cfg: StudyConfig) -> list[ProtocolPlan]:
         copy=False,
     )
     plans = [plan_protocol(cfg, protocol, imagenet) for protocol in cfg.protocols]
+    check_gpu_sharing(cfg, plans)
     for plan in plans:
         build_datasets(plan.distill.data, save_split=False)
     return plans
+
+
+def check_gpu_sharing(
+    cfg: StudyConfig,
+    plans: list[ProtocolPlan],
+    memory: Callable[[str | None], tuple[float, str] | None] | None = None,
+) -> None:
+    """With --trials-per-gpu N > 1: refuse (ValueError naming the numbers) when N of the study's
+    largest run, a student trial or a teacher it trains, do not fit the GPU's memory
+    (memory.check_sharing; `memory(address)`: (GiB, name) of the GPU, or None when unknown, then
+    nothing is checked and the study says so)."""
+    if cfg.trials_per_gpu <= 1:
+        return
+    found = (memory or gpu_memory)(cfg.address)
+    if found is None:
+        print(
+            f"--trials-per-gpu={cfg.trials_per_gpu}: the GPU's memory is unknown here (no "
+            "accelerator type on the cluster's nodes); whether the trials fit is not checked",
+            flush=True,
+        )
+        return
+    given = {TEACHER_DEEP: cfg.teacher_deep_checkpoint, TEACHER_WIDE: cfg.teacher_wide_checkpoint}
+    runs = []
+    for plan in plans:
+        data = plan.distill.data
+        runs.append(("student trial", plan.distill.student, data.batch_size, data.crop_size))
+        runs += [
+            ("teacher", arch, t.data.batch_size, t.data.crop_size)
+            for arch, t in plan.teachers.items()
+            if not given.get(arch)
+        ]
+    check_sharing(cfg.trials_per_gpu, runs, *found)
 
 
 def planned_runs(cfg: StudyConfig) -> dict[str, int]:
