@@ -165,3 +165,9 @@ def concurrency(cfg: StudyConfig, run: TrainRun) -> int:
     if cfg.max_concurrent_trials:
         return cfg.max_concurrent_trials
     return trial_slots(run.scaling(), node_shapes(), free_resources_per_node())
+
+
+def ablation_seeds(cfg: StudyConfig) -> list[int]:
+    """The seeds of every ablation row: cfg.seed + 1 onwards, never the search's cfg.seed, so the
+    "MGD (best found)" row is not the winning trial's own run again."""
+    return [cfg.seed + 1 + s for s in range(cfg.seeds)]
