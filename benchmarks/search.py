@@ -107,9 +107,8 @@ def summarise(output_dir: str, protocol: str) -> list:
     """[best final mIoU, its trial's iterations, device-hours to reach it, device-hours in all,
     completed / early-stopped / failed trial counts]."""
     records = read_records(output_dir, protocol)
-    best = best_trial(
-        records
-    )  # the study's rule: an early-stopped trial's mIoU is from fewer iterations
+    # the study's rule: an early-stopped trial's mIoU is from fewer iterations
+    best = best_trial(records)
     ended = sorted((r for r in records if r.ended_at), key=lambda r: r.ended_at)
     to_best = sum(r.device_hours for r in ended[: ended.index(best) + 1]) if best else float("nan")
     counts = {

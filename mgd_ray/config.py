@@ -102,9 +102,8 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4  # not applied to BN parameters and biases
     poly_power: float = 0.9
-    warmup_iterations: int = (
-        0  # linear warm-up before the poly decay; 0 = the paper (ImageNet starts)
-    )
+    # linear warm-up before the poly decay; 0 = the paper (ImageNet starts)
+    warmup_iterations: int = 0
     grad_clip: float | None = None  # max global grad norm; None = off
 
     def __post_init__(self) -> None:
@@ -157,9 +156,8 @@ class DistillConfig:
     teacher_wide: str = TEACHER_WIDE
     teacher_deep_checkpoint: str | None = None  # state-dict file of the trained, frozen teacher
     teacher_wide_checkpoint: str | None = None
-    teacher_train_mode: bool = (
-        True  # the paper's: BN with batch statistics per named batch; False = eval mode
-    )
+    # the paper's: BN with batch statistics per named batch; False = eval mode
+    teacher_train_mode: bool = True
     weights: LossWeights = field(default_factory=LossWeights)
     confidence_threshold: float = 0.0  # pseudo-label pixels below it are ignored; 0 = the paper
     data: DataConfig = field(default_factory=DataConfig)

@@ -154,9 +154,8 @@ class TrialRecord:
         for key in ("seed", "max_iterations", "device", "num_devices", "config"):
             values.setdefault(key, None)
         record = cls(**values)
-        if (
-            finite_or_none(record.miou) is None
-        ):  # a trial stopped between writes may have its history only
+        # a trial stopped between writes may have its history only
+        if finite_or_none(record.miou) is None:
             scored = [h.get("miou") for h in record.history if isinstance(h, dict)]
             scored = [m for m in scored if finite_or_none(m) is not None]
             record.miou = scored[-1] if scored else None

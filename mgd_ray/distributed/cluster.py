@@ -31,14 +31,12 @@ from ray.tune import Callback
 from . import ray_private
 from .memory import accelerator_of_instance
 
-WORKER_START_TIMEOUT_ENV = (
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # read by Ray Train V2's controller
-)
+# read by Ray Train V2's controller
+WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # read by a local Ray start for its GCS port
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # written on the head by `ray up`
-AUTOSCALING_CONFIG_ENV = (
-    "MGD_RAY_AUTOSCALING_CONFIG"  # names another autoscaler config (local_cluster)
-)
+# names another autoscaler config (local_cluster)
+AUTOSCALING_CONFIG_ENV = "MGD_RAY_AUTOSCALING_CONFIG"
 
 
 class UnmeetableResources(ValueError):
@@ -340,9 +338,8 @@ class ReservationWatch(Callback):
 
     def _reset(self) -> None:
         self._next_check = 0.0
-        self._waiting_since: float | None = (
-            None  # the start of the current wait, None when none waits
-        )
+        # the start of the current wait, None when none waits
+        self._waiting_since: float | None = None
         self._said: str | None = None
         self._holders_said_at = -math.inf
 

@@ -79,13 +79,11 @@ class StudyConfig:
     trials_per_gpu: int = 1
     workers_per_trial: int = 1
     cpus_per_worker: int = 1
-    max_concurrent_trials: int | None = (
-        None  # None: what the cluster holds, asked before each phase
-    )
+    # None: what the cluster holds, asked before each phase
+    max_concurrent_trials: int | None = None
     max_failures: int = 1  # Ray Train restarts of a run after a worker failure
-    worker_start_timeout_s: float = (
-        600.0  # a Train worker group not started by then is retried ...
-    )
+    # a Train worker group not started by then is retried ...
+    worker_start_timeout_s: float = 600.0
     worker_start_retries: int = 2  # ... this many times, then its trial fails (cluster.py)
     storage_path: str | None = None  # default: <output_dir>/ray; s3://... on a cluster
     optuna_storage: str | None = None  # default: sqlite:///<output_dir>/optuna.db
@@ -97,9 +95,8 @@ class StudyConfig:
     teacher_deep_checkpoint: str | None = None
     teacher_wide_checkpoint: str | None = None
     pretrained: str = "none"  # "imagenet" | "none" (from scratch)
-    pretrained_dir: str | None = (
-        None  # a folder holding torchvision's ImageNet files (offline machines)
-    )
+    # a folder holding torchvision's ImageNet files (offline machines)
+    pretrained_dir: str | None = None
     verbose: bool = True
     verbose_ray: bool = False  # Ray Train's per-report INFO lines on the console (else: log files)
     keep_trial_weights: bool = False  # keep every trial's Train run folder (weights + state)
@@ -110,9 +107,8 @@ class StudyConfig:
     # torch.compile: students and CPS branches compiled, frozen teachers captured in CUDA graphs
     # (engine/device.compile_for_device); None = on CUDA only, False = off
     compile: bool | None = None
-    keep_targets: bool = (
-        False  # keep each protocol's store of teacher targets after its last phase
-    )
+    # keep each protocol's store of teacher targets after its last phase
+    keep_targets: bool = False
     export_ablation_students: bool = False  # models/<protocol>/<variant>.pt per ablation row
     budget: str | None = None  # the preset's named budget the study size came from (--budget)
     mlflow_uri: str | None = None  # an MLflow tracking URI: every trial logged there (tracking.py)

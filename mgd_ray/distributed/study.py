@@ -99,9 +99,8 @@ def run_study(
         flush=True,
     )
     check_tracking(cfg)  # an MLflow store that cannot be opened: refused before Ray starts
-    connect(
-        cfg.address, cfg.worker_start_timeout_s
-    )  # every process told which cluster (cluster.py)
+    # every process told which cluster (cluster.py)
+    connect(cfg.address, cfg.worker_start_timeout_s)
     check_trial_fits(plans[0].run.scaling(), node_shapes())  # resources no node can ever offer
     prepare_study(cfg, plans)
     tracking = open_tracking(cfg)  # the study's experiment and parent run (tracking.py)
@@ -110,9 +109,8 @@ def run_study(
         f"{cfg.devices_per_trial} {cfg.device.upper()}(s) each",
         flush=True,
     )
-    progress = StudyProgress(
-        list(cfg.protocols), planned_runs(cfg)
-    )  # extra points count in num_samples
+    # extra points count in num_samples
+    progress = StudyProgress(list(cfg.protocols), planned_runs(cfg))
     progress.already_done("trial", finished_trials(cfg))
     register(study_name(cfg), progress)
     register_tracking(cfg, tracking)

@@ -17,9 +17,8 @@ from mgd_ray.schema import POINT
 
 MISSING = "--"
 PM = "\u00b1"  # the +/- sign; LaTeX gets $\pm$
-BACKGROUND_MARK = (
-    "\u2020"  # a dagger after a cell at the all-background score; LaTeX gets $^\dagger$
-)
+# a dagger after a cell at the all-background score; LaTeX gets $^\dagger$
+BACKGROUND_MARK = "\u2020"
 CONFIG_HEADERS = {p.key: p.label for p in POINT}  # a point key -> its column, the paper's name
 TEX_HEADERS = {p.label: p.tex for p in POINT} | {"mIoU (%)": r"mIoU (\%)"}
 

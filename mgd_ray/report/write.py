@@ -362,9 +362,8 @@ def report_index(
         if s in counts
     )
     diverged = [d["iteration"] for d in trials.get("diverged", ()) if isinstance(d, dict)]
-    if (
-        diverged
-    ):  # of the failed ones: the loss stopped being finite (the record's "diverged" field)
+    # of the failed ones: the loss stopped being finite (the record's "diverged" field)
+    if diverged:
         state += (
             f"; {len(diverged)} diverged, at iteration(s) {', '.join(map(str, sorted(diverged)))}"
         )

@@ -91,9 +91,8 @@ def prepare_targets(cfg: StudyConfig, spec: TrialSpec) -> TrialSpec:
         )
         started = time.time()
         trainer.fit()
-        storage.remove_tree(
-            storage.join(spec.run.storage_path, run_name)
-        )  # nothing in it resumes anything
+        # nothing in it resumes anything
+        storage.remove_tree(storage.join(spec.run.storage_path, run_name))
         return time.time() - started
 
     print(

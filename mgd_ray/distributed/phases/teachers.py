@@ -54,9 +54,8 @@ def prepare_teachers(
                 if "://" in path
                 else os.path.abspath(path)
             )
-            metrics = (
-                read_teacher_metrics(uri) if not path else {}
-            )  # a given file's scores are unknown
+            # a given file's scores are unknown
+            metrics = read_teacher_metrics(uri) if not path else {}
             listing.setdefault(plan.protocol, {})[role] = {
                 "arch": arch,
                 "path": uri,

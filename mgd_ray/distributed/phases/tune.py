@@ -219,17 +219,15 @@ def keep_best_drop_the_rest(cfg: StudyConfig, spec: TrialSpec, kind: str) -> Non
     )
     if best:
         print(f"[{spec.protocol}] best student so far: {best}", flush=True)
-    if not best and any(
-        is_completed(r) for r in records
-    ):  # never delete the only copies of the weights
+    # never delete the only copies of the weights
+    if not best and any(is_completed(r) for r in records):
         print(
             f"[{spec.protocol}] WARNING: no trial's weights could be exported; keeping every "
             f"trial's Train folder under {spec.run.storage_path}",
             flush=True,
         )
-    elif (
-        not cfg.keep_trial_weights
-    ):  # only finished trials: an unfinished one resumes from its folder
+    elif not cfg.keep_trial_weights:
+        # only finished trials: an unfinished one resumes from its folder
         prune_trial_weights(cfg.output_dir, spec.protocol, kind, spec.run.storage_path)
     unfinished = [r.trial_id for r in records if r.kind == kind and r.status == "running"]
     if unfinished:
