@@ -618,9 +618,10 @@ def test_trial_weights_are_kept_when_no_best_student_could_be_exported(tmp_path,
 
 
 def test_holders_names_the_trial_whose_train_run_holds_a_group(monkeypatch):
-    """The owner chain cluster.holders follows, on a hand-built cluster state: a trial's actor
-    owns its Train controller, which created the group; another job's group is named by its job."""
-    from mgd_ray.distributed import cluster, ray_private
+    """The owner chain reservations.holders follows, on a hand-built cluster state: a trial's
+    actor owns its Train controller, which created the group; another job's group is named by its
+    job."""
+    from mgd_ray.distributed import ray_private, reservations
 
     group = ray_private.Reservation(
         "g1", "CREATED", ({"CPU": 1.0}, {"CPU": 1.0}), "01000000", "ctrl", False, False
@@ -649,7 +650,7 @@ def test_holders_names_the_trial_whose_train_run_holds_a_group(monkeypatch):
     monkeypatch.setattr(ray_private, "actors", lambda: actors)
     monkeypatch.setattr(ray_private, "trial_actor_id", lambda trial: "trial")
     assert (
-        cluster.holders([group, other], [Trial], "01000000")
+        reservations.holders([group, other], [Trial], "01000000")
         == "trial abc_00001: 2 x {CPU: 1}; job 02000000: 1 x {GPU: 1}; actor Holder of job "
         "03000000: {CPU: 1}"
     )

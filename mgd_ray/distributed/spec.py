@@ -19,8 +19,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ray import tune
-
 from ..config import DistillConfig, LossWeights, check_confidence_threshold
 from ..schema import (
     ABLATION_TERMS,
@@ -163,12 +161,13 @@ def param_space(
     an ablation: one trial per (variant, seed, point) row."""
     space: dict[str, Any] = {SPEC_KEY: spec.to_tune()}
     if ablation is not None:
-        space[ABLATION_KEY] = tune.grid_search(
-            [
+        # Tune's grid search, as tune.grid_search spells it: one trial per row
+        space[ABLATION_KEY] = {
+            "grid_search": [
                 {"variant": variant, "seed": seed, **point.to_tune()}
                 for variant, seed, point in ablation
             ]
-        )
+        }
     return space
 
 

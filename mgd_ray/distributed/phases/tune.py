@@ -17,19 +17,24 @@ from ... import storage
 from ...config import protocol_slug
 from ...data import build_datasets
 from ...schema import best_trial, is_completed, read_records
-from ..cluster import ReservationWatch, wait_released
 from ..export import export_best, prune_trial_weights
 from ..options import StudyConfig, study_name
 from ..plan import ProtocolPlan, ablation_seeds, concurrency
 from ..progress import ProgressCallback, say_waiting
+from ..ray_private import HEAD_NODE_RESOURCE
 from ..records import TrialRecorder, record_untold
+from ..reservations import ReservationWatch, wait_released
 from ..results import study_json, teachers_json
 from ..search import HonestOptunaSearch
 from ..spec import SearchPoint, TrialSpec, ablation_point, param_space, search_space
 from ..tracking import trial_callbacks
 from ..trial import run_trial
 
-TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2, "node:__internal_head__": 0.001}
+# The trial function only drives a TorchTrainer; its workers hold the CPUs and GPUs. Tune needs a
+# non-empty request, so the driver asks for memory only, and a sliver of the head's own resource:
+# trial drivers (and the Train controllers Ray places beside them) then live on the head, and
+# losing a worker node costs a Train restart, never the trial.
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2, HEAD_NODE_RESOURCE: 0.001}
 
 
 def tune_run(
