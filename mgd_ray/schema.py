@@ -203,13 +203,21 @@ def is_completed(record) -> bool:
 
 def ranked_trials(records: Iterable, kind: str | None = None, variant: str | None = None) -> list:
     """The completed trials (of `kind` / `variant` when given), best final mIoU first; on a tie
-    the first by trial id."""
+    the one started first, then by its point (Tune's trial ids are random: a tie broken by id
+    would pick another trial in each run of the same study)."""
     chosen = [
         r
         for r in records
         if is_completed(r) and kind in (None, r.kind) and variant in (None, r.variant)
     ]
-    return sorted(sorted(chosen, key=lambda r: r.trial_id), key=lambda r: -float(r.miou))
+
+    def tie_break(r) -> tuple[str, str, str]:
+        point = getattr(r, "config", None) or {k: getattr(r, k, None) for k in POINT_KEYS}
+        started = getattr(r, "started_at", None)
+        started = started if isinstance(started, str) else ""
+        return started, json.dumps(point, sort_keys=True, default=str), str(r.trial_id)
+
+    return sorted(sorted(chosen, key=tie_break), key=lambda r: -float(r.miou))
 
 
 def best_trial(records: Iterable, kind: str | None = None, variant: str | None = None):

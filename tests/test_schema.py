@@ -155,8 +155,37 @@ def test_completed_and_best_are_one_rule_for_records_and_frames():
         "e",
         "a",
         "c",
-    ]  # a tie goes to the first id
+    ]  # a tie (equal start, equal point) goes to the first id
     assert best_trial(records, kind="search").trial_id == "a"
     assert best_trial(records, variant="pixel").trial_id == "e"
     assert best_trial([record("x", "running", None)]) is None
     assert not reached_the_end(7, 8) and reached_the_end(8, 8) and not reached_the_end(None, 8)
+
+
+def test_a_tie_goes_to_the_trial_started_first_never_to_the_random_trial_id():
+    """Tune's trial ids are random: two runs of the same study give the same trials other ids.
+    Equal scores (a small study often has them) must pick the same trial either way: the one
+    started first (the paper's point is suggested, and started, first), then by the point."""
+
+    def record(trial_id, started, threshold):
+        return TrialRecord(
+            trial_id,
+            "1/8",
+            "search",
+            "search",
+            0,
+            {"w_sup": 1.0, "confidence_threshold": threshold},
+            8,
+            "cpu",
+            1,
+            status="completed",
+            miou=0.5,
+            started_at=started,
+        )
+
+    for first_id, second_id in (("ffff0000", "0000ffff"), ("0000ffff", "ffff0000")):
+        paper = record(first_id, "2026-12-06T20:00:00+00:00", 0.0)
+        later = record(second_id, "2026-12-06T20:00:05+00:00", 0.7)
+        assert best_trial([later, paper]).config["confidence_threshold"] == 0.0
+        same_second = record(second_id, "2026-12-06T20:00:00+00:00", 0.7)
+        assert best_trial([same_second, paper]).config["confidence_threshold"] == 0.0
