@@ -23,9 +23,8 @@ from typing import Callable
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-if (
-    str(REPO) not in sys.path
-):  # `python benchmarks/x.py` from a checkout without the editable install
+# `python benchmarks/x.py` from a checkout without the editable install
+if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mgd_ray.config import DistillConfig, TeacherConfig  # noqa: E402

@@ -214,9 +214,8 @@ class StudentBench:
         }
 
     def teacher_only(self, teacher) -> None:
-        mgd_step.freeze(
-            teacher, train_mode=True
-        )  # the engine's default; other variants switch modes
+        # the engine's default; other variants switch modes
+        mgd_step.freeze(teacher, train_mode=True)
         with autocast(self.device, self.amp):
             ENGINE_TEACHER_FORWARD(teacher, self.teacher_images())
 

@@ -41,9 +41,10 @@ from ray.train.torch import TorchTrainer
 
 from mgd_ray.config import DistillConfig
 from mgd_ray.distributed.options import StudyConfig
+from mgd_ray.distributed.phases.teachers import prepare_teachers
+from mgd_ray.distributed.phases.tune import TRIAL_DRIVER_RESOURCES
 from mgd_ray.distributed.plan import plan_protocol
 from mgd_ray.distributed.spec import param_space
-from mgd_ray.distributed.study import TRIAL_DRIVER_RESOURCES, prepare_teachers
 from mgd_ray.distributed.trial import DISTILL_KEY, run_trial, student_loop
 from mgd_ray.engine import LocalContext, distill_student
 

@@ -1,5 +1,5 @@
 """Search efficiency (issue 8, item 5): on the synthetic set, one protocol, the study's search
-(Optuna TPE + ASHA early stopping, mgd_ray.distributed.study.run_search) against random search
+(Optuna TPE + ASHA early stopping, phases.tune.run_search) against random search
 without early stopping (Optuna RandomSampler, FIFO), at the same trial budget, the same first point
 (the paper's weights), the same teachers and seed. Figures: best mIoU found, device-hours spent in
 all, and device-hours spent until the trial that found the best had finished.
@@ -37,11 +37,12 @@ from ray.tune.schedulers import FIFOScheduler
 
 from mgd_ray.config import TEACHER_DEEP, TEACHER_WIDE, protocol_slug
 from mgd_ray.distributed.options import StudyConfig
+from mgd_ray.distributed.phases.teachers import prepare_teachers
+from mgd_ray.distributed.phases.tune import run_search, tune_run
 from mgd_ray.distributed.plan import plan_protocol
 from mgd_ray.distributed.records import TrialRecorder
 from mgd_ray.distributed.search import HonestOptunaSearch
 from mgd_ray.distributed.spec import TrialSpec, param_space, search_space
-from mgd_ray.distributed.study import prepare_teachers, run_search, tune_run
 from mgd_ray.engine import LocalContext, train_teacher
 from mgd_ray.schema import best_trial, read_records
 
@@ -106,9 +107,8 @@ def summarise(output_dir: str, protocol: str) -> list:
     """[best final mIoU, its trial's iterations, device-hours to reach it, device-hours in all,
     completed / early-stopped / failed trial counts]."""
     records = read_records(output_dir, protocol)
-    best = best_trial(
-        records
-    )  # the study's rule: an early-stopped trial's mIoU is from fewer iterations
+    # the study's rule: an early-stopped trial's mIoU is from fewer iterations
+    best = best_trial(records)
     ended = sorted((r for r in records if r.ended_at), key=lambda r: r.ended_at)
     to_best = sum(r.device_hours for r in ended[: ended.index(best) + 1]) if best else float("nan")
     counts = {

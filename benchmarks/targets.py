@@ -75,9 +75,8 @@ def trained_teacher(arch: str, iterations: int, seed: int) -> str:
         teacher_iterations=iterations,
         teacher_eval_every=iterations,
     )
-    cfg = dataclasses.replace(
-        teachers[TEACHER_DEEP], arch=arch, seed=seed
-    )  # the study's teacher recipe
+    # the study's teacher recipe
+    cfg = dataclasses.replace(teachers[TEACHER_DEEP], arch=arch, seed=seed)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-teacher-") as folder:
         ctx = LocalContext(folder, verbose=False)
@@ -197,9 +196,8 @@ def read_seconds(reader: TargetReader, iterations: list[int], rounds: int) -> fl
 
 def synthetic_store(cfg: DistillConfig, iterations: int, streams: int) -> dict:
     """Compressed bytes and read time of a store written by write_targets at cfg's preset."""
-    cfg = dataclasses.replace(
-        cfg, iterations=max(cfg.iterations, iterations)
-    )  # the store's length
+    # the store's length
+    cfg = dataclasses.replace(cfg, iterations=max(cfg.iterations, iterations))
     with tempfile.TemporaryDirectory(prefix="bench-store-") as folder:
         store = os.path.join(folder, "store")
         stats = write_targets(

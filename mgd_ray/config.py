@@ -26,7 +26,6 @@ __all__ = [
     "TeacherConfig",
     "check_confidence_threshold",
     "check_protocol",
-    "paper_weights",
     "protocol_slug",
 ]
 
@@ -36,20 +35,6 @@ EVALUATION_SETS = ("val", "holdout")
 STUDENTS = ("deeplabv3plus_resnet18", "deeplabv3plus_mobilenetv2")
 TEACHER_DEEP = "deeplabv3plus_resnet101"
 TEACHER_WIDE = "deeplabv3plus_wide_resnet50_2"
-
-# Paper defaults for (lambda_I, lambda_R); w_sup = w_P = 1 everywhere.
-PAPER_WEIGHTS = {
-    ("voc", "deeplabv3plus_resnet18"): (0.002, 100.0),
-    ("voc", "deeplabv3plus_mobilenetv2"): (0.0005, 50.0),
-    ("cityscapes", "deeplabv3plus_resnet18"): (0.001, 100.0),
-    ("cityscapes", "deeplabv3plus_mobilenetv2"): (0.0005, 50.0),
-}
-
-
-def paper_weights(dataset: str, student: str) -> "LossWeights":
-    """The paper's loss weights for a dataset and student (VOC's for the synthetic set)."""
-    semantic, region = PAPER_WEIGHTS.get((dataset, student)) or PAPER_WEIGHTS[("voc", student)]
-    return LossWeights(sup=1.0, pixel=1.0, semantic=semantic, region=region)
 
 
 def _check_finite_nonneg(name: str, value: float) -> None:
@@ -117,9 +102,8 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4  # not applied to BN parameters and biases
     poly_power: float = 0.9
-    warmup_iterations: int = (
-        0  # linear warm-up before the poly decay; 0 = the paper (ImageNet starts)
-    )
+    # linear warm-up before the poly decay; 0 = the paper (ImageNet starts)
+    warmup_iterations: int = 0
     grad_clip: float | None = None  # max global grad norm; None = off
 
     def __post_init__(self) -> None:
@@ -172,9 +156,8 @@ class DistillConfig:
     teacher_wide: str = TEACHER_WIDE
     teacher_deep_checkpoint: str | None = None  # state-dict file of the trained, frozen teacher
     teacher_wide_checkpoint: str | None = None
-    teacher_train_mode: bool = (
-        True  # the paper's: BN with batch statistics per named batch; False = eval mode
-    )
+    # the paper's: BN with batch statistics per named batch; False = eval mode
+    teacher_train_mode: bool = True
     weights: LossWeights = field(default_factory=LossWeights)
     confidence_threshold: float = 0.0  # pseudo-label pixels below it are ignored; 0 = the paper
     data: DataConfig = field(default_factory=DataConfig)

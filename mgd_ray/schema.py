@@ -19,21 +19,39 @@ from typing import IO, Any, Callable, Iterable
 # The label value no loss or metric counts (VOC's object boundaries, Cityscapes' void classes).
 IGNORE_INDEX = 255
 
-# Each loss term by name (LossWeights' fields, a step's loss dict, "loss_<term>" in reports) and
-# the key of its weight in a trial's flat point (a Tune config, a record's "config", the report).
-WEIGHT_KEYS = {
-    "sup": "w_sup",
-    "pixel": "w_pixel",
-    "semantic": "lambda_semantic",
-    "region": "lambda_region",
-}
+
+@dataclass(frozen=True)
+class PointKey:
+    """One key of a trial's flat point (a Tune config, a record's "config", the report's columns):
+    a loss weight with the term it weighs, or the pseudo-label confidence threshold."""
+
+    key: str
+    label: str  # the report's name for it, the paper's
+    tex: str  # the same in LaTeX tables
+    term: str | None = None  # the weighed loss term: a LossWeights field, a step's loss dict key
+    bounds: tuple[float, float] | None = None  # what the search samples; None: not searched
+    log: bool = False  # sampled (and its importance read) on a log scale
+
+
+# The one table of a trial's point, in the order the search suggests it. Bounds: two decades
+# either side of the paper's lambda_I / lambda_R, a factor 4 either side of w_P = 1, the threshold
+# in [0, 0.99] (0 is the paper's); w_sup stays 1, as in the paper.
+POINT = (
+    PointKey("w_sup", "w_sup", r"$w_\mathrm{sup}$", term="sup"),
+    PointKey("w_pixel", "w_P", r"$w_P$", term="pixel", bounds=(0.25, 4.0), log=True),
+    PointKey(
+        "lambda_semantic", "lambda_I", r"$\lambda_I$", "semantic", bounds=(1e-5, 1e-1), log=True
+    ),
+    PointKey("lambda_region", "lambda_R", r"$\lambda_R$", "region", bounds=(1.0, 1e4), log=True),
+    PointKey("confidence_threshold", "tau", r"$\tau$", bounds=(0.0, 0.99)),
+)
+# Views of POINT the layers read.
+WEIGHT_KEYS = {p.term: p.key for p in POINT if p.term}  # loss term -> its weight's point key
 LOSS_TERMS = tuple(WEIGHT_KEYS)
 THRESHOLD_KEY = "confidence_threshold"
-# A trial's flat point: the four loss weights and the pseudo-label confidence threshold.
-POINT_KEYS = (*WEIGHT_KEYS.values(), THRESHOLD_KEY)
-# The point keys the search samples on a log scale (their weights span orders of magnitude; the
-# report's importance analysis reads them on the same scale).
-LOG_SCALE = ("w_pixel", "lambda_semantic", "lambda_region")
+POINT_KEYS = tuple(p.key for p in POINT)
+SEARCH_BOUNDS = {p.key: p.bounds for p in POINT if p.bounds}
+LOG_SCALE = tuple(p.key for p in POINT if p.log)
 # Rows of the ablation table, in the order the table shows them, each with the MGD terms it
 # switches on beside the supervised one, at the paper's weights and threshold (None: "mgd_best",
 # the best point the search found).
@@ -136,9 +154,8 @@ class TrialRecord:
         for key in ("seed", "max_iterations", "device", "num_devices", "config"):
             values.setdefault(key, None)
         record = cls(**values)
-        if (
-            finite_or_none(record.miou) is None
-        ):  # a trial stopped between writes may have its history only
+        # a trial stopped between writes may have its history only
+        if finite_or_none(record.miou) is None:
             scored = [h.get("miou") for h in record.history if isinstance(h, dict)]
             scored = [m for m in scored if finite_or_none(m) is not None]
             record.miou = scored[-1] if scored else None

@@ -193,6 +193,7 @@ def test_study_option_reaches_student_and_both_cps_teachers(
     tmp_path, hub, served_archs, monkeypatch
 ):
     from mgd_ray.distributed import study
+    from mgd_ray.distributed.phases.teachers import prepare_teachers
 
     cfg = study.StudyConfig(
         output_dir=str(tmp_path / "out"),
@@ -219,7 +220,7 @@ def test_study_option_reaches_student_and_both_cps_teachers(
         "ensure_teacher",
         lambda tcfg, run, root: teachers.append(tcfg) or (f"{root}/t.pt", False),
     )
-    study.prepare_teachers(cfg, plans)
+    prepare_teachers(cfg, plans)
     assert {t.arch: t.backbone_weights for t in teachers} == {
         TEACHER_DEEP: staged[TEACHER_DEEP],
         TEACHER_WIDE: staged[TEACHER_WIDE],

@@ -65,6 +65,12 @@ def test_the_trainer_leaves_out_exactly_ray_trains_placement_group_cleaner():
     assert ours == [name for name in stock if name != "PlacementGroupCleanerCallback"]
 
 
+def test_the_head_nodes_own_resource_has_the_name_the_study_asks_for():
+    from ray._common.constants import HEAD_NODE_RESOURCE_NAME
+
+    assert ray_private.HEAD_NODE_RESOURCE == HEAD_NODE_RESOURCE_NAME
+
+
 def test_local_address_and_the_fake_provider_and_raylet_name_are_where_the_study_finds_them():
     assert ray_private.local_address.__module__ == ray_private.__name__
     assert ray_private.services.canonicalize_bootstrap_address.__code__.co_argcount >= 1

@@ -798,7 +798,7 @@ def test_report_counts_diverged_trials_from_their_records_field(tmp_path):
 def test_the_opening_says_whether_mgd_leads_supervised_and_if_not_why():
     """Hand-built rows over paired seeds, one per verdict: each follows the 95% interval of the
     per-seed gain (hand-computed below; t(0.975, 2 dof) = 4.302653)."""
-    from mgd_ray.report.write import mgd_against_supervised
+    from mgd_ray.report.opening import mgd_against_supervised
 
     def table(sup, mgd, teacher, background=False):
         rows = [
@@ -847,11 +847,11 @@ RECORD = {
 def test_a_synthetic_report_quotes_the_showcase_record_except_the_showcase_itself(
     tmp_path, monkeypatch, budget, quoted
 ):
-    from mgd_ray.report import write
+    from mgd_ray.report import opening
 
     record = tmp_path / "showcase.json"
     record.write_text(json.dumps(RECORD))
-    monkeypatch.setattr(write, "SHOWCASE_RECORD", str(record))
+    monkeypatch.setattr(opening, "SHOWCASE_RECORD", str(record))
     root = tmp_path / "study"
     root.mkdir()
     study = {**STUDY, "budget": {"name": budget, "ablation_seeds": 1}}
@@ -867,7 +867,7 @@ def test_a_synthetic_report_quotes_the_showcase_record_except_the_showcase_itsel
 
 
 def test_the_shipped_showcase_record_names_the_readme_command_and_a_measurement():
-    from mgd_ray.report.write import showcase_record
+    from mgd_ray.report.opening import showcase_record
 
     record = showcase_record()
     assert record is not None, "mgd_ray/presets/showcase.json is missing"
@@ -878,7 +878,7 @@ def test_the_shipped_showcase_record_names_the_readme_command_and_a_measurement(
 
 
 def test_the_verdict_says_mgd_is_ahead_when_only_its_gain_is_separated():
-    from mgd_ray.report.write import _verdict
+    from mgd_ray.report.opening import _verdict
 
     # supervised 0.40, 0.41, 0.42; MGD 0.50, 0.512, 0.524 (gains 0.10, 0.102, 0.104: interval
     # [0.095, 0.109] above zero); + L_P 0.50, 0.511, 0.522 (MGD - L_P = 0, 0.001, 0.002: its

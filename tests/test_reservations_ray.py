@@ -1,7 +1,7 @@
 """Every trial gives back what its Train run reserved, however it ends (issue 19), on a Ray head
 without the dashboard, on one with it, and on one beside a second Ray instance on the machine.
 
-The trials are the study's own (`study.tune_run`, `trial.run_trial`, the records) with a
+The trials are the study's own (`phases.tune.tune_run`, `trial.run_trial`, the records) with a
 scripted training loop in place of MGD, so that each ends in a chosen way, quickly: completed,
 stopped by ASHA mid-run, failed, diverged, and cut off by an interrupted driver (SIGINT, as
 Ctrl+C). Each trial's Train run takes both CPUs of the head (2 workers), so the study runs one
@@ -20,8 +20,9 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from mgd_ray.distributed import ray_private, study
+from mgd_ray.distributed import ray_private
 from mgd_ray.distributed.options import StudyConfig
+from mgd_ray.distributed.phases import tune as study
 from mgd_ray.distributed.plan import concurrency, plan_protocol
 from mgd_ray.distributed.records import TrialRecorder
 from mgd_ray.distributed.spec import SearchPoint, from_tune, param_space

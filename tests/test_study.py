@@ -391,12 +391,9 @@ def test_a_named_budget_comes_from_the_preset_and_explicit_options_still_win():
 
 def test_ablation_seeds_are_never_the_searchs_and_tpe_leaves_its_start_up():
     from mgd_ray.distributed.options import StudyConfig
-    from mgd_ray.distributed.study import (
-        ablation_seeds,
-        selection_set,
-        target_streams,
-        tpe_startup_trials,
-    )
+    from mgd_ray.distributed.phases.targets import target_streams
+    from mgd_ray.distributed.phases.tune import selection_set, tpe_startup_trials
+    from mgd_ray.distributed.plan import ablation_seeds
 
     cfg = StudyConfig(seed=4, seeds=3)
     assert ablation_seeds(cfg) == [5, 6, 7] and target_streams(cfg) == [4, 5, 6, 7]
@@ -526,7 +523,7 @@ def test_export_keeps_the_best_student_and_prune_drops_finished_trials(tmp_path)
 
 
 def test_a_tune_run_left_with_running_trials_stops_the_study(tmp_path):
-    from mgd_ray.distributed.study import StudyInterrupted, keep_best_drop_the_rest
+    from mgd_ray.distributed.phases.tune import StudyInterrupted, keep_best_drop_the_rest
 
     cfg = StudyConfig(output_dir=str(tmp_path))
     open_study_folder(cfg)
@@ -593,7 +590,7 @@ def test_checkpoint_paths_ray_reports_become_uris_on_the_studys_storage():
 
 
 def test_trial_weights_are_kept_when_no_best_student_could_be_exported(tmp_path, monkeypatch):
-    import mgd_ray.distributed.study as study
+    import mgd_ray.distributed.phases.tune as study
     from mgd_ray.distributed.options import StudyConfig
     from mgd_ray.schema import write_json_atomic
 
@@ -611,8 +608,8 @@ def test_trial_weights_are_kept_when_no_best_student_could_be_exported(tmp_path,
     )
     pruned = []
     monkeypatch.setattr(study, "prune_trial_weights", lambda *a: pruned.append(a))
-    monkeypatch.setattr(study, "_study_json", lambda cfg: {})
-    monkeypatch.setattr(study, "_teachers_json", lambda cfg: {})
+    monkeypatch.setattr(study, "study_json", lambda cfg: {})
+    monkeypatch.setattr(study, "teachers_json", lambda cfg: {})
     spec = types.SimpleNamespace(
         protocol="1/8", run=types.SimpleNamespace(storage_path=str(tmp_path / "ray"))
     )
@@ -621,9 +618,10 @@ def test_trial_weights_are_kept_when_no_best_student_could_be_exported(tmp_path,
 
 
 def test_holders_names_the_trial_whose_train_run_holds_a_group(monkeypatch):
-    """The owner chain cluster.holders follows, on a hand-built cluster state: a trial's actor
-    owns its Train controller, which created the group; another job's group is named by its job."""
-    from mgd_ray.distributed import cluster, ray_private
+    """The owner chain reservations.holders follows, on a hand-built cluster state: a trial's
+    actor owns its Train controller, which created the group; another job's group is named by its
+    job."""
+    from mgd_ray.distributed import ray_private, reservations
 
     group = ray_private.Reservation(
         "g1", "CREATED", ({"CPU": 1.0}, {"CPU": 1.0}), "01000000", "ctrl", False, False
@@ -652,7 +650,7 @@ def test_holders_names_the_trial_whose_train_run_holds_a_group(monkeypatch):
     monkeypatch.setattr(ray_private, "actors", lambda: actors)
     monkeypatch.setattr(ray_private, "trial_actor_id", lambda trial: "trial")
     assert (
-        cluster.holders([group, other], [Trial], "01000000")
+        reservations.holders([group, other], [Trial], "01000000")
         == "trial abc_00001: 2 x {CPU: 1}; job 02000000: 1 x {GPU: 1}; actor Holder of job "
         "03000000: {CPU: 1}"
     )
@@ -665,7 +663,7 @@ def test_a_target_writer_that_fails_is_recorded_and_its_partial_store_deleted(
     the fallback is no longer silent: targets.json says so with the error, and nothing of the
     half-written store is left on the storage."""
     from mgd_ray import storage
-    from mgd_ray.distributed import study
+    from mgd_ray.distributed.phases import targets as study
     from mgd_ray.distributed.plan import plan_protocol
 
     cfg = StudyConfig(output_dir=str(tmp_path), protocols=("1/8",), max_concurrent_trials=2)

@@ -155,9 +155,8 @@ def build_datasets(cfg: DataConfig, save_split: bool = True) -> SemiSupervisedDa
         [s for s in unlabeled if s.image not in labeled_keys | held],
         num_classes,
     )
-    if (
-        save_split and write_generated_split is not None
-    ):  # only now: a failed validation leaves no split behind
+    # only now: a failed validation leaves no split behind
+    if save_split and write_generated_split is not None:
         write_generated_split()
     return SemiSupervisedData(
         labeled=SegmentationDataset(labeled, "labeled", cfg.crop_size),

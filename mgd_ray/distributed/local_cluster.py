@@ -41,12 +41,10 @@ REPO_CONFIG = os.path.join(
 DEFAULT_STATE = os.path.expanduser("~/.mgd-ray-local-cluster.json")
 DEFAULT_PORT = 6390
 DEFAULT_DASHBOARD_PORT = 8265
-NODE_ID_ENV = (
-    "RAY_OVERRIDE_NODE_ID_FOR_TESTING"  # how the fake provider names each node's processes
-)
-FAKE_HEAD_NODE_ID = (
-    "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"  # the fake provider's head
-)
+# how the fake provider names each node's processes
+NODE_ID_ENV = "RAY_OVERRIDE_NODE_ID_FOR_TESTING"
+# the fake provider's head
+FAKE_HEAD_NODE_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"
 
 
 def descendants(pid: int) -> list[int]:

@@ -11,19 +11,16 @@ suggests for a budget that separates the rows (`separating_command`).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from ..config import DATASETS, STUDENTS, TEACHER_DEEP, TEACHER_WIDE, check_protocol
-from ..data import NUM_CLASSES
-from ..engine.distill import load_teacher
+from ..config import DATASETS, STUDENTS, check_protocol
 from ..engine.presets import read_preset
 from ..models.pretrained import check_regime, default_regime
-from ..schema import ABLATION_VARIANTS, read_json_object
+from ..schema import ABLATION_VARIANTS
 
 # --smoke: one protocol, two search trials, one ablation seed, a few iterations of everything.
 SMOKE = dict(
@@ -79,13 +76,11 @@ class StudyConfig:
     trials_per_gpu: int = 1
     workers_per_trial: int = 1
     cpus_per_worker: int = 1
-    max_concurrent_trials: int | None = (
-        None  # None: what the cluster holds, asked before each phase
-    )
+    # None: what the cluster holds, asked before each phase
+    max_concurrent_trials: int | None = None
     max_failures: int = 1  # Ray Train restarts of a run after a worker failure
-    worker_start_timeout_s: float = (
-        600.0  # a Train worker group not started by then is retried ...
-    )
+    # a Train worker group not started by then is retried ...
+    worker_start_timeout_s: float = 600.0
     worker_start_retries: int = 2  # ... this many times, then its trial fails (cluster.py)
     storage_path: str | None = None  # default: <output_dir>/ray; s3://... on a cluster
     optuna_storage: str | None = None  # default: sqlite:///<output_dir>/optuna.db
@@ -97,9 +92,8 @@ class StudyConfig:
     teacher_deep_checkpoint: str | None = None
     teacher_wide_checkpoint: str | None = None
     pretrained: str = "none"  # "imagenet" | "none" (from scratch)
-    pretrained_dir: str | None = (
-        None  # a folder holding torchvision's ImageNet files (offline machines)
-    )
+    # a folder holding torchvision's ImageNet files (offline machines)
+    pretrained_dir: str | None = None
     verbose: bool = True
     verbose_ray: bool = False  # Ray Train's per-report INFO lines on the console (else: log files)
     keep_trial_weights: bool = False  # keep every trial's Train run folder (weights + state)
@@ -110,9 +104,8 @@ class StudyConfig:
     # torch.compile: students and CPS branches compiled, frozen teachers captured in CUDA graphs
     # (engine/device.compile_for_device); None = on CUDA only, False = off
     compile: bool | None = None
-    keep_targets: bool = (
-        False  # keep each protocol's store of teacher targets after its last phase
-    )
+    # keep each protocol's store of teacher targets after its last phase
+    keep_targets: bool = False
     export_ablation_students: bool = False  # models/<protocol>/<variant>.pt per ablation row
     budget: str | None = None  # the preset's named budget the study size came from (--budget)
     mlflow_uri: str | None = None  # an MLflow tracking URI: every trial logged there (tracking.py)
@@ -120,11 +113,8 @@ class StudyConfig:
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"--dataset {self.dataset!r}: expected one of {', '.join(DATASETS)}")
-        if self.dataset != "synthetic":
-            if not self.data_root:
-                raise ValueError(f"--dataset {self.dataset} needs --data-root")
-            if not os.path.isdir(self.data_root):
-                raise FileNotFoundError(f"--data-root {self.data_root}: no such folder")
+        if self.dataset != "synthetic" and not self.data_root:
+            raise ValueError(f"--dataset {self.dataset} needs --data-root")
         if not self.protocols:
             raise ValueError("--protocols: give at least one protocol")
         for protocol in self.protocols:
@@ -191,17 +181,6 @@ class StudyConfig:
                 f"--teacher-targets {self.teacher_targets!r}: expected one of "
                 f"{', '.join(TEACHER_TARGETS)}"
             )
-        for name in (
-            "teacher_deep_checkpoint",
-            "teacher_wide_checkpoint",
-            "split_dir",
-            "pretrained_dir",
-        ):
-            path = getattr(self, name)
-            if path and "://" not in path and not os.path.exists(path):
-                raise FileNotFoundError(
-                    f"--{name.replace('_', '-')} {path}: no such file or folder"
-                )
 
     @property
     def device(self) -> str:
@@ -237,13 +216,9 @@ def detect_gpus(address: str | None) -> int:
     start (cluster.cluster_gpus), whichever is more."""
     if address is None:
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    import ray
+    from .cluster import connected_gpus
 
-    from .cluster import cluster_gpus, node_shapes
-
-    if not ray.is_initialized():
-        ray.init(address=address)
-    return cluster_gpus(node_shapes())
+    return connected_gpus(address)
 
 
 def gpu_memory(address: str | None) -> tuple[float, str] | None:
@@ -255,16 +230,12 @@ def gpu_memory(address: str | None) -> tuple[float, str] | None:
             return None
         props = torch.cuda.get_device_properties(0)
         return props.total_memory / 2**30, props.name
-    import ray
-
-    from .cluster import cluster_accelerators, node_shapes
+    from .cluster import connected_accelerators
     from .memory import ACCELERATOR_GIB
 
-    if not ray.is_initialized():
-        ray.init(address=address)
     known = [
         (ACCELERATOR_GIB[name], name)
-        for name in cluster_accelerators(node_shapes())
+        for name in connected_accelerators(address)
         if name in ACCELERATOR_GIB
     ]
     return min(known) if known else None
@@ -365,98 +336,8 @@ def resolve_study(
     return StudyConfig(**values), devices
 
 
-# What must match for --resume to continue a study rather than start a different one.
-_IDENTITY = (
-    "dataset",
-    "data_root",
-    "protocols",
-    "student",
-    "num_samples",
-    "seeds",
-    "iterations",
-    "teacher_iterations",
-    "crop_size",
-    "batch_size",
-    "seed",
-    "ablation",
-    "ablation_variants",
-)
-
-
 def study_name(cfg: StudyConfig) -> str:
     return os.path.basename(os.path.abspath(cfg.output_dir))
-
-
-def study_identity(cfg: StudyConfig) -> dict[str, Any]:
-    """The options study.json keeps under "identity" (tuples as lists, as JSON reads them back)."""
-    return {
-        k: list(v) if isinstance(v, tuple) else v
-        for k, v in dataclasses.asdict(cfg).items()
-        if k in _IDENTITY
-    }
-
-
-def check_study_folder(cfg: StudyConfig) -> dict[str, Any] | None:
-    """The study.json of --output-dir when --resume continues it (None for a new study); raise when
-    the folder already holds a study and --resume is not given, when --resume finds none, or when
-    the study was started with other options. Reads only: a folder that holds a study is never
-    reused silently."""
-    path = os.path.join(cfg.output_dir, "study.json")
-    if not os.path.exists(path):
-        if cfg.resume:
-            raise FileNotFoundError(f"--resume: {path} does not exist; nothing to resume")
-        return None
-    if not cfg.resume:
-        raise FileExistsError(
-            f"{cfg.output_dir} already holds a study (study.json): pass --resume to "
-            f"continue it, or choose another --output-dir"
-        )
-    study = read_json_object(path)
-    changed = {
-        k: (study["identity"].get(k), v)
-        for k, v in study_identity(cfg).items()
-        if study["identity"].get(k) != v
-    }
-    if changed:
-        raise ValueError(
-            f"--resume: {path} was started with different options (option: (study, now)): "
-            f"{changed}"
-        )
-    return study
-
-
-def check_teachers(cfg: StudyConfig) -> None:
-    """Both teacher files given on the command line, loaded (weights only) here on the driver: a
-    corrupt file would otherwise fail every trial in its worker. Remote (s3://) files are left to
-    the workers."""
-    num_classes = NUM_CLASSES[cfg.dataset]
-    for option, arch, path in (
-        ("--teacher-deep-checkpoint", TEACHER_DEEP, cfg.teacher_deep_checkpoint),
-        ("--teacher-wide-checkpoint", TEACHER_WIDE, cfg.teacher_wide_checkpoint),
-    ):
-        if not path or "://" in path:
-            continue
-        try:
-            load_teacher(
-                arch,
-                num_classes,
-                path,
-                option.lstrip("-").replace("-", "_"),
-                torch.device("cpu"),
-                train_mode=False,
-            )
-        except FileNotFoundError:
-            raise
-        except (
-            Exception
-        ) as error:  # a corrupt file: torch's unpickler errors say "please file an issue"
-            detail = (
-                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            )
-            raise ValueError(
-                f"{option} {path}: expected a {arch} state dict with {num_classes} classes "
-                f"(a model.pt from a teacher run); could not load it: {detail}"
-            ) from error
 
 
 def separating_command(cfg: StudyConfig) -> tuple[str, str]:

@@ -15,9 +15,10 @@ from ..data import build_datasets
 from ..engine.presets import preset_configs
 from .cluster import free_resources_per_node, node_shapes, trial_slots
 from .memory import check_sharing
-from .options import StudyConfig, check_study_folder, check_teachers, gpu_memory, study_name
+from .options import StudyConfig, gpu_memory, study_name
 from .spec import TrainRun, TrialSpec
 from .teachers import stage_pretrained
+from .validate import validate
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,12 @@ def plan_protocol(
 
 
 def plan_study(cfg: StudyConfig) -> list[ProtocolPlan]:
-    """Every check that can be made before Ray starts, writing nothing: the given teacher files,
-    the results folder (new, or a matching study on --resume), the ImageNet files of --pretrained
+    """Every check that can be made before Ray starts, writing nothing: the options against the
+    file system (validate: the data folder, the given files, the teacher files, the results folder,
+    new or a matching study on --resume), the ImageNet files of --pretrained
     imagenet (found or downloaded here), the presets and the data (the synthetic set is generated
     in its cache on first use). Returns the plan of each protocol."""
-    check_teachers(cfg)  # a corrupt teacher file would otherwise fail every trial in its worker
-    check_study_folder(cfg)
+    validate(cfg)  # the file system's part: the data, given files, teachers, results folder
     imagenet = stage_pretrained(
         cfg.pretrained,
         [cfg.student, TEACHER_DEEP, TEACHER_WIDE],
@@ -165,3 +166,9 @@ def concurrency(cfg: StudyConfig, run: TrainRun) -> int:
     if cfg.max_concurrent_trials:
         return cfg.max_concurrent_trials
     return trial_slots(run.scaling(), node_shapes(), free_resources_per_node())
+
+
+def ablation_seeds(cfg: StudyConfig) -> list[int]:
+    """The seeds of every ablation row: cfg.seed + 1 onwards, never the search's cfg.seed, so the
+    "MGD (best found)" row is not the winning trial's own run again."""
+    return [cfg.seed + 1 + s for s in range(cfg.seeds)]

@@ -74,9 +74,8 @@ class StudyProgress:
         self._kind_started = {k: None for k in RUN_KINDS}
         self.phase, self.protocol = "teachers", None
         self.best: dict[str, float] = {}  # per protocol: the best final mIoU of a completed trial
-        self.waiting = (
-            ""  # trials whose Train workers wait for resources (cluster.ReservationWatch)
-        )
+        # trials whose Train workers wait for resources (reservations.ReservationWatch)
+        self.waiting = ""
         self._lock = threading.Lock()  # teachers finish on a thread pool
 
     def already_done(self, kind: str, count: int) -> None:

@@ -19,6 +19,7 @@ from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeP
 from ray.core.generated import gcs_pb2
 
 __all__ = [
+    "HEAD_NODE_RESOURCE",
     "FakeMultiNodeProvider",
     "PROCESS_TYPE_RAYLET",
     "Actor",
@@ -35,6 +36,10 @@ __all__ = [
     "trainer_without_ray_cleaner",
     "trial_actor_id",
 ]
+
+# The resource only the head node has (ray._common.constants.HEAD_NODE_RESOURCE_NAME): asking for
+# a sliver of it places a process on the head.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 PROCESS_TYPE_RAYLET = ray_constants.PROCESS_TYPE_RAYLET
 _PG_STATES = gcs_pb2.PlacementGroupTableData.PlacementGroupState
@@ -172,7 +177,7 @@ def trainer_without_ray_cleaner(*args: Any, **kwargs: Any):
     run's controller still lives. Without the dashboard (a cluster started with
     --include-dashboard=false, a slim image) every query fails and it polls forever, one process
     per run, long after the study. The study removes the groups of dead controllers itself
-    (cluster.release_reservations)."""
+    (reservations.release_reservations)."""
     return _trainer_class()(*args, **kwargs)
 
 

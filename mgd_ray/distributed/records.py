@@ -40,9 +40,8 @@ def find_divergence(error: BaseException | None) -> DivergedError | None:
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, DivergedError):
-            return DivergedError(
-                error.iteration, error.losses
-            )  # not Ray's wrapper that subclasses it
+            # not Ray's wrapper that subclasses it
+            return DivergedError(error.iteration, error.losses)
         error = getattr(error, "cause", None) or error.__cause__
     return None
 
@@ -143,9 +142,8 @@ class TrialRecorder(Callback):
         # ones.
         record.history = [h for h in record.history if h["iteration"] < step["iteration"]] + [step]
         checkpoint = result.get("checkpoint_path")
-        if (
-            checkpoint
-        ):  # where the weights that scored `miou` are (models/ exports the best from it)
+        # where the weights that scored `miou` are (models/ exports the best from it)
+        if checkpoint:
             record.checkpoint_path = storage.as_uri(
                 checkpoint, from_tune(trial.config).spec.run.storage_path
             )

@@ -19,26 +19,23 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ray import tune
-
 from ..config import DistillConfig, LossWeights, check_confidence_threshold
-from ..schema import ABLATION_TERMS, ABLATION_VARIANTS, LOG_SCALE, THRESHOLD_KEY, WEIGHT_KEYS
+from ..schema import (
+    ABLATION_TERMS,
+    ABLATION_VARIANTS,
+    LOG_SCALE,
+    SEARCH_BOUNDS,
+    THRESHOLD_KEY,
+    WEIGHT_KEYS,
+)
 
 SPEC_KEY = "run"  # a trial config's spec
 ABLATION_KEY = "ablation"  # an ablation trial's row: {"variant", "seed", POINT_KEYS...}
-# Search bounds: two decades either side of the paper's lambda_I / lambda_R, a factor 4 either
-# side of w_P = 1, and the pseudo-label confidence threshold in [0, 0.99] (0 is the paper).
-BOUNDS = {
-    "w_pixel": (0.25, 4.0),
-    "lambda_semantic": (1e-5, 1e-1),
-    "lambda_region": (1.0, 1e4),
-    "confidence_threshold": (0.0, 0.99),
-}
 
 
 def search_space(trial) -> None:
-    """Optuna define-by-run space (TPE, multivariate); w_sup stays 1 as in the paper."""
-    for key, (low, high) in BOUNDS.items():
+    """Optuna define-by-run space (TPE, multivariate): schema.POINT's searched keys."""
+    for key, (low, high) in SEARCH_BOUNDS.items():
         trial.suggest_float(key, low, high, log=key in LOG_SCALE)
 
 
@@ -70,7 +67,7 @@ class SearchPoint:
     def searched(self) -> dict[str, float]:
         """The keys the search space suggests (a point the searcher evaluates must have those
         only)."""
-        return {key: value for key, value in self.to_tune().items() if key in BOUNDS}
+        return {key: value for key, value in self.to_tune().items() if key in SEARCH_BOUNDS}
 
 
 def ablation_point(variant: str, paper: SearchPoint, best: SearchPoint | None) -> SearchPoint:
@@ -164,12 +161,13 @@ def param_space(
     an ablation: one trial per (variant, seed, point) row."""
     space: dict[str, Any] = {SPEC_KEY: spec.to_tune()}
     if ablation is not None:
-        space[ABLATION_KEY] = tune.grid_search(
-            [
+        # Tune's grid search, as tune.grid_search spells it: one trial per row
+        space[ABLATION_KEY] = {
+            "grid_search": [
                 {"variant": variant, "seed": seed, **point.to_tune()}
                 for variant, seed, point in ablation
             ]
-        )
+        }
     return space
 
 

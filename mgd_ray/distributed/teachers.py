@@ -108,9 +108,8 @@ def ensure_teacher(
                 f,
                 indent=1,
             )
-        storage.upload(
-            local, teacher_metrics_uri(uri)
-        )  # before the weights: a cached .pt has its scores
+        # before the weights: a cached .pt has its scores
+        storage.upload(local, teacher_metrics_uri(uri))
     with result.checkpoint.as_directory() as folder:
         storage.upload(os.path.join(folder, "model.pt"), uri)
     # The run's checkpoints (both CPS branches and their optimizer state, ~6x the cached file) only

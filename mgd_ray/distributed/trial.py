@@ -34,9 +34,8 @@ from .ray_private import follow_train_log_level, trainer_without_ray_cleaner
 from .spec import TrainRun, from_tune
 
 DIVERGED_KEY = "diverged"
-DISTILL_KEY = (
-    "distill"  # a student run's train_loop_config: {DISTILL_KEY: the trial's DistillConfig}
-)
+# a student run's train_loop_config: {DISTILL_KEY: the trial's DistillConfig}
+DISTILL_KEY = "distill"
 
 
 def scaling_config(run: TrainRun) -> ray.train.ScalingConfig:

@@ -2,7 +2,7 @@
 
 The engine's loops take a `RunContext` and never ask who is behind it. `LocalContext` runs in one
 process (the debugging runner and the tests); the Ray Train worker loop provides its own
-(`mgd_ray.distributed.worker.RayContext`) that wraps `prepare_model`, `ray.train.report` and
+(`mgd_ray.distributed.trial.RayContext`) that wraps `prepare_model`, `ray.train.report` and
 `ray.train.get_checkpoint`. Data is the engine's own business: it shards its loaders by rank itself
 (engine/batches.py), so that the stream is the same whoever runs it.
 """

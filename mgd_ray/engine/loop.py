@@ -96,9 +96,8 @@ def fit(task: Task, cfg: TeacherConfig | DistillConfig, data, ctx: RunContext) -
     Reports "iteration", "miou", the means of task.logged (0.0 when none ran), "lr", the task's
     other evaluation metrics, "iter_per_s", "data_wait_share", "done"; returns the final report."""
     device = ctx.device
-    if (
-        device.type == "cuda"
-    ):  # fixed crop sizes: let cuDNN pick its fastest kernels, as the official train.py
+    # fixed crop sizes: let cuDNN pick its fastest kernels, as the official train.py
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     optimizer = build_optimizer(task.models, cfg.optim)
     torch.manual_seed(task.global_seed)
@@ -127,10 +126,9 @@ def fit(task: Task, cfg: TeacherConfig | DistillConfig, data, ctx: RunContext) -
             }
         )
 
-    if (
-        start >= cfg.iterations
-    ):  # resumed a finished run: report its final metrics once more (those of
-        # a checkpoint written before state.pt kept them are measured again)
+    # A resumed finished run reports its final metrics once more (those of a checkpoint written
+    # before state.pt kept them are measured again).
+    if start >= cfg.iterations:
         return report({**final, "done": True}) if final else evaluate_and_report(start, 0.0, True)
     for model in task.models:
         model.train()

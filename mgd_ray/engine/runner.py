@@ -169,9 +169,8 @@ def main(args: argparse.Namespace, configs: tuple | None = None) -> list[dict]:
     rows = []
     for (variant, seed), cfg in students.items():
         run_dir = os.path.join(args.output_dir, f"student_{variant}-seed{seed}")
-        shutil.rmtree(
-            run_dir, ignore_errors=True
-        )  # a fresh run: both variants get the same budget
+        # a fresh run: both variants get the same budget
+        shutil.rmtree(run_dir, ignore_errors=True)
         metrics = distill_student(cfg, LocalContext(run_dir, device, verbose=not args.quiet))
         rows.append(
             {"student": args.student, "variant": variant, "seed": seed, "miou": metrics["miou"]}

@@ -137,7 +137,7 @@ def refuse(store: str, problems: list[str]) -> None:
 def difference(code: np.ndarray) -> np.ndarray:
     """The 2-D mixed difference x[i, j] - x[i, j-1] - x[i-1, j] + x[i-1, j-1] of uint8 codes
     (... x H x W, zeros outside), mod 256. Codes come from bilinearly upsampled logits, so they
-    are close to planar over a few pixels and the difference is mostly near 0: deflate then takes
+    are close to planar over a few pixels and the difference is mostly near 0: zstd then takes
     about half the bytes of the codes themselves. `undifference` inverts it exactly."""
     step = np.diff(code, axis=-1, prepend=np.zeros_like(code[..., :1]))
     return np.diff(step, axis=-2, prepend=np.zeros_like(step[..., :1, :]))

@@ -16,10 +16,11 @@ import os
 import torch
 from torch import nn
 
+# for a backbone that declares no unused_checkpoint_prefixes
 CLASSIFIER_PREFIXES = (
     "fc.",
     "classifier.",
-)  # for a backbone that declares no unused_checkpoint_prefixes
+)
 _WRAPPERS = ("state_dict", "model")  # common containers around a state dict
 _MAX_LISTED = 20
 

@@ -13,27 +13,14 @@ import re
 import pandas as pd
 
 from mgd_ray.report.tables import ABLATION_ROWS, GAIN_ROWS, GAIN_VARIANTS, TEACHER_ROWS
+from mgd_ray.schema import POINT
 
 MISSING = "--"
 PM = "\u00b1"  # the +/- sign; LaTeX gets $\pm$
-BACKGROUND_MARK = (
-    "\u2020"  # a dagger after a cell at the all-background score; LaTeX gets $^\dagger$
-)
-CONFIG_HEADERS = {
-    "w_sup": "w_sup",
-    "w_pixel": "w_P",
-    "lambda_semantic": "lambda_I",
-    "lambda_region": "lambda_R",
-    "confidence_threshold": "tau",
-}
-TEX_HEADERS = {
-    "w_sup": r"$w_\mathrm{sup}$",
-    "w_P": r"$w_P$",
-    "lambda_I": r"$\lambda_I$",
-    "lambda_R": r"$\lambda_R$",
-    "tau": r"$\tau$",
-    "mIoU (%)": r"mIoU (\%)",
-}
+# a dagger after a cell at the all-background score; LaTeX gets $^\dagger$
+BACKGROUND_MARK = "\u2020"
+CONFIG_HEADERS = {p.key: p.label for p in POINT}  # a point key -> its column, the paper's name
+TEX_HEADERS = {p.label: p.tex for p in POINT} | {"mIoU (%)": r"mIoU (\%)"}
 
 
 def _missing(value) -> bool:
