@@ -193,6 +193,7 @@ def test_study_option_reaches_student_and_both_cps_teachers(
     tmp_path, hub, served_archs, monkeypatch
 ):
     from mgd_ray.distributed import study
+    from mgd_ray.distributed.phases import teachers as teachers_phase
     from mgd_ray.distributed.phases.teachers import prepare_teachers
 
     cfg = study.StudyConfig(
@@ -209,14 +210,12 @@ def test_study_option_reaches_student_and_both_cps_teachers(
         arch: str(tmp_path / "storage" / "pretrained" / name)
         for arch, name in served_archs.items()
     }
-    for (
-        path
-    ) in staged.values():  # copied next to the cached teachers, for workers without internet
+    for path in staged.values():  # copied next to the cached teachers, for offline workers
         assert os.path.isfile(path)
     assert plans[0].distill.backbone_weights == staged[R18]
     teachers = []
     monkeypatch.setattr(
-        study,
+        teachers_phase,
         "ensure_teacher",
         lambda tcfg, run, root: teachers.append(tcfg) or (f"{root}/t.pt", False),
     )
