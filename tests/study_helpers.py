@@ -78,11 +78,15 @@ def random_teacher_options(folder) -> list[str]:
 
 
 def smoke_argv(address: str, out, teachers: list[str], *options: str) -> list[str]:
-    """The command line of a --smoke study without ablation on the cluster at `address`, writing
-    to `out`, with the teacher options `teachers` (random_teacher_options), then `options`."""
+    """The command line of a --smoke study without ablation on the CPUs of the cluster at
+    `address`, writing to `out`, with the teacher options `teachers` (random_teacher_options), then
+    `options`. --gpus-per-trial 0: cluster-local.yaml's GPU node types are logical (no CUDA), and
+    without the option a cluster whose node types have GPUs trains on them."""
     return CLI + [
         "--smoke",
         "--no-ablation",
+        "--gpus-per-trial",
+        "0",
         "--address",
         address,
         "--output-dir",

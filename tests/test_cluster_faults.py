@@ -115,6 +115,8 @@ def test_job_submission_with_the_token_runs_a_study_and_a_client_without_it_is_r
     entrypoint = CLI + [
         "--smoke",
         "--no-ablation",
+        "--gpus-per-trial",
+        "0",
         "--num-samples",
         "1",
         "--output-dir",
