@@ -269,6 +269,7 @@ def main(args: argparse.Namespace) -> int:
 COMMANDS = {
     "study": "run (or --resume) a study: the options of experiments/tune_loss_weights.py",
     "report": "regenerate a study's tables, plots and REPORT.md from its results folder",
+    "prepare": "voc|cityscapes SOURCE... --output DIR: downloaded archives into the data layout",
 }
 
 
@@ -285,6 +286,10 @@ def cli(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "study":
         return main(get_args_parser(prog="mgd-ray study").parse_args(rest))
+    if command == "prepare":
+        from . import prepare
+
+        return prepare.main(rest)
     from .report import __main__ as report
 
     parser = report.get_args_parser()

@@ -13,7 +13,7 @@ from tests.study_helpers import tune_loss_weights
 def test_without_a_command_it_lists_the_commands_and_fails(capsys):
     assert cli([]) == 2
     err = capsys.readouterr().err
-    assert "study" in err and "report" in err
+    assert "study" in err and "report" in err and "prepare" in err
     assert cli(["--help"]) == 0 and "mgd-ray COMMAND" in capsys.readouterr().out
 
 
