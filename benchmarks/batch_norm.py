@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mgd_ray.engine.batch_groups import IMPLS, batch_groups
 from mgd_ray.engine.device import autocast, channels_last, to_device
-from mgd_ray.engine.mgd_step import freeze
+from mgd_ray.engine.targets import freeze
 from mgd_ray.models import build_model
 
 

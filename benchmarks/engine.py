@@ -44,16 +44,18 @@ from common import (
 from torch.utils.flop_counter import FlopCounterMode
 
 from mgd_ray.config import STUDENTS
-from mgd_ray.data import build_datasets, cutmix_mask
+from mgd_ray.data import build_datasets, cutmix_mask, mix
 from mgd_ray.engine import mgd_step
+from mgd_ray.engine import targets as targets_module
 from mgd_ray.engine.batch_groups import batch_groups
+from mgd_ray.engine.batches import Batch
 from mgd_ray.engine.device import autocast, to_device
 from mgd_ray.engine.optim import build_optimizer
 from mgd_ray.engine.targets import live_targets, load_teacher
 from mgd_ray.losses import supervised_loss, weighted_total
 from mgd_ray.models import build_model
 
-ENGINE_TEACHER_FORWARD = mgd_step.teacher_forward
+ENGINE_TEACHER_FORWARD = targets_module.teacher_forward
 
 
 def separate_forwards(teacher, images, autograd: bool):
@@ -77,7 +79,7 @@ def in_mode(train_bn: bool, way):
     """`way` with the teacher's BN in train mode (the paper's: batch statistics) or eval mode."""
 
     def run(teacher, images):
-        mgd_step.freeze(teacher, train_bn)
+        targets_module.freeze(teacher, train_bn)
         return way(teacher, images)
 
     return run
@@ -97,7 +99,7 @@ TEACHER_WAYS = {
 
 
 class TeacherClock:
-    """Replaces mgd_step.teacher_forward with `way`, timing every call (device drained at both
+    """Replaces targets.teacher_forward with `way`, timing every call (device drained at both
     ends)."""
 
     def __init__(self, device: torch.device) -> None:
@@ -115,11 +117,11 @@ class TeacherClock:
             self.seconds += time.perf_counter() - start
             return out
 
-        mgd_step.teacher_forward = timed
+        targets_module.teacher_forward = timed
         try:
             yield
         finally:
-            mgd_step.teacher_forward = ENGINE_TEACHER_FORWARD
+            targets_module.teacher_forward = ENGINE_TEACHER_FORWARD
 
 
 class StudentBench:
@@ -175,14 +177,11 @@ class StudentBench:
             targets = live_targets(
                 self.deep, self.wide, self.x_l, self.u0, self.u1, self.mask, active
             )
+            batch = Batch(self.x_l, self.y, self.u0, self.u1, self.mask)
             terms, stats = mgd_step.mgd_losses(
                 self.student,
+                batch,
                 targets,
-                self.x_l,
-                self.y,
-                self.u0,
-                self.u1,
-                self.mask,
                 active,
                 self.cfg.confidence_threshold,
                 supervised_loss,
@@ -197,7 +196,7 @@ class StudentBench:
         """The student's share of the step: forward + backward on [x_m; x_l] and the SGD step, BN
         statistics per batch as the engine computes them (or over the joint batch)."""
         with autocast(self.device, self.amp), batch_groups(self.student, 2 if per_batch_bn else 1):
-            out = self.student(torch.cat([mgd_step.mix(self.mask, self.u0, self.u1), self.x_l]))
+            out = self.student(torch.cat([mix(self.mask, self.u0, self.u1), self.x_l]))
             loss = F.cross_entropy(
                 out["logits"][self.x_l.shape[0] :].float(), self.y, ignore_index=255
             )
@@ -210,12 +209,12 @@ class StudentBench:
             "u0": self.u0,
             "u1": self.u1,
             "x_l": self.x_l,
-            "x_m": mgd_step.mix(self.mask, self.u0, self.u1),
+            "x_m": mix(self.mask, self.u0, self.u1),
         }
 
     def teacher_only(self, teacher) -> None:
         # the engine's default; other variants switch modes
-        mgd_step.freeze(teacher, train_mode=True)
+        targets_module.freeze(teacher, train_mode=True)
         with autocast(self.device, self.amp):
             ENGINE_TEACHER_FORWARD(teacher, self.teacher_images())
 

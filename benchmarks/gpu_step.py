@@ -47,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mgd_ray.config import STUDENTS, TEACHER_DEEP, TEACHER_WIDE
 from mgd_ray.data import cutmix_mask
 from mgd_ray.engine.batch_groups import IMPLS, set_batch_norm_impl
+from mgd_ray.engine.batches import Batch
 from mgd_ray.engine.checkpoint import atomic_save
 from mgd_ray.engine.context import LocalContext
 from mgd_ray.engine.device import autocast, compile_for_device, to_device
@@ -62,15 +63,14 @@ A10G_USABLE_GIB = 22.0
 
 
 def inputs(images: int, crop: int, device: torch.device, seed: int = 0):
-    """x_l, y, u0, u1, mask as the loop hands them to a task (images on the device,
-    channels_last)."""
+    """A Batch as the loop hands it to a task (images on the device, channels_last)."""
     g = torch.Generator().manual_seed(seed)
     x_l, u0, u1 = (
         to_device(torch.randn(images, 3, crop, crop, generator=g), device, True) for _ in range(3)
     )
     y = torch.randint(0, NUM_CLASSES, (images, crop, crop), generator=g)
     y[:, :8] = 255  # some ignored pixels, as VOC's borders
-    return x_l, to_device(y, device), u0, u1, cutmix_mask(images, crop, crop, g).to(device)
+    return Batch(x_l, to_device(y, device), u0, u1, cutmix_mask(images, crop, crop, g).to(device))
 
 
 def teacher_files(folder: str) -> dict[str, str]:
@@ -139,7 +139,7 @@ def measure(
         if compiled:  # the captured teachers' outputs of the last step may be overwritten now
             torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, cfg.amp):
-            logged = task.losses(*batch)
+            logged = task.losses(batch)
         optimizer_step(optimizer, logged, i, cfg.optim.grad_clip)
 
     for model in task.models:

@@ -40,10 +40,17 @@ from mgd_ray.data.transforms import to_tensor
 from mgd_ray.engine import LocalContext, seeds, train_teacher
 from mgd_ray.engine.batches import IterationData, cutmix_mask_at, iteration_loader
 from mgd_ray.engine.checkpoint import atomic_save, load_model_state
-from mgd_ray.engine.mgd_step import active_terms, freeze, required_keys, teacher_forward
+from mgd_ray.engine.mgd_step import active_terms
 from mgd_ray.engine.presets import preset_configs
 from mgd_ray.engine.target_store import TargetReader, encode, file_name, load_arrays, write_targets
-from mgd_ray.engine.targets import compute_targets, load_teacher
+from mgd_ray.engine.targets import (
+    compute_targets,
+    freeze,
+    load_teacher,
+    per_pixel_arrays,
+    teacher_forward,
+    to_arrays,
+)
 from mgd_ray.losses import REGION_GRID, confidence_code, label_and_code, lowest_kept_code
 from mgd_ray.models import build_model
 
@@ -210,9 +217,9 @@ def synthetic_store(cfg: DistillConfig, iterations: int, streams: int) -> dict:
         sizes = file_sizes(os.path.join(store, "rank0of1"))
         with open(os.path.join(store, "rank0of1", file_name(0)), "rb") as f:
             one = load_arrays(f.read())
-        reader = TargetReader(store, 0, 1, 0, required_keys(active_terms(cfg.weights.as_dict())))
+        reader = TargetReader(store, 0, 1, 0, active_terms(cfg.weights.as_dict()))
         seconds = read_seconds(reader, list(range(iterations)), 3)
-    pixel = len(encode({k: torch.from_numpy(v) for k, v in one.items() if "@" not in k}))
+    pixel = len(encode(per_pixel_arrays({k: torch.from_numpy(v) for k, v in one.items()})))
     return {
         "mean": statistics.mean(sizes),
         "max": max(sizes),
@@ -286,7 +293,7 @@ def voc_targets(
             s: cutmix_mask_at(seeds.student_cutmix(s, 0, chunk), 2, size, size)
             for s in range(streams)
         }
-        parts.append(compute_targets(teachers, x_l, u0, u1, masks))
+        parts.append(to_arrays(compute_targets(teachers, x_l, u0, u1, masks)))
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -298,10 +305,8 @@ def voc_file(targets: dict[str, torch.Tensor], folder: str) -> dict:
     with open(os.path.join(store, "rank0of1", file_name(0)), "wb") as f:
         f.write(raw)
     weights = {"sup": 1.0, "pixel": 1.0, "semantic": 1.0, "region": 1.0}
-    seconds = read_seconds(
-        TargetReader(store, 0, 1, 0, required_keys(active_terms(weights))), [0], 5
-    )
-    pixel = len(encode({k: v for k, v in targets.items() if "@" not in k}))
+    seconds = read_seconds(TargetReader(store, 0, 1, 0, active_terms(weights)), [0], 5)
+    pixel = len(encode(per_pixel_arrays(targets)))
     return {
         "bytes": len(raw),
         "pixel_part": pixel,

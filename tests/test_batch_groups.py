@@ -11,8 +11,9 @@ from torch import nn
 
 from mgd_ray.config import LossWeights
 from mgd_ray.engine.batch_groups import batch_groups
-from mgd_ray.engine.mgd_step import active_terms, freeze, mgd_losses, teacher_forward
-from mgd_ray.engine.targets import live_targets
+from mgd_ray.engine.batches import Batch
+from mgd_ray.engine.mgd_step import active_terms, mgd_losses
+from mgd_ray.engine.targets import freeze, live_targets, teacher_forward
 from mgd_ray.models import build_model
 
 
@@ -97,7 +98,7 @@ def test_student_bn_statistics_per_batch_as_in_two_official_forwards():
     weights = LossWeights(sup=1.0, pixel=0.0, semantic=0.0, region=1.0).as_dict()
     teacher = freeze(build_model("deeplabv3plus_resnet18", 5))
     targets = live_targets(None, teacher, x_l, u0, u1, mask, active_terms(weights))
-    terms, _ = mgd_losses(student, targets, x_l, y, u0, u1, mask, active_terms(weights))
+    terms, _ = mgd_losses(student, Batch(x_l, y, u0, u1, mask), targets, active_terms(weights))
     x_m = (1 - mask[:, None]) * u0 + mask[:, None] * u1
     reference(
         x_m

@@ -19,7 +19,7 @@ from torch._dynamo.utils import counters
 from mgd_ray.config import DistillConfig, TeacherConfig
 from mgd_ray.engine.batch_groups import batch_groups, default_impl
 from mgd_ray.engine.device import compile_for_device
-from mgd_ray.engine.mgd_step import freeze
+from mgd_ray.engine.targets import freeze
 from mgd_ray.models import build_model
 
 CPU = torch.device("cpu")

@@ -19,38 +19,22 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mgd_ray.config import DataConfig, DistillConfig, LossWeights, OptimConfig, TeacherConfig
+from mgd_ray.data import mix
 from mgd_ray.engine import DivergedError, LocalContext, distill_student, evaluate, train_teacher
 from mgd_ray.engine import distill as distill_module
 from mgd_ray.engine import targets as targets_module
 from mgd_ray.engine import teacher as teacher_module
+from mgd_ray.engine.batches import Batch
 from mgd_ray.engine.checkpoint import atomic_save, load_checkpoint
 from mgd_ray.engine.evaluate import window_starts
-from mgd_ray.engine.mgd_step import active_terms, freeze, mix, teacher_forward
-from mgd_ray.engine.mgd_step import mgd_losses as mgd_losses_from_targets
+from mgd_ray.engine.mgd_step import active_terms, mgd_losses
 from mgd_ray.engine.optim import build_optimizer, param_groups, poly_lr
-from mgd_ray.engine.targets import live_targets
+from mgd_ray.engine.targets import freeze, live_targets, teacher_forward
 from mgd_ray.losses import masked_cross_entropy, pseudo_label, weighted_total
 from mgd_ray.models import build_model
+from tests.tiny import TinySeg
 
 C = 3  # classes in the tiny problems
-
-
-class TinySeg(nn.Module):
-    """logits B x C x H x W and features B x 8 x H/4 x W/4, like the DeepLabv3+ contract."""
-
-    def __init__(self, num_classes: int = C, width: int = 8) -> None:
-        super().__init__()
-        self.backbone = nn.Sequential(
-            nn.Conv2d(3, width, 3, stride=4, padding=1), nn.BatchNorm2d(width), nn.ReLU()
-        )
-        self.head = nn.Conv2d(width, num_classes, 1)
-
-    def forward(self, x):
-        features = self.backbone(x)
-        logits = F.interpolate(
-            self.head(features), size=x.shape[-2:], mode="bilinear", align_corners=False
-        )
-        return {"logits": logits, "features": features}
 
 
 class CountingTeacher(TinySeg):
@@ -69,16 +53,14 @@ def _batch(b=2, s=16, seed=0):
     y = torch.randint(0, C, (b, s, s), generator=g)
     mask = torch.zeros(b, s, s)
     mask[:, : s // 2, : s // 2] = 1
-    return x_l, y, u0, u1, mask
+    return Batch(x_l, y, u0, u1, mask)
 
 
-def mgd_losses(student, deep, wide, x_l, y, u0, u1, mask, weights, confidence_threshold=0.0):
-    """The step with live teachers, as a run without a targets store computes it."""
+def live_step(student, deep, wide, batch, weights, confidence_threshold=0.0):
+    """The step with live teachers, as MGDTask.losses takes it without a targets store."""
     active = active_terms(weights)
-    targets = live_targets(deep, wide, x_l, u0, u1, mask, active)
-    return mgd_losses_from_targets(
-        student, targets, x_l, y, u0, u1, mask, active, confidence_threshold
-    )
+    targets = live_targets(deep, wide, batch.x_l, batch.u0, batch.u1, batch.mask, active)
+    return mgd_losses(student, batch, targets, active, confidence_threshold)
 
 
 def _teachers():
@@ -89,21 +71,15 @@ def _teachers():
 
 def test_supervised_only_runs_no_teacher_and_zero_weights_skip_teacher_inputs():
     student = TinySeg()
-    x_l, y, u0, u1, mask = _batch()
+    batch = _batch()
     deep, wide = _teachers()
-    terms, stats = mgd_losses(
-        student, deep, wide, x_l, y, u0, u1, mask, LossWeights(1, 0, 0, 0).as_dict()
-    )
+    terms, stats = live_step(student, deep, wide, batch, LossWeights(1, 0, 0, 0).as_dict())
     assert set(terms) == {"sup"} and deep.images_seen == wide.images_seen == 0
     assert stats["kept_fraction"].item() == 0.0
-    terms, _ = mgd_losses(
-        student, None, None, x_l, y, u0, u1, mask, LossWeights(1, 0, 0, 0).as_dict()
-    )
+    terms, _ = live_step(student, None, None, batch, LossWeights(1, 0, 0, 0).as_dict())
     assert set(terms) == {"sup"}
     # Region off: the wide teacher sees u0, u1, x_l only (3B), the deep one also x_m (4B).
-    terms, _ = mgd_losses(
-        student, deep, wide, x_l, y, u0, u1, mask, LossWeights(1, 1, 0.1, 0).as_dict()
-    )
+    terms, _ = live_step(student, deep, wide, batch, LossWeights(1, 1, 0.1, 0).as_dict())
     assert set(terms) == {"sup", "pixel", "semantic"}
     assert (deep.images_seen, wide.images_seen) == (8, 6)
 
@@ -111,10 +87,10 @@ def test_supervised_only_runs_no_teacher_and_zero_weights_skip_teacher_inputs():
 def test_pixel_term_equals_four_separate_ce_terms():
     student = TinySeg()
     batch = _batch()
-    x_l, _, u0, u1, mask = batch
+    x_l, u0, u1, mask = batch.x_l, batch.u0, batch.u1, batch.mask
     deep, wide = _teachers()
     pixel_only = {"sup": 0, "pixel": 1, "semantic": 0, "region": 0}
-    terms, stats = mgd_losses(student, deep, wide, *batch, pixel_only)
+    terms, stats = live_step(student, deep, wide, batch, pixel_only)
     assert stats["kept_fraction"].item() == 1.0
     # train-mode BN of the combined forward differs from separate forwards; compare in eval
     student.eval()
@@ -127,18 +103,18 @@ def test_pixel_term_equals_four_separate_ce_terms():
             expected += F.cross_entropy(s_m, mixed.argmax(1)) + F.cross_entropy(
                 s_l, t(x_l)["logits"].argmax(1)
             )
-    terms, _ = mgd_losses(student, deep, wide, *batch, pixel_only)
+    terms, _ = live_step(student, deep, wide, batch, pixel_only)
     assert terms["pixel"].item() == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_threshold_one_keeps_nothing():
     student = TinySeg()
     deep, wide = _teachers()
-    terms, stats = mgd_losses(
+    terms, stats = live_step(
         student,
         deep,
         wide,
-        *_batch(),
+        _batch(),
         {"sup": 1, "pixel": 1, "semantic": 0, "region": 0},
         confidence_threshold=1.0,
     )
@@ -150,7 +126,8 @@ def test_batched_teacher_forward_equals_separate_forwards_in_eval_mode():
     with torch.no_grad():  # give BN non-trivial running statistics
         teacher.backbone[1].running_mean.uniform_(-1, 1)
         teacher.backbone[1].running_var.uniform_(0.5, 2)
-    x_l, _, u0, u1, _ = _batch()
+    batch = _batch()
+    x_l, u0 = batch.x_l, batch.u0
     batched = teacher_forward(teacher, {"u0": u0, "x_l": x_l})
     assert torch.allclose(batched["u0"]["logits"], teacher(u0)["logits"], atol=1e-5)
     assert torch.allclose(batched["x_l"]["features"], teacher(x_l)["features"], atol=1e-5)
@@ -162,16 +139,16 @@ def test_zero_weight_removes_the_term_gradient_in_the_step():
     deep, wide = _teachers()
     batch = _batch()
     weights = {"sup": 1.0, "pixel": 0.0, "semantic": 0.0, "region": 5.0}
-    terms, _ = mgd_losses(student, deep, wide, *batch, weights)
+    terms, _ = live_step(student, deep, wide, batch, weights)
     weighted_total(terms, weights).backward()
     with_region = [p.grad.clone() for p in student.parameters()]
     student.zero_grad()
     weights["region"] = 0.0
-    terms, _ = mgd_losses(student, deep, wide, *batch, weights)
+    terms, _ = live_step(student, deep, wide, batch, weights)
     assert "region" not in terms
     weighted_total(terms, weights).backward()
-    terms_sup, _ = mgd_losses(
-        student, None, None, *batch, {"sup": 1.0, "pixel": 0, "semantic": 0, "region": 0}
+    terms_sup, _ = live_step(
+        student, None, None, batch, {"sup": 1.0, "pixel": 0, "semantic": 0, "region": 0}
     )
     grads_sup = torch.autograd.grad(terms_sup["sup"], list(student.parameters()))
     for p, g, g_region in zip(student.parameters(), grads_sup, with_region):
@@ -194,7 +171,7 @@ def test_real_student_optimisation_steps_reduce_the_loss():
     optimizer = build_optimizer([student], OptimConfig(lr=0.002))
     losses = []
     for _ in range(8):
-        terms, _ = mgd_losses(student, deep, wide, x_l, y, u0, u1, mask, weights)
+        terms, _ = live_step(student, deep, wide, Batch(x_l, y, u0, u1, mask), weights)
         total = weighted_total(terms, weights)
         optimizer.zero_grad()
         total.backward()

@@ -19,22 +19,27 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import zstandard
 from torch import nn
 
 from mgd_ray.config import DataConfig, DistillConfig, LossWeights, OptimConfig
-from mgd_ray.data import SegmentationDataset, build_datasets
+from mgd_ray.data import SegmentationDataset, build_datasets, mix
 from mgd_ray.engine import LocalContext, distill_student, loop, seeds
 from mgd_ray.engine import distill as distill_module
 from mgd_ray.engine import target_store as store_module
 from mgd_ray.engine import targets as targets_module
 from mgd_ray.engine.batches import Batches, IterationData, iteration_loader
 from mgd_ray.engine.checkpoint import atomic_save, load_checkpoint
-from mgd_ray.engine.mgd_step import freeze, mix
 from mgd_ray.engine.target_store import load_arrays, write_targets
-from mgd_ray.engine.targets import compute_targets
+from mgd_ray.engine.targets import (
+    array_names,
+    compute_targets,
+    freeze,
+    from_arrays,
+    to_arrays,
+)
 from mgd_ray.losses import confidence_code, pseudo_label
+from tests.tiny import TinySeg
 
 ITERATIONS = 3
 STREAMS = [1, 2]  # the store's mask streams: student seeds 1 and 2
@@ -47,36 +52,13 @@ VARIANTS = {  # the ablation table's weight sets (the paper's lambda_I, lambda_R
 }
 
 
-class TinySeg(nn.Module):
-    """The DeepLabv3+ contract in miniature: logits B x C x H x W, features B x 8 x H/4 x W/4,
-    two train-mode BNs (so BN groups matter)."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=4, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.Conv2d(8, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-        )
-        self.classifier = nn.Conv2d(8, num_classes, 1)
-
-    def forward(self, x):
-        features = self.body(x)
-        logits = F.interpolate(
-            self.classifier(features), size=x.shape[-2:], mode="bilinear", align_corners=False
-        )
-        return {"logits": logits, "features": features}
-
-
+# Two train-mode BNs in the tiny networks here, so that BN groups matter.
 BUILT: list[str] = []  # the architectures built, teachers and students
 
 
 def tiny_model(arch, num_classes, output_stride=None, backbone_weights=None):
     BUILT.append(arch)
-    return TinySeg(num_classes)
+    return TinySeg(num_classes, blocks=2)
 
 
 def small_val(cfg, save_split=True):
@@ -102,9 +84,9 @@ def write_teachers(folder: str) -> dict[str, str]:
     paths = {}
     for index, role in enumerate(("deep", "wide")):
         torch.manual_seed(10 + index)
-        teacher = TinySeg(6)
+        teacher = TinySeg(6, blocks=2)
         with torch.no_grad():
-            teacher.classifier.weight.mul_(6.0)
+            teacher.head.weight.mul_(6.0)
         paths[f"teacher_{role}_checkpoint"] = os.path.join(folder, f"{role}.pt")
         atomic_save(teacher.state_dict(), paths[f"teacher_{role}_checkpoint"])
     return paths
@@ -291,7 +273,7 @@ def test_a_store_that_does_not_match_the_run_is_refused(world, monkeypatch, chan
     if change.get("teacher_wide_checkpoint") == "other":  # another teacher, the same architecture
         torch.manual_seed(99)
         change["teacher_wide_checkpoint"] = os.path.join(world["folder"], "other_wide.pt")
-        atomic_save(TinySeg(6).state_dict(), change["teacher_wide_checkpoint"])
+        atomic_save(TinySeg(6, blocks=2).state_dict(), change["teacher_wide_checkpoint"])
     cfg.update(change)
     BUILT.clear()
     expected = f"teacher targets store {world['store']} does not match this run: .*{message}"
@@ -347,7 +329,7 @@ def test_codes_are_stored_as_their_2d_difference_and_read_back_exactly():
     with np.load(io.BytesIO(unpacked)) as stored:
         assert np.array_equal(stored["wide.x_l.code"], store_module.difference(codes))
         assert np.array_equal(stored["wide.x_l.label"], codes)
-    back = store_module.decode(raw, {k: k for k in targets})
+    back = store_module.decode(raw)
     assert all(torch.equal(back[k], v) for k, v in targets.items())
 
 
@@ -371,14 +353,53 @@ def test_targets_of_a_batch_do_not_depend_on_the_other_streams_in_the_forward():
     """One forward over u0, u1, x_l and several x_m (each its own BN group) gives each stream the
     targets a forward with that stream alone gives."""
     torch.manual_seed(0)
-    teacher = freeze(TinySeg(6), train_mode=True)
+    teacher = freeze(TinySeg(6, blocks=2), train_mode=True)
     x_l, u0, u1 = (torch.randn(2, 3, 32, 32) for _ in range(3))
     masks = {s: (torch.rand(2, 32, 32) > 0.5).float() for s in (4, 5)}
-    both = compute_targets({"wide": teacher}, x_l, u0, u1, masks)
-    alone = compute_targets({"wide": teacher}, x_l, u0, u1, {5: masks[5]})
+    both = to_arrays(compute_targets({"wide": teacher}, x_l, u0, u1, masks))
+    alone = to_arrays(compute_targets({"wide": teacher}, x_l, u0, u1, {5: masks[5]}))
     assert set(both) == set(alone) | {"wide.x_m@4.similarity"}
     for key, value in alone.items():
         assert torch.allclose(both[key].float(), value.float(), atol=1e-6), key
+
+
+def test_targets_come_back_from_a_stores_file_as_they_were_computed():
+    """The typed targets of each stream, through a store file's named arrays and back: the same
+    tensors, per-pixel ones shared by the streams and stored once; the reader's selection for a
+    stream and terms holds exactly what those terms read."""
+    torch.manual_seed(0)
+    teachers = {"deep": freeze(TinySeg(6, blocks=2)), "wide": freeze(TinySeg(6, blocks=2))}
+    x_l, u0, u1 = (torch.randn(2, 3, 32, 32) for _ in range(3))
+    masks = {s: (torch.rand(2, 32, 32) > 0.5).float() for s in (3, 7)}
+    streams = compute_targets(teachers, x_l, u0, u1, masks)
+    arrays = to_arrays(streams)
+    assert len(arrays) == 2 * (3 * 2 + 2)  # per teacher: 3 batches x (label, code), 2 streams' x_m
+    raw = store_module.encode(arrays)
+    every = {"sup", "pixel", "semantic", "region"}
+    for s in masks:
+        back = from_arrays(store_module.decode(raw, array_names(every, s)), s)
+        for name in ("deep", "wide"):
+            mine, theirs = streams[s].teacher(name), back.teacher(name)
+            for batch in ("u0", "u1", "x_l"):
+                assert torch.equal(mine.pixel(batch).label, theirs.pixel(batch).label)
+                assert torch.equal(mine.pixel(batch).code, theirs.pixel(batch).code)
+            assert torch.equal(mine.mixed, theirs.mixed)
+        assert back.missing(every) == []
+    assert not torch.equal(streams[3].deep.mixed, streams[7].deep.mixed)  # other masks
+    assert streams[3].deep.u0 is streams[7].deep.u0
+    # L_I alone reads the deep teacher's x_m target of its stream and nothing else.
+    only = from_arrays(store_module.decode(raw, array_names({"semantic"}, 7)), 7)
+    assert only.wide is None and only.deep.u0 is None
+    assert torch.equal(only.deep.mixed, streams[7].deep.mixed)
+    assert only.missing({"semantic", "region"}) == ["wide.mixed"]
+    assert only.missing({"pixel"}) == [
+        "deep.u0",
+        "deep.u1",
+        "deep.x_l",
+        "wide.u0",
+        "wide.u1",
+        "wide.x_l",
+    ]
 
 
 # ---- the data stream ----------------------------------------------------------------------------
@@ -394,18 +415,20 @@ def digest(*tensors: torch.Tensor) -> str:
 @contextmanager
 def recorded_inputs():
     """Per iteration run, (iteration, digest of x_l, y, u0 and u1, digest of the CutMix mask)."""
-    seen, original = [], Batches.next_inputs
+    seen, original = [], Batches.next_batch
 
     def spy(self, device, iteration, mask_seed):
-        (x_l, y, u0, u1, mask), stored = original(self, device, iteration, mask_seed)
-        seen.append((iteration, digest(x_l, y, u0, u1), digest(mask)))
-        return (x_l, y, u0, u1, mask), stored
+        batch = original(self, device, iteration, mask_seed)
+        seen.append(
+            (iteration, digest(batch.x_l, batch.y, batch.u0, batch.u1), digest(batch.mask))
+        )
+        return batch
 
-    Batches.next_inputs = spy
+    Batches.next_batch = spy
     try:
         yield seen
     finally:
-        Batches.next_inputs = original
+        Batches.next_batch = original
 
 
 class Interrupt(Exception):
@@ -629,6 +652,7 @@ def test_one_steps_terms_equal_the_formulas_written_out_from_raw_teacher_outputs
     in this test rather than taken from mgd_ray.losses or engine/targets.py."""
     import copy
 
+    from mgd_ray.engine.batches import Batch
     from mgd_ray.engine.mgd_step import mgd_losses
     from mgd_ray.engine.targets import live_targets
 
@@ -636,12 +660,12 @@ def test_one_steps_terms_equal_the_formulas_written_out_from_raw_teacher_outputs
     teachers = {}
     for index, role in enumerate(("deep", "wide")):
         torch.manual_seed(10 + index)
-        teachers[role] = TinySeg(6)
+        teachers[role] = TinySeg(6, blocks=2)
         with torch.no_grad():
-            teachers[role].classifier.weight.mul_(6.0)
+            teachers[role].head.weight.mul_(6.0)
         _frozen_train_mode(teachers[role])
     torch.manual_seed(3)
-    student = TinySeg(6).train()
+    student = TinySeg(6, blocks=2).train()
     b, s = 2, 32
     x_l, u0, u1 = (torch.randn(b, 3, s, s) for _ in range(3))
     y = torch.randint(0, 6, (b, s, s))
@@ -653,7 +677,8 @@ def test_one_steps_terms_equal_the_formulas_written_out_from_raw_teacher_outputs
 
     engine_student = copy.deepcopy(student)
     targets = live_targets(teachers["deep"], teachers["wide"], x_l, u0, u1, mask, active)
-    terms, stats = mgd_losses(engine_student, targets, x_l, y, u0, u1, mask, active, threshold)
+    batch = Batch(x_l, y, u0, u1, mask)
+    terms, stats = mgd_losses(engine_student, batch, targets, active, threshold)
 
     m = mask.unsqueeze(1).float()
     x_m = (1 - m) * u0 + m * u1

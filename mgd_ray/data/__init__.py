@@ -4,7 +4,7 @@ and CutMix masks. Plain NumPy / OpenCV / PyTorch; no Ray."""
 from ..schema import IGNORE_INDEX
 from .build import NUM_CLASSES, SYNTHETIC_SEED, SemiSupervisedData, build_datasets
 from .cityscapes_labels import LABEL_ID_TO_TRAIN_ID, cityscapes_label_to_train_id
-from .cutmix import cutmix_boxes, cutmix_mask
+from .cutmix import cutmix_boxes, cutmix_mask, mix
 from .dataset import Sample, SegmentationDataset, background_miou
 from .io import DatasetError
 from .splits import generate_split, labeled_count
@@ -21,6 +21,7 @@ __all__ = [
     "cityscapes_label_to_train_id",
     "cutmix_boxes",
     "cutmix_mask",
+    "mix",
     "Sample",
     "SegmentationDataset",
     "background_miou",

@@ -62,3 +62,9 @@ def cutmix_mask(
     # How many boxes cover each pixel (a sum of outer products); odd = inside the XOR of the boxes.
     covered = torch.bmm(rows.transpose(1, 2).float(), cols.float())
     return covered.remainder_(2)
+
+
+def mix(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(1 - M) * a + M * b with M B x H x W broadcast over channels (a, b B x C x H x W)."""
+    m = mask.unsqueeze(1).to(a.dtype)
+    return (1 - m) * a + m * b

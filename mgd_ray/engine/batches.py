@@ -21,7 +21,8 @@ next, on torch's global generator, on the DataLoader's worker seeding or on the 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -31,6 +32,9 @@ from ..data import cutmix_mask
 from . import seeds
 from .context import rank, world_size
 from .device import to_device
+
+if TYPE_CHECKING:
+    from .targets import Targets
 
 # What the stream yields for a (DataConfig, world size, rank, iteration) is fixed by this code:
 # change the version with the stream (order, augmentation, CutMix), so that stored teacher targets
@@ -56,10 +60,23 @@ def cutmix_mask_at(seed: int, n: int, height: int, width: int) -> torch.Tensor:
     return cutmix_mask(n, height, width, generator=torch.Generator().manual_seed(seed))
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One iteration's inputs on the device: what a task's `losses` takes."""
+
+    x_l: torch.Tensor  # B x 3 x S x S labeled images
+    y: torch.Tensor  # B x S x S their labels
+    u0: torch.Tensor  # B x 3 x S x S unlabeled images, mixed by the mask into x_m
+    u1: torch.Tensor
+    mask: torch.Tensor  # B x S x S binary CutMix mask
+    targets: Targets | None = None  # the iteration's stored teacher targets (a store's run)
+
+
 class IterationData(Dataset):
     """Item t: this rank's inputs of iteration t, {"iteration": t, "x_l": B x 3 x S x S,
-    "y": B x S x S int64, "u": 2B x 3 x S x S}, plus whatever `extra(t)` adds (stored teacher
-    targets, read here so that the loader's workers overlap the reading with compute).
+    "y": B x S x S int64, "u": 2B x 3 x S x S}, plus "targets": `stored_targets(t)` when given
+    (a store's teacher targets, read here so that the loader's workers overlap reading with
+    compute).
 
     `labeled` and `unlabeled` must offer `load(index, generator)`, as SegmentationDataset does."""
 
@@ -70,11 +87,12 @@ class IterationData(Dataset):
         cfg: DataConfig,
         world: int,
         rank: int,
-        extra: Callable[[int], dict[str, Any]] | None = None,
+        stored_targets: Callable[[int], Targets] | None = None,
     ) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} outside a world of {world}")
-        self.cfg, self.world, self.rank, self.extra = cfg, world, rank, extra
+        self.cfg, self.world, self.rank = cfg, world, rank
+        self.stored_targets = stored_targets
         batch = cfg.batch_size
         self.roles = {
             "labeled": (labeled, batch),
@@ -118,9 +136,16 @@ class IterationData(Dataset):
             "y": torch.stack([label for _, label in labeled]),
             "u": torch.stack(self._load("unlabeled", iteration)),
         }
-        if self.extra is not None:
-            item.update(self.extra(iteration))
+        if self.stored_targets is not None:
+            item["targets"] = self.stored_targets(iteration)
         return item
+
+
+def unpack(item: dict[str, Any], device: torch.device) -> tuple[int, torch.Tensor, ...]:
+    """(iteration, x_l, y, u0, u1) of an IterationData item, the tensors on `device`."""
+    x_l, y = to_device(item["x_l"], device, True), to_device(item["y"], device)
+    u0, u1 = to_device(item["u"], device, True).chunk(2)
+    return item["iteration"], x_l, y, u0, u1
 
 
 def iteration_loader(
@@ -162,9 +187,11 @@ class Batches:
         device: torch.device,
         start: int,
         stop: int,
-        extra: Callable[[int], dict[str, Any]] | None = None,
+        stored_targets: Callable[[int], Targets] | None = None,
     ) -> None:
-        items = IterationData(data.labeled, data.unlabeled, cfg, world_size(), rank(), extra)
+        items = IterationData(
+            data.labeled, data.unlabeled, cfg, world_size(), rank(), stored_targets
+        )
         self.loader = iteration_loader(items, range(start, stop), cfg.num_workers, device)
         self.val_loader = val_loader(data.val, cfg, device)
         self._iter = None
@@ -174,23 +201,20 @@ class Batches:
     def _start_window(self) -> None:
         self._start, self._iters, self._wait = time.perf_counter(), 0, self.wait_s
 
-    def next_inputs(
-        self, device: torch.device, iteration: int, mask_seed: int
-    ) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
-        """((x_l B x 3 x S x S, y B x S x S, u0, u1 B x 3 x S x S, CutMix mask M B x S x S),
-        the item's other tensors) of `iteration`, on `device`; M drawn from `mask_seed`."""
+    def next_batch(self, device: torch.device, iteration: int, mask_seed: int) -> Batch:
+        """The Batch of `iteration` on `device`, its CutMix mask drawn from `mask_seed`."""
         start = time.perf_counter()
         if self._iter is None:
             self._iter = iter(self.loader)
         item = next(self._iter)
         self.wait_s += time.perf_counter() - start
-        if item.pop("iteration") != iteration:
+        t, x_l, y, u0, u1 = unpack(item, device)
+        if t != iteration:
             raise RuntimeError(f"data stream out of step: expected iteration {iteration}")
-        x_l, y = to_device(item.pop("x_l"), device, True), to_device(item.pop("y"), device)
-        u0, u1 = to_device(item.pop("u"), device, True).chunk(2)
         mask = cutmix_mask_at(mask_seed, u0.shape[0], u0.shape[-2], u0.shape[-1]).to(device)
         self._iters += 1
-        return (x_l, y, u0, u1, mask), {k: to_device(v, device) for k, v in item.items()}
+        targets = item.get("targets")
+        return Batch(x_l, y, u0, u1, mask, None if targets is None else targets.to(device))
 
     def read_window(self) -> dict[str, float]:
         """{"iter_per_s", "data_wait_share"} since the last read; starts a new window."""

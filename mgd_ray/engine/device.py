@@ -18,6 +18,13 @@ def autocast(device: torch.device, enabled: bool):
     return nullcontext()
 
 
+def step_begin(device: torch.device) -> None:
+    """Start a step: on CUDA, a captured (CUDA-graph) teacher's outputs live until the next
+    replay, so each iteration tells the graphs that a new one begins."""
+    if device.type == "cuda":
+        torch.compiler.cudagraph_mark_step_begin()
+
+
 def to_device(x: torch.Tensor, device: torch.device, image: bool = False) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     # channels_last speeds up cuDNN convolutions under autocast; on CPU it buys nothing here.

@@ -17,14 +17,15 @@ from ..losses import supervised_loss, weighted_total
 from ..models import build_model
 from ..schema import LOSS_TERMS
 from . import seeds
+from .batches import Batch
 from .checkpoint import cpu_state_dict, load_model_state, unwrap
 from .context import RunContext, rank
 from .device import channels_last, compile_for_device
 from .evaluate import run_miou
 from .loop import fit
-from .mgd_step import active_terms, mgd_losses, needs_teachers
+from .mgd_step import active_terms, mgd_losses
 from .target_store import TargetReader, open_store
-from .targets import config_teacher, live_targets, load_teacher
+from .targets import config_teacher, live_targets, load_teacher, needs_teachers
 
 __all__ = ["MGDTask", "distill_student", "load_teacher"]
 
@@ -45,9 +46,9 @@ class MGDTask:
         self.rank = rank()
         need_deep, need_wide = needs_teachers(self.active)
         self.teacher_deep = self.teacher_wide = None
-        self.stored_inputs: TargetReader | None = None
+        self.stored_targets: TargetReader | None = None
         if cfg.targets is not None and (need_deep or need_wide):
-            self.stored_inputs = open_store(cfg, data, ctx.device)
+            self.stored_targets = open_store(cfg, data, ctx.device)
         else:
             teachers = {
                 role: config_teacher(cfg, role, data.num_classes, ctx.device)
@@ -69,24 +70,20 @@ class MGDTask:
     def cutmix_seed(self, iteration: int) -> int:
         return seeds.student_cutmix(self.cfg.seed, self.rank, iteration)
 
-    def losses(
-        self, x_l, y, u0, u1, mask, targets: dict[str, torch.Tensor] | None = None
-    ) -> dict[str, torch.Tensor]:
-        if self.stored_inputs is None:
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        targets = batch.targets
+        if self.stored_targets is None:
             targets = live_targets(
-                self.teacher_deep, self.teacher_wide, x_l, u0, u1, mask, self.active
+                self.teacher_deep,
+                self.teacher_wide,
+                batch.x_l,
+                batch.u0,
+                batch.u1,
+                batch.mask,
+                self.active,
             )
         terms, stats = mgd_losses(
-            self.student,
-            targets or {},
-            x_l,
-            y,
-            u0,
-            u1,
-            mask,
-            self.active,
-            self.cfg.confidence_threshold,
-            self.sup_loss,
+            self.student, batch, targets, self.active, self.cfg.confidence_threshold, self.sup_loss
         )
         return {
             "loss": weighted_total(terms, self.loss_weights),

@@ -22,10 +22,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import DistillConfig, TeacherConfig
-from .batches import Batches
+from .batches import Batch, Batches
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .context import RunContext, all_reduce_sum, is_main_process, world_size
-from .device import autocast
+from .device import autocast, step_begin
 from .optim import build_optimizer, clip_gradients, lr_at, set_lr
 
 
@@ -54,27 +54,18 @@ class Task(Protocol):
     models: list[nn.Module]
     logged: tuple[str, ...]  # the scalars `losses` returns, reported as their running means
     global_seed: int  # this rank's torch global stream (engine/seeds.py)
-    # What the data stream also loads for iteration t on this rank, in the loader's workers
-    # (stored teacher targets), or None: a picklable callable t -> {name: tensor}.
-    stored_inputs: Callable[[int], dict[str, torch.Tensor]] | None
+    # This rank's stored teacher targets of iteration t, read in the loader's workers, or None:
+    # a picklable callable t -> Targets (engine/targets.py).
+    stored_targets: Callable[[int], Any] | None
 
     def cutmix_seed(self, iteration: int) -> int:
         """The seed of this rank's CutMix mask of `iteration` (a pure function of the run's seed,
         the rank and the iteration: a resumed run draws the masks of an uninterrupted one)."""
         ...
 
-    def losses(
-        self,
-        x_l: torch.Tensor,
-        y: torch.Tensor,
-        u0: torch.Tensor,
-        u1: torch.Tensor,
-        mask: torch.Tensor,
-        targets: dict[str, torch.Tensor] | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Scalars of one iteration: "loss", the total to minimise, and the others of `logged`.
-        x_l, u0, u1: B x 3 x S x S; y and the CutMix mask: B x S x S; `targets`: what
-        stored_inputs loaded for the iteration (None without stored inputs)."""
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Scalars of one iteration: "loss", the total to minimise, and the others of `logged`;
+        batch.targets is what stored_targets read for the iteration (None without a store)."""
         ...
 
     def evaluate(self, val_loader: DataLoader) -> dict[str, Any]:
@@ -104,7 +95,7 @@ def fit(task: Task, cfg: TeacherConfig | DistillConfig, data, ctx: RunContext) -
     start, final = resume(ctx, task, optimizer)
     # The data and the masks of iteration t are pure functions of t (engine/batches.py), so a
     # resumed run starts the stream at `start` and sees what an uninterrupted run would.
-    batches = Batches(data, cfg.data, device, start, cfg.iterations, task.stored_inputs)
+    batches = Batches(data, cfg.data, device, start, cfg.iterations, task.stored_targets)
     meter = RunningMeans()
 
     def report(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -134,13 +125,12 @@ def fit(task: Task, cfg: TeacherConfig | DistillConfig, data, ctx: RunContext) -
         model.train()
     metrics: dict[str, Any] = {}
     for iteration in range(start, cfg.iterations):
-        if device.type == "cuda":  # a captured teacher's outputs live until the next replay
-            torch.compiler.cudagraph_mark_step_begin()
+        step_begin(device)
         lr = lr_at(cfg.optim, iteration, cfg.iterations)
         set_lr(optimizer, lr)
-        inputs, stored = batches.next_inputs(device, iteration, task.cutmix_seed(iteration))
+        batch = batches.next_batch(device, iteration, task.cutmix_seed(iteration))
         with autocast(device, cfg.amp):
-            logged = task.losses(*inputs, stored or None)
+            logged = task.losses(batch)
         meter.add(optimizer_step(optimizer, logged, iteration + 1, cfg.optim.grad_clip))
         done = iteration + 1 == cfg.iterations
         if (iteration + 1) % cfg.eval_every == 0 or done:

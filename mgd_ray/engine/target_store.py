@@ -6,13 +6,14 @@ Layout, on a local folder or an s3:// URI (through mgd_ray.storage):
     <store>/manifest.json              what the store holds (written before any target)
     <store>/rank{r}of{W}/{t:07d}.npz.zst   rank r's targets of iteration t (zstd-compressed .npz)
 
-Each .npz holds the keys of engine/targets.py for every stream the manifest lists: per teacher
-and named batch (u0, u1, x_l) "label" and "code" (uint8 B x S x S), "deep.x_m@s.pooled"
-(float32 B x C) and "wide.x_m@s.similarity" (float32 B x 49 x 49) per stream s; a "code" array is
-stored as its 2-D difference mod 256 (`difference`), which halves its compressed bytes
-(docs/benchmarks.md, section 9), and read back exactly. The file is compressed with zstd at level
-3: at VOC size about 100x faster than deflate at level 9 for 10% more bytes (a writer must keep
-pace with a GPU step of ~0.15 s; deflate-9 took several seconds per file). A file is written
+Each .npz holds the targets of every stream the manifest lists as the named arrays of
+engine/targets.py (`to_arrays`): per teacher and named batch (u0, u1, x_l) a label and a code
+(uint8 B x S x S), per stream the deep teacher's pooled logits (float32 B x C) and the wide
+teacher's similarity (float32 B x 49 x 49); a code array is stored as its 2-D difference mod 256
+(`difference`), which halves its compressed bytes (docs/benchmarks.md, section 9), and read back
+exactly. The file is compressed with zstd at level 3: at VOC size about 100x faster than deflate at
+level 9 for 10% more bytes (a writer must keep pace with a GPU step of ~0.15 s; deflate-9 took
+several seconds per file). A file is written
 under a temporary name and renamed (or uploaded in one PUT), so a file that exists is complete: a
 writer that dies resumes by skipping the iterations whose files exist, and chunks of iterations can
 be written by separate runs with nothing shared but the files.
@@ -40,11 +41,20 @@ from .. import storage
 from ..config import DistillConfig
 from ..data import build_datasets
 from . import seeds
-from .batches import STREAM_VERSION, IterationData, cutmix_mask_at, iteration_loader
+from .batches import STREAM_VERSION, IterationData, cutmix_mask_at, iteration_loader, unpack
 from .context import RunContext, all_reduce_sum, is_distributed, rank, world_size
-from .device import autocast, to_device
-from .mgd_step import TEACHERS, active_terms, needed, required_keys
-from .targets import compute_targets, config_teacher
+from .device import autocast, step_begin
+from .mgd_step import active_terms
+from .targets import (
+    TEACHERS,
+    Targets,
+    array_names,
+    compute_targets,
+    config_teacher,
+    from_arrays,
+    needed,
+    to_arrays,
+)
 
 # what a file holds and how (keys, uint8, differenced codes, zstd)
 FORMAT = "mgd_ray.teacher_targets/2"
@@ -156,34 +166,30 @@ def encode(targets: dict[str, torch.Tensor]) -> bytes:
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(buffer.getvalue())
 
 
-def load_arrays(raw: bytes, keys: dict[str, str] | None = None) -> dict[str, np.ndarray]:
-    """{name: array} of the stored arrays keys[name] (every stored array under its own name when
-    None) of an `encode`d file, codes undifferenced."""
+def load_arrays(raw: bytes, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """{name: array} of the stored arrays `names` (every stored array when None) of an `encode`d
+    file, codes undifferenced."""
     with np.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(raw))) as stored:
-        keys = keys if keys is not None else {key: key for key in stored.files}
-        arrays = {name: stored[key] for name, key in keys.items()}
+        arrays = {name: stored[name] for name in (stored.files if names is None else names)}
     return {name: undifference(a) if name.endswith(".code") else a for name, a in arrays.items()}
 
 
-def decode(raw: bytes, keys: dict[str, str]) -> dict[str, torch.Tensor]:
-    """{name: tensor} of the stored arrays keys[name] of an `encode`d file."""
-    return {name: torch.from_numpy(a) for name, a in load_arrays(raw, keys).items()}
+def decode(raw: bytes, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """{name: tensor} of the stored arrays `names` (every one when None) of an `encode`d file."""
+    return {name: torch.from_numpy(a) for name, a in load_arrays(raw, names).items()}
 
 
 class TargetReader:
     """Reads one rank's targets of one mask stream, for the step: called with an iteration, returns
-    `keys` (mgd_step.required_keys) as tensors. Picklable, so DataLoader workers read the files
-    while the main process computes."""
+    the Targets the `active` terms read. Picklable, so DataLoader workers read the files while the
+    main process computes."""
 
-    def __init__(self, store: str, rank: int, world: int, stream: int, keys: list[str]) -> None:
-        self.folder, self.stream, self.keys = rank_folder(store, rank, world), stream, list(keys)
+    def __init__(self, store: str, rank: int, world: int, stream: int, active: set[str]) -> None:
+        self.folder, self.stream = rank_folder(store, rank, world), stream
+        self.names = array_names(active, stream)
         self.store, self.rank = store, rank
 
-    def stored_key(self, key: str) -> str:
-        teacher, batch, part = key.split(".")
-        return f"{teacher}.{batch}@{self.stream}.{part}" if batch == "x_m" else key
-
-    def __call__(self, iteration: int) -> dict[str, torch.Tensor]:
+    def __call__(self, iteration: int) -> Targets:
         uri = storage.join(self.folder, file_name(iteration))
         try:
             raw = storage.read_bytes(uri)
@@ -193,7 +199,7 @@ class TargetReader:
                 f"iteration {iteration} for rank {self.rank} ({uri}): was the "
                 f"store written in full? ({err})"
             ) from err
-        return decode(raw, {key: self.stored_key(key) for key in self.keys})
+        return from_arrays(decode(raw, self.names), self.stream)
 
 
 def open_store(cfg: DistillConfig, data, device: torch.device) -> TargetReader:
@@ -221,7 +227,7 @@ def open_store(cfg: DistillConfig, data, device: torch.device) -> TargetReader:
             f"{cfg.iterations}"
         )
     refuse(cfg.targets, problems)
-    return TargetReader(cfg.targets, rank(), world_size(), cfg.seed, required_keys(active))
+    return TargetReader(cfg.targets, rank(), world_size(), cfg.seed, active)
 
 
 def _ensure_manifest(store: str, manifest: dict[str, Any]) -> None:
@@ -277,11 +283,8 @@ def write_targets(
     items = IterationData(data.labeled, data.unlabeled, cfg.data, world, this_rank)
     files = written = 0
     for item in iteration_loader(items, todo, cfg.data.num_workers, device):
-        if device.type == "cuda":  # a captured teacher's outputs live until the next replay
-            torch.compiler.cudagraph_mark_step_begin()
-        t = item["iteration"]
-        x_l = to_device(item["x_l"], device, True)
-        u0, u1 = to_device(item["u"], device, True).chunk(2)
+        step_begin(device)
+        t, x_l, _, u0, u1 = unpack(item, device)
         masks = {
             s: cutmix_mask_at(
                 seeds.student_cutmix(s, this_rank, t), u0.shape[0], u0.shape[-2], u0.shape[-1]
@@ -289,7 +292,7 @@ def write_targets(
             for s in streams
         }
         with autocast(device, cfg.amp):
-            targets = compute_targets(teachers, x_l, u0, u1, masks)
+            targets = to_arrays(compute_targets(teachers, x_l, u0, u1, masks))
         if file_name(t) not in present:
             raw = encode(targets)
             storage.write_bytes(storage.join(folder, file_name(t)), raw)

@@ -15,16 +15,17 @@ import torch
 
 from ..config import TeacherConfig
 from ..data import build_datasets
+from ..data.cutmix import mix
 from ..losses import masked_cross_entropy, pseudo_label, supervised_loss
 from ..models import build_model
 from . import seeds
 from .batch_groups import batch_groups
+from .batches import Batch
 from .checkpoint import cpu_state_dict, unwrap
 from .context import RunContext, rank
 from .device import channels_last, compile_for_device
 from .evaluate import run_miou
 from .loop import fit
-from .mgd_step import mix
 
 
 def cps_losses(
@@ -79,14 +80,16 @@ class CPSTask:
             self.models.append(ctx.prepare_model(model))
         self.rank = rank()
         self.global_seed = seeds.teacher_global(cfg.seed, self.rank)
-        self.stored_inputs = None
+        self.stored_targets = None
         self.best = 0
 
     def cutmix_seed(self, iteration: int) -> int:
         return seeds.teacher_cutmix(self.cfg.seed, self.rank, iteration)
 
-    def losses(self, x_l, y, u0, u1, mask, targets=None) -> dict[str, torch.Tensor]:
-        terms = cps_losses(self.models, x_l, y, u0, u1, mask, self.cfg.ohem)
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        terms = cps_losses(
+            self.models, batch.x_l, batch.y, batch.u0, batch.u1, batch.mask, self.cfg.ohem
+        )
         return {
             "loss": terms["sup"] + self.cfg.cps_weight * terms["cps"],
             "loss_sup": terms["sup"],
