@@ -131,6 +131,9 @@ class TrialRecord:
     run_start: str | None = None  # the id of its worker group's latest start
     started_at: str | None = None
     ended_at: str | None = None
+    # A search trial's place in the searcher's order of points (0: the first suggested, the
+    # paper's): what breaks a tie between equal scores the same way in every run.
+    search_order: int | None = None
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> "TrialRecord":
@@ -203,19 +206,23 @@ def is_completed(record) -> bool:
 
 def ranked_trials(records: Iterable, kind: str | None = None, variant: str | None = None) -> list:
     """The completed trials (of `kind` / `variant` when given), best final mIoU first; on a tie
-    the one started first, then by its point (Tune's trial ids are random: a tie broken by id
-    would pick another trial in each run of the same study)."""
+    the one whose point the searcher suggested first, then by its point. Never by Tune's trial
+    ids (random) or start times (trials in flight side by side start in either order): a tie
+    broken so would pick another trial in each run of the same study."""
     chosen = [
         r
         for r in records
         if is_completed(r) and kind in (None, r.kind) and variant in (None, r.variant)
     ]
 
-    def tie_break(r) -> tuple[str, str, str]:
+    def tie_break(r) -> tuple[float, str, str]:
         point = getattr(r, "config", None) or {k: getattr(r, k, None) for k in POINT_KEYS}
-        started = getattr(r, "started_at", None)
-        started = started if isinstance(started, str) else ""
-        return started, json.dumps(point, sort_keys=True, default=str), str(r.trial_id)
+        order = finite_or_none(getattr(r, "search_order", None))
+        return (
+            math.inf if order is None else order,
+            json.dumps(point, sort_keys=True, default=str),
+            str(r.trial_id),
+        )
 
     return sorted(sorted(chosen, key=tie_break), key=lambda r: -float(r.miou))
 

@@ -155,19 +155,20 @@ def test_completed_and_best_are_one_rule_for_records_and_frames():
         "e",
         "a",
         "c",
-    ]  # a tie (equal start, equal point) goes to the first id
+    ]  # a tie (no search order, equal point) goes to the first id
     assert best_trial(records, kind="search").trial_id == "a"
     assert best_trial(records, variant="pixel").trial_id == "e"
     assert best_trial([record("x", "running", None)]) is None
     assert not reached_the_end(7, 8) and reached_the_end(8, 8) and not reached_the_end(None, 8)
 
 
-def test_a_tie_goes_to_the_trial_started_first_never_to_the_random_trial_id():
-    """Tune's trial ids are random: two runs of the same study give the same trials other ids.
-    Equal scores (a small study often has them) must pick the same trial either way: the one
-    started first (the paper's point is suggested, and started, first), then by the point."""
+def test_a_tie_goes_to_the_point_the_searcher_suggested_first_never_to_start_times_or_ids():
+    """Tune's trial ids are random, and trials in flight side by side start in either order (two
+    smoke runs started the paper's point 2 s before and 2 s after TPE's). Equal scores (a small
+    study often has them) must pick the same trial in every run: the point the searcher suggested
+    first (the paper's is suggested first), then the point itself."""
 
-    def record(trial_id, started, threshold):
+    def record(trial_id, started, threshold, order):
         return TrialRecord(
             trial_id,
             "1/8",
@@ -181,11 +182,16 @@ def test_a_tie_goes_to_the_trial_started_first_never_to_the_random_trial_id():
             status="completed",
             miou=0.5,
             started_at=started,
+            search_order=order,
         )
 
     for first_id, second_id in (("ffff0000", "0000ffff"), ("0000ffff", "ffff0000")):
-        paper = record(first_id, "2026-12-06T20:00:00+00:00", 0.0)
-        later = record(second_id, "2026-12-06T20:00:05+00:00", 0.7)
-        assert best_trial([later, paper]).config["confidence_threshold"] == 0.0
-        same_second = record(second_id, "2026-12-06T20:00:00+00:00", 0.7)
-        assert best_trial([same_second, paper]).config["confidence_threshold"] == 0.0
+        for paper_start, tpe_start in (("20:00:00", "20:00:02"), ("20:00:02", "20:00:00")):
+            paper = record(first_id, f"2026-12-06T{paper_start}+00:00", 0.0, 0)
+            tpe = record(second_id, f"2026-12-06T{tpe_start}+00:00", 0.7, 1)
+            assert best_trial([tpe, paper]).config["confidence_threshold"] == 0.0
+            assert best_trial([paper, tpe]).config["confidence_threshold"] == 0.0
+    # Records without an order (ablation rows, older studies) fall back to the point.
+    a, b = record("ffff0000", None, 0.7, None), record("0000ffff", None, 0.2, None)
+    assert best_trial([a, b]).config["confidence_threshold"] == 0.2
+    assert best_trial([b, a]).config["confidence_threshold"] == 0.2

@@ -157,3 +157,16 @@ def test_a_tell_that_keeps_failing_is_not_marked_told_and_is_reported(monkeypatc
     assert "t" not in s._completed_trials  # a later tell (e.g. after --resume) is still allowed
     assert s.untold == {"t": "RuntimeError: database is locked"}
     assert said == [("t", "RuntimeError: database is locked")]
+
+
+def test_the_searcher_says_in_which_order_it_suggested_each_trials_point():
+    """The order in which points were suggested (the paper's first) is what breaks a tie between
+    equal scores: trial ids are random and side-by-side trials start in either order."""
+    s = searcher()
+    for trial_id in ("c", "a", "b"):
+        s.suggest(trial_id)
+    assert [s.search_order(t) for t in ("a", "b", "c", "unknown")] == [1, 2, 0, None]
+    # A searcher that did not suggest them (a resumed study's Tune runs a restored one) reads the
+    # order from the Optuna storage.
+    stale = searcher(storage=s._ot_study._storage)
+    assert [stale.search_order(t) for t in ("a", "b", "c", "unknown")] == [1, 2, 0, None]

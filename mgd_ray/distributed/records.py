@@ -11,7 +11,7 @@ import datetime as dt
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ray import cloudpickle
 from ray.tune import Callback
@@ -82,8 +82,10 @@ class TrialRecorder(Callback):
         device: str,
         num_devices: float,
         verbose: bool = True,
+        search_order: Callable[[str], int | None] | None = None,
     ) -> None:
         self.folder = os.path.join(results_dir, "trials", protocol_slug(protocol))
+        self.search_order = search_order  # the searcher's order of a trial's point (search)
         self.protocol, self.kind, self.max_iterations = protocol, kind, max_iterations
         self.device, self.num_devices, self.verbose = device, num_devices, verbose
         self._started: dict[str, float] = {}
@@ -107,6 +109,7 @@ class TrialRecorder(Callback):
                 device=self.device,
                 num_devices=self.num_devices,
                 started_at=now_iso(),
+                search_order=self.search_order(trial.trial_id) if self.search_order else None,
             )
 
     def _save(self, trial, record: TrialRecord) -> None:

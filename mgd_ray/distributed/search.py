@@ -84,6 +84,19 @@ class HonestOptunaSearch(OptunaSearch):
             ot_trial.set_user_attr(TRIAL_ID_ATTR, trial_id)
         return config
 
+    def search_order(self, trial_id: str) -> int | None:
+        """The place of a Tune trial's point in the order the study's points were suggested (0:
+        the first, the paper's): its Optuna trial number, None for a trial Optuna never saw.
+        Read from the Optuna storage when this searcher did not suggest it itself (a resumed
+        study's Tune runs a searcher restored from its checkpoint)."""
+        ot_trial = optuna_trials(self)[0].get(trial_id)
+        if ot_trial is None:
+            stored = self._ot_study.get_trials(deepcopy=False)
+            ot_trial = next(
+                (t for t in stored if t.user_attrs.get(TRIAL_ID_ATTR) == trial_id), None
+            )
+        return None if ot_trial is None else int(ot_trial.number)
+
     def restore_from_dir(self, checkpoint_dir: str) -> None:
         try:
             super().restore_from_dir(checkpoint_dir)

@@ -135,6 +135,7 @@ def run_search(cfg: StudyConfig, spec: TrialSpec, extra_points: list[SearchPoint
         cfg.device,
         cfg.devices_per_trial,
         cfg.verbose,
+        search_order=searcher.search_order,
     )
     tune_run(cfg, f"search-{slug}", param_space(spec), tune_config, recorder)
     keep_best_drop_the_rest(cfg, spec, "search")
