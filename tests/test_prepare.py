@@ -4,6 +4,7 @@ trees it writes hold what the test put in (images byte for byte, labels as the c
 here by hand), the study's loader accepts them, bad sources are refused naming them before
 anything is written, and a killed or repeated run resumes without redoing finished files."""
 
+import dataclasses
 import hashlib
 import io
 import tarfile
@@ -97,6 +98,12 @@ def voc_sources(tmp_path):
     return voc_tar, sbd_tgz, voc_labels, sbd_labels
 
 
+def study_datasets(dataset, root, split_folder):
+    """The datasets the study's own loader builds from a prepared `root` (1/2, a seeded split)."""
+    cfg = DataConfig(dataset, str(root), "1/2", paper_split=False)
+    return build_datasets(dataclasses.replace(cfg, split_out_dir=str(split_folder)))
+
+
 def test_voc_and_sbd_become_the_train_aug_layout_the_study_reads(voc_sources, tmp_path):
     voc_tar, sbd_tgz, voc_labels, sbd_labels = voc_sources
     out = tmp_path / "voc"
@@ -121,15 +128,7 @@ def test_voc_and_sbd_become_the_train_aug_layout_the_study_reads(voc_sources, tm
     assert record["class_pixels"]["aeroplane"] == expected_pixels[1]
     assert record["class_pixels"]["ignore (255)"] == expected_pixels[255] == 4 * W
 
-    data = build_datasets(
-        DataConfig(
-            dataset="voc",
-            root=str(out),
-            protocol="1/2",
-            paper_split=False,
-            split_out_dir=str(tmp_path / "split"),
-        )
-    )
+    data = study_datasets("voc", out, tmp_path / "split")
     assert sorted(data.labeled_ids + data.unlabeled_ids) == TRAIN_AUG and len(data.val) == 2
 
 
@@ -286,15 +285,7 @@ def test_cityscapes_label_ids_become_train_ids_and_the_study_reads_them(tmp_path
         "val pairs": 1,
     }
     assert record["class_pixels"]["car"] == sum(int((t == 13).sum()) for _, t in expected.values())
-    data = build_datasets(
-        DataConfig(
-            dataset="cityscapes",
-            root=str(out),
-            protocol="1/2",
-            paper_split=False,
-            split_out_dir=str(tmp_path / "split"),
-        )
-    )
+    data = study_datasets("cityscapes", out, tmp_path / "split")
     assert len(data.labeled_ids) + len(data.unlabeled_ids) == 2 and len(data.val) == 1
 
 

@@ -21,14 +21,13 @@ a wandb login).
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-from ..schema import POINT_KEYS, reached_the_end
+from ..schema import POINT_KEYS, finite_or_none, reached_the_end
 from .options import StudyConfig, study_name
 from .spec import from_tune
 
@@ -204,14 +203,6 @@ def trial_callbacks(cfg: StudyConfig, protocol: str, kind: str, max_iterations: 
     return [] if tracking is None else [TrialTracker(tracking, protocol, kind, max_iterations)]
 
 
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def trial_params(config: dict[str, Any], protocol: str, kind: str) -> dict[str, Any]:
     """What a trial's MLflow run records as parameters: its protocol, kind, ablation variant,
     seed, the four loss weights and the confidence threshold tau, its iteration budget."""
@@ -230,7 +221,7 @@ def trial_params(config: dict[str, Any], protocol: str, kind: str) -> dict[str, 
 def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The engine's finite metrics of one Tune result (a Train report forwarded to Tune)."""
     keys = [k for k in result if k in METRIC_KEYS or k.startswith("loss_")]
-    values = {k: _number(result[k]) for k in keys}
+    values = {k: finite_or_none(result[k]) for k in keys}
     return {k: v for k, v in values.items() if v is not None}
 
 

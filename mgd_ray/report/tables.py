@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import asdict
 from typing import Mapping
 
 import numpy as np
@@ -104,18 +105,14 @@ def at_background(
 
 def _ablation_row(variant: str, label: str, protocol: str, estimate: Estimate) -> dict:
     """One row of the long-form ablation table, not (yet) marked best."""
-    return dict(
-        variant=variant,
-        label=label,
-        protocol=protocol,
-        mean=estimate.mean,
-        std=estimate.std,
-        se=estimate.se,
-        low=estimate.low,
-        high=estimate.high,
-        n=estimate.n,
-        best=False,
-    )
+    # the estimate's fields in their order: mean, std, se, low, high, n
+    return {
+        "variant": variant,
+        "label": label,
+        "protocol": protocol,
+        **asdict(estimate),
+        "best": False,
+    }
 
 
 def ablation_table(
