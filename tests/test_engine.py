@@ -5,11 +5,13 @@ the real ResNet-18 DeepLabv3+ at 32 px where the real model matters; data is a f
 tensors."""
 
 import copy
+import dataclasses
 import math
 import os
 import pickle
 import subprocess
 import sys
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -21,10 +23,8 @@ from torch.utils.data import Dataset
 from mgd_ray.config import DataConfig, DistillConfig, LossWeights, OptimConfig, TeacherConfig
 from mgd_ray.data import mix
 from mgd_ray.engine import DivergedError, LocalContext, distill_student, evaluate, train_teacher
-from mgd_ray.engine import distill as distill_module
-from mgd_ray.engine import targets as targets_module
-from mgd_ray.engine import teacher as teacher_module
 from mgd_ray.engine.batches import Batch
+from mgd_ray.engine.builders import Builders
 from mgd_ray.engine.checkpoint import atomic_save, load_checkpoint
 from mgd_ray.engine.evaluate import window_starts
 from mgd_ray.engine.mgd_step import active_terms, mgd_losses
@@ -307,28 +307,18 @@ def _fake_data(cfg):
     )
 
 
+def tiny_model(arch, num_classes, output_stride=None, backbone_weights=None, width=8):
+    return TinySeg(num_classes, width)
+
+
 @pytest.fixture
-def tiny_world(monkeypatch, tmp_path):
-    for module in (distill_module, teacher_module):
-        monkeypatch.setattr(module, "build_datasets", _fake_data)
-    monkeypatch.setattr(
-        distill_module,
-        "build_model",
-        lambda arch, num_classes, output_stride=None, backbone_weights=None: TinySeg(num_classes),
-    )
-    monkeypatch.setattr(
-        targets_module, "build_model", lambda arch, num_classes: TinySeg(num_classes)
-    )
-    monkeypatch.setattr(
-        teacher_module,
-        "build_model",
-        lambda arch, num_classes, output_stride=None, backbone_weights=None: TinySeg(num_classes),
-    )
+def tiny_world(tmp_path):
     teacher_path = str(tmp_path / "teacher.pt")
     torch.manual_seed(3)
     atomic_save(TinySeg().state_dict(), teacher_path)
     data = DataConfig(crop_size=16, batch_size=2, num_workers=0)
-    return SimpleNamespace(tmp=tmp_path, teacher=teacher_path, data=data)
+    builders = Builders(model=tiny_model, datasets=_fake_data)
+    return SimpleNamespace(tmp=tmp_path, teacher=teacher_path, data=data, builders=builders)
 
 
 def _distill_cfg(world, iterations, **kw):
@@ -345,7 +335,7 @@ def _distill_cfg(world, iterations, **kw):
 
 def test_distill_reports_checkpoints_and_resumes(tiny_world):
     ctx = LocalContext(str(tiny_world.tmp / "run"), verbose=False)
-    final = distill_student(_distill_cfg(tiny_world, 4), ctx)
+    final = distill_student(_distill_cfg(tiny_world, 4), ctx, tiny_world.builders)
     assert [m["iteration"] for m in ctx.history] == [2, 4] and [
         m["done"] for m in ctx.history
     ] == [False, True]
@@ -368,7 +358,7 @@ def test_distill_reports_checkpoints_and_resumes(tiny_world):
     assert load_checkpoint(os.path.join(folder, "state.pt"))["iteration"] == 4
     # A longer budget on the same context resumes at iteration 4 and keeps counting.
     ctx2 = LocalContext(ctx.output_dir, verbose=False)
-    distill_student(_distill_cfg(tiny_world, 6), ctx2)
+    distill_student(_distill_cfg(tiny_world, 6), ctx2, tiny_world.builders)
     assert [m["iteration"] for m in ctx2.history] == [6]
     assert ctx2.history[0]["lr"] == pytest.approx(poly_lr(0.01, 5, 6))
 
@@ -377,12 +367,15 @@ def test_supervised_only_distill_needs_no_teacher_checkpoint(tiny_world):
     cfg = DistillConfig(
         data=tiny_world.data, iterations=2, eval_every=2, weights=LossWeights(1, 0, 0, 0)
     )
-    final = distill_student(cfg, LocalContext(str(tiny_world.tmp / "sup"), verbose=False))
+    final = distill_student(
+        cfg, LocalContext(str(tiny_world.tmp / "sup"), verbose=False), tiny_world.builders
+    )
     assert final["loss_pixel"] == 0.0 and final["kept_fraction"] == 0.0 and final["loss_sup"] > 0
     with pytest.raises(ValueError, match="teacher_deep_checkpoint is required"):
         distill_student(
             DistillConfig(data=tiny_world.data, iterations=2),
             LocalContext(str(tiny_world.tmp / "x"), verbose=False),
+            tiny_world.builders,
         )
 
 
@@ -393,13 +386,13 @@ def test_nan_loss_raises_diverged_error(tiny_world, monkeypatch):
             model.head.bias.fill_(float("nan"))
         return model
 
-    monkeypatch.setattr(distill_module, "build_model", nan_model)
+    builders = dataclasses.replace(tiny_world.builders, model=nan_model)
     cfg = DistillConfig(
         data=tiny_world.data, iterations=3, eval_every=3, weights=LossWeights(1, 0, 0, 0)
     )
     ctx = LocalContext(str(tiny_world.tmp / "nan"), verbose=False)
     with pytest.raises(DivergedError, match="diverged at iteration 1: loss=nan") as info:
-        distill_student(cfg, ctx)
+        distill_student(cfg, ctx, builders)
     assert ctx.history == [] and ctx.latest_checkpoint() is None
     # The fields say where and how, without reading the message; they survive pickling (Ray).
     error = pickle.loads(pickle.dumps(info.value))
@@ -444,13 +437,7 @@ def test_finished_run_keeps_no_optimizer_state_and_resumes(
 ):
     # A wide net, so that SGD's momentum (one buffer per trainable weight) is most of an unfinished
     # state.pt.
-    monkeypatch.setattr(
-        distill_module,
-        "build_model",
-        lambda arch, num_classes, output_stride=None, backbone_weights=None: TinySeg(
-            num_classes, 1024
-        ),
-    )
+    wide = dataclasses.replace(tiny_world.builders, model=partial(tiny_model, width=1024))
     cfg = DistillConfig(
         data=tiny_world.data, iterations=4, eval_every=2, weights=LossWeights(1, 0, 0, 0)
     )
@@ -466,13 +453,13 @@ def test_finished_run_keeps_no_optimizer_state_and_resumes(
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        distill_student(cfg, LocalContext(out, verbose=False, on_report=measure))
+        distill_student(cfg, LocalContext(out, verbose=False, on_report=measure), wide)
     saved = load_checkpoint(os.path.join(out, "checkpoint", "state.pt"))
     assert saved["iteration"] == 2 and not saved["metrics"]["done"] and "optimizer" in saved
 
     # Resuming the unfinished run restores its optimizer (the momentum saved at iteration 2).
     ctx = LocalContext(out, verbose=False, on_report=measure)
-    final = distill_student(cfg, ctx)
+    final = distill_student(cfg, ctx, wide)
     assert [m["iteration"] for m in ctx.history] == [4] and final["done"]
     assert len(loaded_optimizer_states) == 1
     momentum = {i: s["momentum_buffer"] for i, s in saved["optimizer"]["state"].items()}
@@ -495,7 +482,7 @@ def test_finished_run_keeps_no_optimizer_state_and_resumes(
     # Resuming the finished run only reports its final metrics again, with the same weights.
     model = load_checkpoint(os.path.join(ctx.latest_checkpoint(), "model.pt"))
     again = LocalContext(out, verbose=False)
-    assert distill_student(cfg, again) == final and _without_time(again.history) == [final]
+    assert distill_student(cfg, again, wide) == final and _without_time(again.history) == [final]
     assert len(loaded_optimizer_states) == 1  # nothing to load this time
     reloaded = load_checkpoint(os.path.join(again.latest_checkpoint(), "model.pt"))
     assert all(torch.equal(model[k], reloaded[k]) for k in model)
@@ -509,9 +496,11 @@ def test_finished_teacher_run_keeps_both_branches_but_no_optimizer(
     )
     out = str(tiny_world.tmp / "teacher_resume")
     with pytest.raises(Interrupt):
-        train_teacher(cfg, LocalContext(out, verbose=False, on_report=_stop_at(2)))
+        train_teacher(
+            cfg, LocalContext(out, verbose=False, on_report=_stop_at(2)), tiny_world.builders
+        )
     ctx = LocalContext(out, verbose=False)
-    final = train_teacher(cfg, ctx)
+    final = train_teacher(cfg, ctx, tiny_world.builders)
     assert [m["iteration"] for m in ctx.history] == [4] and len(loaded_optimizer_states) == 1
     state = load_checkpoint(os.path.join(ctx.latest_checkpoint(), "state.pt"))
     assert (
@@ -520,7 +509,10 @@ def test_finished_teacher_run_keeps_both_branches_but_no_optimizer(
         and state["branch"] == final["branch"]
     )
     again = LocalContext(out, verbose=False)
-    assert train_teacher(cfg, again) == final and len(loaded_optimizer_states) == 1
+    assert (
+        train_teacher(cfg, again, tiny_world.builders) == final
+        and len(loaded_optimizer_states) == 1
+    )
     model = load_checkpoint(os.path.join(again.latest_checkpoint(), "model.pt"))
     assert all(torch.equal(model[k], state["branches"][final["branch"]][k]) for k in model)
 
@@ -530,7 +522,7 @@ def test_train_teacher_reports_the_better_branch(tiny_world):
         data=tiny_world.data, iterations=3, eval_every=3, optim=OptimConfig(lr=0.01)
     )
     ctx = LocalContext(str(tiny_world.tmp / "teacher"), verbose=False)
-    final = train_teacher(cfg, ctx)
+    final = train_teacher(cfg, ctx, tiny_world.builders)
     assert final["done"] and final["iteration"] == 3
     best = final["branch"]
     assert (

@@ -25,10 +25,9 @@ from torch import nn
 from mgd_ray.config import DataConfig, DistillConfig, LossWeights, OptimConfig
 from mgd_ray.data import SegmentationDataset, build_datasets, mix
 from mgd_ray.engine import LocalContext, distill_student, loop, seeds
-from mgd_ray.engine import distill as distill_module
 from mgd_ray.engine import target_store as store_module
-from mgd_ray.engine import targets as targets_module
 from mgd_ray.engine.batches import Batches, IterationData, iteration_loader
+from mgd_ray.engine.builders import Builders
 from mgd_ray.engine.checkpoint import atomic_save, load_checkpoint
 from mgd_ray.engine.target_store import load_arrays, write_targets
 from mgd_ray.engine.targets import (
@@ -68,13 +67,8 @@ def small_val(cfg, save_split=True):
     return data
 
 
-def patch_engine(setattr_) -> None:
-    """Tiny networks and a small val set in the engine (monkeypatch.setattr, or plain setattr in a
-    spawned process)."""
-    setattr_(distill_module, "build_model", tiny_model)
-    setattr_(targets_module, "build_model", tiny_model)
-    for module in (distill_module, store_module):
-        setattr_(module, "build_datasets", small_val)
+# The engine's runs here build tiny networks and a small val set (engine/builders.py).
+TINY = Builders(model=tiny_model, datasets=small_val)
 
 
 def write_teachers(folder: str) -> dict[str, str]:
@@ -138,7 +132,7 @@ def train(cfg: DistillConfig, folder: str, ctx_type=LocalContext) -> tuple[list[
     """(the logged values of each iteration, the final student weights) of a run of cfg."""
     ctx = ctx_type(folder, verbose=False)
     with recorded_steps() as steps:
-        distill_student(cfg, ctx)
+        distill_student(cfg, ctx, TINY)
     if ctx.latest_checkpoint() is None:  # a rank > 0 keeps no checkpoint: its weights in memory
         return steps, {k: v.detach().clone() for k, v in ctx.model.module.state_dict().items()}
     return steps, load_checkpoint(os.path.join(folder, "checkpoint", "model.pt"))
@@ -162,18 +156,17 @@ def assert_same_training(live, stored) -> None:
 def world(tmp_path_factory):
     """Teachers and a store of their targets for STREAMS, written once for the module."""
     folder = str(tmp_path_factory.mktemp("targets"))
-    with pytest.MonkeyPatch.context() as mp:
-        patch_engine(mp.setattr)
-        teachers = write_teachers(folder)
-        store = os.path.join(folder, "store")
-        stats = write_targets(
-            config(folder, teachers),
-            STREAMS,
-            range(ITERATIONS),
-            LocalContext(os.path.join(folder, "writer"), verbose=False),
-            store,
-        )
-        yield {"folder": folder, "teachers": teachers, "store": store, "stats": stats}
+    teachers = write_teachers(folder)
+    store = os.path.join(folder, "store")
+    stats = write_targets(
+        config(folder, teachers),
+        STREAMS,
+        range(ITERATIONS),
+        LocalContext(os.path.join(folder, "writer"), verbose=False),
+        store,
+        TINY,
+    )
+    yield {"folder": folder, "teachers": teachers, "store": store, "stats": stats}
 
 
 @pytest.mark.parametrize(
@@ -191,7 +184,6 @@ def test_training_from_the_store_equals_training_with_live_teachers(
     world, monkeypatch, variant, threshold, seed, workers
 ):
     """workers: the stored run's loader workers, which then read the targets."""
-    patch_engine(monkeypatch.setattr)
     folder = os.path.join(world["folder"], f"{variant}-{threshold}-{seed}")
     cfg = config(
         world["folder"],
@@ -266,7 +258,6 @@ def test_the_writer_reports_and_lays_out_what_it_wrote(world):
     ],
 )
 def test_a_store_that_does_not_match_the_run_is_refused(world, monkeypatch, change, message):
-    patch_engine(monkeypatch.setattr)
     cfg = config(world["folder"], world["teachers"], targets=world["store"]).to_dict()
     if "data" in change:
         cfg["data"].update(change.pop("data"))
@@ -281,18 +272,18 @@ def test_a_store_that_does_not_match_the_run_is_refused(world, monkeypatch, chan
         distill_student(
             DistillConfig.from_dict(cfg),
             LocalContext(os.path.join(world["folder"], "x"), verbose=False),
+            TINY,
         )
     assert BUILT == []  # refused before any network is built
 
 
 def test_a_resumed_writer_writes_only_the_missing_iterations(world, monkeypatch, tmp_path):
-    patch_engine(monkeypatch.setattr)
     cfg = config(world["folder"], world["teachers"], iterations=4)
     store = str(tmp_path / "store")
 
     def write(iterations, streams=STREAMS):
         ctx = LocalContext(str(tmp_path / "w"), verbose=False)
-        return write_targets(cfg, streams, iterations, ctx, store)
+        return write_targets(cfg, streams, iterations, ctx, store, TINY)
 
     first = write(range(0, 2))  # one chunk, then the whole range: only the other chunk is written
     assert (first["iterations"], first["files_written"]) == (2, 2)
@@ -438,7 +429,6 @@ class Interrupt(Exception):
 def test_a_resumed_run_replays_the_data_and_masks_of_an_uninterrupted_one(
     world, monkeypatch, tmp_path
 ):
-    patch_engine(monkeypatch.setattr)
     cfg = config(world["folder"], world["teachers"], iterations=4, eval_every=2)
     with recorded_inputs() as whole:
         _, weights = train(cfg, str(tmp_path / "whole"))
@@ -450,7 +440,9 @@ def test_a_resumed_run_replays_the_data_and_masks_of_an_uninterrupted_one(
     with recorded_inputs() as parts:
         with pytest.raises(Interrupt):
             distill_student(
-                cfg, LocalContext(str(tmp_path / "parts"), verbose=False, on_report=stop_at_2)
+                cfg,
+                LocalContext(str(tmp_path / "parts"), verbose=False, on_report=stop_at_2),
+                TINY,
             )
         _, resumed = train(cfg, str(tmp_path / "parts"))
     assert [i for i, *_ in parts] == [0, 1, 2, 3] and parts == whole
@@ -539,13 +531,12 @@ def _two_rank_worker(rank: int, world: int, folder: str) -> None:
     )
     try:
         torch.set_num_threads(1)
-        patch_engine(setattr)
         # Each rank writes its own copy: the same seeded weights, hence the same bytes.
         teachers = write_teachers(os.path.join(folder, f"teachers{rank}"))
         cfg = config(folder, teachers, confidence_threshold=0.5, seed=2)
         store = os.path.join(folder, "store")
         stats = write_targets(
-            cfg, STREAMS, range(ITERATIONS), LocalContext(folder, verbose=False), store
+            cfg, STREAMS, range(ITERATIONS), LocalContext(folder, verbose=False), store, TINY
         )
         live = train(cfg, os.path.join(folder, f"live{rank}"), DDPContext)
         BUILT.clear()

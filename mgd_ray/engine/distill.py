@@ -12,12 +12,11 @@ from typing import Any
 import torch
 
 from ..config import DistillConfig
-from ..data import build_datasets
 from ..losses import supervised_loss, weighted_total
-from ..models import build_model
 from ..schema import LOSS_TERMS
 from . import seeds
 from .batches import Batch
+from .builders import REAL, Builders
 from .checkpoint import cpu_state_dict, load_model_state, unwrap
 from .context import RunContext, rank
 from .device import channels_last, compile_for_device
@@ -39,7 +38,9 @@ class MGDTask:
 
     logged = ("loss", *(f"loss_{name}" for name in LOSS_TERMS), "kept_fraction")
 
-    def __init__(self, cfg: DistillConfig, data, ctx: RunContext) -> None:
+    def __init__(
+        self, cfg: DistillConfig, data, ctx: RunContext, builders: Builders = REAL
+    ) -> None:
         self.cfg, self.num_classes, self.device = cfg, data.num_classes, ctx.device
         self.loss_weights = cfg.weights.as_dict()
         self.active = active_terms(self.loss_weights)
@@ -51,13 +52,13 @@ class MGDTask:
             self.stored_targets = open_store(cfg, data, ctx.device)
         else:
             teachers = {
-                role: config_teacher(cfg, role, data.num_classes, ctx.device)
+                role: config_teacher(cfg, role, data.num_classes, ctx.device, builders)
                 for role, needed in (("deep", need_deep), ("wide", need_wide))
                 if needed
             }
             self.teacher_deep, self.teacher_wide = teachers.get("deep"), teachers.get("wide")
         torch.manual_seed(seeds.student_init(cfg.seed))
-        student = build_model(
+        student = builders.model(
             cfg.student, data.num_classes, cfg.student_output_stride, cfg.backbone_weights
         )
         # compiled (on CUDA by default) before any DDP wrapping: dynamo traces no torch module
@@ -103,13 +104,13 @@ class MGDTask:
         unwrap(self.student).load_state_dict(load_model_state(os.path.join(folder, "model.pt")))
 
 
-def distill_student(cfg: DistillConfig, ctx: RunContext) -> dict:
+def distill_student(cfg: DistillConfig, ctx: RunContext, builders: Builders = REAL) -> dict:
     """Train cfg.student for cfg.iterations MGD iterations; evaluate and ctx.report every
     cfg.eval_every iterations and at the end (with state.pt / model.pt). Reports "iteration",
     "miou", "loss", "loss_sup", "loss_pixel", "loss_semantic", "loss_region" (0.0 for a term that
     is off), "kept_fraction", "lr", "iter_per_s", "data_wait_share", "done"; returns the final
-    metrics."""
-    data = build_datasets(cfg.data)
+    metrics. The networks and data come from `builders` (engine/builders.py)."""
+    data = builders.datasets(cfg.data)
     if cfg.evaluate_on == "holdout":
         if not len(data.holdout):
             raise ValueError(
@@ -117,4 +118,4 @@ def distill_student(cfg: DistillConfig, ctx: RunContext) -> dict:
                 "with a label to hold out"
             )
         data = dataclasses.replace(data, val=data.holdout)
-    return fit(MGDTask(cfg, data, ctx), cfg, data, ctx)
+    return fit(MGDTask(cfg, data, ctx, builders), cfg, data, ctx)

@@ -39,9 +39,9 @@ import zstandard
 
 from .. import storage
 from ..config import DistillConfig
-from ..data import build_datasets
 from . import seeds
 from .batches import STREAM_VERSION, IterationData, cutmix_mask_at, iteration_loader, unpack
+from .builders import REAL, Builders
 from .context import RunContext, all_reduce_sum, is_distributed, rank, world_size
 from .device import autocast, step_begin
 from .mgd_step import active_terms
@@ -243,7 +243,12 @@ def _ensure_manifest(store: str, manifest: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def write_targets(
-    cfg: DistillConfig, streams: list[int], iterations: range, ctx: RunContext, store: str
+    cfg: DistillConfig,
+    streams: list[int],
+    iterations: range,
+    ctx: RunContext,
+    store: str,
+    builders: Builders = REAL,
 ) -> dict[str, Any]:
     """Compute and write both teachers' targets of `iterations` on this rank for every mask stream
     (student seed) in `streams`, into `store`; every rank of the run calls it and writes its own
@@ -253,7 +258,7 @@ def write_targets(
 
     Returns {"iterations": iterations computed, "files_written", "bytes_written" (both summed
     over ranks), "seconds"}. The teachers' BN mode, precision (cfg.amp on CUDA) and data are
-    cfg's, as in a live run."""
+    cfg's, as in a live run; the teachers and data come from `builders` (engine/builders.py)."""
     started = time.perf_counter()
     streams = sorted({int(s) for s in streams})
     if not streams:
@@ -264,14 +269,14 @@ def write_targets(
             f"{cfg.iterations}), the store's length (DistillConfig.iterations)"
         )
     device, world, this_rank = ctx.device, world_size(), rank()
-    data = build_datasets(cfg.data)
+    data = builders.datasets(cfg.data)
     manifest = {
         **describe(cfg, data, world, device),
         "streams": streams,
         "iterations": cfg.iterations,
     }
     _ensure_manifest(store, manifest)
-    teachers = {t: config_teacher(cfg, t, data.num_classes, device) for t in TEACHERS}
+    teachers = {t: config_teacher(cfg, t, data.num_classes, device, builders) for t in TEACHERS}
     folder = rank_folder(store, this_rank, world)
     present = set(storage.list_files(folder))
     # Collective: a teacher forward in train mode combines BN statistics over the ranks, so every

@@ -31,8 +31,8 @@ from torch import nn
 from ..config import DistillConfig
 from ..data.cutmix import mix
 from ..losses import REGION_GRID, label_and_code, pooled_logits, region_similarity
-from ..models import build_model
 from .batch_groups import batch_groups
+from .builders import REAL, Builders
 from .checkpoint import load_model_state
 from .device import channels_last, compile_for_device
 
@@ -168,9 +168,11 @@ def load_teacher(
     device: torch.device,
     train_mode: bool,
     compiled: bool | None = False,
+    builders: Builders = REAL,
 ) -> nn.Module:
     """A frozen teacher from a plain state-dict file (model.pt or a state.pt), its forward
-    captured when `compiled` (a config's `compile`: None = on CUDA; device.compile_for_device)."""
+    captured when `compiled` (a config's `compile`: None = on CUDA; device.compile_for_device),
+    built by `builders.model`."""
     if path is None:
         raise ValueError(
             f"DistillConfig.{option} is required: the loss weights use this teacher "
@@ -178,7 +180,7 @@ def load_teacher(
         )
     if num_classes > MAX_CLASSES:
         raise ValueError(f"{num_classes} classes: teacher targets hold labels 0..254 as uint8")
-    teacher = build_model(arch, num_classes)
+    teacher = builders.model(arch, num_classes)
     try:
         teacher.load_state_dict(load_model_state(path))
     except RuntimeError as err:
@@ -190,7 +192,11 @@ def load_teacher(
 
 
 def config_teacher(
-    cfg: DistillConfig, role: str, num_classes: int, device: torch.device
+    cfg: DistillConfig,
+    role: str,
+    num_classes: int,
+    device: torch.device,
+    builders: Builders = REAL,
 ) -> nn.Module:
     """The frozen `role` ("deep" or "wide") teacher a distillation config names (load_teacher:
     its architecture and file, its train mode and compile switch)."""
@@ -202,6 +208,7 @@ def config_teacher(
         device,
         cfg.teacher_train_mode,
         cfg.compile,
+        builders,
     )
 
 

@@ -14,13 +14,12 @@ from typing import Any
 import torch
 
 from ..config import TeacherConfig
-from ..data import build_datasets
 from ..data.cutmix import mix
 from ..losses import masked_cross_entropy, pseudo_label, supervised_loss
-from ..models import build_model
 from . import seeds
 from .batch_groups import batch_groups
 from .batches import Batch
+from .builders import REAL, Builders
 from .checkpoint import cpu_state_dict, unwrap
 from .context import RunContext, rank
 from .device import channels_last, compile_for_device
@@ -68,12 +67,14 @@ class CPSTask:
 
     logged = ("loss", "loss_sup", "loss_cps")
 
-    def __init__(self, cfg: TeacherConfig, data, ctx: RunContext) -> None:
+    def __init__(
+        self, cfg: TeacherConfig, data, ctx: RunContext, builders: Builders = REAL
+    ) -> None:
         self.cfg, self.num_classes, self.device = cfg, data.num_classes, ctx.device
         self.models = []
         for index in range(2):
             torch.manual_seed(seeds.teacher_branch_init(cfg.seed, index))
-            model = build_model(
+            model = builders.model(
                 cfg.arch, data.num_classes, cfg.output_stride, cfg.backbone_weights
             )
             model = compile_for_device(channels_last(model, ctx.device), ctx.device, cfg.compile)
@@ -119,10 +120,11 @@ class CPSTask:
         self.best = int(state.get("branch", 0))
 
 
-def train_teacher(cfg: TeacherConfig, ctx: RunContext) -> dict:
+def train_teacher(cfg: TeacherConfig, ctx: RunContext, builders: Builders = REAL) -> dict:
     """Train two CPS branches of cfg.arch; evaluate both and ctx.report every cfg.eval_every
     iterations and at the end. model.pt holds the branch with the higher val mIoU (metric
     "branch"). Reports "iteration", "miou", "loss", "loss_sup", "loss_cps", "lr", "branch",
-    "miou_branch0/1", "iter_per_s", "data_wait_share", "done"; returns the final metrics."""
-    data = build_datasets(cfg.data)
-    return fit(CPSTask(cfg, data, ctx), cfg, data, ctx)
+    "miou_branch0/1", "iter_per_s", "data_wait_share", "done"; returns the final metrics. The
+    networks and data come from `builders` (engine/builders.py)."""
+    data = builders.datasets(cfg.data)
+    return fit(CPSTask(cfg, data, ctx, builders), cfg, data, ctx)
