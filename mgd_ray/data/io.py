@@ -42,22 +42,30 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+INDEX_PNG = "a single-channel 8-bit index PNG (grayscale or palette) holding class ids"
+
+
 def read_label(path: str | os.PathLike) -> np.ndarray:
     """Single-channel label PNG (grayscale or palette) -> uint8 H x W of the stored indices."""
     path = str(path)
     if not os.path.isfile(path):
         raise DatasetError(f"label {path}: file not found")
+    return decode_label(path, path)
+
+
+def decode_label(
+    source, name: str, modes: tuple[str, ...] = ("L", "P"), expected: str = INDEX_PNG
+) -> np.ndarray:
+    """A label PNG (`source`: a path or a binary file object) as uint8 array of its stored values
+    (H x W for grayscale or palette images, H x W x 3 for RGB); DatasetError naming `name` when
+    it is unreadable or its mode is not one of `modes`."""
     try:
-        with Image.open(path) as img:
-            mode = img.mode
-            if mode not in ("L", "P"):
-                raise DatasetError(
-                    f"label {path}: PNG mode {mode!r}, expected a single-channel 8-bit index PNG "
-                    "(grayscale or palette) holding class ids"
-                )
+        with Image.open(source) as img:
+            if img.mode not in modes:
+                raise DatasetError(f"label {name}: PNG mode {img.mode!r}, expected {expected}")
             return np.array(img, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, SyntaxError) as exc:
-        raise DatasetError(f"label {path}: unreadable ({exc}), expected an index PNG") from exc
+        raise DatasetError(f"label {name}: unreadable ({exc}), expected {expected}") from exc
 
 
 def write_label(path: str | os.PathLike, label: np.ndarray) -> None:

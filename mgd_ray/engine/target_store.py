@@ -13,10 +13,10 @@ teacher's similarity (float32 B x 49 x 49); a code array is stored as its 2-D di
 (`difference`), which halves its compressed bytes (docs/benchmarks.md, section 9), and read back
 exactly. The file is compressed with zstd at level 3: at VOC size about 100x faster than deflate at
 level 9 for 10% more bytes (a writer must keep pace with a GPU step of ~0.15 s; deflate-9 took
-several seconds per file). A file is written
-under a temporary name and renamed (or uploaded in one PUT), so a file that exists is complete: a
-writer that dies resumes by skipping the iterations whose files exist, and chunks of iterations can
-be written by separate runs with nothing shared but the files.
+several seconds per file). A file is written under a temporary name and renamed (or uploaded in
+one PUT), so a file that exists is complete: a writer that dies resumes by skipping the iterations
+whose files exist, and chunks of iterations can be written by separate runs with nothing shared
+but the files.
 
 A store serves a run only when every field of the manifest describing the teachers and the data
 stream equals the run's own, this run's mask stream is listed (when it needs x_m targets) and the

@@ -278,10 +278,12 @@ def live_targets(
     return Targets(**parts)
 
 
-def _array_name(teacher: str, part: str, stream: int, kind: str | None = None) -> str:
-    if part == "mixed":
-        return f"{teacher}.x_m@{stream}.{MIXED[teacher][1]}"
-    return f"{teacher}.{part}.{kind}"
+def _pixel_name(teacher: str, batch: str, kind: str) -> str:
+    return f"{teacher}.{batch}.{kind}"
+
+
+def _mixed_name(teacher: str, stream: int) -> str:
+    return f"{teacher}.x_m@{stream}.{MIXED[teacher][1]}"
 
 
 def to_arrays(streams: dict[int, Targets]) -> dict[str, torch.Tensor]:
@@ -290,14 +292,16 @@ def to_arrays(streams: dict[int, Targets]) -> dict[str, torch.Tensor]:
     arrays: dict[str, torch.Tensor] = {}
     for name in TEACHERS:
         held = {s: t.teacher(name) for s, t in streams.items() if t.teacher(name) is not None}
-        for stream, part in list(held.items())[:1]:
-            for batch in PIXEL_BATCHES:
-                if part.pixel(batch) is not None:
-                    arrays[_array_name(name, batch, stream, "label")] = part.pixel(batch).label
-                    arrays[_array_name(name, batch, stream, "code")] = part.pixel(batch).code
+        if not held:
+            continue
+        shared = next(iter(held.values()))  # every stream holds the same per-pixel targets
+        for batch in PIXEL_BATCHES:
+            if (pixel := shared.pixel(batch)) is not None:
+                arrays[_pixel_name(name, batch, "label")] = pixel.label
+                arrays[_pixel_name(name, batch, "code")] = pixel.code
         for stream, part in held.items():
             if part.mixed is not None:
-                arrays[_array_name(name, "mixed", stream)] = part.mixed
+                arrays[_mixed_name(name, stream)] = part.mixed
     return arrays
 
 
@@ -311,11 +315,9 @@ def array_names(active: set[str], stream: int) -> list[str]:
     names = []
     for name, need in needed(active).items():
         if need["pixel"]:
-            names += [
-                _array_name(name, b, stream, k) for b in PIXEL_BATCHES for k in ("label", "code")
-            ]
+            names += [_pixel_name(name, b, k) for b in PIXEL_BATCHES for k in ("label", "code")]
         if need["mixed"]:
-            names.append(_array_name(name, "mixed", stream))
+            names.append(_mixed_name(name, stream))
     return names
 
 
@@ -324,11 +326,11 @@ def from_arrays(arrays: dict[str, torch.Tensor], stream: int) -> Targets:
     parts = {}
     for name in TEACHERS:
         pixel = {
-            b: PixelTargets(arrays[label], arrays[_array_name(name, b, stream, "code")])
+            b: PixelTargets(arrays[label], arrays[_pixel_name(name, b, "code")])
             for b in PIXEL_BATCHES
-            if (label := _array_name(name, b, stream, "label")) in arrays
+            if (label := _pixel_name(name, b, "label")) in arrays
         }
-        mixed = arrays.get(_array_name(name, "mixed", stream))
+        mixed = arrays.get(_mixed_name(name, stream))
         if pixel or mixed is not None:
             parts[name] = TeacherTargets(**pixel, mixed=mixed)
     return Targets(**parts)

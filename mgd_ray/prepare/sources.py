@@ -17,9 +17,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from ..data.io import DatasetError
+from ..data.io import DatasetError, decode_label
 from ..schema import atomic_write
 
 # MD5s published for the archives a user downloads, by file name: VOC's from its download page
@@ -154,15 +153,9 @@ def decode_index_png(data: bytes, name: str) -> np.ndarray:
     """An 8-bit label PNG's stored values (grayscale, or a palette image's indices: VOC's
     SegmentationClass) as uint8 H x W; RGB images come back H x W x 3 for a colour map to
     convert."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.mode in ("L", "P", "RGB"):
-                return np.array(img, dtype=np.uint8)
-            raise PrepareError(
-                f"label {name}: PNG mode {img.mode!r}, expected a palette, grayscale or RGB PNG"
-            )
-    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
-        raise PrepareError(f"label {name}: unreadable ({exc}), expected a PNG") from exc
+    return decode_label(
+        io.BytesIO(data), name, ("L", "P", "RGB"), "a palette, grayscale or RGB PNG"
+    )
 
 
 def encode_png(label: np.ndarray, name: str) -> bytes:
