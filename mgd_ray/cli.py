@@ -31,17 +31,17 @@ downloaded, on this machine before Ray starts, and copied to STORAGE_PATH/pretra
 workers. The synthetic set trains from scratch (--pretrained none).
 """
 
-D = StudyConfig  # the defaults of options no preset or machine decides
+D = StudyConfig().options()  # the defaults of options no preset or machine decides
 
 
 def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """Every option of a study, named as the StudyConfig field it sets; one not given is None (or
-    its flag's off value), and options.resolve_study decides it."""
+    """Every option of a study, named as options.OPTIONS names it; one not given is None (or its
+    flag's off value), and options.resolve_study decides it."""
     p = argparse.ArgumentParser(
         prog=prog, description=STUDY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = p.add_argument
-    add("--dataset", choices=DATASETS, help=f"(default: {D.dataset})")
+    add("--dataset", choices=DATASETS, help=f"(default: {D['dataset']})")
     add(
         "--data-root",
         help="dataset folder (VOC: JPEGImages/, SegmentationClassAug/, ImageSets/; Cityscapes: "
@@ -57,9 +57,9 @@ def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
         nargs="+",
         metavar="P",
         help=f"partition protocols, from {', '.join(PROTOCOLS)} (default: "
-        f"{' '.join(D.protocols)})",
+        f"{' '.join(D['protocols'])})",
     )
-    add("--student", choices=STUDENTS, help=f"(default: {D.student})")
+    add("--student", choices=STUDENTS, help=f"(default: {D['student']})")
     add(
         "--num-samples",
         type=int,
@@ -103,7 +103,7 @@ def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add(
         "--loader-workers",
         type=int,
-        help=f"DataLoader workers per Train worker (default: {D.loader_workers})",
+        help=f"DataLoader workers per Train worker (default: {D['loader_workers']})",
     )
     add(
         "--gpus-per-trial",
@@ -124,7 +124,7 @@ def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
         type=int,
         help="Ray Train (DDP) workers per trial (default: one per GPU, or 1 on CPU)",
     )
-    add("--cpus-per-worker", type=int, help=f"(default: {D.cpus_per_worker})")
+    add("--cpus-per-worker", type=int, help=f"(default: {D['cpus_per_worker']})")
     add(
         "--max-concurrent-trials",
         type=int,
@@ -134,7 +134,7 @@ def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--max-failures",
         type=int,
         help="restarts of a training run from its last checkpoint after a worker "
-        f"failure (default: {D.max_failures})",
+        f"failure (default: {D['max_failures']})",
     )
     add(
         "--worker-start-timeout",
@@ -144,13 +144,13 @@ def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="seconds a trial's Train workers may wait for their resources (a GPU node the "
         "autoscaler starts, CPUs held by another job) before the start is retried; the "
         "progress line says meanwhile what they wait for, and who holds the cluster once "
-        f"they have waited that long (default: {D.worker_start_timeout_s:g})",
+        f"they have waited that long (default: {D['worker_start_timeout_s']:g})",
     )
     add(
         "--worker-start-retries",
         type=int,
         help="retries of a worker start that timed out; then the trial "
-        f"fails and the study goes on (default: {D.worker_start_retries})",
+        f"fails and the study goes on (default: {D['worker_start_retries']})",
     )
     add("--teacher-deep-checkpoint", help="trained ResNet-101 teacher (state dict file)")
     add("--teacher-wide-checkpoint", help="trained WRN-50-2 teacher (state dict file)")
@@ -178,7 +178,7 @@ def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add("--optuna-storage", help="SQLAlchemy URL (default: sqlite:///OUTPUT_DIR/optuna.db)")
     add("--address", help="connect to a running Ray cluster ('auto' on a cluster node)")
     add("--resume", action="store_true", help="continue the study in OUTPUT_DIR where it stopped")
-    add("--seed", type=int, help=f"(default: {D.seed})")
+    add("--seed", type=int, help=f"(default: {D['seed']})")
     add("--smoke", action="store_true", help="the smallest complete run (tests, first try)")
     add(
         "--budget",

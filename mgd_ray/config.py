@@ -1,7 +1,8 @@
 """Typed, frozen configuration for one teacher or student training run.
 
-A Ray worker receives a plain dict (picklable, JSON-able); `from_dict` turns it into these
-dataclasses and validates every value before any expensive work starts.
+A Ray Train worker receives one of these dataclasses itself (distributed/trial.py's JOB_KEY); a
+Tune trial's config is a plain dict, which Tune keeps with the experiment's state, and `from_dict`
+turns it back into them. Every value is validated before any expensive work starts.
 """
 
 from __future__ import annotations

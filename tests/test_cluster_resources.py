@@ -64,7 +64,7 @@ def test_a_multi_worker_trial_asks_ray_to_pack_its_workers_on_one_node(tmp_path)
     from mgd_ray.distributed.trial import scaling_config
 
     def strategy(**options):
-        cfg = StudyConfig(output_dir=str(tmp_path), protocols=("1/8",), **options)
+        cfg = StudyConfig.from_options(output_dir=str(tmp_path), protocols=("1/8",), **options)
         return scaling_config(plan_protocol(cfg, "1/8").run).placement_strategy
 
     assert strategy(gpus_per_trial=4, workers_per_trial=4) == "STRICT_PACK"
@@ -132,7 +132,7 @@ def test_trials_sharing_a_gpu_are_refused_when_they_cannot_fit_its_memory(
     a10g = lambda address: (22.5, "A10G")  # noqa: E731
     monkeypatch.setattr(plan, "gpu_memory", a10g)
     shared = dict(gpus_per_trial=1, protocols=("1/8",), crop_size=512, batch_size=8)
-    cfg = StudyConfig(output_dir=str(tmp_path / "a"), trials_per_gpu=4, **shared)
+    cfg = StudyConfig.from_options(output_dir=str(tmp_path / "a"), trials_per_gpu=4, **shared)
     with pytest.raises(ValueError) as refused:
         plan_study(cfg)  # before Ray starts, before any data is built
     assert (
@@ -147,7 +147,9 @@ def test_trials_sharing_a_gpu_are_refused_when_they_cannot_fit_its_memory(
         (tmp_path / f"{role}.pt").write_bytes(b"")
         teachers[f"teacher_{role}_checkpoint"] = str(tmp_path / f"{role}.pt")
     for n, fits in ((4, False), (3, True)):  # 4 x 7.39 = 29.6 GiB; 3 x 7.39 = 22.2 GiB
-        cfg = StudyConfig(output_dir=str(tmp_path / "b"), trials_per_gpu=n, **shared, **teachers)
+        cfg = StudyConfig.from_options(
+            output_dir=str(tmp_path / "b"), trials_per_gpu=n, **shared, **teachers
+        )
         plans = [plan_protocol(cfg, "1/8")]
         if fits:
             check_gpu_sharing(cfg, plans, a10g)
@@ -156,7 +158,7 @@ def test_trials_sharing_a_gpu_are_refused_when_they_cannot_fit_its_memory(
                 check_gpu_sharing(cfg, plans, a10g)
 
     # The synthetic GPU budget (crop 48, batch 8, 4 trials per GPU) fits a 15 GiB T4.
-    small = StudyConfig(
+    small = StudyConfig.from_options(
         output_dir=str(tmp_path / "c"), gpus_per_trial=1, trials_per_gpu=4, batch_size=8
     )
     check_gpu_sharing(small, [plan_protocol(small, "1/8")], lambda address: (15.0, "T4"))

@@ -169,7 +169,7 @@ def test_study_plan_carries_the_recipe_to_students_and_each_teacher(tmp_path):
     from mgd_ray.distributed.options import StudyConfig
     from mgd_ray.distributed.plan import plan_protocol
 
-    cfg = StudyConfig(
+    cfg = StudyConfig.from_options(
         output_dir=str(tmp_path / "study"),
         dataset="cityscapes",
         data_root=str(tmp_path),
@@ -188,7 +188,7 @@ def test_study_plan_carries_the_recipe_to_students_and_each_teacher(tmp_path):
         assert teacher.arch == arch and teacher.data.batch_size == 2 and teacher.cps_weight == 5.0
         assert teacher.iterations == 326 * 137 and teacher.optim.lr == pytest.approx(0.0025)
     voc = plan_protocol(
-        StudyConfig(
+        StudyConfig.from_options(
             output_dir=str(tmp_path / "v"),
             dataset="voc",
             data_root=str(tmp_path),

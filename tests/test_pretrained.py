@@ -196,7 +196,7 @@ def test_study_option_reaches_student_and_both_cps_teachers(
     from mgd_ray.distributed.phases import teachers as teachers_phase
     from mgd_ray.distributed.phases.teachers import prepare_teachers
 
-    cfg = study.StudyConfig(
+    cfg = study.StudyConfig.from_options(
         output_dir=str(tmp_path / "out"),
         storage_path=str(tmp_path / "storage"),
         protocols=("1/8",),
@@ -232,14 +232,16 @@ def test_study_defaults_and_offline_failure_before_ray(tmp_path, hub, monkeypatc
     from mgd_ray.distributed.options import StudyConfig, resolve_study
 
     assert (
-        resolve_study(gpus=lambda address: 0)[0].pretrained == "none"
+        resolve_study(gpus=lambda address: 0)[0].data.pretrained == "none"
     )  # synthetic trains from scratch
     assert (
-        resolve_study(gpus=lambda address: 0, dataset="voc", data_root=str(tmp_path))[0].pretrained
+        resolve_study(gpus=lambda address: 0, dataset="voc", data_root=str(tmp_path))[
+            0
+        ].data.pretrained
         == "imagenet"
     )
     with pytest.raises(ValueError, match="--pretrained 'imagenet1k'"):
-        StudyConfig(pretrained="imagenet1k")
+        StudyConfig.from_options(pretrained="imagenet1k")
     url = _closed_port_url("resnet18-f37072fd.pth")
     monkeypatch.setitem(pretrained.IMAGENET_URLS, R18, url)
     import importlib.util
@@ -290,8 +292,10 @@ def test_worker_loops_fetch_the_imagenet_file(monkeypatch):
     monkeypatch.setattr(
         worker, "distill_student", lambda cfg, ctx: seen.__setitem__("student", cfg)
     )
-    worker.teacher_loop({"backbone_weights": "s3://b/pretrained/resnet101-63fe2227.pth"})
-    from mgd_ray.config import DistillConfig
+    from mgd_ray.config import DistillConfig, TeacherConfig
+
+    teacher = TeacherConfig(backbone_weights="s3://b/pretrained/resnet101-63fe2227.pth")
+    worker.teacher_loop({worker.JOB_KEY: teacher})
     from mgd_ray.distributed.spec import TrainRun, TrialSpec, from_tune, param_space
 
     spec = TrialSpec(
@@ -304,7 +308,7 @@ def test_worker_loops_fetch_the_imagenet_file(monkeypatch):
     trial = from_tune(
         {**param_space(spec), **spec.paper_point.searched()}
     )  # a search trial's Tune config
-    worker.student_loop({worker.DISTILL_KEY: trial.distill})
+    worker.student_loop({worker.JOB_KEY: trial.distill})
     assert seen["teacher"].backbone_weights == "/local/resnet101-63fe2227.pth"
     assert seen["student"].backbone_weights == "/local/resnet18-f37072fd.pth"
     assert seen["student"].teacher_deep_checkpoint == "/local/d.pt"

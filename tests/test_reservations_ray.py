@@ -26,7 +26,7 @@ from mgd_ray.distributed.phases import tune as study
 from mgd_ray.distributed.plan import concurrency, plan_protocol
 from mgd_ray.distributed.records import TrialRecorder
 from mgd_ray.distributed.spec import SearchPoint, from_tune, param_space
-from mgd_ray.distributed.trial import DISTILL_KEY, report_divergence, run_trial
+from mgd_ray.distributed.trial import JOB_KEY, report_divergence, run_trial
 from mgd_ray.engine import DivergedError
 from tests.study_helpers import Head, cluster_is_idle, records, wait_for
 
@@ -55,7 +55,7 @@ def head(request):
 def scripted_loop(config):
     """A Train worker's loop that ends as its trial's row says (every rank runs it): the row is
     told by the confidence threshold of the trial's point, ENDINGS.index(row) / 10."""
-    ending = ENDINGS[round(10 * config[DISTILL_KEY].confidence_threshold)]
+    ending = ENDINGS[round(10 * config[JOB_KEY].confidence_threshold)]
     if ending == "fails":
         raise RuntimeError("scripted failure")
     if ending == "diverges":
@@ -103,7 +103,7 @@ def study_config(tmp_path, **changes):
         max_failures=0,
         verbose=False,
     )
-    return StudyConfig(**{**options, **changes})
+    return StudyConfig.from_options(**{**options, **changes})
 
 
 def train_groups():
@@ -142,7 +142,7 @@ def test_trials_give_back_their_workers_however_they_end(head, tmp_path):
         reduction_factor=2,
         stop_last_trials=False,
     )
-    recorder = RecordAndInterrupt(cfg.output_dir, "1/8", "ablation", 4, "cpu", 2)
+    recorder = RecordAndInterrupt(cfg.storage.output_dir, "1/8", "ablation", 4, "cpu", 2)
     started = time.time()
     study.tune_run(
         cfg,
@@ -200,7 +200,7 @@ def test_trials_waiting_for_workers_are_said_to_wait_and_who_holds_the_cluster(
         # cluster once the trial has waited 6 s, across the retry.
         cfg = study_config(tmp_path, worker_start_timeout_s=6, worker_start_retries=1)
         spec = plan_protocol(cfg, "1/8").trial_spec("no-teacher.pt", "no-teacher.pt")
-        recorder = TrialRecorder(cfg.output_dir, "1/8", "ablation", 4, "cpu", 2)
+        recorder = TrialRecorder(cfg.storage.output_dir, "1/8", "ablation", 4, "cpu", 2)
         study.tune_run(
             cfg,
             "starved",

@@ -29,6 +29,8 @@ from tests.study_helpers import run_cli, search_config, trial_spec, tune_loss_we
         (["--dataset", "cityscapes", "--data-root", "/no/such/folder"], "/no/such/folder"),
         (["--teacher-deep-checkpoint", "/no/such/teacher.pt"], "/no/such/teacher.pt"),
         (["--ablation-variants", "everything"], "everything"),
+        (["--worker-start-timeout", "0"], "--worker-start-timeout=0"),
+        (["--loader-workers", "-1"], "--loader-workers=-1"),
     ],
 )
 def test_bad_options_are_refused_before_ray_starts(argv, says, capsys, tmp_path):
@@ -39,20 +41,24 @@ def test_bad_options_are_refused_before_ray_starts(argv, says, capsys, tmp_path)
 
 
 def test_a_finished_study_is_never_overwritten_silently(tmp_path):
-    cfg = StudyConfig(output_dir=str(tmp_path))
+    cfg = StudyConfig.from_options(output_dir=str(tmp_path))
     open_study_folder(cfg)
     before = (tmp_path / "study.json").read_text()
     with pytest.raises(FileExistsError, match="--resume"):
         open_study_folder(cfg)
     with pytest.raises(ValueError, match="num_samples"):
-        open_study_folder(StudyConfig(output_dir=str(tmp_path), resume=True, num_samples=99))
+        open_study_folder(
+            StudyConfig.from_options(output_dir=str(tmp_path), resume=True, num_samples=99)
+        )
     assert (
-        open_study_folder(StudyConfig(output_dir=str(tmp_path), resume=True))["dataset"]
+        open_study_folder(StudyConfig.from_options(output_dir=str(tmp_path), resume=True))[
+            "dataset"
+        ]
         == "synthetic"
     )
     assert (tmp_path / "study.json").read_text() == before
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
-        open_study_folder(StudyConfig(output_dir=str(tmp_path / "new"), resume=True))
+        open_study_folder(StudyConfig.from_options(output_dir=str(tmp_path / "new"), resume=True))
 
 
 def test_ablation_points_switch_terms_on_one_by_one():
@@ -321,6 +327,40 @@ def test_error_summary_keeps_the_cause_a_ray_wrapper_gives_on_the_next_line():
     )
 
 
+def test_every_command_line_option_lands_in_one_part_of_the_config_and_comes_back_out():
+    from mgd_ray.cli import get_args_parser
+    from mgd_ray.distributed.options import OPTIONS
+
+    dests = {a.dest for a in get_args_parser()._actions if a.option_strings} - {"help", "smoke"}
+    assert dests == set(OPTIONS)  # every flag is one option of the config, and no option lacks one
+    given = {
+        "dataset": "voc",
+        "data_root": "/data/voc",
+        "budget": "showcase",
+        "protocols": ("1/16",),
+        "gpus_per_trial": 2,
+        "workers_per_trial": 2,
+        "output_dir": "/tmp/x",
+        "teacher_deep_checkpoint": "/t/deep.pt",
+        "teacher_targets": "live",
+        "seed": 3,
+    }
+    cfg = StudyConfig.from_options(**given)
+    assert (cfg.data.dataset, cfg.data.data_root, cfg.budget.name, cfg.budget.protocols) == (
+        "voc",
+        "/data/voc",
+        "showcase",
+        ("1/16",),
+    )
+    assert (cfg.cluster.gpus_per_worker, cfg.storage.output_dir, cfg.seed) == (1, "/tmp/x", 3)
+    assert (cfg.teachers.deep_checkpoint, cfg.teachers.targets) == ("/t/deep.pt", "live")
+    assert cfg.options() == {**StudyConfig().options(), **given}
+    with pytest.raises(TypeError, match="num_sample"):
+        StudyConfig.from_options(num_sample=3)
+    with pytest.raises(ValueError, match="--teacher-targets 'cached'"):  # a renamed field's option
+        StudyConfig.from_options(teacher_targets="cached")
+
+
 def test_every_default_is_resolved_once_and_explicit_options_win():
     from mgd_ray.distributed.options import SMOKE, gpu_budget, resolve_study, study_budget
 
@@ -331,36 +371,49 @@ def test_every_default_is_resolved_once_and_explicit_options_win():
     assert budget["trials_per_gpu"] > 1  # tiny synthetic runs leave a GPU mostly idle
     # No GPU: the CPU, the preset's study size, the synthetic set's regime and folder.
     cfg, said = resolve_study(gpus=lambda address: 0)
-    assert (cfg.gpus_per_trial, cfg.iterations, cfg.pretrained, cfg.output_dir) == (
+    assert (
+        cfg.cluster.gpus_per_trial,
+        cfg.budget.iterations,
+        cfg.data.pretrained,
+        cfg.storage.output_dir,
+    ) == (
         0,
         None,
         "none",
         "results/synthetic",
     )
-    assert (cfg.num_samples, cfg.seeds) == tuple(
+    assert (cfg.budget.num_samples, cfg.budget.seeds) == tuple(
         study_budget("synthetic").values()
     ) and "CPU" in said
     # 4 GPUs found, nothing given: one GPU per trial and the GPU budget; a given option stays.
     cfg, said = resolve_study(gpus=lambda address: 4, seeds=5)
-    assert (cfg.gpus_per_trial, cfg.iterations, cfg.teacher_iterations) == (
+    assert (cfg.cluster.gpus_per_trial, cfg.budget.iterations, cfg.budget.teacher_iterations) == (
         1,
         budget["iterations"],
         budget["teacher_iterations"],
     )
-    assert cfg.seeds == 5 and cfg.trials_per_gpu == budget["trials_per_gpu"] and "4 GPU(s)" in said
+    assert (
+        cfg.budget.seeds == 5
+        and cfg.cluster.trials_per_gpu == budget["trials_per_gpu"]
+        and "4 GPU(s)" in said
+    )
     # --gpus-per-trial given (even 0 on a GPU machine): used as given, no GPU budget, nothing
     # detected.
     for given in (0, 2):
         cfg, _ = resolve_study(
             gpus=lambda address: pytest.fail("detected"), gpus_per_trial=given, workers_per_trial=1
         )
-        assert cfg.gpus_per_trial == given and cfg.iterations is None
+        assert cfg.cluster.gpus_per_trial == given and cfg.budget.iterations is None
     # --smoke's values unless given; VOC defaults to the paper's regime.
     cfg, _ = resolve_study(smoke=True, gpus=lambda address: 4, iterations=3)
-    assert (cfg.iterations, cfg.num_samples, cfg.gpus_per_trial) == (3, SMOKE["num_samples"], 1)
-    assert cfg.output_dir == "results/smoke" and cfg.crop_size == SMOKE["crop_size"]
+    assert (cfg.budget.iterations, cfg.budget.num_samples, cfg.cluster.gpus_per_trial) == (
+        3,
+        SMOKE["num_samples"],
+        1,
+    )
+    assert cfg.storage.output_dir == "results/smoke" and cfg.budget.crop_size == SMOKE["crop_size"]
     cfg, _ = resolve_study(gpus=lambda address: 0, dataset="voc", data_root=".")
-    assert (cfg.pretrained, cfg.num_samples) == ("imagenet", 16)
+    assert (cfg.data.pretrained, cfg.budget.num_samples) == ("imagenet", 16)
 
 
 def test_a_named_budget_comes_from_the_preset_and_explicit_options_still_win():
@@ -372,17 +425,26 @@ def test_a_named_budget_comes_from_the_preset_and_explicit_options_still_win():
     with open(PRESET_DIR / "synthetic.yaml") as f:
         raw = yaml.safe_load(f)["showcase_budget"]
     cfg, said = resolve_study(budget="showcase", gpus=lambda address: 4, seeds=5)
-    assert cfg.protocols == tuple(raw["protocols"]) and cfg.budget == "showcase"
-    assert (cfg.iterations, cfg.teacher_iterations, cfg.eval_every, cfg.num_samples) == (
+    assert cfg.budget.protocols == tuple(raw["protocols"]) and cfg.budget.name == "showcase"
+    assert (
+        cfg.budget.iterations,
+        cfg.budget.teacher_iterations,
+        cfg.budget.eval_every,
+        cfg.budget.num_samples,
+    ) == (
         raw["student_iterations"],
         raw["teacher_iterations"],
         raw["eval_every"],
         raw["search_trials"],
     )
-    assert cfg.teacher_eval_every == raw["teacher_eval_every"]
-    assert cfg.seeds == 5 and cfg.output_dir == "results/synthetic-showcase"
+    assert cfg.budget.teacher_eval_every == raw["teacher_eval_every"]
+    assert cfg.budget.seeds == 5 and cfg.storage.output_dir == "results/synthetic-showcase"
     # a GPU found: the trials use it, but the GPU budget does not replace the named one
-    assert cfg.gpus_per_trial == 1 and cfg.trials_per_gpu == 1 and "applied: none" in said
+    assert (
+        cfg.cluster.gpus_per_trial == 1
+        and cfg.cluster.trials_per_gpu == 1
+        and "applied: none" in said
+    )
     with pytest.raises(ValueError, match="--budget huge: preset synthetic.yaml has no "):
         resolve_study(budget="huge", gpus=lambda address: 0)
     with pytest.raises(ValueError, match="--smoke and --budget showcase"):
@@ -395,9 +457,9 @@ def test_ablation_seeds_are_never_the_searchs_and_tpe_leaves_its_start_up():
     from mgd_ray.distributed.phases.tune import selection_set, tpe_startup_trials
     from mgd_ray.distributed.plan import ablation_seeds
 
-    cfg = StudyConfig(seed=4, seeds=3)
+    cfg = StudyConfig.from_options(seed=4, seeds=3)
     assert ablation_seeds(cfg) == [5, 6, 7] and target_streams(cfg) == [4, 5, 6, 7]
-    assert target_streams(StudyConfig(seed=4, seeds=3, ablation=False)) == [4]
+    assert target_streams(StudyConfig.from_options(seed=4, seeds=3, ablation=False)) == [4]
     # a third of the search at random, within 2..10: 3 trials -> 2 random, 1 from the model;
     # 8 -> 2 and 6; 60 -> 10 and 50
     assert [tpe_startup_trials(n) for n in (1, 3, 8, 12, 60)] == [2, 2, 2, 4, 10]
@@ -411,8 +473,12 @@ def test_cli_without_gpus_option_uses_the_gpu_when_there_is_one(monkeypatch, tmp
     args = tune_loss_weights.get_args_parser().parse_args(["--output-dir", str(tmp_path)])
     cfg, _ = options.resolve_study(**vars(args))
     budget = options.gpu_budget("synthetic")
-    assert (cfg.gpus_per_trial, cfg.workers_per_trial, cfg.device) == (1, 1, "gpu")
-    assert (cfg.iterations, cfg.seeds, cfg.num_samples) == (
+    assert (cfg.cluster.gpus_per_trial, cfg.cluster.workers_per_trial, cfg.cluster.device) == (
+        1,
+        1,
+        "gpu",
+    )
+    assert (cfg.budget.iterations, cfg.budget.seeds, cfg.budget.num_samples) == (
         budget["iterations"],
         budget["seeds"],
         budget["num_samples"],
@@ -421,7 +487,7 @@ def test_cli_without_gpus_option_uses_the_gpu_when_there_is_one(monkeypatch, tmp
         ["--output-dir", str(tmp_path), "--gpus-per-trial", "0", "--iterations", "7"]
     )
     cfg, _ = options.resolve_study(**vars(args))
-    assert (cfg.gpus_per_trial, cfg.iterations, cfg.device) == (0, 7, "cpu")
+    assert (cfg.cluster.gpus_per_trial, cfg.budget.iterations, cfg.cluster.device) == (0, 7, "cpu")
 
 
 def test_progress_line_counts_phases_and_estimates_what_is_left():
@@ -525,7 +591,7 @@ def test_export_keeps_the_best_student_and_prune_drops_finished_trials(tmp_path)
 def test_a_tune_run_left_with_running_trials_stops_the_study(tmp_path):
     from mgd_ray.distributed.phases.tune import StudyInterrupted, keep_best_drop_the_rest
 
-    cfg = StudyConfig(output_dir=str(tmp_path))
+    cfg = StudyConfig.from_options(output_dir=str(tmp_path))
     open_study_folder(cfg)
     runs = tmp_path / "ray"
     folder = tmp_path / "trials" / "1_8"
@@ -557,24 +623,26 @@ def test_trials_sharing_a_gpu_ask_ray_for_a_fraction_of_it(tmp_path):
     from mgd_ray.distributed.plan import plan_protocol
     from mgd_ray.distributed.trial import scaling_config
 
-    cfg = StudyConfig(
+    cfg = StudyConfig.from_options(
         output_dir=str(tmp_path), gpus_per_trial=1, trials_per_gpu=4, protocols=("1/8",)
     )
     assert (
-        cfg.gpus_per_worker == 0.25 and cfg.devices_per_trial == 0.25
+        cfg.cluster.gpus_per_worker == 0.25 and cfg.cluster.devices_per_trial == 0.25
     )  # device-hours count a quarter GPU
     run = plan_protocol(cfg, "1/8").run
     assert run.gpus_per_worker == 0.25
     scaling = scaling_config(run)
     assert scaling.use_gpu and scaling.resources_per_worker == {"CPU": 1, "GPU": 0.25}
-    whole = StudyConfig(output_dir=str(tmp_path), gpus_per_trial=2, workers_per_trial=2)
-    assert whole.gpus_per_worker == 1 and whole.devices_per_trial == 2
+    whole = StudyConfig.from_options(
+        output_dir=str(tmp_path), gpus_per_trial=2, workers_per_trial=2
+    )
+    assert whole.cluster.gpus_per_worker == 1 and whole.cluster.devices_per_trial == 2
     with pytest.raises(ValueError, match="--trials-per-gpu=2 .*--gpus-per-trial 1"):
-        StudyConfig(
+        StudyConfig.from_options(
             output_dir=str(tmp_path), gpus_per_trial=2, workers_per_trial=2, trials_per_gpu=2
         )
     with pytest.raises(ValueError, match="--trials-per-gpu=0"):
-        StudyConfig(output_dir=str(tmp_path), trials_per_gpu=0)
+        StudyConfig.from_options(output_dir=str(tmp_path), trials_per_gpu=0)
 
 
 def test_checkpoint_paths_ray_reports_become_uris_on_the_studys_storage():
@@ -594,7 +662,7 @@ def test_trial_weights_are_kept_when_no_best_student_could_be_exported(tmp_path,
     from mgd_ray.distributed.options import StudyConfig
     from mgd_ray.schema import write_json_atomic
 
-    cfg = StudyConfig(output_dir=str(tmp_path), protocols=("1/8",))
+    cfg = StudyConfig.from_options(output_dir=str(tmp_path), protocols=("1/8",))
     write_json_atomic(
         str(tmp_path / "trials" / "1_8" / "t1.json"),
         {
@@ -665,8 +733,11 @@ def test_a_target_writer_that_fails_is_recorded_and_its_partial_store_deleted(
     from mgd_ray import storage
     from mgd_ray.distributed.phases import targets as study
     from mgd_ray.distributed.plan import plan_protocol
+    from mgd_ray.distributed.trial import JOB_KEY
 
-    cfg = StudyConfig(output_dir=str(tmp_path), protocols=("1/8",), max_concurrent_trials=2)
+    cfg = StudyConfig.from_options(
+        output_dir=str(tmp_path), protocols=("1/8",), max_concurrent_trials=2
+    )
     open_study_folder(cfg)
     teachers = {}
     for role in ("deep", "wide"):
@@ -677,7 +748,7 @@ def test_a_target_writer_that_fails_is_recorded_and_its_partial_store_deleted(
 
     class DyingWriter:
         def __init__(self, loop, train_loop_config, **kwargs):
-            self.chunk = train_loop_config["first"]
+            self.chunk = train_loop_config[JOB_KEY].first
 
         def fit(self):
             storage.write_bytes(storage.join(store, f"part-{self.chunk}.zst"), b"half")
@@ -718,7 +789,7 @@ def test_gpus_are_found_on_the_node_types_of_a_cluster_whose_gpu_workers_start_a
     monkeypatch.setenv(cluster.AUTOSCALING_CONFIG_ENV, os.path.join(repo, "cluster.yaml"))
     assert options.detect_gpus("auto") == 8 * 1 + 2 * 4
     cfg, devices = options.resolve_study(address="auto", output_dir=str(tmp_path))
-    assert cfg.gpus_per_trial == 1 and devices.startswith("16 GPU(s) found")
+    assert cfg.cluster.gpus_per_trial == 1 and devices.startswith("16 GPU(s) found")
 
     cpu_only = tmp_path / "cpu.yaml"
     cpu_only.write_text("available_node_types:\n  cpu: {resources: {CPU: 4}, max_workers: 3}\n")

@@ -55,7 +55,7 @@ def test_ddp_study_records_a_diverging_trial_and_finishes_the_rest(cluster, tmp_
     cluster_is_idle()
     teachers = random_teacher_files(tmp_path)
     out = tmp_path / "study"
-    cfg = StudyConfig(
+    cfg = StudyConfig.from_options(
         output_dir=str(out),
         workers_per_trial=2,
         max_concurrent_trials=1,

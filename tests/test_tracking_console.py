@@ -49,7 +49,7 @@ def test_trial_runs_hold_the_point_the_evaluations_and_how_each_trial_ended(tmp_
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = StudyConfig(output_dir=str(tmp_path / "study"), mlflow_uri=uri)
+    cfg = StudyConfig.from_options(output_dir=str(tmp_path / "study"), mlflow_uri=uri)
     tracking = open_tracking(cfg)
     tracker = TrialTracker(tracking, "1/8", "search", max_iterations=10)
     tracker.setup()

@@ -51,13 +51,13 @@ class ProtocolPlan:
 def train_run(cfg: StudyConfig) -> TrainRun:
     """How every Train run of the study (teachers and trials) scales and where it stores."""
     return TrainRun(
-        storage_path=os.path.join(cfg.resolved_storage(), study_name(cfg)),
-        workers=cfg.workers_per_trial,
-        cpus_per_worker=cfg.cpus_per_worker,
-        gpus_per_worker=cfg.gpus_per_worker,
-        max_failures=cfg.max_failures,
-        worker_start_timeout_s=cfg.worker_start_timeout_s,
-        worker_start_retries=cfg.worker_start_retries,
+        storage_path=os.path.join(cfg.storage.resolved_storage(), study_name(cfg)),
+        workers=cfg.cluster.workers_per_trial,
+        cpus_per_worker=cfg.cluster.cpus_per_worker,
+        gpus_per_worker=cfg.cluster.gpus_per_worker,
+        max_failures=cfg.cluster.max_failures,
+        worker_start_timeout_s=cfg.cluster.worker_start_timeout_s,
+        worker_start_retries=cfg.cluster.worker_start_retries,
         log_level="INFO" if cfg.verbose_ray else "WARNING",
     )
 
@@ -68,23 +68,23 @@ def plan_protocol(
     """The plan of one protocol (engine.presets.preset_configs with the study's options);
     `imagenet`: {arch: ImageNet file} (None: from scratch)."""
     data = {
-        "root": cfg.data_root,
-        "split_dir": cfg.split_dir,
-        "num_workers": cfg.loader_workers,
-        "split_out_dir": os.path.abspath(os.path.join(cfg.output_dir, "splits")),
-        "crop_size": cfg.crop_size,
-        "batch_size": cfg.batch_size,
+        "root": cfg.data.data_root,
+        "split_dir": cfg.data.split_dir,
+        "num_workers": cfg.data.loader_workers,
+        "split_out_dir": os.path.abspath(os.path.join(cfg.storage.output_dir, "splits")),
+        "crop_size": cfg.budget.crop_size,
+        "batch_size": cfg.budget.batch_size,
     }
     distill, teachers = preset_configs(
-        cfg.dataset,
+        cfg.data.dataset,
         protocol,
         cfg.student,
-        cfg.workers_per_trial,
+        cfg.cluster.workers_per_trial,
         data=data,
-        iterations=cfg.iterations,
-        teacher_iterations=cfg.teacher_iterations,
-        eval_every=cfg.eval_every,
-        teacher_eval_every=cfg.teacher_eval_every,
+        iterations=cfg.budget.iterations,
+        teacher_iterations=cfg.budget.teacher_iterations,
+        eval_every=cfg.budget.eval_every,
+        teacher_eval_every=cfg.budget.teacher_eval_every,
         imagenet=imagenet,
         seed=cfg.seed,
     )
@@ -104,13 +104,13 @@ def plan_study(cfg: StudyConfig) -> list[ProtocolPlan]:
     in its cache on first use). Returns the plan of each protocol."""
     validate(cfg)  # the file system's part: the data, given files, teachers, results folder
     imagenet = stage_pretrained(
-        cfg.pretrained,
+        cfg.data.pretrained,
         [cfg.student, TEACHER_DEEP, TEACHER_WIDE],
-        cfg.resolved_storage(),
-        cfg.pretrained_dir,
+        cfg.storage.resolved_storage(),
+        cfg.data.pretrained_dir,
         copy=False,
     )
-    plans = [plan_protocol(cfg, protocol, imagenet) for protocol in cfg.protocols]
+    plans = [plan_protocol(cfg, protocol, imagenet) for protocol in cfg.budget.protocols]
     check_gpu_sharing(cfg, plans)
     for plan in plans:
         build_datasets(plan.distill.data, save_split=False)
@@ -126,17 +126,20 @@ def check_gpu_sharing(
     largest run, a student trial or a teacher it trains, do not fit the GPU's memory
     (memory.check_sharing; `memory(address)`: (GiB, name) of the GPU, or None when unknown, then
     nothing is checked and the study says so)."""
-    if cfg.trials_per_gpu <= 1:
+    if cfg.cluster.trials_per_gpu <= 1:
         return
-    found = (memory or gpu_memory)(cfg.address)
+    found = (memory or gpu_memory)(cfg.cluster.address)
     if found is None:
         print(
-            f"--trials-per-gpu={cfg.trials_per_gpu}: the GPU's memory is unknown here (no "
+            f"--trials-per-gpu={cfg.cluster.trials_per_gpu}: the GPU's memory is unknown here (no "
             "accelerator type on the cluster's nodes); whether the trials fit is not checked",
             flush=True,
         )
         return
-    given = {TEACHER_DEEP: cfg.teacher_deep_checkpoint, TEACHER_WIDE: cfg.teacher_wide_checkpoint}
+    given = {
+        TEACHER_DEEP: cfg.teachers.deep_checkpoint,
+        TEACHER_WIDE: cfg.teachers.wide_checkpoint,
+    }
     runs = []
     for plan in plans:
         data = plan.distill.data
@@ -146,29 +149,32 @@ def check_gpu_sharing(
             for arch, t in plan.teachers.items()
             if not given.get(arch)
         ]
-    check_sharing(cfg.trials_per_gpu, runs, *found)
+    check_sharing(cfg.cluster.trials_per_gpu, runs, *found)
 
 
 def planned_runs(cfg: StudyConfig) -> dict[str, int]:
     """Runs the whole study makes: teacher runs and student trials (search and ablation)."""
     teachers = sum(
-        not given for given in (cfg.teacher_deep_checkpoint, cfg.teacher_wide_checkpoint)
+        not given for given in (cfg.teachers.deep_checkpoint, cfg.teachers.wide_checkpoint)
     )
-    per_protocol = cfg.num_samples + (
-        len(cfg.ablation_variants) * cfg.seeds if cfg.ablation else 0
+    per_protocol = cfg.budget.num_samples + (
+        len(cfg.budget.ablation_variants) * cfg.budget.seeds if cfg.budget.ablation else 0
     )
-    return {"teacher": teachers * len(cfg.protocols), "trial": per_protocol * len(cfg.protocols)}
+    return {
+        "teacher": teachers * len(cfg.budget.protocols),
+        "trial": per_protocol * len(cfg.budget.protocols),
+    }
 
 
 def concurrency(cfg: StudyConfig, run: TrainRun) -> int:
     """Runs in flight in the next phase: --max-concurrent-trials, or what the cluster can hold
     now (cluster.trial_slots: its free resources, or an autoscaler's maximum node counts)."""
-    if cfg.max_concurrent_trials:
-        return cfg.max_concurrent_trials
+    if cfg.cluster.max_concurrent_trials:
+        return cfg.cluster.max_concurrent_trials
     return trial_slots(run.scaling(), node_shapes(), free_resources_per_node())
 
 
 def ablation_seeds(cfg: StudyConfig) -> list[int]:
     """The seeds of every ablation row: cfg.seed + 1 onwards, never the search's cfg.seed, so the
     "MGD (best found)" row is not the winning trial's own run again."""
-    return [cfg.seed + 1 + s for s in range(cfg.seeds)]
+    return [cfg.seed + 1 + s for s in range(cfg.budget.seeds)]

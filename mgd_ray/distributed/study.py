@@ -46,14 +46,14 @@ def prepare_study(cfg: StudyConfig, plans: list[ProtocolPlan] | None = None) -> 
         build_datasets(plan.distill.data) for plan in plans
     ]  # checked already: now the split is kept
     stage_pretrained(
-        cfg.pretrained,
+        cfg.data.pretrained,
         [cfg.student, TEACHER_DEEP, TEACHER_WIDE],
-        cfg.resolved_storage(),
-        cfg.pretrained_dir,
+        cfg.storage.resolved_storage(),
+        cfg.data.pretrained_dir,
     )
-    os.makedirs(cfg.output_dir, exist_ok=True)
+    os.makedirs(cfg.storage.output_dir, exist_ok=True)
     extra = None
-    if not os.path.exists(os.path.join(cfg.output_dir, "study.json")):
+    if not os.path.exists(os.path.join(cfg.storage.output_dir, "study.json")):
         # What REPORT.md opens with: the budget, the all-background score (a row at that level
         # learned nothing beyond the class prior), and the command whose results separate the rows.
         first = plans[0].distill
@@ -66,10 +66,10 @@ def prepare_study(cfg: StudyConfig, plans: list[ProtocolPlan] | None = None) -> 
                 "batch_size": first.data.batch_size,
                 "crop_size": first.data.crop_size,
                 "eval_every": first.eval_every,
-                "search_trials": cfg.num_samples,
-                "ablation_seeds": cfg.seeds,
-                "name": cfg.budget,
-                "tpe_startup_trials": tpe_startup_trials(cfg.num_samples),
+                "search_trials": cfg.budget.num_samples,
+                "ablation_seeds": cfg.budget.seeds,
+                "name": cfg.budget.name,
+                "tpe_startup_trials": tpe_startup_trials(cfg.budget.num_samples),
                 "selection_images": {p.protocol: selection_size(p) for p in plans},
             },
             "background_miou": background_miou(data[0].val, data[0].num_classes),
@@ -94,23 +94,23 @@ def run_study(
         SearchPoint.from_tune(point) for point in extra_points
     ]  # a bad weight or threshold fails here
     print(
-        f"study {study_name(cfg)}: results in {os.path.abspath(cfg.output_dir)}, "
-        f"Ray storage in {cfg.resolved_storage()}",
+        f"study {study_name(cfg)}: results in {os.path.abspath(cfg.storage.output_dir)}, "
+        f"Ray storage in {cfg.storage.resolved_storage()}",
         flush=True,
     )
     check_tracking(cfg)  # an MLflow store that cannot be opened: refused before Ray starts
     # every process told which cluster (cluster.py)
-    connect(cfg.address, cfg.worker_start_timeout_s)
+    connect(cfg.cluster.address, cfg.cluster.worker_start_timeout_s)
     check_trial_fits(plans[0].run.scaling(), node_shapes())  # resources no node can ever offer
     prepare_study(cfg, plans)
     tracking = open_tracking(cfg)  # the study's experiment and parent run (tracking.py)
     print(
         f"{concurrency(cfg, plans[0].run)} trial(s) in flight (asked again before each phase), "
-        f"{cfg.devices_per_trial} {cfg.device.upper()}(s) each",
+        f"{cfg.cluster.devices_per_trial} {cfg.cluster.device.upper()}(s) each",
         flush=True,
     )
     # extra points count in num_samples
-    progress = StudyProgress(list(cfg.protocols), planned_runs(cfg))
+    progress = StudyProgress(list(cfg.budget.protocols), planned_runs(cfg))
     progress.already_done("trial", finished_trials(cfg))
     register(study_name(cfg), progress)
     register_tracking(cfg, tracking)
@@ -120,18 +120,19 @@ def run_study(
         spec = prepare_targets(cfg, spec)
         progress.set_phase("search", spec.protocol)
         run_search(cfg, spec, points)
-        if cfg.ablation:
+        if cfg.budget.ablation:
             progress.set_phase("ablation", spec.protocol)
             run_ablation(cfg, spec)
         release_targets(cfg, spec)
     progress.set_phase("report")
-    paths = generate_report(cfg.output_dir)
+    paths = generate_report(cfg.storage.output_dir)
     if tracking is not None:
-        tracking.finish(paths, cfg.output_dir)
-    teachers_root = os.path.join(cfg.resolved_storage(), "teachers")
+        tracking.finish(paths, cfg.storage.output_dir)
+    teachers_root = os.path.join(cfg.storage.resolved_storage(), "teachers")
     if "://" not in teachers_root:
+        results = folder_size(cfg.storage.output_dir, exclude=(teachers_root,))
         print(
-            f"results folder: {folder_size(cfg.output_dir, exclude=(teachers_root,)) / 1e6:.0f} "
+            f"results folder: {results / 1e6:.0f} "
             f"MB without the cached teachers ({folder_size(teachers_root) / 1e6:.0f} MB in "
             f"{teachers_root})",
             flush=True,

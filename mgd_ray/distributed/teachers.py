@@ -16,7 +16,7 @@ from ..models import NETWORK_VERSION
 from ..models.pretrained import checkpoint_file_name, resolve_pretrained
 from .ray_private import trainer_without_ray_cleaner
 from .spec import TrainRun
-from .trial import scaling_config, teacher_loop, train_run_config
+from .trial import JOB_KEY, scaling_config, teacher_loop, train_run_config
 
 # Options that do not change the trained weights stay out of the cache key.
 _NOT_IN_KEY = ("num_workers", "split_out_dir", "split_dir")
@@ -90,7 +90,7 @@ def ensure_teacher(
     run_name = f"teacher-{name}"
     trainer = trainer_without_ray_cleaner(
         teacher_loop,
-        train_loop_config=cfg.to_dict(),
+        train_loop_config={JOB_KEY: cfg},
         scaling_config=scaling_config(run),
         run_config=train_run_config(run, run_name),
     )

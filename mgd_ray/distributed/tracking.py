@@ -130,8 +130,8 @@ class StudyTracking:
 
 def check_tracking(cfg: StudyConfig) -> None:
     """Raise TrackingUnavailable, naming --mlflow-uri, when its store cannot be opened."""
-    if cfg.mlflow_uri:
-        client(cfg.mlflow_uri)
+    if cfg.storage.mlflow_uri:
+        client(cfg.storage.mlflow_uri)
 
 
 def experiment_name(cfg: StudyConfig) -> str:
@@ -145,48 +145,48 @@ def open_tracking(cfg: StudyConfig) -> StudyTracking | None:
     """The study's experiment and parent run (found again on --resume, else created); None without
     --mlflow-uri. Raises TrackingUnavailable before anything is written when the store cannot be
     opened."""
-    if not cfg.mlflow_uri:
+    if not cfg.storage.mlflow_uri:
         return None
-    mlflow = client(cfg.mlflow_uri)
+    mlflow = client(cfg.storage.mlflow_uri)
     name = experiment_name(cfg)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         location = None
-        if cfg.mlflow_uri.startswith("sqlite:"):
+        if cfg.storage.mlflow_uri.startswith("sqlite:"):
             # MLflow's default for a database store is ./mlartifacts in the current folder
-            db = cfg.mlflow_uri.split(":///", 1)[-1]
+            db = cfg.storage.mlflow_uri.split(":///", 1)[-1]
             location = "file:" + os.path.join(os.path.dirname(os.path.abspath(db)), "mlartifacts")
         experiment_id = mlflow.create_experiment(name, artifact_location=location)
     else:
         experiment_id = experiment.experiment_id
-    output_dir = os.path.abspath(cfg.output_dir)
+    output_dir = os.path.abspath(cfg.storage.output_dir)
     found = mlflow.search_runs(
         [experiment_id],
         filter_string=f"tags.role = '{STUDY_ROLE}' and tags.output_dir = '{output_dir}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    if cfg.resume and found:
+    if cfg.storage.resume and found:
         run_id = found[0].info.run_id
         mlflow.update_run(run_id, status="RUNNING")
     else:
         run = mlflow.create_run(
             experiment_id,
             run_name=study_name(cfg),
-            tags={"role": STUDY_ROLE, "output_dir": output_dir, "dataset": cfg.dataset},
+            tags={"role": STUDY_ROLE, "output_dir": output_dir, "dataset": cfg.data.dataset},
         )
         run_id = run.info.run_id
         for key, value in (
-            ("dataset", cfg.dataset),
+            ("dataset", cfg.data.dataset),
             ("student", cfg.student),
-            ("protocols", " ".join(cfg.protocols)),
-            ("num_samples", cfg.num_samples),
-            ("seeds", cfg.seeds),
+            ("protocols", " ".join(cfg.budget.protocols)),
+            ("num_samples", cfg.budget.num_samples),
+            ("seeds", cfg.budget.seeds),
             ("seed", cfg.seed),
-            ("device", cfg.device),
+            ("device", cfg.cluster.device),
         ):
             mlflow.log_param(run_id, key, value)
-    return StudyTracking(cfg.mlflow_uri, name, experiment_id, run_id)
+    return StudyTracking(cfg.storage.mlflow_uri, name, experiment_id, run_id)
 
 
 _LIVE: dict[str, StudyTracking] = {}  # the driver's open tracking, by results folder
@@ -194,12 +194,12 @@ _LIVE: dict[str, StudyTracking] = {}  # the driver's open tracking, by results f
 
 def register(cfg: StudyConfig, tracking: StudyTracking | None) -> None:
     if tracking is not None:
-        _LIVE[os.path.abspath(cfg.output_dir)] = tracking
+        _LIVE[os.path.abspath(cfg.storage.output_dir)] = tracking
 
 
 def trial_callbacks(cfg: StudyConfig, protocol: str, kind: str, max_iterations: int) -> list:
     """The Tune callbacks that log one Tune run's trials ([] without --mlflow-uri)."""
-    tracking = _LIVE.get(os.path.abspath(cfg.output_dir))
+    tracking = _LIVE.get(os.path.abspath(cfg.storage.output_dir))
     return [] if tracking is None else [TrialTracker(tracking, protocol, kind, max_iterations)]
 
 

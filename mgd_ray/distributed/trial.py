@@ -16,7 +16,8 @@ import json
 import os
 import tempfile
 import uuid
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import ray.train
 import ray.train.torch
@@ -33,9 +34,23 @@ from .cluster import WORKER_START_TIMEOUT_ENV
 from .ray_private import follow_train_log_level, trainer_without_ray_cleaner
 from .spec import TrainRun, from_tune
 
+Job = TypeVar("Job", DistillConfig, TeacherConfig)
+
 DIVERGED_KEY = "diverged"
-# a student run's train_loop_config: {DISTILL_KEY: the trial's DistillConfig}
-DISTILL_KEY = "distill"
+# Every Train run's train_loop_config is {JOB_KEY: one frozen dataclass}: a student trial's
+# DistillConfig, a teacher's TeacherConfig or a TargetsJob; the loops below read nothing else.
+JOB_KEY = "job"
+
+
+@dataclass(frozen=True)
+class TargetsJob:
+    """One writer of a protocol's store of teacher targets: iterations first to last (exclusive)
+    of the store distill.targets, for the mask streams `streams`."""
+
+    distill: DistillConfig
+    streams: tuple[int, ...]
+    first: int
+    last: int
 
 
 def scaling_config(run: TrainRun) -> ray.train.ScalingConfig:
@@ -84,7 +99,7 @@ def run_trial(
     os.environ[WORKER_START_TIMEOUT_ENV] = f"{float(trial.spec.run.worker_start_timeout_s):g}"
     trainer = trainer_without_ray_cleaner(
         loop or student_loop,
-        train_loop_config={DISTILL_KEY: trial.distill},
+        train_loop_config={JOB_KEY: trial.distill},
         scaling_config=scaling_config(trial.spec.run),
         run_config=train_run_config(
             trial.spec.run,
@@ -140,16 +155,13 @@ class RayContext:
 
 
 def teacher_loop(config: dict[str, Any]) -> None:
-    """train_loop_per_worker for one teacher (CPS) run; its ImageNet file is fetched to this node
-    first."""
-    config = dict(config)
-    if config.get("backbone_weights"):
-        config["backbone_weights"] = storage.download(config["backbone_weights"])
+    """train_loop_per_worker for one teacher (CPS) run, config[JOB_KEY] its TeacherConfig; its
+    ImageNet file is fetched to this node first."""
     follow_train_log_level()
-    train_teacher(TeacherConfig.from_dict(config), RayContext())
+    train_teacher(fetched(config[JOB_KEY], ("backbone_weights",)), RayContext())
 
 
-def fetched(cfg: DistillConfig, keys: tuple[str, ...]) -> DistillConfig:
+def fetched(cfg: Job, keys: tuple[str, ...]) -> Job:
     """cfg with the files its `keys` name on the study's storage fetched to this node."""
     return dataclasses.replace(
         cfg, **{key: storage.download(getattr(cfg, key)) for key in keys if getattr(cfg, key)}
@@ -157,13 +169,13 @@ def fetched(cfg: DistillConfig, keys: tuple[str, ...]) -> DistillConfig:
 
 
 def student_loop(config: dict[str, Any]) -> None:
-    """train_loop_per_worker for one MGD student run: config[DISTILL_KEY] is the trial's
+    """train_loop_per_worker for one MGD student run: config[JOB_KEY] is the trial's
     DistillConfig. The student's ImageNet file, and the teacher files unless the trial reads a
     store of their targets, are fetched to this node first. A diverged run reports where and how
     it diverged, and stops cleanly: retrying it from the last checkpoint (FailureConfig) would
     only diverge again."""
     follow_train_log_level()
-    cfg: DistillConfig = config[DISTILL_KEY]
+    cfg: DistillConfig = config[JOB_KEY]
     teachers = () if cfg.targets else ("teacher_deep_checkpoint", "teacher_wide_checkpoint")
     cfg = fetched(cfg, (*teachers, "backbone_weights"))
     try:
@@ -173,15 +185,13 @@ def student_loop(config: dict[str, Any]) -> None:
 
 
 def targets_loop(config: dict[str, Any]) -> None:
-    """train_loop_per_worker of one writer of a protocol's store of teacher targets: iterations
-    config["first"] to config["last"] of the store config[DISTILL_KEY].targets, for the mask
-    streams config["streams"], with as many workers as the protocol's trials (each rank writes
-    its own files). The teacher files are fetched to this node first."""
+    """train_loop_per_worker of one writer of a protocol's store of teacher targets
+    (config[JOB_KEY], a TargetsJob), with as many workers as the protocol's trials (each rank
+    writes its own files). The teacher files are fetched to this node first."""
     follow_train_log_level()
-    cfg = fetched(config[DISTILL_KEY], ("teacher_deep_checkpoint", "teacher_wide_checkpoint"))
-    write_targets(
-        cfg, config["streams"], range(config["first"], config["last"]), RayContext(), cfg.targets
-    )
+    job: TargetsJob = config[JOB_KEY]
+    cfg = fetched(job.distill, ("teacher_deep_checkpoint", "teacher_wide_checkpoint"))
+    write_targets(cfg, list(job.streams), range(job.first, job.last), RayContext(), cfg.targets)
 
 
 def report_divergence(error: DivergedError) -> None:

@@ -8,7 +8,6 @@ Also here: what must match for --resume to continue the study an --output-dir ho
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -25,15 +24,16 @@ def validate(cfg: StudyConfig) -> dict[str, Any] | None:
     """Every check of `cfg` against the file system: the data folder, the given files and
     folders, both given teacher files (loaded), and the results folder (check_study_folder, whose
     study.json it returns on --resume). Raises naming the option and what was expected."""
-    if cfg.dataset != "synthetic" and not os.path.isdir(cfg.data_root):
-        raise FileNotFoundError(f"--data-root {cfg.data_root}: no such folder")
+    if cfg.data.dataset != "synthetic" and not os.path.isdir(cfg.data.data_root):
+        raise FileNotFoundError(f"--data-root {cfg.data.data_root}: no such folder")
+    options = cfg.options()
     for name in (
         "teacher_deep_checkpoint",
         "teacher_wide_checkpoint",
         "split_dir",
         "pretrained_dir",
     ):
-        path = getattr(cfg, name)
+        path = options[name]
         if path and "://" not in path and not os.path.exists(path):
             raise FileNotFoundError(f"--{name.replace('_', '-')} {path}: no such file or folder")
     check_teachers(cfg)  # a corrupt teacher file would otherwise fail every trial in its worker
@@ -62,7 +62,7 @@ def study_identity(cfg: StudyConfig) -> dict[str, Any]:
     """The options study.json keeps under "identity" (tuples as lists, as JSON reads them back)."""
     return {
         k: list(v) if isinstance(v, tuple) else v
-        for k, v in dataclasses.asdict(cfg).items()
+        for k, v in cfg.options().items()
         if k in _IDENTITY
     }
 
@@ -72,14 +72,14 @@ def check_study_folder(cfg: StudyConfig) -> dict[str, Any] | None:
     the folder already holds a study and --resume is not given, when --resume finds none, or when
     the study was started with other options. Reads only: a folder that holds a study is never
     reused silently."""
-    path = os.path.join(cfg.output_dir, "study.json")
+    path = os.path.join(cfg.storage.output_dir, "study.json")
     if not os.path.exists(path):
-        if cfg.resume:
+        if cfg.storage.resume:
             raise FileNotFoundError(f"--resume: {path} does not exist; nothing to resume")
         return None
-    if not cfg.resume:
+    if not cfg.storage.resume:
         raise FileExistsError(
-            f"{cfg.output_dir} already holds a study (study.json): pass --resume to "
+            f"{cfg.storage.output_dir} already holds a study (study.json): pass --resume to "
             f"continue it, or choose another --output-dir"
         )
     study = read_json_object(path)
@@ -100,10 +100,10 @@ def check_teachers(cfg: StudyConfig) -> None:
     """Both teacher files given on the command line, loaded (weights only) here on the driver: a
     corrupt file would otherwise fail every trial in its worker. Remote (s3://) files are left to
     the workers."""
-    num_classes = NUM_CLASSES[cfg.dataset]
+    num_classes = NUM_CLASSES[cfg.data.dataset]
     for option, arch, path in (
-        ("--teacher-deep-checkpoint", TEACHER_DEEP, cfg.teacher_deep_checkpoint),
-        ("--teacher-wide-checkpoint", TEACHER_WIDE, cfg.teacher_wide_checkpoint),
+        ("--teacher-deep-checkpoint", TEACHER_DEEP, cfg.teachers.deep_checkpoint),
+        ("--teacher-wide-checkpoint", TEACHER_WIDE, cfg.teachers.wide_checkpoint),
     ):
         if not path or "://" in path:
             continue

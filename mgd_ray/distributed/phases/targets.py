@@ -18,13 +18,13 @@ from ..ray_private import trainer_without_ray_cleaner
 from ..records import error_summary
 from ..results import TARGETS_JSON, targets_json, write_listing
 from ..spec import TrialSpec
-from ..trial import DISTILL_KEY, scaling_config, targets_loop, train_run_config
+from ..trial import JOB_KEY, TargetsJob, scaling_config, targets_loop, train_run_config
 
 
 def target_streams(cfg: StudyConfig) -> list[int]:
     """The mask streams (student seeds) a protocol's trials draw: the search's (cfg.seed) and each
     ablation seed's."""
-    return sorted({cfg.seed, *(ablation_seeds(cfg) if cfg.ablation else ())})
+    return sorted({cfg.seed, *(ablation_seeds(cfg) if cfg.budget.ablation else ())})
 
 
 def targets_store(cfg: StudyConfig, spec: TrialSpec) -> str:
@@ -47,14 +47,14 @@ def targets_store(cfg: StudyConfig, spec: TrialSpec) -> str:
         "teacher_train_mode": distill.teacher_train_mode,
         "data": data,
         "workers": spec.run.workers,
-        "device": cfg.device,
+        "device": cfg.cluster.device,
         "amp": distill.amp,
         "iterations": distill.iterations,
         "streams": target_streams(cfg),
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     return storage.join(
-        cfg.resolved_storage(), "targets", f"{protocol_slug(spec.protocol)}-{digest}"
+        cfg.storage.resolved_storage(), "targets", f"{protocol_slug(spec.protocol)}-{digest}"
     )
 
 
@@ -67,7 +67,7 @@ def prepare_targets(cfg: StudyConfig, spec: TrialSpec) -> TrialSpec:
     waits: the trials start once the store is whole. A chunk whose files exist is skipped, so a
     study killed while writing goes on where it stopped. What it cost (wall and device seconds)
     and its size go to RESULTS_DIR/targets.json."""
-    if cfg.teacher_targets == "live":
+    if cfg.teachers.targets == "live":
         return spec
     store = targets_store(cfg, spec)
     streams, iterations = target_streams(cfg), spec.distill.iterations
@@ -82,10 +82,7 @@ def prepare_targets(cfg: StudyConfig, spec: TrialSpec) -> TrialSpec:
             targets_loop,
             scaling_config=scaling_config(spec.run),
             train_loop_config={
-                DISTILL_KEY: distill,
-                "streams": streams,
-                "first": bounds[chunk],
-                "last": bounds[chunk + 1],
+                JOB_KEY: TargetsJob(distill, tuple(streams), bounds[chunk], bounds[chunk + 1])
             },
             run_config=train_run_config(spec.run, run_name),
         )
@@ -127,7 +124,8 @@ def prepare_targets(cfg: StudyConfig, spec: TrialSpec) -> TrialSpec:
         "streams": streams,
         "writers": chunks,
         "wall_s": spent.get("wall_s", 0.0) + time.time() - started,
-        "device_seconds": spent.get("device_seconds", 0.0) + sum(seconds) * cfg.devices_per_trial,
+        "device_seconds": spent.get("device_seconds", 0.0)
+        + sum(seconds) * cfg.cluster.devices_per_trial,
         "bytes": storage.tree_bytes(store),
         "deleted": False,
     }
@@ -142,7 +140,7 @@ def prepare_targets(cfg: StudyConfig, spec: TrialSpec) -> TrialSpec:
 
 def release_targets(cfg: StudyConfig, spec: TrialSpec) -> None:
     """Delete a protocol's store once its last phase has ended (unless --keep-targets)."""
-    if spec.distill.targets is None or cfg.keep_targets:
+    if spec.distill.targets is None or cfg.storage.keep_targets:
         return
     storage.remove_tree(spec.distill.targets)
     listing = targets_json(cfg)

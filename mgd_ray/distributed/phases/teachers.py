@@ -24,8 +24,11 @@ def prepare_teachers(
     cluster holds, write
     RESULTS_DIR/teachers.json (where each teacher is, its size and its val mIoU) for the report,
     and return each protocol's TrialSpec (with its teachers' storage URIs)."""
-    teachers_root = storage.join(cfg.resolved_storage(), "teachers")
-    given = {TEACHER_DEEP: cfg.teacher_deep_checkpoint, TEACHER_WIDE: cfg.teacher_wide_checkpoint}
+    teachers_root = storage.join(cfg.storage.resolved_storage(), "teachers")
+    given = {
+        TEACHER_DEEP: cfg.teachers.deep_checkpoint,
+        TEACHER_WIDE: cfg.teachers.wide_checkpoint,
+    }
     jobs = [
         (plan, arch) for plan in plans for arch in (TEACHER_DEEP, TEACHER_WIDE) if not given[arch]
     ]

@@ -47,14 +47,14 @@ def tune_run(
 ) -> tune.ResultGrid:
     """Fit one Tune run of `trainable` (the MGD student trial), or restore and finish it when
     --resume finds it in storage. Returns once every trial's reservations are given back."""
-    storage_path = os.path.join(cfg.resolved_storage(), study_name(cfg))
+    storage_path = os.path.join(cfg.storage.resolved_storage(), study_name(cfg))
     trainable = tune.with_resources(trainable, TRIAL_DRIVER_RESOURCES)
     # Tune saves its experiment state every >= 10 s by default: a driver killed in that window
     # would run trials that had already finished again on restore. A study has tens of trials, so
     # saving at every step of Tune's loop costs little.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     path = storage.join(storage_path, name)
-    if cfg.resume and tune.Tuner.can_restore(path):
+    if cfg.storage.resume and tune.Tuner.can_restore(path):
         print(f"resuming Tune run {path}", flush=True)
         tuner = tune.Tuner.restore(
             path,
@@ -65,7 +65,9 @@ def tune_run(
             restart_errored=False,
         )
     else:
-        watch = ReservationWatch(partial(say_waiting, study_name(cfg)), cfg.worker_start_timeout_s)
+        watch = ReservationWatch(
+            partial(say_waiting, study_name(cfg)), cfg.cluster.worker_start_timeout_s
+        )
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
@@ -103,11 +105,13 @@ def run_search(cfg: StudyConfig, spec: TrialSpec, extra_points: list[SearchPoint
         mode="max",
         points_to_evaluate=[point.searched() for point in (spec.paper_point, *extra_points)],
         max_iterations=iterations,
-        on_untold=partial(record_untold, cfg.output_dir, spec.protocol),
+        on_untold=partial(record_untold, cfg.storage.output_dir, spec.protocol),
         sampler=optuna.samplers.TPESampler(
-            seed=cfg.seed, multivariate=True, n_startup_trials=tpe_startup_trials(cfg.num_samples)
+            seed=cfg.seed,
+            multivariate=True,
+            n_startup_trials=tpe_startup_trials(cfg.budget.num_samples),
         ),
-        storage=optuna.storages.RDBStorage(cfg.resolved_optuna_storage()),
+        storage=optuna.storages.RDBStorage(cfg.storage.resolved_optuna_storage()),
         study_name=f"mgd-{slug}",
     )
     # stop_last_trials=False: a trial that reaches max_t ends as its Train run returns, having
@@ -124,16 +128,16 @@ def run_search(cfg: StudyConfig, spec: TrialSpec, extra_points: list[SearchPoint
     tune_config = tune.TuneConfig(
         search_alg=searcher,
         scheduler=scheduler,
-        num_samples=cfg.num_samples,
+        num_samples=cfg.budget.num_samples,
         max_concurrent_trials=concurrency(cfg, spec.run),
     )
     recorder = TrialRecorder(
-        cfg.output_dir,
+        cfg.storage.output_dir,
         spec.protocol,
         "search",
         iterations,
-        cfg.device,
-        cfg.devices_per_trial,
+        cfg.cluster.device,
+        cfg.cluster.devices_per_trial,
         cfg.verbose,
         search_order=searcher.search_order,
     )
@@ -161,14 +165,14 @@ def tpe_startup_trials(num_samples: int) -> int:
 
 def best_search_point(cfg: StudyConfig, protocol: str) -> SearchPoint | None:
     """The point of the protocol's best search trial (early-stopped ones ran less: never it)."""
-    best = best_trial(read_records(cfg.output_dir, protocol), kind="search")
+    best = best_trial(read_records(cfg.storage.output_dir, protocol), kind="search")
     return None if best is None else SearchPoint.from_tune(best.config)
 
 
 def run_ablation(cfg: StudyConfig, spec: TrialSpec) -> None:
     slug = protocol_slug(spec.protocol)
     best = best_search_point(cfg, spec.protocol)
-    variants = [v for v in cfg.ablation_variants if v != "mgd_best" or best is not None]
+    variants = [v for v in cfg.budget.ablation_variants if v != "mgd_best" or best is not None]
     if best is None:
         print(
             f"[{spec.protocol}] no completed search trial: the ablation has no 'MGD (best "
@@ -181,21 +185,21 @@ def run_ablation(cfg: StudyConfig, spec: TrialSpec) -> None:
         for seed in ablation_seeds(cfg)
     ]
     recorder = TrialRecorder(
-        cfg.output_dir,
+        cfg.storage.output_dir,
         spec.protocol,
         "ablation",
         spec.distill.iterations,
-        cfg.device,
-        cfg.devices_per_trial,
+        cfg.cluster.device,
+        cfg.cluster.devices_per_trial,
         cfg.verbose,
     )
     tune_config = tune.TuneConfig(max_concurrent_trials=concurrency(cfg, spec.run))
     tune_run(cfg, f"ablation-{slug}", param_space(spec, rows), tune_config, recorder)
-    if cfg.export_ablation_students:
+    if cfg.storage.export_ablation_students:
         study = study_json(cfg)
         for variant in variants:
             export_best(
-                cfg.output_dir,
+                cfg.storage.output_dir,
                 spec.protocol,
                 study,
                 name=variant,
@@ -215,9 +219,9 @@ def keep_best_drop_the_rest(cfg: StudyConfig, spec: TrialSpec, kind: str) -> Non
     --keep-trial-weights) delete the Train folders of that run's finished trials. In this order a
     kill at any point leaves either the weights or an export at least as good (see export.py).
     Raises StudyInterrupted (after the export) when the run stopped with trials unfinished."""
-    records = read_records(cfg.output_dir, spec.protocol)
+    records = read_records(cfg.storage.output_dir, spec.protocol)
     best = export_best(
-        cfg.output_dir,
+        cfg.storage.output_dir,
         spec.protocol,
         study_json(cfg),
         teachers=teachers_json(cfg).get(spec.protocol),
@@ -232,12 +236,12 @@ def keep_best_drop_the_rest(cfg: StudyConfig, spec: TrialSpec, kind: str) -> Non
             f"trial's Train folder under {spec.run.storage_path}",
             flush=True,
         )
-    elif not cfg.keep_trial_weights:
+    elif not cfg.storage.keep_trial_weights:
         # only finished trials: an unfinished one resumes from its folder
-        prune_trial_weights(cfg.output_dir, spec.protocol, kind, spec.run.storage_path)
+        prune_trial_weights(cfg.storage.output_dir, spec.protocol, kind, spec.run.storage_path)
     unfinished = [r.trial_id for r in records if r.kind == kind and r.status == "running"]
     if unfinished:
         raise StudyInterrupted(
             f"[{spec.protocol} {kind}] interrupted with trial(s) {unfinished} unfinished; "
-            f"continue with --resume --output-dir {cfg.output_dir}"
+            f"continue with --resume --output-dir {cfg.storage.output_dir}"
         )
