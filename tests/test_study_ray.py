@@ -229,9 +229,14 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
     assert (
         glob.glob(str(out / "ray" / "*" / "train-*")) == []
     )  # no finished trial keeps its weights
-    # The console (both driver sessions) shows none of Ray Train's PreemptionWatcher notices.
-    assert "PreemptionWatcher" not in log.read_text() + resumed.stdout + resumed.stderr
-    assert "known-harmless Ray line(s) hidden" in resumed.stdout + resumed.stderr
+    # The console (both driver sessions) shows none of Ray Train's PreemptionWatcher notices, nor
+    # Tune's experiment header.
+    console_text = log.read_text() + resumed.stdout + resumed.stderr
+    assert "PreemptionWatcher" not in console_text
+    assert "Configuration for experiment" not in console_text
+    assert (
+        "known-harmless line(s) of Ray, Tune and Optuna hidden" in resumed.stdout + resumed.stderr
+    )
     check_mlflow_store(f"file:{tmp_path / 'mlruns'}", out, list(after.values()))
 
     # The best student is a plain state dict that scores its recorded mIoU, and it is the best one.

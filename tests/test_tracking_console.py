@@ -131,6 +131,61 @@ def test_the_console_filter_drops_known_harmless_lines_and_keeps_the_rest():
     assert stream.hidden == 2
 
 
+# From a smoke study's console (2026-12-07): Tune's header and folder lines, Optuna's notice and
+# the traceback a trial's actor prints as Ray ends it after its trial finished.
+ACTOR = "\x1b[36m(run_trial pid=6581)\x1b[0m "
+EXIT_TRACEBACK = [
+    ACTOR + "Exception ignored in: <function WeakSet.__init__.<locals>._remove at 0x7fc9b043e480>",
+    ACTOR + "Traceback (most recent call last):",
+    ACTOR + '  File "/usr/lib/python3.11/_weakrefset.py", line 39, in _remove',
+    ACTOR + "    def _remove(item, selfref=ref(self)):",
+    ACTOR,
+    ACTOR + '  File "/venv/lib/python3.11/site-packages/ray/_private/worker.py", line 1063, in '
+    "sigterm_handler",
+    ACTOR + "    raise_sys_exit_with_custom_error_message(",
+    ACTOR + '  File "python/ray/_raylet.pyx", line 712, in ray._raylet.'
+    "raise_sys_exit_with_custom_error_message",
+    ACTOR + "SystemExit: 1",
+]
+TUNE_HEADER = [
+    "[I 2026-12-07 09:08:23,615] A new study created in RDB with name: mgd-1_8",
+    "╭──────────────────────────────────────────────────────────╮",
+    "│ Configuration for experiment     search-1_8              │",
+    "├──────────────────────────────────────────────────────────┤",
+    "│ Search algorithm                 SearchGenerator         │",
+    "│ Scheduler                        AsyncHyperBandScheduler │",
+    "│ Number of trials                 2                       │",
+    "╰──────────────────────────────────────────────────────────╯",
+    "",
+    "View detailed results here: /tmp/smoke/ray/smoke/search-1_8",
+    "To visualize your results with TensorBoard, run: `tensorboard --logdir /tmp/ray/session/a`",
+    "2026-12-07 09:08:56,076\tINFO tune.py:1007 -- Wrote the latest version of all result files "
+    "and experiment state to '/tmp/smoke/ray/smoke/search-1_8' in 0.0076s.",
+]
+
+
+def test_tunes_header_and_a_trial_actors_exit_traceback_are_hidden_other_tracebacks_kept():
+    study = "[1/8 search] trial 1975ea2d (search, seed 0) completed: mIoU 0.107 at iteration 8"
+    # the same start, but a real error: kept whole, and so is a block another line breaks into
+    failing = [*EXIT_TRACEBACK[:2], ACTOR + "RuntimeError: the GPU fell off"]
+    broken = [*EXIT_TRACEBACK[:3], "(RayTrainWorker pid=7) something else", *EXIT_TRACEBACK[3:]]
+    target = io.StringIO()
+    stream = console.FilteredStream(target)
+    for line in [*TUNE_HEADER, study, *EXIT_TRACEBACK, study, *failing, *broken]:
+        stream.write(line + "\n")
+    stream.write(EXIT_TRACEBACK[0] + "\n")  # held back, then written out at the end
+    stream.close_line()
+    assert target.getvalue().splitlines() == [
+        "",
+        study,
+        study,
+        *failing,
+        *broken,
+        EXIT_TRACEBACK[0],
+    ]
+    assert stream.hidden == len(TUNE_HEADER) - 1 + len(EXIT_TRACEBACK)
+
+
 def test_the_live_line_stays_below_what_is_printed_and_harmless_lines_are_counted():
     terminal = io.StringIO()
     saved = sys.stdout, sys.stderr
@@ -148,7 +203,8 @@ def test_the_live_line_stays_below_what_is_printed_and_harmless_lines_are_counte
     assert out.index("a line of the study") < out.index("an unknown error")
     assert "PreemptionWatcher" not in out
     assert out.rstrip().endswith(
-        "(1 known-harmless Ray line(s) hidden from the console: Ray's session logs keep them)"
+        "(1 known-harmless line(s) of Ray, Tune and Optuna hidden from the console: "
+        "mgd_ray/distributed/console.py lists them)"
     )
 
 

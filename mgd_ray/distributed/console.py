@@ -1,9 +1,10 @@
-"""What the study's console shows: Ray's known-harmless lines filtered out, everything else kept,
-and the study's progress as one live line at the bottom of a terminal.
+"""What the study's console shows: the known-harmless lines of Ray, Tune and Optuna filtered out,
+everything else kept, and the study's progress as one live line at the bottom of a terminal.
 
 The filter wraps the driver's sys.stdout and sys.stderr, where Ray prints what its workers and
-actors log (`log_to_driver`); every line also stays in Ray's own log files (the session's
-logs/ folder: worker-*.out / .err, one pair per worker and actor), so nothing is lost. The live
+actors log (`log_to_driver`); their lines also stay in Ray's own log files (the session's logs/
+folder: worker-*.out / .err, one pair per worker and actor). The driver's own hidden lines (Tune's
+header and run folder, Optuna's notice) say nothing the study's lines and records do not. The live
 line is a tqdm status line (tqdm is already installed, as Optuna's dependency; rich is not); in a
 log file or a pipe (no terminal) the progress is printed as lines instead, one per event.
 """
@@ -32,12 +33,64 @@ HARMLESS: tuple[tuple[re.Pattern[str], str], ...] = (
         # drains, and is killed with its worker group: one line per Train run, nothing wrong.
         "Ray Train's PreemptionWatcher restart notice (one per Train run)",
     ),
+    (
+        re.compile(
+            r"^(?:[╭├╰]─+[╮┤╯]|│ (?:Configuration for experiment|Search algorithm|Scheduler|"
+            r"Number of trials) .*│)$"
+        ),
+        # Tune's header of every Tuner.fit (tune/experimental/output.py experiment_started), also
+        # at verbose=0: the study's phase line says which search or ablation runs, and how many
+        # trials.
+        "Tune's experiment header box",
+    ),
+    (
+        re.compile(
+            r"^(?:View detailed results here: |To visualize your results with TensorBoard, run: )"
+            r"|INFO tune\.py:\d+ -- Wrote the latest version of all result files and experiment "
+            r"state to "
+        ),
+        # Tune's run folder, printed as every Tuner.fit starts and ends: the study says where its
+        # Ray storage is when it starts, and its trial records are in OUTPUT_DIR/trials.
+        "Tune's where-the-results-are lines",
+    ),
+    (
+        re.compile(r"^\[I [\d-]+ [\d:,]+\] A new study created in RDB with name: "),
+        # Optuna's INFO log as Tune's OptunaSearch creates each protocol's study in the study's
+        # own Optuna storage (sqlite:///OUTPUT_DIR/optuna.db unless --optuna-storage).
+        "Optuna's new-study notice",
+    ),
 )
+# A traceback a Tune trial's actor prints as Ray ends it with SIGTERM after its trial has finished
+# (its record already says how it ended): Ray's sigterm_handler raises SystemExit inside a WeakSet
+# callback, which Python ignores ("Exception ignored in"), so nothing failed. Its lines all carry
+# one actor's "(name pid=N)" prefix; a block that does not end in "SystemExit: 1" within
+# EXIT_TRACEBACK_LINES lines is kept whole.
+EXIT_TRACEBACK_START = re.compile(
+    r"^(?P<prefix>(?:\x1b\[[\d;]*m)?\([\w.]+ pid=\d+\)(?:\x1b\[[\d;]*m)? )Exception ignored in: "
+    r"<function WeakSet\.__init__\.<locals>\._remove at 0x[0-9a-f]+>$"
+)
+EXIT_TRACEBACK_LINES = 12
 
 
 def is_harmless(line: str) -> bool:
-    """Whether `line` is one of Ray's known-harmless console lines (HARMLESS)."""
+    """Whether `line` is one of the known-harmless console lines (HARMLESS)."""
     return any(pattern.search(line) for pattern, _ in HARMLESS)
+
+
+class ExitTraceback:
+    """The lines of one possible SIGTERM-at-exit traceback (EXIT_TRACEBACK_START), held back until
+    it is known whether the block is that traceback."""
+
+    def __init__(self, first: str, prefix: str) -> None:
+        self.lines, self.prefix = [first], prefix
+
+    def take(self, line: str) -> str | None:
+        """Add `line`: "hide" when the block ended as the harmless traceback, "keep" when it
+        turned out to be something else (then `line` is not part of it), None while open."""
+        if not line.startswith(self.prefix) or len(self.lines) >= EXIT_TRACEBACK_LINES:
+            return "keep"
+        self.lines.append(line)
+        return "hide" if line[len(self.prefix) :].strip() == "SystemExit: 1" else None
 
 
 class LiveLine:
@@ -81,20 +134,36 @@ class FilteredStream:
     def __init__(self, target: TextIO, live: LiveLine | None = None) -> None:
         self.target, self.live, self.hidden = target, live, 0
         self._partial = ""
+        self._held: ExitTraceback | None = None
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
         with self._lock:
             *lines, self._partial = (self._partial + text).split("\n")
-            kept = []
+            kept: list[str] = []
             for line in lines:
-                if is_harmless(line):
-                    self.hidden += 1
-                else:
-                    kept.append(line + "\n")
+                self._filter(line, kept)
             if kept:
                 self._emit("".join(kept))
         return len(text)
+
+    def _filter(self, line: str, kept: list[str]) -> None:
+        if self._held is not None:
+            verdict = self._held.take(line)
+            if verdict is None:
+                return
+            held, self._held = self._held, None
+            if verdict == "hide":
+                self.hidden += len(held.lines)
+                return
+            kept.extend(held_line + "\n" for held_line in held.lines)
+        start = EXIT_TRACEBACK_START.match(line)
+        if start:
+            self._held = ExitTraceback(line, start["prefix"])
+        elif is_harmless(line):
+            self.hidden += 1
+        else:
+            kept.append(line + "\n")
 
     def _emit(self, text: str) -> None:
         with self.live.above() if self.live is not None else contextlib.nullcontext():
@@ -105,11 +174,16 @@ class FilteredStream:
         self.target.flush()
 
     def close_line(self) -> None:
-        """Write out a last line that had no newline."""
+        """Write out what is held back: a block not yet known to be harmless, and a last line
+        that had no newline."""
         with self._lock:
+            kept = [line + "\n" for line in self._held.lines] if self._held is not None else []
+            self._held = None
             if self._partial and not is_harmless(self._partial):
-                self._emit(self._partial)
+                kept.append(self._partial)
             self._partial = ""
+            if kept:
+                self._emit("".join(kept))
 
     def __getattr__(self, name: str):  # isatty, fileno, encoding...: the target's
         return getattr(self.target, name)
@@ -161,7 +235,7 @@ def study_console(
         hidden = sum(s.hidden for s in filtered if isinstance(s, FilteredStream))
         if hidden:
             print(
-                f"({hidden} known-harmless Ray line(s) hidden from the console: "
-                "Ray's session logs keep them)",
+                f"({hidden} known-harmless line(s) of Ray, Tune and Optuna hidden from the "
+                "console: mgd_ray/distributed/console.py lists them)",
                 flush=True,
             )
