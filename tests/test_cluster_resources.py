@@ -33,30 +33,35 @@ def test_trials_that_some_node_type_can_host_pass():
     check_trial_fits(scaling(2, cpus=4), [HEAD])
 
 
-def test_more_gpus_per_worker_than_any_node_type_names_the_gpu_option():
-    with pytest.raises(
-        UnmeetableResources, match=r"--gpus-per-trial / --workers-per-trial \(8 GPU per worker\)"
-    ):
-        check_trial_fits(scaling(1, cpus=1, gpus=8), [HEAD, GPU_1X, GPU_4X])
-    with pytest.raises(UnmeetableResources, match="--gpus-per-trial"):
-        check_trial_fits(scaling(1, gpus=1), [HEAD])  # a CPU-only cluster
-
-
-def test_more_cpus_per_worker_than_any_node_names_the_cpu_option():
-    with pytest.raises(UnmeetableResources, match="--cpus-per-worker=16"):
-        check_trial_fits(scaling(1, cpus=16), [HEAD, GPU_1X])
-
-
-def test_more_workers_than_one_node_can_host_names_the_worker_option():
-    """A trial's workers are packed on one node (NCCL on the node): eight gpu_1x nodes hold 8
-    one-GPU workers between them, but never a 2-worker trial; two gpu_4x nodes never an 8-worker
-    one."""
-    with pytest.raises(
-        UnmeetableResources, match=r"--workers-per-trial=2: no node .* hosts 2 Train workers"
-    ):
-        check_trial_fits(scaling(2, cpus=4, gpus=1), [HEAD, GPU_1X])
-    with pytest.raises(UnmeetableResources, match=r"--workers-per-trial=8: .*at most 4"):
-        check_trial_fits(scaling(8, cpus=4, gpus=1), [HEAD, GPU_1X, GPU_4X])
+@pytest.mark.parametrize(
+    "trial, shapes, says",
+    [
+        # more GPUs per worker than any node type has
+        (
+            scaling(1, cpus=1, gpus=8),
+            [HEAD, GPU_1X, GPU_4X],
+            r"--gpus-per-trial / --workers-per-trial \(8 GPU per worker\)",
+        ),
+        (scaling(1, gpus=1), [HEAD], "--gpus-per-trial"),  # a CPU-only cluster
+        (scaling(1, cpus=16), [HEAD, GPU_1X], "--cpus-per-worker=16"),
+        # A trial's workers are packed on one node (NCCL on the node): eight gpu_1x nodes hold 8
+        # one-GPU workers between them, but never a 2-worker trial; two gpu_4x nodes never an
+        # 8-worker one.
+        (
+            scaling(2, cpus=4, gpus=1),
+            [HEAD, GPU_1X],
+            r"--workers-per-trial=2: no node .* hosts 2 Train workers",
+        ),
+        (
+            scaling(8, cpus=4, gpus=1),
+            [HEAD, GPU_1X, GPU_4X],
+            r"--workers-per-trial=8: .*at most 4",
+        ),
+    ],
+)
+def test_a_trial_no_node_can_host_is_refused_naming_the_option(trial, shapes, says):
+    with pytest.raises(UnmeetableResources, match=says):
+        check_trial_fits(trial, shapes)
 
 
 def test_a_multi_worker_trial_asks_ray_to_pack_its_workers_on_one_node(tmp_path):

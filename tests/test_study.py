@@ -307,24 +307,27 @@ def test_records_count_restarts_of_the_worker_group_and_list_its_nodes(tmp_path)
     assert [h["iteration"] for h in a["history"]] == [4, 8, 12]
 
 
-def test_error_summary_without_divergence_takes_the_last_error_line():
-    text = (
-        "Traceback\nValueError: inner\nThe above exception...\n"
-        "RuntimeError: outer problem\n  detail\n"
-    )
-    assert error_summary(text) == "RuntimeError: outer problem"
-
-
-def test_error_summary_keeps_the_cause_a_ray_wrapper_gives_on_the_next_line():
-    text = (
-        "Failure # 1\nray::ImplicitFunc.train()\n"
-        "ray.train.ControllerError: Training failed due to controller error:\n"
-        "The worker group startup timed out after 3.0 seconds waiting for 2 workers.\n"
-    )
-    assert error_summary(text) == (
-        "ray.train.ControllerError: Training failed due to controller error: "
-        "The worker group startup timed out after 3.0 seconds waiting for 2 workers."
-    )
+@pytest.mark.parametrize(
+    "text, summary",
+    [
+        # without a divergence: the last error line
+        (
+            "Traceback\nValueError: inner\nThe above exception...\n"
+            "RuntimeError: outer problem\n  detail\n",
+            "RuntimeError: outer problem",
+        ),
+        # a Ray wrapper whose line ends in ":" gives the cause on the next line: kept with it
+        (
+            "Failure # 1\nray::ImplicitFunc.train()\n"
+            "ray.train.ControllerError: Training failed due to controller error:\n"
+            "The worker group startup timed out after 3.0 seconds waiting for 2 workers.\n",
+            "ray.train.ControllerError: Training failed due to controller error: "
+            "The worker group startup timed out after 3.0 seconds waiting for 2 workers.",
+        ),
+    ],
+)
+def test_error_summary_is_the_last_error_line_with_the_cause_a_wrapper_gives(text, summary):
+    assert error_summary(text) == summary
 
 
 def test_every_command_line_option_lands_in_one_part_of_the_config_and_comes_back_out():

@@ -162,6 +162,10 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
     out = tmp_path / "study"
     argv = CLI + [
         "--smoke",
+        # --smoke's teachers (trained here, cached for the resumed driver) evaluated once, not
+        # twice: evaluating both CPS branches on the val set is most of a teacher run's time
+        "--teacher-iterations",
+        "4",
         "--num-samples",
         "2",
         "--ablation-variants",
@@ -183,7 +187,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
     try:
         # killed once an ablation trial has finished: after the search's best was exported and its
         # finished trials' weights were pruned, the riskiest point for --resume. The bound only
-        # catches a study that never gets there (about 4 minutes on 2 cores; allow a slower
+        # catches a study that never gets there (about 3 minutes on 2 cores; allow a slower
         # machine).
         wait_for(
             lambda: any(
@@ -234,6 +238,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
     console_text = log.read_text() + resumed.stdout + resumed.stderr
     assert "PreemptionWatcher" not in console_text
     assert "Configuration for experiment" not in console_text
+    assert "Wrote the latest version of all result files" not in console_text  # Ray's logger
     assert (
         "known-harmless line(s) of Ray, Tune and Optuna hidden" in resumed.stdout + resumed.stderr
     )

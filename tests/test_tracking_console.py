@@ -3,6 +3,7 @@ Ray instance: the tracker is driven as Tune drives it); the console filter on a 
 sample and the live progress line."""
 
 import io
+import logging
 import sys
 
 import pytest
@@ -176,34 +177,46 @@ def test_tunes_header_and_a_trial_actors_exit_traceback_are_hidden_other_traceba
     stream.write(EXIT_TRACEBACK[0] + "\n")  # held back, then written out at the end
     stream.close_line()
     assert target.getvalue().splitlines() == [
-        "",
         study,
         study,
         *failing,
         *broken,
         EXIT_TRACEBACK[0],
     ]
-    assert stream.hidden == len(TUNE_HEADER) - 1 + len(EXIT_TRACEBACK)
+    assert stream.hidden == len(TUNE_HEADER) - 1 + len(EXIT_TRACEBACK)  # the blank line uncounted
 
 
 def test_the_live_line_stays_below_what_is_printed_and_harmless_lines_are_counted():
     terminal = io.StringIO()
     saved = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = terminal  # both streams on one terminal
+
+    # a logger made before the console, holding the terminal, as Ray's and Optuna's do
+    class RayHandler(logging.StreamHandler):  # Ray's PlainRayHandler is a subclass
+        pass
+
+    logger = logging.getLogger("mgd_ray_test.tune")
+    handler = RayHandler(terminal)
+    logger.addHandler(handler)
     try:
         with console.study_console(status=lambda: "== ticking ==", live=True) as show:
             show("== study: search ==")
             print("a line of the study")
             print(HARMLESS)
+            logger.warning(TUNE_HEADER[-1])  # Tune's "Wrote the latest version" line: hidden
+            logger.warning("a warning Ray logs")
             sys.stderr.write("an unknown error\n")
+        assert handler.stream is terminal  # given back
     finally:
         sys.stdout, sys.stderr = saved
+        logger.removeHandler(handler)
     out = terminal.getvalue()
+    assert "a warning Ray logs" in out and "Wrote the latest version" not in out
     assert "== study: search ==" in out and "\r" in out  # drawn in place, not as lines
     assert out.index("a line of the study") < out.index("an unknown error")
     assert "PreemptionWatcher" not in out
     assert out.rstrip().endswith(
-        "(1 known-harmless line(s) of Ray, Tune and Optuna hidden from the console: "
+        "(2 known-harmless line(s) of Ray, Tune and Optuna hidden from the console: "
         "mgd_ray/distributed/console.py lists them)"
     )
 

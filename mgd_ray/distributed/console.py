@@ -12,6 +12,7 @@ log file or a pipe (no terminal) the progress is printed as lines instead, one p
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -158,6 +159,8 @@ class FilteredStream:
                 return
             kept.extend(held_line + "\n" for held_line in held.lines)
         start = EXIT_TRACEBACK_START.match(line)
+        if not line.strip():
+            return  # dropped, uncounted: Tune prints them around the header and folder lines
         if start:
             self._held = ExitTraceback(line, start["prefix"])
         elif is_harmless(line):
@@ -189,6 +192,21 @@ class FilteredStream:
         return getattr(self.target, name)
 
 
+def redirect_log_handlers(
+    streams: dict[int, TextIO],
+) -> list[tuple[logging.StreamHandler, TextIO]]:
+    """Point every logging.StreamHandler writing to one of the streams `streams` names (by id) at
+    its replacement; return (handler, old stream) pairs to undo it."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    changed = []
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            # subclasses too: Ray's PlainRayHandler keeps the stderr it was made with
+            if isinstance(handler, logging.StreamHandler) and id(handler.stream) in streams:
+                changed.append((handler, handler.setStream(streams[id(handler.stream)])))
+    return changed
+
+
 @contextlib.contextmanager
 def study_console(
     status: Callable[[], str | None] | None = None,
@@ -206,6 +224,8 @@ def study_console(
         live = bool(getattr(err, "isatty", lambda: False)())
     line = LiveLine(err) if live else None
     sys.stdout, sys.stderr = FilteredStream(out, line), FilteredStream(err, line)
+    # Ray's and Optuna's loggers hold the stream they were made with: pointed at the filter too
+    handlers = redirect_log_handlers({id(out): sys.stdout, id(err): sys.stderr})
     stop = threading.Event()
     if line is not None and status is not None:
 
@@ -228,6 +248,8 @@ def study_console(
             line.close()
         if restore:
             sys.stdout, sys.stderr = out, err
+            for handler, stream in handlers:
+                handler.setStream(stream)
         else:  # Ray prints its workers' last lines as the process exits: still filtered
             for stream in filtered:
                 if isinstance(stream, FilteredStream):
