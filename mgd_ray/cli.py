@@ -9,10 +9,11 @@ import sys
 from .config import DATASETS, PROTOCOLS, STUDENTS
 from .distributed.cluster import UnmeetableResources
 from .distributed.console import study_console
-from .distributed.options import StudyConfig, resolve_study
+from .distributed.options import resolve_study
 from .distributed.plan import plan_study
 from .distributed.progress import latest_line, live_status
 from .distributed.study import StudyInterrupted, run_study
+from .distributed.study_config import StudyConfig
 from .distributed.tracking import check_tracking
 from .schema import ABLATION_VARIANTS
 

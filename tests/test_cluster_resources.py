@@ -7,7 +7,7 @@ import os
 import pytest
 
 from mgd_ray.distributed.cluster import UnmeetableResources, check_trial_fits, workers_per_node
-from mgd_ray.distributed.options import StudyConfig
+from mgd_ray.distributed.study_config import StudyConfig
 
 HEAD = ("node head", {"CPU": 8.0, "GPU": 0.0, "memory": 1e10}, 1.0)
 GPU_1X = ("node type gpu_1x", {"CPU": 4.0, "GPU": 1.0}, 8.0)

@@ -166,8 +166,8 @@ def test_ohem_min_kept_defaults_to_50000_per_image(monkeypatch):
 
 
 def test_study_plan_carries_the_recipe_to_students_and_each_teacher(tmp_path):
-    from mgd_ray.distributed.options import StudyConfig
     from mgd_ray.distributed.plan import plan_protocol
+    from mgd_ray.distributed.study_config import StudyConfig
 
     cfg = StudyConfig.from_options(
         output_dir=str(tmp_path / "study"),

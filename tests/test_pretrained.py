@@ -229,7 +229,8 @@ def test_study_option_reaches_student_and_both_cps_teachers(
 
 
 def test_study_defaults_and_offline_failure_before_ray(tmp_path, hub, monkeypatch, capsys):
-    from mgd_ray.distributed.options import StudyConfig, resolve_study
+    from mgd_ray.distributed.options import resolve_study
+    from mgd_ray.distributed.study_config import StudyConfig
 
     assert (
         resolve_study(gpus=lambda address: 0)[0].data.pretrained == "none"

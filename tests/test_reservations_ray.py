@@ -21,11 +21,11 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from mgd_ray.distributed import ray_private
-from mgd_ray.distributed.options import StudyConfig
 from mgd_ray.distributed.phases import tune as study
 from mgd_ray.distributed.plan import concurrency, plan_protocol
 from mgd_ray.distributed.records import TrialRecorder
 from mgd_ray.distributed.spec import SearchPoint, from_tune, param_space
+from mgd_ray.distributed.study_config import StudyConfig
 from mgd_ray.distributed.trial import JOB_KEY, report_divergence, run_trial
 from mgd_ray.engine import DivergedError
 from tests.study_helpers import Head, cluster_is_idle, records, wait_for

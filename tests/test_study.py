@@ -11,10 +11,10 @@ import pytest
 from ray import cloudpickle
 
 from mgd_ray.config import LossWeights
-from mgd_ray.distributed.options import StudyConfig
 from mgd_ray.distributed.records import TrialRecorder, error_summary
 from mgd_ray.distributed.spec import SearchPoint, ablation_point, from_tune
 from mgd_ray.distributed.study import open_study_folder
+from mgd_ray.distributed.study_config import StudyConfig
 from mgd_ray.engine import DivergedError
 from tests.study_helpers import run_cli, search_config, trial_spec, tune_loss_weights
 
@@ -332,7 +332,7 @@ def test_error_summary_is_the_last_error_line_with_the_cause_a_wrapper_gives(tex
 
 def test_every_command_line_option_lands_in_one_part_of_the_config_and_comes_back_out():
     from mgd_ray.cli import get_args_parser
-    from mgd_ray.distributed.options import OPTIONS
+    from mgd_ray.distributed.study_config import OPTIONS
 
     dests = {a.dest for a in get_args_parser()._actions if a.option_strings} - {"help", "smoke"}
     assert dests == set(OPTIONS)  # every flag is one option of the config, and no option lacks one
@@ -455,10 +455,10 @@ def test_a_named_budget_comes_from_the_preset_and_explicit_options_still_win():
 
 
 def test_ablation_seeds_are_never_the_searchs_and_tpe_leaves_its_start_up():
-    from mgd_ray.distributed.options import StudyConfig
     from mgd_ray.distributed.phases.targets import target_streams
     from mgd_ray.distributed.phases.tune import selection_set, tpe_startup_trials
     from mgd_ray.distributed.plan import ablation_seeds
+    from mgd_ray.distributed.study_config import StudyConfig
 
     cfg = StudyConfig.from_options(seed=4, seeds=3)
     assert ablation_seeds(cfg) == [5, 6, 7] and target_streams(cfg) == [4, 5, 6, 7]
@@ -622,8 +622,8 @@ def test_a_tune_run_left_with_running_trials_stops_the_study(tmp_path):
 
 
 def test_trials_sharing_a_gpu_ask_ray_for_a_fraction_of_it(tmp_path):
-    from mgd_ray.distributed.options import StudyConfig
     from mgd_ray.distributed.plan import plan_protocol
+    from mgd_ray.distributed.study_config import StudyConfig
     from mgd_ray.distributed.trial import scaling_config
 
     cfg = StudyConfig.from_options(
@@ -662,7 +662,7 @@ def test_checkpoint_paths_ray_reports_become_uris_on_the_studys_storage():
 
 def test_trial_weights_are_kept_when_no_best_student_could_be_exported(tmp_path, monkeypatch):
     import mgd_ray.distributed.phases.tune as study
-    from mgd_ray.distributed.options import StudyConfig
+    from mgd_ray.distributed.study_config import StudyConfig
     from mgd_ray.schema import write_json_atomic
 
     cfg = StudyConfig.from_options(output_dir=str(tmp_path), protocols=("1/8",))

@@ -10,8 +10,8 @@ import pytest
 import ray
 
 from mgd_ray.distributed import console
-from mgd_ray.distributed.options import StudyConfig
 from mgd_ray.distributed.progress import StudyProgress
+from mgd_ray.distributed.study_config import StudyConfig
 from mgd_ray.distributed.tracking import TrialTracker, open_tracking
 from tests.study_helpers import free_port, run_cli, search_config
 

@@ -15,8 +15,9 @@ from ..data import build_datasets
 from ..engine.presets import preset_configs
 from .cluster import free_resources_per_node, node_shapes, trial_slots
 from .memory import check_sharing
-from .options import StudyConfig, gpu_memory, study_name
+from .options import gpu_memory, study_name
 from .spec import TrainRun, TrialSpec
+from .study_config import StudyConfig
 from .teachers import stage_pretrained
 from .validate import validate
 

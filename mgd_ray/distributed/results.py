@@ -10,8 +10,8 @@ from typing import Any
 from ..config import TEACHER_DEEP, TEACHER_WIDE
 from ..data import NUM_CLASSES
 from ..schema import FINISHED, read_json_object, read_records, write_json_atomic
-from .options import StudyConfig
 from .records import now_iso
+from .study_config import StudyConfig
 from .validate import check_study_folder, study_identity
 
 TARGETS_JSON = "targets.json"  # each protocol's store of teacher targets, its cost and size

@@ -16,7 +16,7 @@ from ..data import background_miou, build_datasets
 from ..report import generate_report
 from .cluster import check_trial_fits, connect, node_shapes
 from .export import folder_size
-from .options import StudyConfig, separating_command, study_name
+from .options import separating_command, study_name
 from .phases.targets import prepare_targets, release_targets
 from .phases.teachers import prepare_teachers
 from .phases.tune import (
@@ -30,6 +30,7 @@ from .plan import ProtocolPlan, concurrency, plan_study, planned_runs
 from .progress import StudyProgress, register
 from .results import finished_trials, open_study_folder
 from .spec import SearchPoint
+from .study_config import StudyConfig
 from .teachers import stage_pretrained
 from .tracking import check_tracking, open_tracking
 from .tracking import register as register_tracking

@@ -28,8 +28,9 @@ from typing import Any, Iterator
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from ..schema import POINT_KEYS, finite_or_none, reached_the_end
-from .options import StudyConfig, study_name
+from .options import study_name
 from .spec import from_tune
+from .study_config import StudyConfig
 
 OPTION = "--mlflow-uri"
 # Which engine report keys become MLflow metrics (besides "loss_<term>"), logged at the report's

@@ -17,7 +17,7 @@ from ..config import TEACHER_DEEP, TEACHER_WIDE
 from ..data import NUM_CLASSES
 from ..engine.distill import load_teacher
 from ..schema import read_json_object
-from .options import StudyConfig
+from .study_config import StudyConfig
 
 
 def validate(cfg: StudyConfig) -> dict[str, Any] | None:

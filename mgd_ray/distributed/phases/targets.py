@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ... import storage
 from ...config import protocol_slug
-from ..options import StudyConfig
 from ..plan import ablation_seeds, concurrency
 from ..ray_private import trainer_without_ray_cleaner
 from ..records import error_summary
 from ..results import TARGETS_JSON, targets_json, write_listing
 from ..spec import TrialSpec
+from ..study_config import StudyConfig
 from ..trial import JOB_KEY, TargetsJob, scaling_config, targets_loop, train_run_config
 
 

@@ -9,11 +9,11 @@ from typing import Any
 
 from ... import storage
 from ...config import TEACHER_DEEP, TEACHER_WIDE
-from ..options import StudyConfig
 from ..plan import ProtocolPlan, concurrency
 from ..progress import StudyProgress
 from ..results import TEACHERS_JSON, write_listing
 from ..spec import TrialSpec
+from ..study_config import StudyConfig
 from ..teachers import ensure_teacher, read_teacher_metrics
 
 

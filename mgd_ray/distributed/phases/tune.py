@@ -18,7 +18,7 @@ from ...config import protocol_slug
 from ...data import build_datasets
 from ...schema import best_trial, is_completed, read_records
 from ..export import export_best, prune_trial_weights
-from ..options import StudyConfig, study_name
+from ..options import study_name
 from ..plan import ProtocolPlan, ablation_seeds, concurrency
 from ..progress import ProgressCallback, say_waiting
 from ..ray_private import HEAD_NODE_RESOURCE
@@ -27,6 +27,7 @@ from ..reservations import ReservationWatch, wait_released
 from ..results import study_json, teachers_json
 from ..search import HonestOptunaSearch
 from ..spec import SearchPoint, TrialSpec, ablation_point, param_space, search_space
+from ..study_config import StudyConfig
 from ..tracking import trial_callbacks
 from ..trial import run_trial
 
