@@ -7,7 +7,7 @@ b. Images/s the distillation step consumes and the share of its time it waits on
    distill_student itself reports them ("iter_per_s", "data_wait_share" of its last report window,
    start-up and evaluation excluded), per number of loader workers; runs interleaved.
 
-The study's default is 1 loader worker per training worker (StudyConfig.loader_workers);
+The study's default is 1 loader worker per training worker (--loader-workers);
 DataConfig's own default is 2.
 
     python benchmarks/data_pipeline.py           # workers 0 / 1 / 2, 2 rounds, windows of 2

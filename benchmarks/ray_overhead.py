@@ -40,17 +40,17 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 
 from mgd_ray.config import DistillConfig
-from mgd_ray.distributed.options import StudyConfig
 from mgd_ray.distributed.phases.teachers import prepare_teachers
 from mgd_ray.distributed.phases.tune import TRIAL_DRIVER_RESOURCES
 from mgd_ray.distributed.plan import plan_protocol
 from mgd_ray.distributed.spec import param_space
-from mgd_ray.distributed.trial import DISTILL_KEY, run_trial, student_loop
+from mgd_ray.distributed.study_config import StudyConfig
+from mgd_ray.distributed.trial import JOB_KEY, run_trial, student_loop
 from mgd_ray.engine import LocalContext, distill_student
 
 
 def bench_loop(config: dict) -> None:
-    """train_loop_per_worker: the study's student_loop (on config[DISTILL_KEY], a trial's
+    """train_loop_per_worker: the study's student_loop (on config[JOB_KEY], a trial's
     DistillConfig) at a fixed torch thread count; the thread count Ray gave the worker is written
     to config["probe"] first."""
     with open(config["probe"], "w") as f:
@@ -75,7 +75,7 @@ def run_bare(cfg: DistillConfig, threads: int) -> tuple[float, float]:
 def run_ray(cfg: DistillConfig, threads: int, storage: str, probe: str) -> tuple[float, float]:
     trainer = TorchTrainer(
         bench_loop,
-        train_loop_config={DISTILL_KEY: cfg, "threads": threads, "probe": probe},
+        train_loop_config={JOB_KEY: cfg, "threads": threads, "probe": probe},
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 2}),
         run_config=ray.train.RunConfig(name=f"bench-{time.time_ns()}", storage_path=storage),
     )
@@ -103,7 +103,7 @@ class FirstResults(tune.Callback):
 def trial_startup(storage: str) -> dict:
     """One default-study search trial (2 iterations, an evaluation after each) through Tune."""
     teachers = random_teachers(synthetic_distill_config())
-    study = StudyConfig(
+    study = StudyConfig.from_options(
         output_dir=os.path.join(storage, "study"),
         protocols=("1/8",),
         iterations=2,

@@ -36,13 +36,13 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from mgd_ray.config import TEACHER_DEEP, TEACHER_WIDE, protocol_slug
-from mgd_ray.distributed.options import StudyConfig
 from mgd_ray.distributed.phases.teachers import prepare_teachers
 from mgd_ray.distributed.phases.tune import run_search, tune_run
 from mgd_ray.distributed.plan import plan_protocol
 from mgd_ray.distributed.records import TrialRecorder
 from mgd_ray.distributed.search import HonestOptunaSearch
 from mgd_ray.distributed.spec import TrialSpec, param_space, search_space
+from mgd_ray.distributed.study_config import StudyConfig
 from mgd_ray.engine import LocalContext, train_teacher
 from mgd_ray.schema import best_trial, read_records
 
@@ -82,22 +82,22 @@ def random_search(study: StudyConfig, spec: TrialSpec) -> None:
         points_to_evaluate=[spec.paper_point.searched()],
         max_iterations=spec.distill.iterations,
         sampler=optuna.samplers.RandomSampler(seed=study.seed),
-        storage=optuna.storages.RDBStorage(study.resolved_optuna_storage()),
+        storage=optuna.storages.RDBStorage(study.storage.resolved_optuna_storage()),
         study_name=f"mgd-{slug}",
     )
     tune_config = tune.TuneConfig(
         search_alg=searcher,
         scheduler=FIFOScheduler(),
-        num_samples=study.num_samples,
-        max_concurrent_trials=study.max_concurrent_trials,
+        num_samples=study.budget.num_samples,
+        max_concurrent_trials=study.cluster.max_concurrent_trials,
     )
     recorder = TrialRecorder(
-        study.output_dir,
+        study.storage.output_dir,
         spec.protocol,
         "search",
         spec.distill.iterations,
-        study.device,
-        study.devices_per_trial,
+        study.cluster.device,
+        study.cluster.devices_per_trial,
         study.verbose,
     )
     tune_run(study, f"search-{slug}", param_space(spec), tune_config, recorder)
@@ -153,7 +153,7 @@ def main(args: argparse.Namespace) -> None:
     root = tempfile.mkdtemp(prefix="bench-search-")
     rows = []
     for name in ("TPE + ASHA (the study)", "random, no early stopping"):
-        study = StudyConfig(
+        study = StudyConfig.from_options(
             output_dir=os.path.join(root, "tpe" if name.startswith("TPE") else "random"),
             protocols=(args.protocol,),
             num_samples=args.trials,
@@ -169,10 +169,10 @@ def main(args: argparse.Namespace) -> None:
             teacher_deep_checkpoint=teachers["teacher_deep_checkpoint"],
             teacher_wide_checkpoint=teachers["teacher_wide_checkpoint"],
         )
-        os.makedirs(study.output_dir)  # the Optuna SQLite file lives there
+        os.makedirs(study.storage.output_dir)  # the Optuna SQLite file lives there
         (spec,) = prepare_teachers(study, [plan_protocol(study, args.protocol)])
         (run_search(study, spec) if name.startswith("TPE") else random_search(study, spec))
-        rows.append([name, *summarise(study.output_dir, args.protocol)])
+        rows.append([name, *summarise(study.storage.output_dir, args.protocol)])
     ray.shutdown()
     print(
         f"\nbudget: {args.trials} trials each, {args.iterations} iterations per trial (evaluated "
