@@ -158,9 +158,9 @@ class FilteredStream:
                 self.hidden += len(held.lines)
                 return
             kept.extend(held_line + "\n" for held_line in held.lines)
-        start = EXIT_TRACEBACK_START.match(line)
         if not line.strip():
             return  # dropped, uncounted: Tune prints them around the header and folder lines
+        start = EXIT_TRACEBACK_START.match(line)
         if start:
             self._held = ExitTraceback(line, start["prefix"])
         elif is_harmless(line):
