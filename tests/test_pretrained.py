@@ -283,6 +283,15 @@ def test_teacher_and_student_names_key_the_file_not_its_folder():
     assert teacher_name(here) == teacher_name(there) != teacher_name(TeacherConfig())
 
 
+def test_a_teacher_cached_under_another_kept_branch_is_not_reused(monkeypatch):
+    from mgd_ray.config import TeacherConfig
+    from mgd_ray.distributed import teachers
+
+    kept_first = teachers.teacher_name(TeacherConfig())
+    monkeypatch.setattr(teachers, "TEACHER_BRANCH", 1)
+    assert teachers.teacher_name(TeacherConfig()) != kept_first
+
+
 def test_worker_loops_fetch_the_imagenet_file(monkeypatch):
     from mgd_ray.distributed import trial as worker
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import storage
 from ..config import TeacherConfig, protocol_slug
+from ..engine.teacher import TEACHER_BRANCH
 from ..models import NETWORK_VERSION
 from ..models.pretrained import checkpoint_file_name, resolve_pretrained
 from .ray_private import trainer_without_ray_cleaner
@@ -29,6 +30,7 @@ def teacher_name(cfg: TeacherConfig) -> str:
     # the ImageNet file by its name (which carries its hash), not by where this machine keeps it
     keyed["backbone_weights"] = cfg.backbone_weights and os.path.basename(cfg.backbone_weights)
     keyed["network_version"] = NETWORK_VERSION  # a teacher of an older network would not load
+    keyed["kept_branch"] = TEACHER_BRANCH  # teachers cached when the better branch was kept differ
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:8]
     arch = cfg.arch.removeprefix("deeplabv3plus_")
     return f"{cfg.data.dataset}-{protocol_slug(cfg.data.protocol)}-{arch}-seed{cfg.seed}-{digest}"

@@ -150,7 +150,7 @@ def train_or_reuse_teacher(
     )
     metrics = train_teacher(cfg, ctx)
     print(
-        f"teacher_{role} ({cfg.arch}): mIoU {metrics['miou']:.4f} (branch {metrics['branch']})",
+        f"teacher_{role} ({cfg.arch}): mIoU {metrics['miou']:.4f}",
         flush=True,
     )
     checkpoint = ctx.latest_checkpoint()

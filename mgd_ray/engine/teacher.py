@@ -60,10 +60,17 @@ def cps_losses(
     return {"sup": torch.stack(sup).sum(), "cps": torch.stack(cps).sum()}
 
 
+# The CPS branch a teacher run keeps: the first, the official code's branch 1 (not the better one
+# on val, which would choose the teacher by the set that scores it). Part of the teachers' cache
+# key (distributed/teachers.py).
+TEACHER_BRANCH = 0
+
+
 class CPSTask:
-    """Two CPS branches of cfg.arch, as a task for `fit`. The better branch on val (set by each
-    evaluation) is the run's model: its mIoU is "miou" and its weights are model.pt; state.pt holds
-    both branches ("branches") and which one won ("branch")."""
+    """Two CPS branches of cfg.arch, as a task for `fit`. Branch TEACHER_BRANCH is the run's model,
+    as in the official code (its evaluation runs branch 1, and its student loads each teacher
+    checkpoint's branch 1): its val mIoU is "miou" and its weights are model.pt; state.pt holds
+    both branches ("branches"), which resuming needs."""
 
     logged = ("loss", "loss_sup", "loss_cps")
 
@@ -82,7 +89,6 @@ class CPSTask:
         self.rank = rank()
         self.global_seed = seeds.teacher_global(cfg.seed, self.rank)
         self.stored_targets = None
-        self.best = 0
 
     def cutmix_seed(self, iteration: int) -> int:
         return seeds.teacher_cutmix(self.cfg.seed, self.rank, iteration)
@@ -98,33 +104,22 @@ class CPSTask:
         }
 
     def evaluate(self, val_loader) -> dict[str, Any]:
-        mious = [
-            run_miou(branch, val_loader, self.num_classes, self.cfg, self.device)
-            for branch in self.models
-        ]
-        self.best = int(mious[1] > mious[0])
-        return {
-            "miou": mious[self.best],
-            "branch": self.best,
-            "miou_branch0": mious[0],
-            "miou_branch1": mious[1],
-        }
+        model = self.models[TEACHER_BRANCH]
+        return {"miou": run_miou(model, val_loader, self.num_classes, self.cfg, self.device)}
 
     def state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         branches = [cpu_state_dict(branch) for branch in self.models]
-        return {"branches": branches, "branch": self.best}, branches[self.best]
+        return {"branches": branches}, branches[TEACHER_BRANCH]
 
     def load_state(self, state: dict[str, Any], folder: str) -> None:
         for branch, branch_state in zip(self.models, state["branches"]):
             unwrap(branch).load_state_dict(branch_state)
-        self.best = int(state.get("branch", 0))
 
 
 def train_teacher(cfg: TeacherConfig, ctx: RunContext, builders: Builders = REAL) -> dict:
-    """Train two CPS branches of cfg.arch; evaluate both and ctx.report every cfg.eval_every
-    iterations and at the end. model.pt holds the branch with the higher val mIoU (metric
-    "branch"). Reports "iteration", "miou", "loss", "loss_sup", "loss_cps", "lr", "branch",
-    "miou_branch0/1", "iter_per_s", "data_wait_share", "done"; returns the final metrics. The
-    networks and data come from `builders` (engine/builders.py)."""
+    """Train two CPS branches of cfg.arch; evaluate the kept one (TEACHER_BRANCH) and ctx.report
+    every cfg.eval_every iterations and at the end; model.pt holds it. Reports "iteration",
+    "miou", "loss", "loss_sup", "loss_cps", "lr", "iter_per_s", "data_wait_share", "done";
+    returns the final metrics. The networks and data come from `builders` (engine/builders.py)."""
     data = builders.datasets(cfg.data)
     return fit(CPSTask(cfg, data, ctx, builders), cfg, data, ctx)
