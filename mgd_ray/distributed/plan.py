@@ -137,10 +137,7 @@ def check_gpu_sharing(
             flush=True,
         )
         return
-    given = {
-        TEACHER_DEEP: cfg.teachers.deep_checkpoint,
-        TEACHER_WIDE: cfg.teachers.wide_checkpoint,
-    }
+    given = cfg.teachers.given
     runs = []
     for plan in plans:
         data = plan.distill.data
@@ -155,9 +152,7 @@ def check_gpu_sharing(
 
 def planned_runs(cfg: StudyConfig) -> dict[str, int]:
     """Runs the whole study makes: teacher runs and student trials (search and ablation)."""
-    teachers = sum(
-        not given for given in (cfg.teachers.deep_checkpoint, cfg.teachers.wide_checkpoint)
-    )
+    teachers = sum(not given for given in cfg.teachers.given.values())
     per_protocol = cfg.budget.num_samples + (
         len(cfg.budget.ablation_variants) * cfg.budget.seeds if cfg.budget.ablation else 0
     )

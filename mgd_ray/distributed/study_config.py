@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..config import DATASETS, STUDENTS, check_protocol
+from ..config import DATASETS, STUDENTS, TEACHER_DEEP, TEACHER_WIDE, check_protocol
 from ..models.pretrained import check_regime
 from ..schema import ABLATION_VARIANTS
 
@@ -196,6 +196,11 @@ class TeacherOptions:
     # (phases/targets.py); "live": every trial runs the teachers itself (the same training,
     # docs/benchmarks.md section 9)
     targets: str = field(default="shared", metadata={"option": "teacher_targets"})
+
+    @property
+    def given(self) -> dict[str, str | None]:
+        """{architecture: the trained file given for it, or None (the study trains it)}."""
+        return {TEACHER_DEEP: self.deep_checkpoint, TEACHER_WIDE: self.wide_checkpoint}
 
     def __post_init__(self) -> None:
         if self.targets not in TEACHER_TARGETS:

@@ -25,10 +25,7 @@ def prepare_teachers(
     RESULTS_DIR/teachers.json (where each teacher is, its size and its val mIoU) for the report,
     and return each protocol's TrialSpec (with its teachers' storage URIs)."""
     teachers_root = storage.join(cfg.storage.resolved_storage(), "teachers")
-    given = {
-        TEACHER_DEEP: cfg.teachers.deep_checkpoint,
-        TEACHER_WIDE: cfg.teachers.wide_checkpoint,
-    }
+    given = cfg.teachers.given
     jobs = [
         (plan, arch) for plan in plans for arch in (TEACHER_DEEP, TEACHER_WIDE) if not given[arch]
     ]
